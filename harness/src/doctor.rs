@@ -1,0 +1,140 @@
+//! `bootgate doctor`: checks the host and says, line by line, what is ok and what to
+//! do about what is not.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::path::Path;
+
+use crate::image::demo;
+use crate::qemu::{self, accel, QemuTools, INSTALL_HINT};
+
+/// Free space below which a results or cache folder is reported as a problem.
+const MIN_FREE_BYTES: u64 = 2 << 30;
+/// Firmware QEMU needs for BIOS boots (Debian package seabios).
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+/// Host tools the demo image recipe uses.
+const RECIPE_TOOLS: &[(&str, &str)] = &[
+    ("apt-get", "apt"),
+    ("dpkg-deb", "dpkg"),
+    ("mke2fs", "e2fsprogs"),
+    ("cpio", "cpio"),
+];
+
+/// Prints the checks to `out`; true when nothing blocks a run.
+pub fn run(out: &mut dyn Write) -> bool {
+    let tools = QemuTools::from_env();
+    let mut ok = true;
+    let mut line = |good: bool, what: &str, text: &str| {
+        let _ = writeln!(out, "{} {what}: {text}", if good { "ok  " } else { "FAIL" });
+        good
+    };
+    let system = qemu::version(&tools.system);
+    ok &= match &system {
+        Ok(v) => line(true, &tools.system, v),
+        Err(e) => line(false, &tools.system, &e.to_string()),
+    };
+    ok &= match qemu::version(&tools.img) {
+        Ok(v) => line(true, &tools.img, &v),
+        Err(_) => line(
+            false,
+            &tools.img,
+            &format!("not found: install it (as root: `{INSTALL_HINT}`)"),
+        ),
+    };
+    ok &= if Path::new(SEABIOS).is_file() {
+        line(true, "firmware", &format!("SeaBIOS at {SEABIOS}"))
+    } else {
+        line(
+            false,
+            "firmware",
+            &format!("{SEABIOS} missing: install the seabios package"),
+        )
+    };
+    if system.is_ok() {
+        // The probe needs a kernel to be meaningful on hosts where KVM hangs in the
+        // kernel's boot path; use the demo image's if it is built.
+        let kernel = built_demo_kernel();
+        match accel::probe_kvm(&tools.system, kernel.as_deref()) {
+            Ok(()) => line(true, "accelerator", "KVM works (probe guest booted)"),
+            Err(why) => line(
+                true,
+                "accelerator",
+                &format!("TCG (KVM unusable: {why}); runs will be slower but correct"),
+            ),
+        };
+    }
+    for (tool, package) in RECIPE_TOOLS {
+        ok &= if qemu::find_in_path(tool).is_some() {
+            line(true, tool, "found")
+        } else {
+            line(
+                false,
+                tool,
+                &format!(
+                    "not found: needed to build the demo image; install the {package} package"
+                ),
+            )
+        };
+    }
+    let cache = demo::cache_root();
+    for (what, dir) in [
+        ("cache disk", cache.as_path()),
+        ("results disk", Path::new(".")),
+    ] {
+        match free_bytes(dir) {
+            Some(free) if free >= MIN_FREE_BYTES => line(
+                true,
+                what,
+                &format!("{} GiB free at {}", free >> 30, dir.display()),
+            ),
+            Some(free) => {
+                ok = false;
+                line(
+                    false,
+                    what,
+                    &format!(
+                        "only {} MiB free at {}: free some space",
+                        free >> 20,
+                        dir.display()
+                    ),
+                )
+            }
+            None => line(true, what, &format!("{} does not exist yet", dir.display())),
+        };
+    }
+    match built_demo_manifest() {
+        Some(manifest) => line(true, "image cache", &format!("demo image built: {}", manifest.display())),
+        None => line(true, "image cache", &format!("demo image not built yet in {}: `bootgate image build demo` (run does it on demand)", cache.display())),
+    };
+    ok
+}
+
+/// The newest complete demo image in the cache, whatever its key.
+fn built_demo_manifest() -> Option<std::path::PathBuf> {
+    let images = demo::cache_root().join("images");
+    let mut built: Vec<_> = std::fs::read_dir(images)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join(".complete").is_file())
+        .collect();
+    built.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    built.pop().map(|p| p.join("image.toml"))
+}
+
+fn built_demo_kernel() -> Option<std::path::PathBuf> {
+    let kernel = built_demo_manifest()?.parent()?.join("vmlinuz");
+    kernel.is_file().then_some(kernel)
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent()?;
+    }
+    let c = CString::new(probe.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
+}

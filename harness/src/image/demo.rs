@@ -1,0 +1,226 @@
+//! The built-in demo Linux guest: its recipe (images/demo) is compiled into the
+//! binary, so `bootgate` builds it from anywhere, into a per-user cache keyed by a
+//! hash of the recipe and the exact Debian package versions it resolves to.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{ImageError, Notify};
+use crate::util::sha256_bytes;
+
+/// The recipe, embedded: (file name, contents).
+const RECIPE: &[(&str, &str)] = &[
+    ("build.sh", include_str!("../../../images/demo/build.sh")),
+    ("init", include_str!("../../../images/demo/init")),
+    ("shutdown", include_str!("../../../images/demo/shutdown")),
+    (
+        "image.toml",
+        include_str!("../../../images/demo/image.toml"),
+    ),
+];
+
+/// Marks a finished build; a folder without it is never used.
+const COMPLETE_MARKER: &str = ".complete";
+/// Build output files made read-only once built: bases are never written.
+const BASE_FILES: &[&str] = &["system.qcow2", "vmlinuz", "initrd.img", "image.toml"];
+/// Lines of the build log quoted in an error.
+const LOG_TAIL_LINES: usize = 25;
+
+/// The per-user cache: `$BOOTGATE_CACHE`, else `$XDG_CACHE_HOME/bootgate`, else
+/// `~/.cache/bootgate`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BOOTGATE_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("bootgate");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache").join("bootgate")
+}
+
+fn build_error(message: impl Into<String>) -> ImageError {
+    ImageError::Build {
+        message: message.into(),
+    }
+}
+
+/// Writes the embedded recipe into `dir`.
+fn write_recipe(dir: &Path) -> Result<(), ImageError> {
+    for (name, text) in RECIPE {
+        let path = dir.join(name);
+        fs::write(&path, text)
+            .map_err(|e| build_error(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The cache key: a hash of the recipe files and the package versions they resolve to
+/// (`build.sh resolve`), so a new kernel in the archive means a new image.
+pub fn cache_key(recipe_dir: &Path) -> Result<(String, String), ImageError> {
+    let output = Command::new("bash")
+        .arg(recipe_dir.join("build.sh"))
+        .arg("resolve")
+        .current_dir(recipe_dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| build_error(format!("cannot run bash: {e}")))?;
+    if !output.status.success() {
+        return Err(build_error(format!(
+            "resolving the demo image's packages failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let resolved = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut material = Vec::new();
+    for (name, text) in RECIPE {
+        material.extend_from_slice(name.as_bytes());
+        material.push(0);
+        material.extend_from_slice(text.as_bytes());
+        material.push(0);
+    }
+    material.extend_from_slice(resolved.as_bytes());
+    Ok((sha256_bytes(&material)[..16].to_string(), resolved))
+}
+
+/// Where a built image with `key` lives.
+pub fn image_dir(key: &str) -> PathBuf {
+    cache_root().join("images").join(format!("demo-{key}"))
+}
+
+/// Returns the manifest path of the built demo image, building it first if the cache
+/// has no image for the current recipe and package versions.
+pub fn ensure_built(notify: Notify) -> Result<PathBuf, ImageError> {
+    build(false, notify)
+}
+
+/// Builds the demo image (or reuses the cached one unless `force`); returns its manifest.
+pub fn build(force: bool, notify: Notify) -> Result<PathBuf, ImageError> {
+    let recipe = tempfile::Builder::new()
+        .prefix("bootgate-recipe-")
+        .tempdir()
+        .map_err(|e| build_error(format!("cannot create a temp folder: {e}")))?;
+    write_recipe(recipe.path())?;
+    let (key, _resolved) = cache_key(recipe.path())?;
+    let target = image_dir(&key);
+    let manifest = target.join("image.toml");
+    if !force && target.join(COMPLETE_MARKER).is_file() {
+        return Ok(manifest);
+    }
+    let images = cache_root().join("images");
+    fs::create_dir_all(&images)
+        .map_err(|e| build_error(format!("cannot create cache {}: {e}", images.display())))?;
+    // One build at a time per cache: a second bootgate waits, then reuses the result.
+    let _lock = lock_file(&images.join(".demo.lock"))?;
+    if !force && target.join(COMPLETE_MARKER).is_file() {
+        return Ok(manifest);
+    }
+    notify(&format!(
+        "building the demo image into {} (first run only: downloads Debian packages, about a minute)",
+        target.display()
+    ));
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".demo-{key}-"))
+        .tempdir_in(&images)
+        .map_err(|e| build_error(format!("cannot create a build folder: {e}")))?;
+    let log_path = images.join(format!("build-demo-{key}.log"));
+    let log = fs::File::create(&log_path)
+        .map_err(|e| build_error(format!("cannot create {}: {e}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| build_error(format!("cannot open {}: {e}", log_path.display())))?;
+    let status = Command::new("bash")
+        .arg(recipe.path().join("build.sh"))
+        .arg("build")
+        .arg(work.path())
+        .current_dir(recipe.path())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .status()
+        .map_err(|e| build_error(format!("cannot run bash: {e}")))?;
+    if !status.success() {
+        return Err(build_error(format!(
+            "build.sh exited with {status}; full log: {}\n{}",
+            log_path.display(),
+            tail(&log_path, LOG_TAIL_LINES)
+        )));
+    }
+    for name in BASE_FILES {
+        let path = work.path().join(name);
+        if !path.is_file() {
+            return Err(build_error(format!(
+                "build.sh did not produce {name}; full log: {}",
+                log_path.display()
+            )));
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o444))
+            .map_err(|e| build_error(format!("cannot make {} read-only: {e}", path.display())))?;
+    }
+    fs::write(work.path().join(COMPLETE_MARKER), key.as_bytes())
+        .map_err(|e| build_error(format!("cannot finish the build: {e}")))?;
+    if target.exists() {
+        fs::remove_dir_all(&target)
+            .map_err(|e| build_error(format!("cannot replace {}: {e}", target.display())))?;
+    }
+    let work = work.keep();
+    fs::rename(&work, &target).map_err(|e| {
+        build_error(format!(
+            "cannot move the build into {}: {e}",
+            target.display()
+        ))
+    })?;
+    Ok(manifest)
+}
+
+/// `build-info.json` of a built image (kernel version, packages, headers folder).
+pub fn build_info(manifest: &Path) -> Option<serde_json::Value> {
+    let dir = manifest.parent()?;
+    let text = fs::read_to_string(dir.join("build-info.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// An exclusive advisory lock held until dropped.
+struct FileLock(fs::File);
+
+fn lock_file(path: &Path) -> Result<FileLock, ImageError> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| build_error(format!("cannot open lock {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own; released when the file closes.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(build_error(format!(
+            "cannot lock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(FileLock(file))
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unlocking our own descriptor.
+        unsafe {
+            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}

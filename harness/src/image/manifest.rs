@@ -1,0 +1,299 @@
+//! Image manifests (`image.toml`): what an image is and how to boot and drive it.
+//!
+//! A manifest describes the OS family, the system disk, how to boot (firmware alone,
+//! or a kernel and initrd), the machine size, what "ready" means, and the guest paths
+//! the driver and content steps use. Relative paths resolve against the manifest's
+//! own folder, so an image folder can be moved or shared as a whole.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::util::{line_col, snippet};
+
+/// Ready timeout used when a manifest does not give one.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read image manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}\n{snippet}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+        snippet: String,
+    },
+    #[error(
+        "{manifest}: {field} names {path}, which does not exist: build the image or fix the path"
+    )]
+    MissingFile {
+        manifest: PathBuf,
+        field: &'static str,
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OsFamily {
+    Linux,
+    Windows,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Firmware {
+    Bios,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    Qcow2,
+    Raw,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Raw => "raw",
+        }
+    }
+}
+
+/// A loaded manifest with every path made absolute.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest file itself.
+    pub path: PathBuf,
+    pub name: String,
+    pub os: OsFamily,
+    pub boot: Boot,
+    pub disk: Disk,
+    pub machine: Machine,
+    pub ready: Ready,
+    pub guest: GuestPaths,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    #[serde(default = "bios")]
+    pub firmware: Firmware,
+    /// Direct kernel boot: kernel image, optional initrd, command line.
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub append: String,
+}
+
+fn bios() -> Firmware {
+    Firmware::Bios
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// QEMU machine type (`pc`, `q35`).
+    #[serde(rename = "type", default = "pc")]
+    pub machine_type: String,
+    pub memory_mib: u32,
+    #[serde(default = "one_cpu")]
+    pub cpus: u32,
+}
+
+fn pc() -> String {
+    "pc".into()
+}
+
+fn one_cpu() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    /// Ready means the guest agent answers a sync. The only readiness bootgate trusts
+    /// today: a console line alone does not prove the guest can run steps.
+    #[serde(default = "yes")]
+    pub agent: bool,
+    /// A console line the guest prints when ready; recorded in the timeline.
+    pub console_line: Option<String>,
+    #[serde(default = "default_ready_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_ready_timeout() -> Duration {
+    DEFAULT_READY_TIMEOUT
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestPaths {
+    /// How the guest runs a command line: the shell's argv prefix.
+    pub shell: Vec<String>,
+    pub drivers_dir: Option<String>,
+    pub drivers_registry: Option<String>,
+    pub content_dir: Option<String>,
+    pub boot_count_file: Option<String>,
+    /// Kernel parameters that select the rescue boot (skip third-party drivers).
+    pub safe_mode_append: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    os: OsFamily,
+    boot: Boot,
+    disk: Disk,
+    machine: Machine,
+    ready: Ready,
+    guest: GuestPaths,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::suite::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawManifest = toml::from_str(&text).map_err(|e| {
+            let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
+            ManifestError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+                snippet: snippet(&text, line, column),
+            }
+        })?;
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let absolute = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
+        let mut boot = raw.boot;
+        boot.kernel = boot.kernel.map(absolute);
+        boot.initrd = boot.initrd.map(absolute);
+        let mut disk = raw.disk;
+        disk.path = absolute(disk.path);
+        let manifest = Manifest {
+            path: path.to_path_buf(),
+            name: raw.name,
+            os: raw.os,
+            boot,
+            disk,
+            machine: raw.machine,
+            ready: raw.ready,
+            guest: raw.guest,
+        };
+        manifest.check_files()?;
+        Ok(manifest)
+    }
+
+    fn check_files(&self) -> Result<(), ManifestError> {
+        let files = [
+            ("disk.path", Some(&self.disk.path)),
+            ("boot.kernel", self.boot.kernel.as_ref()),
+            ("boot.initrd", self.boot.initrd.as_ref()),
+        ];
+        for (field, path) in files {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return Err(ManifestError::MissingFile {
+                        manifest: self.path.clone(),
+                        field,
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file the image is made of, for provenance hashes.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone(), self.disk.path.clone()];
+        files.extend(self.boot.kernel.clone());
+        files.extend(self.boot.initrd.clone());
+        files
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = include_str!("../../../images/demo/image.toml");
+
+    fn write_image(dir: &Path, text: &str) -> PathBuf {
+        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let path = dir.join("image.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn demo_manifest_parses_and_paths_are_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest::load(&write_image(dir.path(), DEMO)).unwrap();
+        assert_eq!(m.os, OsFamily::Linux);
+        assert_eq!(m.disk.path, dir.path().join("system.qcow2"));
+        assert_eq!(
+            m.boot.kernel.as_deref(),
+            Some(dir.path().join("vmlinuz").as_path())
+        );
+        assert!(m.ready.agent);
+        assert_eq!(m.guest.shell[0], "/bin/sh");
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = DEMO.replace("memory_mib", "memory_mb");
+        match Manifest::load(&write_image(dir.path(), &text)) {
+            Err(ManifestError::Invalid { message, line, .. }) => {
+                assert!(message.contains("memory_mb"), "{message}");
+                assert!(line > 1);
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_disk_names_field_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_image(dir.path(), DEMO);
+        std::fs::remove_file(dir.path().join("system.qcow2")).unwrap();
+        let err = Manifest::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("disk.path") && err.contains("system.qcow2"),
+            "{err}"
+        );
+    }
+}

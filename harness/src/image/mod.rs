@@ -1,0 +1,52 @@
+//! Images: manifests, the built-in demo image and its cache, per-VM overlays.
+
+pub mod demo;
+pub mod manifest;
+pub mod overlay;
+
+use std::path::{Path, PathBuf};
+
+pub use manifest::{Manifest, ManifestError};
+
+/// Names of images bootgate can build itself.
+pub const BUILT_IN: &[&str] = &["demo"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(
+        "unknown image {0:?}: use a built-in image ({builtin}) or a path to an image.toml (or its folder)",
+        builtin = BUILT_IN.join(", ")
+    )]
+    Unknown(String),
+    #[error("image build failed: {message}")]
+    Build { message: String },
+    #[error("cannot create overlay {overlay} on {base}: {message}")]
+    Overlay {
+        base: PathBuf,
+        overlay: PathBuf,
+        message: String,
+    },
+}
+
+/// Progress notices from long image operations ("building the demo image...").
+pub type Notify<'a> = &'a mut dyn FnMut(&str);
+
+/// Resolves a suite's `image` reference to a loaded manifest, building the built-in
+/// image first if needed. Paths are relative to `base_dir` (the suite's folder).
+pub fn resolve(reference: &str, base_dir: &Path, notify: Notify) -> Result<Manifest, ImageError> {
+    if BUILT_IN.contains(&reference) {
+        let path = demo::ensure_built(notify)?;
+        return Ok(Manifest::load(&path)?);
+    }
+    let looks_like_path = reference.contains('/') || reference.ends_with(".toml");
+    if !looks_like_path {
+        return Err(ImageError::Unknown(reference.to_string()));
+    }
+    let mut path = base_dir.join(reference);
+    if path.is_dir() {
+        path = path.join("image.toml");
+    }
+    Ok(Manifest::load(&path)?)
+}

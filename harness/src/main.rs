@@ -1,0 +1,251 @@
+//! The `bootgate` command: parses arguments, calls the library, maps the outcome to
+//! an exit code. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use bootgate::qemu::accel::AccelChoice;
+use bootgate::qemu::QemuTools;
+use bootgate::report::json::JsonSink;
+use bootgate::report::junit::JunitSink;
+use bootgate::report::terminal::{TerminalSink, Verbosity};
+use bootgate::report::Sink;
+use bootgate::runner::{self, Emitter, RunOptions};
+use bootgate::{doctor, image, suite};
+
+/// Exit codes (also listed in `bootgate --help`).
+const EXIT_PASS: u8 = 0;
+const EXIT_FAIL: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_INFRA: u8 = 3;
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "bootgate",
+    version,
+    about = "Boot-gate kernel drivers and content updates: boot VM images under QEMU, run scenario suites, record crashes, hangs and boot times as pass/fail gates.",
+    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG (binaries), BOOTGATE_CACHE (image cache folder)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a suite file, or every *.toml suite in a folder.
+    Run {
+        /// Suite file or folder of suite files.
+        path: PathBuf,
+        /// Results folder; each run lands in DIR/<run-id>, and DIR/latest points at it.
+        #[arg(long, short, default_value = "results", value_name = "DIR")]
+        out: PathBuf,
+        /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
+        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+        accel: AccelChoice,
+        /// Keep each VM's disk overlay in the results (system.qcow2).
+        #[arg(long, short)]
+        keep: bool,
+        /// Run only scenarios whose "suite/scenario" name contains this text (repeatable).
+        #[arg(long, value_name = "TEXT")]
+        only: Vec<String>,
+        /// Print only failures and the summary.
+        #[arg(long, short, conflicts_with = "verbose")]
+        quiet: bool,
+        /// Print every step and boot as it happens.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// List the scenarios of a suite file or folder without running them.
+    List { path: PathBuf },
+    /// Build or inspect images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Check the host: QEMU binaries and version, qemu-img, accelerator, firmware,
+    /// free disk, image cache. Each line says ok or what to do.
+    Doctor,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build a built-in image (demo) into the per-user cache; reuses it when nothing changed.
+    Build {
+        /// Image name: demo.
+        name: String,
+        /// Rebuild even if the cache holds an up-to-date image.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    EXIT_PASS
+                }
+                _ => EXIT_USAGE,
+            });
+        }
+    };
+    ExitCode::from(match cli.command {
+        Command::Run {
+            path,
+            out,
+            accel,
+            keep,
+            only,
+            quiet,
+            verbose,
+        } => run(path, out, accel, keep, only, verbosity(quiet, verbose)),
+        Command::List { path } => list(path),
+        Command::Image {
+            command: ImageCommand::Build { name, force },
+        } => image_build(&name, force),
+        Command::Doctor => {
+            if doctor::run(&mut std::io::stdout()) {
+                EXIT_PASS
+            } else {
+                EXIT_INFRA
+            }
+        }
+    })
+}
+
+fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
+    match (quiet, verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    }
+}
+
+fn run(
+    path: PathBuf,
+    out: PathBuf,
+    accel: AccelChoice,
+    keep: bool,
+    only: Vec<String>,
+    verbosity: Verbosity,
+) -> u8 {
+    let suites = match suite::load_path(&path) {
+        Ok(suites) => suites,
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    // First Ctrl-C/SIGTERM: stop cleanly (VMs torn down, results written). The
+    // handler only sets a flag; the runner checks it at every wait.
+    if let Err(e) = ctrlc::set_handler(|| {
+        if runner::interrupted() {
+            eprintln!("bootgate: still stopping VMs, please wait");
+        } else {
+            eprintln!("bootgate: interrupted; stopping VMs and writing results");
+        }
+        runner::interrupt();
+    }) {
+        eprintln!("bootgate: warning: cannot install the Ctrl-C handler: {e}");
+    }
+    let options = RunOptions {
+        out_dir: out,
+        accel,
+        keep,
+        only,
+        tools: QemuTools::from_env(),
+        command: std::env::args().collect(),
+    };
+    let sinks: Vec<Box<dyn Sink>> = vec![
+        Box::new(TerminalSink::new(verbosity)),
+        Box::new(JsonSink::new()),
+        Box::new(JunitSink::new()),
+    ];
+    let mut emitter = Emitter::new(sinks);
+    match runner::run(&suites, &options, &mut emitter) {
+        Ok((record, _dir)) => {
+            let s = &record.summary;
+            if record.interrupted {
+                EXIT_INTERRUPTED
+            } else if s.fail > 0 {
+                EXIT_FAIL
+            } else if s.error > 0 {
+                EXIT_INFRA
+            } else {
+                EXIT_PASS
+            }
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_INFRA
+            }
+        }
+    }
+}
+
+fn list(path: PathBuf) -> u8 {
+    match suite::load_path(&path) {
+        Ok(suites) => {
+            for suite in suites {
+                for scenario in &suite.scenarios {
+                    println!("{}/{}", suite.name, scenario.name);
+                }
+            }
+            EXIT_PASS
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn image_build(name: &str, force: bool) -> u8 {
+    if !image::BUILT_IN.contains(&name) {
+        eprintln!(
+            "bootgate: error: {}",
+            image::ImageError::Unknown(name.to_string())
+        );
+        return EXIT_USAGE;
+    }
+    let mut notify = |text: &str| eprintln!("bootgate: {text}");
+    match image::demo::build(force, &mut notify) {
+        Ok(manifest) => {
+            println!("image: {}", manifest.display());
+            if let Some(info) = image::demo::build_info(&manifest) {
+                if let Some(kernel) = info.get("kernel_version").and_then(|v| v.as_str()) {
+                    println!("kernel: {kernel}");
+                }
+                match info.get("headers_dir").and_then(|v| v.as_str()) {
+                    Some(dir) => println!("headers: {dir}"),
+                    None => println!(
+                        "headers: not installed ({})",
+                        info.get("headers_note")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("see build-info.json")
+                    ),
+                }
+            }
+            EXIT_PASS
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            EXIT_INFRA
+        }
+    }
+}

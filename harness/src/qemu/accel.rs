@@ -1,0 +1,189 @@
+//! Choosing the accelerator. `/dev/kvm` opening is not enough: on some hosts a KVM
+//! guest never gets past the firmware, and QEMU only falls back to TCG when KVM fails
+//! to open. So `auto` boots a short probe under KVM and falls back to TCG unless the
+//! probe prints on its serial console in time.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::qemu::process::ProcessGuard;
+use crate::util::{wait_until, Waited};
+
+/// Time a KVM probe gets to print its first serial byte. A healthy KVM guest prints
+/// in well under a second; TCG needs about 1 s for the same kernel on these machines.
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(6);
+const PROBE_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What the user asked for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// Probe KVM with a short boot; use TCG if it does not work.
+    #[default]
+    Auto,
+    /// Force KVM.
+    Kvm,
+    /// Force TCG (software emulation).
+    Tcg,
+}
+
+/// The accelerator chosen and, when it is not what a user might expect, why.
+#[derive(Debug, Clone)]
+pub struct AccelDecision {
+    pub accel: Accel,
+    pub notice: Option<String>,
+}
+
+/// Resolves `choice`; `kernel` is the image's kernel (the probe boots it, since that is
+/// what has been seen to hang) or None to probe with a one-sector boot disk.
+pub fn decide(choice: AccelChoice, binary: &str, kernel: Option<&Path>) -> AccelDecision {
+    match choice {
+        AccelChoice::Kvm => AccelDecision {
+            accel: Accel::Kvm,
+            notice: None,
+        },
+        AccelChoice::Tcg => AccelDecision {
+            accel: Accel::Tcg,
+            notice: None,
+        },
+        AccelChoice::Auto => match probe_kvm(binary, kernel) {
+            Ok(()) => AccelDecision {
+                accel: Accel::Kvm,
+                notice: None,
+            },
+            Err(why) => AccelDecision {
+                accel: Accel::Tcg,
+                notice: Some(format!(
+                    "KVM unusable ({why}); using TCG (software emulation, slower)"
+                )),
+            },
+        },
+    }
+}
+
+/// Ok when a KVM guest prints on its serial console within [`KVM_PROBE_TIMEOUT`].
+pub fn probe_kvm(binary: &str, kernel: Option<&Path>) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    let dir = tempfile::Builder::new()
+        .prefix("bootgate-kvm-probe-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let serial = dir.path().join("serial.log");
+    let mut argv: Vec<String> = [
+        binary,
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "128",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.push("-serial".into());
+    argv.push(format!("file:{}", serial.display()));
+    match kernel {
+        Some(kernel) => {
+            argv.extend(["-kernel".into(), kernel.display().to_string()]);
+            argv.extend(["-append".into(), "console=ttyS0 panic=-1".into()]);
+        }
+        None => {
+            let disk = dir.path().join("probe.img");
+            std::fs::write(&disk, probe_boot_sector()).map_err(|e| format!("probe disk: {e}"))?;
+            argv.push("-drive".into());
+            argv.push(format!("file={},format=raw,if=ide", disk.display()));
+        }
+    }
+    let mut guard =
+        ProcessGuard::spawn(&argv, &dir.path().join("qemu.log")).map_err(|e| e.to_string())?;
+    let printed = wait_until(KVM_PROBE_TIMEOUT, PROBE_POLL, || {
+        if std::fs::metadata(&serial).is_ok_and(|m| m.len() > 0) {
+            return Some(Ok(()));
+        }
+        guard.try_wait().map(|status| {
+            let log = std::fs::read_to_string(dir.path().join("qemu.log")).unwrap_or_default();
+            Err(format!("probe QEMU exited ({status}): {}", log.trim()))
+        })
+    });
+    drop(guard);
+    match printed {
+        Waited::Done(result) => result,
+        Waited::TimedOut => Err(format!(
+            "a KVM guest printed nothing within {} s",
+            KVM_PROBE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// A 512-byte MBR whose code writes 'K' to COM1 and halts: the smallest guest that
+/// proves the firmware handed over control.
+fn probe_boot_sector() -> Vec<u8> {
+    let code: [u8; 10] = [
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xB0, b'K', // mov al, 'K'
+        0xEE, // out dx, al
+        0xF4, // hlt
+        0xEB, 0xFD, // jmp back to hlt
+        0x90,
+    ];
+    let mut sector = vec![0u8; 512];
+    sector[..code.len()].copy_from_slice(&code);
+    sector[510] = 0x55;
+    sector[511] = 0xAA;
+    sector
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_sector_is_bootable_shape() {
+        let s = probe_boot_sector();
+        assert_eq!(s.len(), 512);
+        assert_eq!(&s[510..], &[0x55, 0xAA]);
+    }
+
+    #[test]
+    fn forced_choices_skip_the_probe() {
+        let d = decide(AccelChoice::Tcg, "/nonexistent/qemu", None);
+        assert_eq!(d.accel, Accel::Tcg);
+        assert!(d.notice.is_none());
+        assert_eq!(
+            decide(AccelChoice::Kvm, "/nonexistent/qemu", None).accel,
+            Accel::Kvm
+        );
+    }
+
+    #[test]
+    fn auto_falls_back_to_tcg_with_a_reason_when_probe_cannot_run() {
+        let d = decide(AccelChoice::Auto, "/nonexistent/qemu", None);
+        assert_eq!(d.accel, Accel::Tcg);
+        assert!(d.notice.unwrap().contains("using TCG"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The QEMU command line for one VM, built from an image manifest and the VM's
+//! private folder. Kept as data (a `Vec<String>`) so it can be recorded in run.json
+//! and replayed by hand.
+
+use std::path::{Path, PathBuf};
+
+use crate::image::manifest::Manifest;
+use crate::qemu::accel::Accel;
+
+/// The guest-agent port name qemu-ga looks for (same on Linux and Windows).
+pub const AGENT_PORT_NAME: &str = "org.qemu.guest_agent.0";
+
+/// Where one VM's sockets and overlay live: a private 0700 folder.
+#[derive(Debug, Clone)]
+pub struct VmLayout {
+    pub dir: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub serial_socket: PathBuf,
+    pub agent_socket: PathBuf,
+    pub overlay: PathBuf,
+}
+
+impl VmLayout {
+    pub fn in_dir(dir: &Path) -> VmLayout {
+        VmLayout {
+            dir: dir.to_path_buf(),
+            qmp_socket: dir.join("qmp.sock"),
+            serial_socket: dir.join("serial.sock"),
+            agent_socket: dir.join("agent.sock"),
+            overlay: dir.join("system.qcow2"),
+        }
+    }
+}
+
+/// QEMU option values are comma-separated; a literal comma in a path is doubled.
+fn opt_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// A socket chardev QEMU listens on. `wait=off`: QEMU starts without a client; the
+/// VM is started paused (`-S`), so nothing is printed before bootgate connects.
+fn socket_chardev(id: &str, path: &Path) -> String {
+    format!("socket,id={id},path={},server=on,wait=off", opt_path(path))
+}
+
+/// Builds the argv (binary first) for one VM.
+pub fn build(
+    binary: &str,
+    manifest: &Manifest,
+    accel: Accel,
+    layout: &VmLayout,
+    extra_append: Option<&str>,
+) -> Vec<String> {
+    let mut argv: Vec<String> = vec![binary.into()];
+    let mut push = |items: &[&str]| argv.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("bootgate-{}", manifest.name)]);
+    push(&["-accel", accel.as_str()]);
+    if accel == Accel::Kvm {
+        push(&["-cpu", "host"]);
+    }
+    push(&["-machine", &manifest.machine.machine_type]);
+    push(&["-m", &manifest.machine.memory_mib.to_string()]);
+    push(&["-smp", &manifest.machine.cpus.to_string()]);
+    // No defaults, no user config, no display: the VM has exactly what is listed here.
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // Start paused: bootgate connects QMP and the console first, then sends `cont`.
+    push(&["-S"]);
+    if let Some(kernel) = &manifest.boot.kernel {
+        push(&["-kernel", &kernel.display().to_string()]);
+        if let Some(initrd) = &manifest.boot.initrd {
+            push(&["-initrd", &initrd.display().to_string()]);
+        }
+        let mut append = manifest.boot.append.clone();
+        if let Some(extra) = extra_append {
+            append = format!("{append} {extra}").trim().to_string();
+        }
+        push(&["-append", &append]);
+    }
+    push(&[
+        "-blockdev",
+        &format!(
+            "driver=qcow2,node-name=system0,file.driver=file,file.filename={}",
+            opt_path(&layout.overlay)
+        ),
+        "-device",
+        "virtio-blk-pci,drive=system0",
+    ]);
+    push(&["-chardev", &socket_chardev("qmp0", &layout.qmp_socket)]);
+    push(&["-mon", "chardev=qmp0,mode=control"]);
+    push(&[
+        "-chardev",
+        &socket_chardev("serial0", &layout.serial_socket),
+    ]);
+    push(&["-serial", "chardev:serial0"]);
+    push(&["-chardev", &socket_chardev("agent0", &layout.agent_socket)]);
+    push(&["-device", "virtio-serial-pci"]);
+    push(&[
+        "-device",
+        &format!("virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"),
+    ]);
+    // pvpanic reports guest panics as QMP events; pausing keeps the crashed guest
+    // inspectable (screenshot, dump) until bootgate decides what to do.
+    push(&["-device", "pvpanic"]);
+    push(&["-action", "panic=pause"]);
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(dir: &Path) -> Manifest {
+        let text = include_str!("../../../images/demo/image.toml");
+        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.join("image.toml"), text).unwrap();
+        Manifest::load(&dir.join("image.toml")).unwrap()
+    }
+
+    #[test]
+    fn command_line_has_the_safety_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest(dir.path());
+        let layout = VmLayout::in_dir(&dir.path().join("vm,1"));
+        let argv = build(
+            "qemu-system-x86_64",
+            &m,
+            Accel::Tcg,
+            &layout,
+            Some("bootgate.safe=1"),
+        );
+        let joined = argv.join(" ");
+        assert_eq!(argv[0], "qemu-system-x86_64");
+        assert!(joined.contains("-accel tcg"));
+        assert!(joined.contains("-action panic=pause"));
+        assert!(joined.contains("-device pvpanic"));
+        assert!(joined.contains(" -S "));
+        assert!(
+            joined.contains("vm,,1/system.qcow2"),
+            "commas in paths are escaped: {joined}"
+        );
+        let append = &argv[argv.iter().position(|a| a == "-append").unwrap() + 1];
+        assert!(append.ends_with("panic=-1 bootgate.safe=1"), "{append}");
+        assert!(!joined.contains("-cpu host"));
+        let kvm = build("q", &m, Accel::Kvm, &layout, None).join(" ");
+        assert!(kvm.contains("-accel kvm -cpu host"));
+    }
+}

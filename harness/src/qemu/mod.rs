@@ -1,0 +1,94 @@
+//! QEMU: finding the binaries, the command line, the process guard, the QMP client,
+//! console capture, accelerator choice, and the `Vm` that ties them together.
+
+pub mod accel;
+pub mod command;
+pub mod console;
+pub mod process;
+pub mod qmp;
+pub mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The system emulator bootgate runs; `BOOTGATE_QEMU` overrides it.
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+/// The image tool; `BOOTGATE_QEMU_IMG` overrides it.
+pub const DEFAULT_QEMU_IMG: &str = "qemu-img";
+/// What to install when QEMU is missing (Debian/Ubuntu).
+pub const INSTALL_HINT: &str = "apt-get install qemu-system-x86 qemu-utils";
+
+/// The QEMU binaries to use.
+#[derive(Debug, Clone)]
+pub struct QemuTools {
+    pub system: String,
+    pub img: String,
+}
+
+impl QemuTools {
+    pub fn from_env() -> QemuTools {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_string())
+        };
+        QemuTools {
+            system: var("BOOTGATE_QEMU", DEFAULT_QEMU),
+            img: var("BOOTGATE_QEMU_IMG", DEFAULT_QEMU_IMG),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{binary} not found in PATH: install QEMU (as root: `{INSTALL_HINT}`), then run `bootgate doctor`")]
+    NotFound { binary: String },
+    #[error("{binary} --version failed: {message}")]
+    Version { binary: String, message: String },
+}
+
+/// Finds `binary` (a name looked up in PATH, or a path).
+pub fn find_in_path(binary: &str) -> Option<PathBuf> {
+    if binary.contains('/') {
+        let p = Path::new(binary);
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The first line of `binary --version`, e.g. "QEMU emulator version 7.2.22 (Debian ...)".
+pub fn version(binary: &str) -> Result<String, ToolError> {
+    if find_in_path(binary).is_none() {
+        return Err(ToolError::NotFound {
+            binary: binary.to_string(),
+        });
+    }
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| ToolError::Version {
+            binary: binary.to_string(),
+            message: e.to_string(),
+        })?;
+    if !output.status.success() {
+        return Err(ToolError::Version {
+            binary: binary.to_string(),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string())
+}

@@ -1,0 +1,202 @@
+//! The process guard: every QEMU runs in its own process group with a parent-death
+//! signal, and is torn down on every path — normal end, error, panic, Ctrl-C — by
+//! QMP `quit`, then SIGTERM to the group, then SIGKILL to the group.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::util::{wait_until, Waited};
+
+/// How long QEMU gets to exit after QMP `quit` before it is signalled.
+pub const QUIT_GRACE: Duration = Duration::from_secs(3);
+/// How long the process group gets between SIGTERM and SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_secs(2);
+/// How long to wait for the kernel to reap a SIGKILLed process.
+pub const KILL_REAP: Duration = Duration::from_secs(5);
+/// Poll interval while waiting for a child to exit.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A child process in its own process group, killed with its group on drop.
+///
+/// The parent-death signal is tied to the *thread* that spawned the child: spawn from
+/// a thread that lives as long as the process should (the runner's VM thread).
+#[derive(Debug)]
+pub struct ProcessGuard {
+    child: Child,
+    pgid: i32,
+    status: Option<ExitStatus>,
+    stderr_path: PathBuf,
+}
+
+impl ProcessGuard {
+    /// Spawns `argv` with stdout and stderr appended to `log_path`.
+    pub fn spawn(argv: &[String], log_path: &Path) -> Result<ProcessGuard, ProcessError> {
+        let (binary, args) = argv.split_first().ok_or_else(|| ProcessError::Spawn {
+            binary: String::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "empty command line"),
+        })?;
+        let log = File::create(log_path).map_err(|source| ProcessError::Log {
+            path: log_path.to_path_buf(),
+            source,
+        })?;
+        let log2 = log.try_clone().map_err(|source| ProcessError::Log {
+            path: log_path.to_path_buf(),
+            source,
+        })?;
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Own group: the terminal's Ctrl-C reaches bootgate only, which then tears
+            // the VM down in order; and killpg reaches every helper QEMU forks.
+            .process_group(0);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| ProcessError::Spawn {
+            binary: binary.clone(),
+            source,
+        })?;
+        let pgid = child.id() as i32;
+        Ok(ProcessGuard {
+            child,
+            pgid,
+            status: None,
+            stderr_path: log_path.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The file holding the child's stdout and stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.stderr_path
+    }
+
+    /// The exit status if the child has exited (reaping it), without blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.status = Some(status);
+            }
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for the child to exit on its own.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        match wait_until(timeout, EXIT_POLL, || self.try_wait()) {
+            Waited::Done(status) => Some(status),
+            Waited::TimedOut => None,
+        }
+    }
+
+    /// SIGTERM to the group, a grace period, then SIGKILL; always reaps the child.
+    /// Call after asking QEMU to quit politely (QMP `quit`) where possible.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.try_wait() {
+            // The leader is gone, but helpers in its group may remain.
+            self.signal_group(libc::SIGKILL);
+            return Some(status);
+        }
+        self.signal_group(libc::SIGTERM);
+        if let Some(status) = self.wait_timeout(TERM_GRACE) {
+            self.signal_group(libc::SIGKILL);
+            return Some(status);
+        }
+        self.signal_group(libc::SIGKILL);
+        self.wait_timeout(KILL_REAP)
+    }
+
+    fn signal_group(&self, signal: i32) {
+        // SAFETY: killpg with our own child's group id; ESRCH (already gone) is fine.
+        unsafe {
+            libc::killpg(self.pgid, signal);
+        }
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks for existence.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    #[test]
+    fn drop_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let argv = vec!["sh".to_string(), "-c".into(), script];
+        let guard = ProcessGuard::spawn(&argv, &dir.path().join("log")).unwrap();
+        let leader = guard.pid() as i32;
+        let grandchild: i32 = match wait_until(Duration::from_secs(5), EXIT_POLL, || {
+            std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        }) {
+            Waited::Done(pid) => pid,
+            Waited::TimedOut => panic!("grandchild never started"),
+        };
+        assert!(alive(grandchild));
+        drop(guard);
+        assert!(!alive(leader), "leader survived the guard");
+        let gone = wait_until(Duration::from_secs(5), EXIT_POLL, || {
+            (!alive(grandchild)).then_some(())
+        });
+        assert_eq!(gone, Waited::Done(()), "grandchild survived the guard");
+    }
+
+    #[test]
+    fn missing_binary_is_a_spawn_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = vec!["/nonexistent/qemu-system-x86_64".to_string()];
+        let err = ProcessGuard::spawn(&argv, &dir.path().join("log")).unwrap_err();
+        assert!(matches!(err, ProcessError::Spawn { .. }));
+        assert!(err.to_string().contains("/nonexistent/qemu-system-x86_64"));
+    }
+}

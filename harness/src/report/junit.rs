@@ -1,0 +1,77 @@
+//! junit.xml: one testsuite per suite, one testcase per scenario, for CI pages.
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+
+use crate::report::{ReportError, Sink};
+use crate::runner::record::{RunRecord, Verdict};
+use crate::runner::Event;
+use crate::util::write_atomic;
+
+pub const JUNIT_XML: &str = "junit.xml";
+
+#[derive(Default)]
+pub struct JunitSink;
+
+impl JunitSink {
+    pub fn new() -> JunitSink {
+        JunitSink
+    }
+}
+
+/// Builds the JUnit document for a run.
+pub fn render(run: &RunRecord) -> Result<String, ReportError> {
+    let mut report = Report::new("bootgate");
+    let mut suites: Vec<TestSuite> = Vec::new();
+    for scenario in &run.scenarios {
+        let index = match suites
+            .iter()
+            .position(|s| s.name.as_str() == scenario.suite)
+        {
+            Some(i) => i,
+            None => {
+                suites.push(TestSuite::new(scenario.suite.clone()));
+                suites.len() - 1
+            }
+        };
+        let reason = scenario.reason.clone().unwrap_or_default();
+        let mut status = match scenario.verdict {
+            Verdict::Pass => TestCaseStatus::success(),
+            Verdict::Flaky => TestCaseStatus::success(),
+            Verdict::Fail => TestCaseStatus::non_success(NonSuccessKind::Failure),
+            Verdict::Error => TestCaseStatus::non_success(NonSuccessKind::Error),
+        };
+        if matches!(scenario.verdict, Verdict::Fail | Verdict::Error) {
+            let message = match &scenario.crash {
+                Some(crash) => crash.title.clone(),
+                None => reason.lines().next().unwrap_or_default().to_string(),
+            };
+            status.set_message(message);
+            let mut text = reason.clone();
+            if let Some(crash) = &scenario.crash {
+                text.push_str("\n\n");
+                text.push_str(&crash.excerpt.join("\n"));
+            }
+            status.set_description(text);
+        }
+        let mut case = TestCase::new(scenario.name.clone(), status);
+        case.set_classname(scenario.suite.clone());
+        case.set_time(std::time::Duration::from_millis(scenario.duration_ms));
+        suites[index].add_test_case(case);
+    }
+    report.add_test_suites(suites);
+    report.to_string().map_err(|e| ReportError::Encode {
+        what: JUNIT_XML,
+        message: e.to_string(),
+    })
+}
+
+impl Sink for JunitSink {
+    fn event(&mut self, event: &Event) -> Result<(), ReportError> {
+        let Event::RunFinished { run, dir } = event else {
+            return Ok(());
+        };
+        let path = dir.join(JUNIT_XML);
+        let xml = render(run)?;
+        write_atomic(&path, xml.as_bytes()).map_err(|source| ReportError::Write { path, source })
+    }
+}

@@ -1,0 +1,136 @@
+//! The terminal sink: one plain line per event on stderr, so a CI log reads on its
+//! own, and a summary that says where the results are.
+
+use std::io::Write;
+
+use crate::report::{ReportError, Sink};
+use crate::runner::record::{StepOutcome, Verdict};
+use crate::runner::Event;
+use crate::util::human_duration;
+
+/// How much the terminal sink prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+pub struct TerminalSink {
+    verbosity: Verbosity,
+}
+
+impl TerminalSink {
+    pub fn new(verbosity: Verbosity) -> TerminalSink {
+        TerminalSink { verbosity }
+    }
+}
+
+fn ms(ms: u64) -> String {
+    human_duration(std::time::Duration::from_millis(ms))
+}
+
+impl Sink for TerminalSink {
+    fn event(&mut self, event: &Event) -> Result<(), ReportError> {
+        let mut err = std::io::stderr().lock();
+        let normal = self.verbosity != Verbosity::Quiet;
+        let verbose = self.verbosity == Verbosity::Verbose;
+        // A closed stderr must not fail the run: results are in files.
+        let _ = match event {
+            Event::RunStarted {
+                run,
+                dir,
+                scenarios,
+            } if normal => writeln!(
+                err,
+                "bootgate {}: running {scenarios} scenario(s) on QEMU {} ({}) into {}",
+                run.bootgate_version,
+                run.qemu.version.as_deref().unwrap_or("?"),
+                run.qemu.accel.as_deref().unwrap_or("?"),
+                dir.display()
+            ),
+            Event::Notice(text) => writeln!(err, "bootgate: {text}"),
+            Event::ScenarioStarted { name, index, total } if normal => {
+                writeln!(err, "[{}/{total}] {name}", index + 1)
+            }
+            Event::StepStarted { scenario, step } if verbose => {
+                writeln!(err, "  {scenario}: {step}")
+            }
+            Event::BootReady {
+                scenario,
+                index,
+                ready_ms,
+            } if verbose => {
+                writeln!(err, "  {scenario}: boot {index} ready in {}", ms(*ready_ms))
+            }
+            Event::StepFinished { scenario, step }
+                if verbose
+                    || (normal
+                        && step.outcome != StepOutcome::Ok
+                        && step.outcome != StepOutcome::Skipped) =>
+            {
+                writeln!(
+                    err,
+                    "  {scenario}: {} {:?} ({}) {}",
+                    step.kind,
+                    step.outcome,
+                    ms(step.duration_ms),
+                    step.detail.lines().next().unwrap_or_default()
+                )
+            }
+            Event::ScenarioFinished { scenario, .. } => {
+                let verdict = scenario.verdict.as_str().to_uppercase();
+                let boots: Vec<String> = scenario
+                    .boots
+                    .iter()
+                    .map(|b| {
+                        b.ready_ms
+                            .map_or_else(|| format!("{:?}", b.outcome).to_lowercase(), ms)
+                    })
+                    .collect();
+                let line = format!(
+                    "{verdict:<5} {} ({}; boots: {})",
+                    scenario.name,
+                    ms(scenario.duration_ms),
+                    if boots.is_empty() {
+                        "none".into()
+                    } else {
+                        boots.join(", ")
+                    }
+                );
+                match (&scenario.reason, scenario.verdict) {
+                    (Some(reason), Verdict::Fail | Verdict::Error) => {
+                        writeln!(err, "{line}\n      {}", reason.replace('\n', "\n      "))
+                    }
+                    _ if normal || scenario.verdict != Verdict::Pass => writeln!(err, "{line}"),
+                    _ => Ok(()),
+                }
+            }
+            Event::RunFinished { run, dir } => {
+                let s = &run.summary;
+                let banner = if run.interrupted {
+                    "INTERRUPTED"
+                } else if s.fail > 0 {
+                    "FAIL"
+                } else if s.error > 0 {
+                    "ERROR"
+                } else {
+                    "PASS"
+                };
+                writeln!(
+                    err,
+                    "\n{banner}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  run.json:  {}\n  junit.xml: {}",
+                    s.pass,
+                    s.fail,
+                    s.error,
+                    s.flaky,
+                    dir.display(),
+                    dir.join("run.json").display(),
+                    dir.join("junit.xml").display()
+                )
+            }
+            _ => Ok(()),
+        };
+        Ok(())
+    }
+}

@@ -1,0 +1,412 @@
+//! The runner: resolves images, picks the accelerator, creates the run folder, runs
+//! scenarios and emits events. It never formats results itself: every output (the
+//! terminal, run.json, junit.xml) is a `Sink` that consumes the events.
+
+pub mod record;
+pub mod scenario;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::image::{self, ImageError, Manifest};
+use crate::qemu::accel::{self, AccelChoice, AccelDecision};
+use crate::qemu::{self, QemuTools};
+use crate::report::{ReportError, Sink};
+use crate::suite::Suite;
+use crate::util::sha256_file;
+use record::{
+    FileHash, QemuInfo, RunRecord, ScenarioRecord, StepRecord, Summary, Verdict, VmArgv,
+    SCHEMA_VERSION,
+};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks the running suite to stop: VMs are torn down and the results written with
+/// `interrupted: true`. Safe to call from a signal handler thread.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Something that happened during a run, for the sinks.
+pub enum Event<'a> {
+    RunStarted {
+        run: &'a RunRecord,
+        dir: &'a Path,
+        scenarios: usize,
+    },
+    Notice(&'a str),
+    ScenarioStarted {
+        name: &'a str,
+        index: usize,
+        total: usize,
+    },
+    StepStarted {
+        scenario: &'a str,
+        step: &'a str,
+    },
+    BootReady {
+        scenario: &'a str,
+        index: u32,
+        ready_ms: u64,
+    },
+    StepFinished {
+        scenario: &'a str,
+        step: &'a StepRecord,
+    },
+    ScenarioFinished {
+        scenario: &'a ScenarioRecord,
+        run: &'a RunRecord,
+    },
+    RunFinished {
+        run: &'a RunRecord,
+        dir: &'a Path,
+    },
+}
+
+/// Delivers events to every sink; remembers the first sink failure (a result file
+/// that could not be written), which makes the run an infrastructure error.
+pub struct Emitter {
+    sinks: Vec<Box<dyn Sink>>,
+    failure: Option<ReportError>,
+}
+
+impl Emitter {
+    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Emitter {
+        Emitter {
+            sinks,
+            failure: None,
+        }
+    }
+
+    pub fn emit(&mut self, event: &Event) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.event(event) {
+                self.failure.get_or_insert(e);
+            }
+        }
+    }
+
+    pub fn notice(&mut self, text: &str) {
+        self.emit(&Event::Notice(text));
+    }
+
+    pub fn step_started(&mut self, scenario: &str, step: &str) {
+        self.emit(&Event::StepStarted { scenario, step });
+    }
+
+    pub fn step_finished(&mut self, scenario: &str, step: &StepRecord) {
+        self.emit(&Event::StepFinished { scenario, step });
+    }
+
+    pub fn boot_ready(&mut self, scenario: &str, index: u32, ready_ms: u64) {
+        self.emit(&Event::BootReady {
+            scenario,
+            index,
+            ready_ms,
+        });
+    }
+
+    pub fn take_failure(&mut self) -> Option<ReportError> {
+        self.failure.take()
+    }
+}
+
+pub struct RunOptions {
+    pub out_dir: PathBuf,
+    pub accel: AccelChoice,
+    pub keep: bool,
+    /// Run only scenarios whose `suite/scenario` name contains one of these.
+    pub only: Vec<String>,
+    pub tools: QemuTools,
+    /// bootgate's own command line, recorded in run.json.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no scenario matches {0:?}; list them with `bootgate list PATH`")]
+    NoMatch(Vec<String>),
+    #[error("suite {suite}: {source}")]
+    Image {
+        suite: PathBuf,
+        #[source]
+        source: ImageError,
+    },
+    #[error(
+        "cannot create the results folder {path}: {source} (pass --out DIR to write elsewhere)"
+    )]
+    Results {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write results: {0}")]
+    Report(#[from] ReportError),
+}
+
+impl RunError {
+    /// Usage mistakes (exit 2) versus infrastructure trouble (exit 3).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            RunError::NoMatch(_) => true,
+            RunError::Image { source, .. } => {
+                matches!(source, ImageError::Unknown(_) | ImageError::Manifest(_))
+            }
+            RunError::Results { .. } | RunError::Report(_) => false,
+        }
+    }
+}
+
+/// Runs every selected scenario of `suites`; returns the finished record.
+pub fn run(
+    suites: &[Suite],
+    opts: &RunOptions,
+    emitter: &mut Emitter,
+) -> Result<(RunRecord, PathBuf), RunError> {
+    let selected: Vec<(&Suite, usize)> = suites
+        .iter()
+        .flat_map(|suite| (0..suite.scenarios.len()).map(move |i| (suite, i)))
+        .filter(|(suite, i)| {
+            let name = format!("{}/{}", suite.name, suite.scenarios[*i].name);
+            opts.only.is_empty() || opts.only.iter().any(|f| name.contains(f.as_str()))
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err(RunError::NoMatch(opts.only.clone()));
+    }
+
+    // QEMU missing is an infrastructure error for every scenario, not a usage error:
+    // the suite is fine, the host is not ready.
+    let qemu_problem =
+        qemu::version(&opts.tools.system).and_then(|v| qemu::version(&opts.tools.img).map(|_| v));
+    let mut qemu_info = QemuInfo::default();
+    let mut manifests: BTreeMap<PathBuf, Manifest> = BTreeMap::new();
+    let mut decision: Option<AccelDecision> = None;
+    match &qemu_problem {
+        Ok(version) => {
+            qemu_info.version = Some(version.clone());
+            for (suite, _) in &selected {
+                if manifests.contains_key(&suite.path) {
+                    continue;
+                }
+                let mut notices = Vec::new();
+                let manifest = image::resolve(&suite.image, suite.dir(), &mut |text: &str| {
+                    notices.push(text.to_string());
+                    eprintln!("bootgate: {text}");
+                })
+                .map_err(|source| RunError::Image {
+                    suite: suite.path.clone(),
+                    source,
+                })?;
+                manifests.insert(suite.path.clone(), manifest);
+            }
+            let first_kernel = manifests
+                .values()
+                .next()
+                .and_then(|m| m.boot.kernel.clone());
+            let d = accel::decide(opts.accel, &opts.tools.system, first_kernel.as_deref());
+            qemu_info.accel = Some(d.accel.as_str().into());
+            qemu_info.accel_notice = d.notice.clone();
+            decision = Some(d);
+        }
+        Err(_) => {}
+    }
+
+    let (run_id, run_dir) = create_run_dir(&opts.out_dir)?;
+    let mut inputs = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (suite, _) in &selected {
+        let mut files = vec![suite.path.clone()];
+        if let Some(m) = manifests.get(&suite.path) {
+            files.extend(m.input_files());
+        }
+        for file in files {
+            if seen.insert(file.clone()) {
+                let sha256 = sha256_file(&file).map_err(|source| RunError::Results {
+                    path: file.clone(),
+                    source,
+                })?;
+                inputs.push(FileHash {
+                    path: file.display().to_string(),
+                    sha256,
+                });
+            }
+        }
+    }
+    let mut record = RunRecord {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        started_at: now(),
+        finished_at: None,
+        interrupted: false,
+        bootgate_version: env!("CARGO_PKG_VERSION").into(),
+        command: opts.command.clone(),
+        qemu: qemu_info,
+        inputs,
+        scenarios: Vec::new(),
+        summary: Summary::default(),
+    };
+    emitter.emit(&Event::RunStarted {
+        run: &record,
+        dir: &run_dir,
+        scenarios: selected.len(),
+    });
+    if let Some(notice) = record.qemu.accel_notice.clone() {
+        emitter.notice(&notice);
+    }
+
+    let total = selected.len();
+    for (index, (suite, scenario_index)) in selected.iter().enumerate() {
+        if interrupted() {
+            record.interrupted = true;
+            break;
+        }
+        let scenario = &suite.scenarios[*scenario_index];
+        let full_name = format!("{}/{}", suite.name, scenario.name);
+        emitter.emit(&Event::ScenarioStarted {
+            name: &full_name,
+            index,
+            total,
+        });
+        let rel_dir = PathBuf::from(&suite.name).join(&scenario.name);
+        let dir = run_dir.join(&rel_dir);
+        let started = Instant::now();
+        let mut scenario_record = ScenarioRecord {
+            name: full_name.clone(),
+            suite: suite.name.clone(),
+            suite_file: suite.path.display().to_string(),
+            image: suite.image.clone(),
+            verdict: Verdict::Error,
+            reason: None,
+            duration_ms: 0,
+            boots: Vec::new(),
+            steps: Vec::new(),
+            crash: None,
+            artifacts: Vec::new(),
+            dir: rel_dir.display().to_string(),
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            scenario_record.reason = Some(format!("cannot create {}: {e}", dir.display()));
+        } else {
+            match (&qemu_problem, manifests.get(&suite.path), &decision) {
+                (Err(problem), _, _) => scenario_record.reason = Some(problem.to_string()),
+                (Ok(_), Some(manifest), Some(decision)) => {
+                    let outcome = scenario::run(scenario::ScenarioContext {
+                        tools: &opts.tools,
+                        manifest,
+                        accel: decision.accel,
+                        suite,
+                        scenario,
+                        dir: &dir,
+                        keep_overlay: opts.keep,
+                        emitter,
+                        full_name: &full_name,
+                    });
+                    scenario_record.verdict = outcome.verdict;
+                    scenario_record.reason = outcome.reason;
+                    scenario_record.boots = outcome.boots;
+                    scenario_record.steps = outcome.steps;
+                    scenario_record.crash = outcome.crash;
+                    if !outcome.argv.is_empty() {
+                        record.qemu.argv.push(VmArgv {
+                            scenario: full_name.clone(),
+                            argv: outcome.argv,
+                        });
+                    }
+                    if outcome.interrupted {
+                        record.interrupted = true;
+                    }
+                }
+                _ => scenario_record.reason = Some("no image resolved for this suite".into()),
+            }
+        }
+        scenario_record.duration_ms = started.elapsed().as_millis() as u64;
+        scenario_record.artifacts = hash_artifacts(&run_dir, &dir);
+        record.scenarios.push(scenario_record);
+        record.summary = Summary::of(&record.scenarios);
+        if let Some(last) = record.scenarios.last() {
+            emitter.emit(&Event::ScenarioFinished {
+                scenario: last,
+                run: &record,
+            });
+        }
+    }
+    if interrupted() {
+        record.interrupted = true;
+    }
+    record.finished_at = Some(now());
+    record.summary = Summary::of(&record.scenarios);
+    emitter.emit(&Event::RunFinished {
+        run: &record,
+        dir: &run_dir,
+    });
+    if let Some(failure) = emitter.take_failure() {
+        return Err(RunError::Report(failure));
+    }
+    Ok((record, run_dir))
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
+}
+
+/// Creates `out/<run-id>` (never reusing a folder, so two runs into one results folder
+/// both stay complete) and points `out/latest` at it.
+fn create_run_dir(out: &Path) -> Result<(String, PathBuf), RunError> {
+    let fail = |path: &Path, source| RunError::Results {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(out).map_err(|e| fail(out, e))?;
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let mut attempt = 0u32;
+    let (run_id, dir) = loop {
+        let suffix = (std::process::id() ^ attempt.wrapping_mul(0x9e37)) & 0xffff;
+        let run_id = format!("{stamp}-{suffix:04x}");
+        let dir = out.join(&run_id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => break (run_id, dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1
+            }
+            Err(e) => return Err(fail(&dir, e)),
+        }
+    };
+    // Replace `latest` atomically: make a new link beside it, then rename over it.
+    let latest = out.join("latest");
+    let tmp = out.join(format!(".latest-{run_id}"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&run_id, &tmp).map_err(|e| fail(&tmp, e))?;
+    std::fs::rename(&tmp, &latest).map_err(|e| fail(&latest, e))?;
+    Ok((run_id, dir))
+}
+
+/// sha256 of every file in a scenario's folder, paths relative to the run folder.
+fn hash_artifacts(run_dir: &Path, dir: &Path) -> Vec<FileHash> {
+    let mut files: Vec<FileHash> = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| {
+            let sha256 = sha256_file(e.path()).ok()?;
+            let rel = e.path().strip_prefix(run_dir).ok()?;
+            Some(FileHash {
+                path: rel.display().to_string(),
+                sha256,
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
+}

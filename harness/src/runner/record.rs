@@ -1,0 +1,155 @@
+//! The results model: what run.json holds. The runner fills it; report sinks read it.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a field changes meaning or is removed.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Error,
+    Flaky,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Error => "error",
+            Verdict::Flaky => "flaky",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootOutcome {
+    Ready,
+    Crash,
+    Hang,
+    Timeout,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepOutcome {
+    Ok,
+    Failed,
+    Crash,
+    Hang,
+    Timeout,
+    Error,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// True when bootgate was interrupted (Ctrl-C, SIGTERM) before finishing.
+    pub interrupted: bool,
+    pub bootgate_version: String,
+    /// The bootgate command line that produced this run.
+    pub command: Vec<String>,
+    pub qemu: QemuInfo,
+    pub inputs: Vec<FileHash>,
+    pub scenarios: Vec<ScenarioRecord>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QemuInfo {
+    pub version: Option<String>,
+    pub accel: Option<String>,
+    pub accel_notice: Option<String>,
+    /// The full command line of every VM, by scenario.
+    pub argv: Vec<VmArgv>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmArgv {
+    pub scenario: String,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHash {
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub pass: usize,
+    pub fail: usize,
+    pub error: usize,
+    pub flaky: usize,
+}
+
+impl Summary {
+    pub fn of(scenarios: &[ScenarioRecord]) -> Summary {
+        let mut s = Summary::default();
+        for scenario in scenarios {
+            match scenario.verdict {
+                Verdict::Pass => s.pass += 1,
+                Verdict::Fail => s.fail += 1,
+                Verdict::Error => s.error += 1,
+                Verdict::Flaky => s.flaky += 1,
+            }
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioRecord {
+    /// `suite/scenario`.
+    pub name: String,
+    pub suite: String,
+    pub suite_file: String,
+    pub image: String,
+    pub verdict: Verdict,
+    /// Why the verdict is not pass, in one line.
+    pub reason: Option<String>,
+    pub duration_ms: u64,
+    pub boots: Vec<BootRecord>,
+    pub steps: Vec<StepRecord>,
+    pub crash: Option<CrashRecord>,
+    /// Files in the run folder that belong to this scenario (paths relative to it).
+    pub artifacts: Vec<FileHash>,
+    /// The scenario's folder inside the run folder.
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootRecord {
+    pub index: u32,
+    pub outcome: BootOutcome,
+    /// Time from power-on (or reset) to ready, when ready was reached.
+    pub ready_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub kind: String,
+    pub outcome: StepOutcome,
+    pub duration_ms: u64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrashRecord {
+    pub title: String,
+    pub kind: String,
+    /// Where it was seen: "pvpanic", "console" or both.
+    pub source: String,
+    pub boot: u32,
+    pub excerpt: Vec<String>,
+}

@@ -1,0 +1,473 @@
+//! Suite files: the TOML schema, loading and validation.
+//!
+//! Every struct denies unknown keys, so a typo is an error with file, line and column
+//! instead of a silently ignored setting. A step is a one-key table naming its kind
+//! (`{ exec = { run = "..." } }`), so later kinds (install_driver, apply_content,
+//! recover, ...) slot in as new enum variants without touching the others.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::util::{line_col, snippet};
+
+/// Default time a single guest command may take.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An error in a suite, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error("cannot read suite {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}\n{snippet}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+        snippet: String,
+    },
+    #[error("no suite files (*.toml) in {0}: pass a suite file or a folder holding some")]
+    EmptyFolder(PathBuf),
+}
+
+/// A parsed, validated suite.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub name: String,
+    /// Image reference: a built-in image name (`demo`) or a path to an `image.toml`,
+    /// relative to the suite file.
+    pub image: String,
+    pub boot_timeout: Option<Duration>,
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Suite {
+    /// The folder relative paths in the suite resolve against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or_else(|| Path::new("."))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: Option<String>,
+    pub steps: Vec<Step>,
+    pub gates: Gates,
+}
+
+/// What one step does. The first boot is implicit; a leading `boot` step only sets
+/// its options.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Boot the VM and wait until it is ready.
+    Boot(BootStep),
+    /// Reboot through the guest agent `times` times, waiting for ready after each.
+    Reboot(RebootStep),
+    /// Run a command in the guest and check its exit code.
+    Exec(ExecStep),
+}
+
+impl Step {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Boot(_) => "boot",
+            Step::Reboot(_) => "reboot",
+            Step::Exec(_) => "exec",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootStep {
+    /// Time allowed to reach ready; defaults to the suite's, then the image's.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebootStep {
+    #[serde(default = "one")]
+    pub times: u32,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecStep {
+    /// A command line for the guest's shell (the image manifest names the shell).
+    #[serde(default)]
+    pub run: Option<String>,
+    /// An argument vector run without any shell.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
+    #[serde(default)]
+    pub expect_exit: i32,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+impl ExecStep {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_EXEC_TIMEOUT)
+    }
+}
+
+/// Pass/fail conditions beyond "every boot reaches ready", which always holds.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// Every boot must reach ready within this time.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_boot_time: Option<Duration>,
+}
+
+// ---- raw file schema -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    suite: RawSuite,
+    #[serde(default)]
+    scenario: Vec<Spanned<RawScenario>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSuite {
+    name: Option<String>,
+    image: String,
+    #[serde(default, deserialize_with = "opt_duration")]
+    boot_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Spanned<String>,
+    description: Option<String>,
+    #[serde(default)]
+    steps: Vec<Spanned<Step>>,
+    #[serde(default)]
+    gates: Gates,
+}
+
+/// Parses durations written as "30s", "2m", "1m 30s", "500ms".
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?} ({e}): write a number and a unit, like \"30s\", \"2m\" or \"500ms\"")
+    })
+}
+
+// ---- loading ---------------------------------------------------------------------
+
+/// Loads one suite file, or every `*.toml` in a folder (sorted by name).
+pub fn load_path(path: &Path) -> Result<Vec<Suite>, SuiteError> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|source| SuiteError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(SuiteError::EmptyFolder(path.to_path_buf()));
+        }
+        files.iter().map(|f| load_file(f)).collect()
+    } else {
+        Ok(vec![load_file(path)?])
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<Suite, SuiteError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses suite text; `path` is used for messages and to resolve relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
+    let at = |offset: usize, message: String| {
+        let (line, column) = line_col(text, offset);
+        SuiteError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+            snippet: snippet(text, line, column),
+        }
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        at(offset, describe_toml_error(&e))
+    })?;
+
+    let mut names = BTreeSet::new();
+    let mut scenarios = Vec::new();
+    if raw.scenario.is_empty() {
+        return Err(at(
+            0,
+            "the suite has no scenarios: add a [[scenario]] table with a name and steps".into(),
+        ));
+    }
+    for scenario in raw.scenario {
+        let scenario_span = scenario.span();
+        let scenario = scenario.into_inner();
+        let name_span = scenario.name.span();
+        let name = scenario.name.into_inner();
+        if !valid_name(&name) {
+            return Err(at(
+                name_span.start,
+                format!("scenario `name` {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(at(
+                name_span.start,
+                format!("scenario `name` {name:?} is used twice in this suite"),
+            ));
+        }
+        let mut steps = Vec::new();
+        for (index, step) in scenario.steps.into_iter().enumerate() {
+            let span = step.span();
+            let step = step.into_inner();
+            validate_step(&step, index).map_err(|m| at(span.start, m))?;
+            steps.push(step);
+        }
+        if steps.is_empty() {
+            return Err(at(
+                scenario_span.start,
+                format!("scenario {name:?} has no `steps`: add at least one, e.g. steps = [{{ boot = {{}} }}]"),
+            ));
+        }
+        scenarios.push(Scenario {
+            name,
+            description: scenario.description,
+            steps,
+            gates: scenario.gates,
+        });
+    }
+    let name = raw.suite.name.unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| "suite".into(), |s| s.to_string_lossy().into_owned())
+    });
+    Ok(Suite {
+        path: path.to_path_buf(),
+        name,
+        image: raw.suite.image,
+        boot_timeout: raw.suite.boot_timeout,
+        scenarios,
+    })
+}
+
+fn validate_step(step: &Step, index: usize) -> Result<(), String> {
+    match step {
+        Step::Boot(_) if index != 0 => Err(
+            "a `boot` step may only come first (the first boot is implicit; use `reboot` later)"
+                .into(),
+        ),
+        Step::Reboot(r) if r.times == 0 => {
+            Err("`times` in a reboot step must be at least 1".into())
+        }
+        Step::Exec(e) => match (&e.run, &e.argv) {
+            (Some(_), Some(_)) => Err("an exec step takes `run` or `argv`, not both".into()),
+            (None, None) => {
+                Err("an exec step needs `run` (a shell command) or `argv` (a list)".into())
+            }
+            (None, Some(argv)) if argv.is_empty() => Err("`argv` must not be empty".into()),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// toml's own message, without its location header (we print ours) and with a hint
+/// for the mistakes people make most.
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    if message.starts_with("missing field `suite`") {
+        return "missing [suite] table: add `[suite]` with `image = \"demo\"`".into();
+    }
+    message
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Boot(_) => write!(f, "boot"),
+            Step::Reboot(r) => write!(f, "reboot x{}", r.times),
+            Step::Exec(e) => match (&e.run, &e.argv) {
+                (Some(run), _) => write!(f, "exec `{run}`"),
+                (_, Some(argv)) => write!(f, "exec {argv:?}"),
+                _ => write!(f, "exec"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Suite, SuiteError> {
+        parse(Path::new("t/suite.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[suite]
+name = "demo"
+image = "demo"
+boot_timeout = "90s"
+
+[[scenario]]
+name = "boot-and-reboot"
+steps = [
+  { boot = { timeout = "2m" } },
+  { reboot = { times = 2 } },
+  { exec = { run = "true" } },
+  { exec = { argv = ["/bin/false"], expect_exit = 1, timeout = "5s" } },
+]
+[scenario.gates]
+max_boot_time = "30s"
+"#;
+
+    #[test]
+    fn parses_a_full_suite() {
+        let suite = parse_str(GOOD).unwrap();
+        assert_eq!(suite.name, "demo");
+        assert_eq!(suite.boot_timeout, Some(Duration::from_secs(90)));
+        let s = &suite.scenarios[0];
+        assert_eq!(s.steps.len(), 4);
+        assert_eq!(
+            s.steps[0],
+            Step::Boot(BootStep {
+                timeout: Some(Duration::from_secs(120))
+            })
+        );
+        assert!(matches!(&s.steps[1], Step::Reboot(r) if r.times == 2));
+        assert!(
+            matches!(&s.steps[3], Step::Exec(e) if e.expect_exit == 1 && e.timeout() == Duration::from_secs(5))
+        );
+        assert_eq!(s.gates.max_boot_time, Some(Duration::from_secs(30)));
+    }
+
+    fn invalid(text: &str) -> (usize, usize, String) {
+        match parse_str(text) {
+            Err(SuiteError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            }) => (line, column, message),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typo_in_key_names_line_column_and_key() {
+        let text = GOOD.replace("max_boot_time", "max_boot_tme");
+        let (line, column, message) = invalid(&text);
+        assert_eq!((line, column), (17, 1));
+        assert!(message.contains("max_boot_tme"), "{message}");
+    }
+
+    #[test]
+    fn typo_in_step_kind_is_located() {
+        let text = GOOD.replace("{ reboot =", "{ rebot =");
+        let (line, _, message) = invalid(&text);
+        assert_eq!(line, 11);
+        assert!(message.contains("rebot"), "{message}");
+    }
+
+    #[test]
+    fn bad_duration_is_located_and_explained() {
+        let text = GOOD.replace("\"30s\"", "\"30 parsecs\"");
+        let (line, column, message) = invalid(&text);
+        assert_eq!((line, column), (17, 17));
+        assert!(message.contains("30 parsecs"), "{message}");
+    }
+
+    #[test]
+    fn exec_needs_exactly_one_command_form() {
+        let text = GOOD.replace("{ run = \"true\" }", "{ run = \"true\", argv = [\"x\"] }");
+        let (line, _, message) = invalid(&text);
+        assert_eq!(line, 12);
+        assert!(message.contains("not both"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_scenario_names_are_rejected() {
+        let text = format!(
+            "{GOOD}\n[[scenario]]\nname = \"boot-and-reboot\"\nsteps = [{{ boot = {{}} }}]\n"
+        );
+        let (line, _, message) = invalid(&text);
+        assert_eq!(line, 20);
+        assert!(message.contains("twice"), "{message}");
+    }
+
+    #[test]
+    fn boot_only_first_and_reboot_at_least_once() {
+        let (_, _, m) = invalid(&GOOD.replace("{ exec = { run = \"true\" } }", "{ boot = {} }"));
+        assert!(m.contains("only come first"), "{m}");
+        let (_, _, m) = invalid(&GOOD.replace("times = 2", "times = 0"));
+        assert!(m.contains("at least 1"), "{m}");
+    }
+
+    #[test]
+    fn missing_suite_table_says_what_to_add() {
+        let (_, _, m) = invalid("[[scenario]]\nname = \"a\"\nsteps = [{ boot = {} }]\n");
+        assert!(m.contains("[suite]"), "{m}");
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for text in [
+            "",
+            "\u{0}",
+            "[suite",
+            "suite = 3",
+            "[[scenario]]\nsteps = 7",
+            "[suite]\nimage = 1",
+        ] {
+            assert!(parse_str(text).is_err(), "{text:?} must be rejected");
+        }
+    }
+}
