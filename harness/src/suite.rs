@@ -405,7 +405,7 @@ max_boot_time = "30s"
     fn typo_in_key_names_line_column_and_key() {
         let text = GOOD.replace("max_boot_time", "max_boot_tme");
         let (line, column, message) = invalid(&text);
-        assert_eq!((line, column), (17, 1));
+        assert_eq!((line, column), (16, 1));
         assert!(message.contains("max_boot_tme"), "{message}");
     }
 
@@ -421,7 +421,7 @@ max_boot_time = "30s"
     fn bad_duration_is_located_and_explained() {
         let text = GOOD.replace("\"30s\"", "\"30 parsecs\"");
         let (line, column, message) = invalid(&text);
-        assert_eq!((line, column), (17, 17));
+        assert_eq!((line, column), (16, 17));
         assert!(message.contains("30 parsecs"), "{message}");
     }
 
@@ -439,7 +439,7 @@ max_boot_time = "30s"
             "{GOOD}\n[[scenario]]\nname = \"boot-and-reboot\"\nsteps = [{{ boot = {{}} }}]\n"
         );
         let (line, _, message) = invalid(&text);
-        assert_eq!(line, 20);
+        assert_eq!(line, 19);
         assert!(message.contains("twice"), "{message}");
     }
 

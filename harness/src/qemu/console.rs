@@ -154,7 +154,7 @@ mod tests {
         let got: Vec<String> = rx.try_iter().map(|l| l.text).collect();
         assert_eq!(got, ["hello", "world", "partial"]);
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\r\nworld\npartial");
-        assert_eq!(summary.bytes_seen, 21);
+        assert_eq!(summary.bytes_seen, 20);
         assert_eq!(summary.bytes_dropped, 0);
     }
 

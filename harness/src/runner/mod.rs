@@ -188,34 +188,31 @@ pub fn run(
     let mut qemu_info = QemuInfo::default();
     let mut manifests: BTreeMap<PathBuf, Manifest> = BTreeMap::new();
     let mut decision: Option<AccelDecision> = None;
-    match &qemu_problem {
-        Ok(version) => {
-            qemu_info.version = Some(version.clone());
-            for (suite, _) in &selected {
-                if manifests.contains_key(&suite.path) {
-                    continue;
-                }
-                let mut notices = Vec::new();
-                let manifest = image::resolve(&suite.image, suite.dir(), &mut |text: &str| {
-                    notices.push(text.to_string());
-                    eprintln!("bootgate: {text}");
-                })
-                .map_err(|source| RunError::Image {
-                    suite: suite.path.clone(),
-                    source,
-                })?;
-                manifests.insert(suite.path.clone(), manifest);
+    if let Ok(version) = &qemu_problem {
+        qemu_info.version = Some(version.clone());
+        for (suite, _) in &selected {
+            if manifests.contains_key(&suite.path) {
+                continue;
             }
-            let first_kernel = manifests
-                .values()
-                .next()
-                .and_then(|m| m.boot.kernel.clone());
-            let d = accel::decide(opts.accel, &opts.tools.system, first_kernel.as_deref());
-            qemu_info.accel = Some(d.accel.as_str().into());
-            qemu_info.accel_notice = d.notice.clone();
-            decision = Some(d);
+            let mut notices = Vec::new();
+            let manifest = image::resolve(&suite.image, suite.dir(), &mut |text: &str| {
+                notices.push(text.to_string());
+                eprintln!("bootgate: {text}");
+            })
+            .map_err(|source| RunError::Image {
+                suite: suite.path.clone(),
+                source,
+            })?;
+            manifests.insert(suite.path.clone(), manifest);
         }
-        Err(_) => {}
+        let first_kernel = manifests
+            .values()
+            .next()
+            .and_then(|m| m.boot.kernel.clone());
+        let d = accel::decide(opts.accel, &opts.tools.system, first_kernel.as_deref());
+        qemu_info.accel = Some(d.accel.as_str().into());
+        qemu_info.accel_notice = d.notice.clone();
+        decision = Some(d);
     }
 
     let (run_id, run_dir) = create_run_dir(&opts.out_dir)?;

@@ -276,15 +276,10 @@ impl Session<'_> {
         if interrupted() {
             return Err(Stop::Interrupted);
         }
-        loop {
-            match self.vm.console_lines.try_recv() {
-                Ok(line) => {
-                    self.detector.feed(&line.text);
-                    if self.detector.crash().is_some() && self.crash_seen_at.is_none() {
-                        self.crash_seen_at = Some(line.at);
-                    }
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        while let Ok(line) = self.vm.console_lines.try_recv() {
+            self.detector.feed(&line.text);
+            if self.detector.crash().is_some() && self.crash_seen_at.is_none() {
+                self.crash_seen_at = Some(line.at);
             }
         }
         loop {
