@@ -1,0 +1,127 @@
+//! Shared helpers: running the binary, writing suites, reading results, and finding
+//! QEMU processes a run left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// The bootgate binary built by cargo for these tests.
+pub fn bootgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bootgate"))
+}
+
+/// Runs bootgate with `args`, returning its output; stderr is echoed for CI logs.
+pub fn run(args: &[&str]) -> Output {
+    let output = bootgate().args(args).output().expect("bootgate runs");
+    eprintln!(
+        "$ bootgate {}\n--- exit {:?}; stderr:\n{}",
+        args.join(" "),
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The demo image's manifest, built once into the shared cache (the cache's lock
+/// makes concurrent test processes wait for one build).
+pub fn demo_manifest() -> &'static Path {
+    static MANIFEST: OnceLock<PathBuf> = OnceLock::new();
+    MANIFEST.get_or_init(|| {
+        let mut notify = |text: &str| eprintln!("{text}");
+        bootgate::image::demo::ensure_built(&mut notify).expect("the demo image builds")
+    })
+}
+
+/// Writes `text` as `name` in `dir`, returning its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A copy of the demo image manifest in `dir` (absolute paths to the built files),
+/// with extra kernel parameters and a different ready timeout.
+pub fn demo_variant(dir: &Path, extra_append: &str, ready_timeout: &str) -> PathBuf {
+    let manifest = demo_manifest();
+    let image_dir = manifest.parent().unwrap();
+    let mut text = std::fs::read_to_string(manifest).unwrap();
+    for file in ["vmlinuz", "initrd.img", "system.qcow2"] {
+        let abs = image_dir.join(file);
+        text = text.replace(&format!("\"{file}\""), &format!("{:?}", abs.display().to_string()));
+    }
+    let append_line = text
+        .lines()
+        .find(|l| l.starts_with("append = "))
+        .unwrap()
+        .to_string();
+    let new_append = format!("{}\"", append_line.trim_end_matches('"').to_string() + " " + extra_append);
+    text = text.replace(&append_line, &new_append);
+    text = text.replace("timeout = \"120s\"", &format!("timeout = {ready_timeout:?}"));
+    write(dir, "image.toml", &text)
+}
+
+/// run.json of the latest run in `out`.
+pub fn run_json(out: &Path) -> Value {
+    let text = std::fs::read_to_string(out.join("latest").join("run.json")).expect("run.json exists");
+    serde_json::from_str(&text).expect("run.json is valid JSON")
+}
+
+pub fn scenario<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("scenario {name} in run.json"))
+}
+
+/// The private VM folders (`/tmp/bootgate-vm-*`) named in a run's QEMU command lines:
+/// the folder holding each VM's QMP socket.
+pub fn vm_dirs(run: &Value) -> Vec<String> {
+    let mut dirs = Vec::new();
+    for vm in run["qemu"]["argv"].as_array().unwrap() {
+        for arg in vm["argv"].as_array().unwrap() {
+            let arg = arg.as_str().unwrap();
+            if let Some(rest) = arg.strip_prefix("socket,id=qmp0,path=") {
+                let dir = rest.split("/qmp.sock").next().unwrap().to_string();
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs
+}
+
+/// Processes whose command line mentions `needle` (a VM's private folder).
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(format!("{pid}: {cmdline}"));
+            }
+        }
+    }
+    found
+}
+
+/// Asserts that no QEMU of this run is alive and its private folders are gone.
+pub fn assert_no_vm_left(run: &Value) {
+    let dirs = vm_dirs(run);
+    assert!(!dirs.is_empty(), "run.json records the VM command lines");
+    for dir in dirs {
+        let left = processes_mentioning(&dir);
+        assert!(left.is_empty(), "QEMU left running: {left:?}");
+        assert!(!Path::new(&dir).exists(), "VM folder {dir} left behind");
+    }
+}
+
+pub fn sha256(path: &Path) -> String {
+    bootgate::util::sha256_file(path).unwrap()
+}

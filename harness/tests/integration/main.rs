@@ -1,0 +1,8 @@
+//! Integration tests: the real `bootgate` binary booting the real demo guest under
+//! real QEMU (TCG). One test binary, a module per area (cargo's testsuite style).
+
+mod boot;
+mod cli;
+mod common;
+mod image;
+mod teardown;
