@@ -17,7 +17,11 @@ const RECIPE_TOOLS: &[(&str, &str)] = &[
     ("apt-get", "apt"),
     ("dpkg-deb", "dpkg"),
     ("mke2fs", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
     ("cpio", "cpio"),
+    ("readelf", "binutils"),
+    ("make", "make"),
+    ("gcc", "gcc"),
 ];
 
 /// Prints the checks to `out`; true when nothing blocks a run.

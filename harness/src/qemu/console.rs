@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -73,7 +73,9 @@ fn capture(
     file: File,
     lines: Sender<ConsoleLine>,
 ) -> io::Result<ConsoleSummary> {
-    let mut out = BufWriter::new(file);
+    // Unbuffered on purpose: the log must be current while the VM runs (a user tails
+    // it, a crash may end bootgate itself); each read is one write.
+    let mut out = file;
     let mut summary = ConsoleSummary::default();
     let mut tail: VecDeque<u8> = VecDeque::new();
     let mut line: Vec<u8> = Vec::new();

@@ -71,9 +71,9 @@ impl Sink for TerminalSink {
             {
                 writeln!(
                     err,
-                    "  {scenario}: {} {:?} ({}) {}",
+                    "  {scenario}: {} {} ({}) {}",
                     step.kind,
-                    step.outcome,
+                    step.outcome.as_str(),
                     ms(step.duration_ms),
                     step.detail.lines().next().unwrap_or_default()
                 )

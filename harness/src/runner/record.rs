@@ -35,6 +35,18 @@ pub enum BootOutcome {
     Error,
 }
 
+impl BootOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootOutcome::Ready => "ready",
+            BootOutcome::Crash => "crash",
+            BootOutcome::Hang => "hang",
+            BootOutcome::Timeout => "timeout",
+            BootOutcome::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepOutcome {
@@ -45,6 +57,20 @@ pub enum StepOutcome {
     Timeout,
     Error,
     Skipped,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Ok => "ok",
+            StepOutcome::Failed => "failed",
+            StepOutcome::Crash => "crash",
+            StepOutcome::Hang => "hang",
+            StepOutcome::Timeout => "timeout",
+            StepOutcome::Error => "error",
+            StepOutcome::Skipped => "skipped",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,12 +10,20 @@ fn typo_in_suite_key_exits_2_with_line_and_column() {
         "suite.toml",
         "[suite]\nimage = \"demo\"\n\n[[scenario]]\nname = \"x\"\nsteps = [\n  { exec = { rn = \"true\" } },\n]\n",
     );
-    let out = run(&["run", suite.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
+    let out = run(&[
+        "run",
+        suite.to_str().unwrap(),
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("suite.toml:7:14"), "{stderr}");
     assert!(stderr.contains("unknown field `rn`"), "{stderr}");
-    assert!(!dir.path().join("r").exists(), "a suite error must not start a run");
+    assert!(
+        !dir.path().join("r").exists(),
+        "a suite error must not start a run"
+    );
 }
 
 #[test]
@@ -26,10 +34,20 @@ fn unknown_image_name_exits_2_and_says_what_exists() {
         "suite.toml",
         "[suite]\nimage = \"demoo\"\n\n[[scenario]]\nname = \"x\"\nsteps = [{ boot = {} }]\n",
     );
-    let out = run(&["run", suite.to_str().unwrap(), "--accel", "tcg", "--out", dir.path().join("r").to_str().unwrap()]);
+    let out = run(&[
+        "run",
+        suite.to_str().unwrap(),
+        "--accel",
+        "tcg",
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown image \"demoo\"") && stderr.contains("demo"), "{stderr}");
+    assert!(
+        stderr.contains("unknown image \"demoo\"") && stderr.contains("demo"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -38,7 +56,10 @@ fn bad_flag_exits_2_and_help_exits_0() {
     let help = run(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(text.contains("Exit codes") && text.contains("130"), "{text}");
+    assert!(
+        text.contains("Exit codes") && text.contains("130"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -51,23 +72,39 @@ fn qemu_missing_from_path_is_an_infrastructure_error() {
     );
     let out_dir = dir.path().join("r");
     let out = bootgate()
-        .args(["run", suite.to_str().unwrap(), "--out", out_dir.to_str().unwrap()])
+        .args([
+            "run",
+            suite.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
         .env("PATH", dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = run_json(&out_dir);
     let s = scenario(&run, "suite/boots");
     assert_eq!(s["verdict"], "error");
     let reason = s["reason"].as_str().unwrap();
-    assert!(reason.contains("not found in PATH") && reason.contains("apt-get install"), "{reason}");
+    assert!(
+        reason.contains("not found in PATH") && reason.contains("apt-get install"),
+        "{reason}"
+    );
     assert_eq!(run["summary"]["error"], 1);
     assert!(out_dir.join("latest").join("junit.xml").is_file());
 }
 
 #[test]
 fn list_prints_scenario_names() {
-    let out = run(&["list", concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo")]);
+    let out = run(&[
+        "list",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"),
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("demo/boots-and-reboots"), "{text}");

@@ -12,6 +12,19 @@ pub fn bootgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bootgate"))
 }
 
+/// A spawned bootgate that is killed if the test ends early (a failed assertion), so
+/// a failing test leaks no process; its VMs die with it (parent-death signal).
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs bootgate with `args`, returning its output; stderr is echoed for CI logs.
 pub fn run(args: &[&str]) -> Output {
     let output = bootgate().args(args).output().expect("bootgate runs");
@@ -49,22 +62,32 @@ pub fn demo_variant(dir: &Path, extra_append: &str, ready_timeout: &str) -> Path
     let mut text = std::fs::read_to_string(manifest).unwrap();
     for file in ["vmlinuz", "initrd.img", "system.qcow2"] {
         let abs = image_dir.join(file);
-        text = text.replace(&format!("\"{file}\""), &format!("{:?}", abs.display().to_string()));
+        text = text.replace(
+            &format!("\"{file}\""),
+            &format!("{:?}", abs.display().to_string()),
+        );
     }
     let append_line = text
         .lines()
         .find(|l| l.starts_with("append = "))
         .unwrap()
         .to_string();
-    let new_append = format!("{}\"", append_line.trim_end_matches('"').to_string() + " " + extra_append);
+    let new_append = format!(
+        "{}\"",
+        append_line.trim_end_matches('"').to_string() + " " + extra_append
+    );
     text = text.replace(&append_line, &new_append);
-    text = text.replace("timeout = \"120s\"", &format!("timeout = {ready_timeout:?}"));
+    text = text.replace(
+        "timeout = \"120s\"",
+        &format!("timeout = {ready_timeout:?}"),
+    );
     write(dir, "image.toml", &text)
 }
 
 /// run.json of the latest run in `out`.
 pub fn run_json(out: &Path) -> Value {
-    let text = std::fs::read_to_string(out.join("latest").join("run.json")).expect("run.json exists");
+    let text =
+        std::fs::read_to_string(out.join("latest").join("run.json")).expect("run.json exists");
     serde_json::from_str(&text).expect("run.json is valid JSON")
 }
 

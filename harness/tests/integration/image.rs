@@ -10,14 +10,18 @@ fn image_build_reuses_the_cache_and_records_kernel_and_headers() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains(&manifest.display().to_string()), "{stdout}");
-    assert!(!stderr.contains("building"), "an up-to-date image is not rebuilt: {stderr}");
+    assert!(
+        !stderr.contains("building"),
+        "an up-to-date image is not rebuilt: {stderr}"
+    );
     assert!(stdout.contains("kernel: 6."), "{stdout}");
     let info = bootgate::image::demo::build_info(manifest).expect("build-info.json");
     let kernel = info["kernel_version"].as_str().unwrap();
     assert!(kernel.ends_with("-cloud-amd64"), "{kernel}");
     // Base files are read-only so nothing can write them by accident.
     let disk = manifest.parent().unwrap().join("system.qcow2");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&disk).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&disk).unwrap().permissions());
     assert_eq!(mode & 0o222, 0, "base disk must not be writable");
 }
 
@@ -26,7 +30,16 @@ fn doctor_reports_each_check() {
     let out = run(&["doctor"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    for check in ["qemu-system-x86_64:", "qemu-img:", "firmware:", "accelerator:", "image cache:"] {
-        assert!(stdout.contains(check), "doctor has no {check} line: {stdout}");
+    for check in [
+        "qemu-system-x86_64:",
+        "qemu-img:",
+        "firmware:",
+        "accelerator:",
+        "image cache:",
+    ] {
+        assert!(
+            stdout.contains(check),
+            "doctor has no {check} line: {stdout}"
+        );
     }
 }

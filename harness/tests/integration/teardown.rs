@@ -20,10 +20,20 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
         "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n\n[[scenario]]\nname = \"never-started\"\nsteps = [{ exec = { run = \"true\" } }]\n",
     );
     let out_dir = dir.path().join("results");
-    let mut child = bootgate()
-        .args(["run", suite.to_str().unwrap(), "--accel", "tcg", "--out", out_dir.to_str().unwrap()])
-        .spawn()
-        .unwrap();
+    let mut guard = ChildGuard(
+        bootgate()
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--accel",
+                "tcg",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let console = out_dir.join("latest/long/sleeps/console.log");
     let started = Instant::now();
     while !std::fs::read_to_string(&console).is_ok_and(|t| t.contains("bootgate: ready")) {
@@ -41,7 +51,10 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(stopped.elapsed() < STOP_WAIT, "bootgate did not stop after SIGINT");
+        assert!(
+            stopped.elapsed() < STOP_WAIT,
+            "bootgate did not stop after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status.code(), Some(130));
