@@ -183,12 +183,8 @@ fn run(
             }
         }
         Err(e) => {
+            // Every error's message already carries its causes.
             eprintln!("bootgate: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
             if e.is_usage() {
                 EXIT_USAGE
             } else {

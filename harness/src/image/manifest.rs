@@ -17,7 +17,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read image manifest {path}: {source}")]
+    #[error("cannot read image manifest {path}: {source} (a relative image path is resolved from the suite file's folder)")]
     Read {
         path: PathBuf,
         #[source]

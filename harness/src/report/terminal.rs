@@ -43,7 +43,7 @@ impl Sink for TerminalSink {
                 scenarios,
             } if normal => writeln!(
                 err,
-                "bootgate {}: running {scenarios} scenario(s) on QEMU {} ({}) into {}",
+                "bootgate {}: running {scenarios} scenario(s) on {} ({}) into {}",
                 run.bootgate_version,
                 run.qemu.version.as_deref().unwrap_or("?"),
                 run.qemu.accel.as_deref().unwrap_or("?"),

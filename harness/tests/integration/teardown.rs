@@ -66,3 +66,83 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
     assert_eq!(scenarios[0]["verdict"], "error");
     assert_no_vm_left(&run);
 }
+
+/// The QEMU processes whose parent is `pid`.
+fn qemu_children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) start after ") ".
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid == pid && stat.contains("(qemu-system-x86") {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// SIGKILL gives bootgate no chance to clean up: the parent-death signal must still
+/// take its QEMU down.
+#[test]
+fn sigkill_of_bootgate_takes_qemu_down() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n",
+    );
+    let out_dir = dir.path().join("results");
+    let mut guard = ChildGuard(
+        bootgate()
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--accel",
+                "tcg",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = guard.0.id();
+    let started = Instant::now();
+    let qemu = loop {
+        if let Some(q) = qemu_children(pid).first() {
+            break *q;
+        }
+        assert!(
+            started.elapsed() < READY_WAIT,
+            "bootgate never started QEMU"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    guard.0.kill().unwrap();
+    guard.0.wait().unwrap();
+    let killed = Instant::now();
+    while std::path::Path::new(&format!("/proc/{qemu}")).exists() {
+        // A zombie reparented to init is reaped quickly; a live QEMU is the failure.
+        let state = std::fs::read_to_string(format!("/proc/{qemu}/stat")).unwrap_or_default();
+        if state.contains(") Z ") {
+            break;
+        }
+        assert!(
+            killed.elapsed() < STOP_WAIT,
+            "QEMU {qemu} outlived a SIGKILLed bootgate"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
