@@ -8,6 +8,8 @@
 //! is preceded by a 0xFF byte that cannot occur in JSON text and carries a
 //! fresh id, so everything older can be discarded.
 
+pub mod worker;
+
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

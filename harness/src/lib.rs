@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod detect;
 pub mod doctor;
+pub mod driver;
 pub mod guest;
 pub mod image;
 pub mod qemu;

@@ -5,7 +5,7 @@
 //! (`{ exec = { run = "..." } }`), so later kinds (install_driver, apply_content,
 //! recover, ...) slot in as new enum variants without touching the others.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,7 +49,24 @@ pub struct Suite {
     /// relative to the suite file.
     pub image: String,
     pub boot_timeout: Option<Duration>,
+    /// Candidate drivers by name.
+    pub drivers: BTreeMap<String, Driver>,
     pub scenarios: Vec<Scenario>,
+}
+
+/// A candidate driver: a kernel module built from source against the image's kernel
+/// headers, or a prebuilt module; plus how its content updates reach it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Driver {
+    /// Kernel module source folder (with a Kbuild file), relative to the suite file.
+    pub source: Option<PathBuf>,
+    /// A prebuilt module file, relative to the suite file.
+    pub module: Option<PathBuf>,
+    /// Name of the content file the driver reads in the image's content folder.
+    pub content_file: Option<String>,
+    /// Guest command line that makes the running driver reload its content (a live update).
+    pub reload: Option<String>,
 }
 
 impl Suite {
@@ -65,6 +82,33 @@ pub struct Scenario {
     pub description: Option<String>,
     pub steps: Vec<Step>,
     pub gates: Gates,
+    /// A negative test: the failure the harness must see for the scenario to pass.
+    pub expect: Option<Expect>,
+    /// Text the crash title must contain when `expect` is set.
+    pub expect_title: Option<String>,
+    /// Consecutive boots that crash before ready which make a boot loop.
+    pub boot_loop_boots: u32,
+}
+
+/// Default for `boot_loop_boots`.
+pub const DEFAULT_BOOT_LOOP_BOOTS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Crash,
+    Hang,
+    BootLoop,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Crash => "crash",
+            Expect::Hang => "hang",
+            Expect::BootLoop => "boot_loop",
+        }
+    }
 }
 
 /// What one step does. The first boot is implicit; a leading `boot` step only sets
@@ -78,6 +122,19 @@ pub enum Step {
     Reboot(RebootStep),
     /// Run a command in the guest and check its exit code.
     Exec(ExecStep),
+    /// Copy a driver onto the system disk and register it to load at boot.
+    InstallDriver(InstallDriverStep),
+    /// Unregister a driver and delete it (unloading it first when it is loaded).
+    UninstallDriver(DriverRef),
+    /// Copy a content file into the driver's content folder, optionally live-reloading it.
+    ApplyContent(ApplyContentStep),
+    /// Delete the driver's content file.
+    RemoveContent(DriverRef),
+    /// Stay up for a while, watching for crashes and hangs.
+    Observe(ObserveStep),
+    /// A rescue boot that skips third-party drivers, running the given commands, then a
+    /// normal boot.
+    Recover(RecoverStep),
 }
 
 impl Step {
@@ -86,8 +143,68 @@ impl Step {
             Step::Boot(_) => "boot",
             Step::Reboot(_) => "reboot",
             Step::Exec(_) => "exec",
+            Step::InstallDriver(_) => "install_driver",
+            Step::UninstallDriver(_) => "uninstall_driver",
+            Step::ApplyContent(_) => "apply_content",
+            Step::RemoveContent(_) => "remove_content",
+            Step::Observe(_) => "observe",
+            Step::Recover(_) => "recover",
         }
     }
+
+    /// The driver a step refers to, if any.
+    pub fn driver(&self) -> Option<&str> {
+        match self {
+            Step::InstallDriver(s) => Some(&s.driver),
+            Step::UninstallDriver(s) | Step::RemoveContent(s) => Some(&s.driver),
+            Step::ApplyContent(s) => Some(&s.driver),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallDriverStep {
+    pub driver: String,
+    /// Module parameters, as the guest's loader takes them ("fixed=1 loop_guard=2").
+    #[serde(default)]
+    pub params: String,
+    /// Also load it now (otherwise it loads at the next boot).
+    #[serde(default)]
+    pub load_now: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverRef {
+    pub driver: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyContentStep {
+    pub driver: String,
+    /// The content file, relative to the suite file.
+    pub file: PathBuf,
+    /// Tell the running driver to reload it now (the driver's `reload` command).
+    #[serde(default)]
+    pub reload: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveStep {
+    #[serde(deserialize_with = "duration")]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverStep {
+    /// Shell command lines run during the rescue boot, each expected to exit 0.
+    #[serde(default)]
+    pub run: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -139,6 +256,24 @@ pub struct Gates {
     /// Every boot must reach ready within this time.
     #[serde(default, deserialize_with = "opt_duration")]
     pub max_boot_time: Option<Duration>,
+    /// The same, in milliseconds.
+    pub max_boot_ms: Option<u64>,
+    /// No crash may happen (default: true, unless `expect` names one).
+    pub no_crash: Option<bool>,
+    /// No hang may happen (default: true, unless `expect = "hang"`).
+    pub no_hang: Option<bool>,
+    /// No boot loop may happen (default: true, unless `expect = "boot_loop"`).
+    pub no_boot_loop: Option<bool>,
+    /// After a crash, the guest must be ready again within this many boots.
+    pub recovers_within: Option<u32>,
+}
+
+impl Gates {
+    /// The boot-time limit from either spelling.
+    pub fn boot_time_limit(&self) -> Option<Duration> {
+        self.max_boot_time
+            .or(self.max_boot_ms.map(Duration::from_millis))
+    }
 }
 
 // ---- raw file schema -------------------------------------------------------------
@@ -147,6 +282,8 @@ pub struct Gates {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     suite: RawSuite,
+    #[serde(default)]
+    driver: BTreeMap<String, Spanned<Driver>>,
     #[serde(default)]
     scenario: Vec<Spanned<RawScenario>>,
 }
@@ -169,14 +306,20 @@ struct RawScenario {
     steps: Vec<Spanned<Step>>,
     #[serde(default)]
     gates: Gates,
+    expect: Option<Expect>,
+    expect_title: Option<String>,
+    boot_loop_boots: Option<u32>,
 }
 
 /// Parses durations written as "30s", "2m", "1m 30s", "500ms".
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// Deserializes a human duration string; shared with the image manifest.
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -233,6 +376,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
         at(offset, describe_toml_error(&e))
     })?;
 
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut drivers = BTreeMap::new();
+    for (name, driver) in raw.driver {
+        let span = driver.span();
+        let driver = driver.into_inner();
+        validate_driver(&name, &driver, dir).map_err(|m| at(span.start, m))?;
+        drivers.insert(name, driver);
+    }
+
     let mut names = BTreeSet::new();
     let mut scenarios = Vec::new();
     if raw.scenario.is_empty() {
@@ -262,7 +414,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
         for (index, step) in scenario.steps.into_iter().enumerate() {
             let span = step.span();
             let step = step.into_inner();
-            validate_step(&step, index).map_err(|m| at(span.start, m))?;
+            validate_step(&step, index, &drivers, dir).map_err(|m| at(span.start, m))?;
             steps.push(step);
         }
         if steps.is_empty() {
@@ -271,11 +423,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
                 format!("scenario {name:?} has no `steps`: add at least one, e.g. steps = [{{ boot = {{}} }}]"),
             ));
         }
+        if scenario.expect_title.is_some() && scenario.expect.is_none() {
+            return Err(at(
+                scenario_span.start,
+                format!("scenario {name:?} has `expect_title` without `expect`: add expect = \"crash\" (or \"hang\", \"boot_loop\")"),
+            ));
+        }
+        let boot_loop_boots = scenario.boot_loop_boots.unwrap_or(DEFAULT_BOOT_LOOP_BOOTS);
+        if boot_loop_boots < 2 {
+            return Err(at(
+                scenario_span.start,
+                format!("scenario {name:?}: `boot_loop_boots` must be at least 2"),
+            ));
+        }
         scenarios.push(Scenario {
             name,
             description: scenario.description,
             steps,
             gates: scenario.gates,
+            expect: scenario.expect,
+            expect_title: scenario.expect_title,
+            boot_loop_boots,
         });
     }
     let name = raw.suite.name.unwrap_or_else(|| {
@@ -287,11 +455,83 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
         name,
         image: raw.suite.image,
         boot_timeout: raw.suite.boot_timeout,
+        drivers,
         scenarios,
     })
 }
 
-fn validate_step(step: &Step, index: usize) -> Result<(), String> {
+fn validate_driver(name: &str, driver: &Driver, dir: &Path) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "driver name {name:?} must use only letters, digits and '_' (it is the module's name)"
+        ));
+    }
+    let file = match (&driver.source, &driver.module) {
+        (Some(_), Some(_)) => {
+            return Err(format!("driver {name:?} takes `source` or `module`, not both"))
+        }
+        (None, None) => {
+            return Err(format!(
+                "driver {name:?} needs `source` (a kernel module source folder) or `module` (a built .ko)"
+            ))
+        }
+        (Some(source), None) => {
+            let path = dir.join(source);
+            if !path.is_dir() {
+                return Err(format!(
+                    "driver {name:?}: `source` folder {} does not exist",
+                    path.display()
+                ));
+            }
+            return Ok(());
+        }
+        (None, Some(module)) => dir.join(module),
+    };
+    if !file.is_file() {
+        return Err(format!(
+            "driver {name:?}: `module` file {} does not exist",
+            file.display()
+        ));
+    }
+    Ok(())
+}
+
+fn validate_step(
+    step: &Step,
+    index: usize,
+    drivers: &BTreeMap<String, Driver>,
+    dir: &Path,
+) -> Result<(), String> {
+    if let Some(name) = step.driver() {
+        let Some(driver) = drivers.get(name) else {
+            let known: Vec<&str> = drivers.keys().map(String::as_str).collect();
+            return Err(format!(
+                "unknown driver {name:?}: define it in a [driver.{name}] table (defined: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        let needs_content = matches!(step, Step::ApplyContent(_) | Step::RemoveContent(_));
+        if needs_content && driver.content_file.is_none() {
+            return Err(format!(
+                "driver {name:?} has no `content_file`: say which file in the content folder it reads"
+            ));
+        }
+        if let Step::ApplyContent(apply) = step {
+            if apply.reload && driver.reload.is_none() {
+                return Err(format!(
+                    "`reload = true` but driver {name:?} has no `reload` command"
+                ));
+            }
+            let file = dir.join(&apply.file);
+            if !file.is_file() {
+                return Err(format!("content `file` {} does not exist", file.display()));
+            }
+        }
+    }
     match step {
         Step::Boot(_) if index != 0 => Err(
             "a `boot` step may only come first (the first boot is implicit; use `reboot` later)"
@@ -339,6 +579,21 @@ impl fmt::Display for Step {
                 (_, Some(argv)) => write!(f, "exec {argv:?}"),
                 _ => write!(f, "exec"),
             },
+            Step::InstallDriver(s) if s.params.is_empty() => {
+                write!(f, "install_driver {}", s.driver)
+            }
+            Step::InstallDriver(s) => write!(f, "install_driver {} ({})", s.driver, s.params),
+            Step::UninstallDriver(s) => write!(f, "uninstall_driver {}", s.driver),
+            Step::ApplyContent(s) => write!(
+                f,
+                "apply_content {} -> {}{}",
+                s.file.display(),
+                s.driver,
+                if s.reload { " (live reload)" } else { "" }
+            ),
+            Step::RemoveContent(s) => write!(f, "remove_content {}", s.driver),
+            Step::Observe(s) => write!(f, "observe {}", crate::util::human_duration(s.duration)),
+            Step::Recover(s) => write!(f, "recover (rescue boot, {} command(s))", s.run.len()),
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::util::{line_col, snippet};
 
@@ -135,7 +135,10 @@ pub struct Ready {
     pub agent: bool,
     /// A console line the guest prints when ready; recorded in the timeline.
     pub console_line: Option<String>,
-    #[serde(default = "default_ready_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_ready_timeout",
+        deserialize_with = "crate::suite::duration"
+    )]
     pub timeout: Duration,
 }
 
@@ -170,11 +173,6 @@ struct RawManifest {
     machine: Machine,
     ready: Ready,
     guest: GuestPaths,
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    crate::suite::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 impl Manifest {

@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -42,16 +41,16 @@ pub struct ConsoleCapture {
 }
 
 impl ConsoleCapture {
-    /// Starts capturing `stream` into `path`, sending complete lines to `lines`.
+    /// Starts capturing `stream` into `path`, handing each complete line to `on_line`.
     pub fn start(
         stream: UnixStream,
         path: &Path,
-        lines: Sender<ConsoleLine>,
+        on_line: impl Fn(ConsoleLine) + Send + 'static,
     ) -> io::Result<ConsoleCapture> {
         let file = File::create(path)?;
         let handle = std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || capture(stream, file, lines))?;
+            .spawn(move || capture(stream, file, on_line))?;
         Ok(ConsoleCapture {
             handle: Some(handle),
             path: path.to_path_buf(),
@@ -71,7 +70,7 @@ impl ConsoleCapture {
 fn capture(
     mut stream: UnixStream,
     file: File,
-    lines: Sender<ConsoleLine>,
+    on_line: impl Fn(ConsoleLine),
 ) -> io::Result<ConsoleSummary> {
     // Unbuffered on purpose: the log must be current while the VM runs (a user tails
     // it, a crash may end bootgate itself); each read is one write.
@@ -104,8 +103,7 @@ fn capture(
                     let text = String::from_utf8_lossy(&line)
                         .trim_end_matches('\r')
                         .to_string();
-                    // A closed receiver only means nobody watches any more; keep logging.
-                    let _ = lines.send(ConsoleLine {
+                    on_line(ConsoleLine {
                         text,
                         at: Instant::now(),
                     });
@@ -117,7 +115,7 @@ fn capture(
         }
     }
     if !line.is_empty() {
-        let _ = lines.send(ConsoleLine {
+        on_line(ConsoleLine {
             text: String::from_utf8_lossy(&line).into_owned(),
             at: Instant::now(),
         });
@@ -149,7 +147,7 @@ mod tests {
         let (mut guest, host) = UnixStream::pair().unwrap();
         let (tx, rx) = mpsc::channel();
         let path = dir.path().join("console.log");
-        let capture = ConsoleCapture::start(host, &path, tx).unwrap();
+        let capture = ConsoleCapture::start(host, &path, move |l| tx.send(l).unwrap()).unwrap();
         guest.write_all(b"hello\r\nworld\npartial").unwrap();
         drop(guest);
         let summary = capture.finish().unwrap();
@@ -164,10 +162,8 @@ mod tests {
     fn flood_is_capped_keeping_head_and_tail() {
         let dir = tempfile::tempdir().unwrap();
         let (mut guest, host) = UnixStream::pair().unwrap();
-        let (tx, rx) = mpsc::channel();
-        drop(rx);
         let path = dir.path().join("console.log");
-        let capture = ConsoleCapture::start(host, &path, tx).unwrap();
+        let capture = ConsoleCapture::start(host, &path, |_| {}).unwrap();
         let total = CONSOLE_HEAD_BYTES as usize + CONSOLE_TAIL_BYTES + 1_000_000;
         let writer = std::thread::spawn(move || {
             let block = vec![b'x'; 65536];

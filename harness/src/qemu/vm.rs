@@ -5,9 +5,10 @@
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use crate::agent::worker::{AgentWorker, Reply};
 use crate::agent::{AgentClient, AgentError};
 use crate::image::manifest::Manifest;
 use crate::image::{overlay, ImageError};
@@ -27,6 +28,52 @@ pub const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SOCKET_POLL: Duration = Duration::from_millis(20);
 /// Lines of QEMU's own output quoted when it fails.
 const QEMU_LOG_TAIL: usize = 20;
+
+/// Everything a running VM reports, merged into one channel so the runner waits on
+/// exactly one thing and reacts to whichever comes first.
+#[derive(Debug)]
+pub enum Signal {
+    /// A QMP event, or the end of the QMP stream (QEMU gone).
+    Qmp(QmpMessage),
+    /// A line the guest printed on its serial console.
+    Console(ConsoleLine),
+    /// The answer to an agent request.
+    Agent(Reply),
+}
+
+/// A VM's private 0700 folder with its sockets and disk overlay. It outlives the QEMU
+/// processes of one scenario: a rescue boot restarts QEMU on the same overlay.
+pub struct VmDir {
+    pub layout: VmLayout,
+    _dir: tempfile::TempDir,
+}
+
+impl VmDir {
+    /// Creates the folder and the overlay on the manifest's base disk. With
+    /// `keep_overlay_in`, the overlay lives there instead (kept after the run).
+    pub fn create(
+        qemu_img: &str,
+        manifest: &Manifest,
+        keep_overlay_in: Option<&Path>,
+    ) -> Result<VmDir, VmError> {
+        // tempfile creates folders 0700: the QMP socket is a root shell on the VM.
+        let dir = tempfile::Builder::new()
+            .prefix("bootgate-vm-")
+            .tempdir()
+            .map_err(VmError::Folder)?;
+        let mut layout = VmLayout::in_dir(dir.path());
+        if let Some(keep) = keep_overlay_in {
+            layout.overlay = keep.join("system.qcow2");
+        }
+        overlay::create(
+            qemu_img,
+            &manifest.disk.path,
+            manifest.disk.format,
+            &layout.overlay,
+        )?;
+        Ok(VmDir { layout, _dir: dir })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -59,57 +106,53 @@ pub struct VmConfig<'a> {
     pub accel: Accel,
     /// Extra kernel parameters for this boot (e.g. the rescue boot's).
     pub extra_append: Option<String>,
-    /// Where console.log and qemu.log go (the scenario's results folder).
+    /// Where the console and QEMU logs go (the scenario's results folder).
     pub artifacts_dir: &'a Path,
-    /// Keep the overlay in `artifacts_dir` instead of deleting it.
-    pub keep_overlay: bool,
+    /// Distinguishes the logs of successive QEMU processes of one scenario
+    /// ("" for the first: console.log; "-2" for the second: console-2.log).
+    pub log_suffix: String,
 }
 
 pub struct Vm {
     pub argv: Vec<String>,
-    pub layout: VmLayout,
-    /// QMP events and the end of the QMP stream (QEMU gone).
-    pub events: Receiver<QmpMessage>,
-    /// Console lines as the guest prints them.
-    pub console_lines: Receiver<ConsoleLine>,
-    /// When the guest CPUs were started (`cont`): the zero of boot 1's timeline.
+    /// QMP events, console lines and agent answers, in arrival order.
+    pub signals: Receiver<Signal>,
+    /// When the guest CPUs were started (`cont`): the zero of the first boot.
     pub started: Instant,
     pub console_path: PathBuf,
     pub qemu_log_path: PathBuf,
+    agent: AgentWorker,
     process: ProcessGuard,
     qmp: Option<QmpClient>,
     console: Option<ConsoleCapture>,
-    _dir: tempfile::TempDir,
     stopped: bool,
 }
 
 impl Vm {
-    pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
-        // tempfile creates folders 0700: the QMP socket is a root shell on the VM.
-        let dir = tempfile::Builder::new()
-            .prefix("bootgate-vm-")
-            .tempdir()
-            .map_err(VmError::Folder)?;
-        let mut layout = VmLayout::in_dir(dir.path());
-        if config.keep_overlay {
-            layout.overlay = config.artifacts_dir.join("system.qcow2");
+    /// Starts QEMU paused on `layout`'s overlay, connects QMP, console and agent, then
+    /// starts the CPUs.
+    pub fn start(config: &VmConfig, layout: &VmLayout) -> Result<Vm, VmError> {
+        for socket in [
+            &layout.qmp_socket,
+            &layout.serial_socket,
+            &layout.agent_socket,
+        ] {
+            // Left over from an earlier QEMU of this scenario.
+            let _ = std::fs::remove_file(socket);
         }
-        let manifest = config.manifest;
-        overlay::create(
-            config.qemu_img,
-            &manifest.disk.path,
-            manifest.disk.format,
-            &layout.overlay,
-        )?;
         let argv = command::build(
             config.qemu_binary,
-            manifest,
+            config.manifest,
             config.accel,
-            &layout,
+            layout,
             config.extra_append.as_deref(),
         );
-        let qemu_log_path = config.artifacts_dir.join("qemu.log");
-        let console_path = config.artifacts_dir.join("console.log");
+        let qemu_log_path = config
+            .artifacts_dir
+            .join(format!("qemu{}.log", config.log_suffix));
+        let console_path = config
+            .artifacts_dir
+            .join(format!("console{}.log", config.log_suffix));
         let mut process = ProcessGuard::spawn(&argv, &qemu_log_path)?;
 
         let (qmp, events) = match QmpClient::connect(&layout.qmp_socket, QMP_CONNECT_TIMEOUT) {
@@ -125,48 +168,57 @@ impl Vm {
                 return Err(e.into());
             }
         };
+        let (tx, signals) = mpsc::channel();
+        forward_qmp(events, tx.clone())?;
         let serial = connect_socket("serial", &layout.serial_socket)?;
-        let (line_tx, console_lines) = mpsc::channel();
-        let console = ConsoleCapture::start(serial, &console_path, line_tx).map_err(|source| {
-            VmError::Socket {
-                what: "console",
-                path: console_path.clone(),
-                source,
-            }
+        let console_tx = tx.clone();
+        let console = ConsoleCapture::start(serial, &console_path, move |line| {
+            let _ = console_tx.send(Signal::Console(line));
+        })
+        .map_err(|source| VmError::Socket {
+            what: "console",
+            path: console_path.clone(),
+            source,
         })?;
+        let client = AgentClient::connect(&layout.agent_socket, SOCKET_CONNECT_TIMEOUT)?;
+        let agent_tx = tx;
+        let agent = AgentWorker::start(client, move |reply| {
+            let _ = agent_tx.send(Signal::Agent(reply));
+        })
+        .map_err(VmError::Folder)?;
         qmp.execute("cont", None, QMP_COMMAND_TIMEOUT)?;
         let started = Instant::now();
         Ok(Vm {
             argv,
-            layout,
-            events,
-            console_lines,
+            signals,
             started,
             console_path,
             qemu_log_path,
+            agent,
             process,
             qmp: Some(qmp),
             console: Some(console),
-            _dir: dir,
             stopped: false,
         })
+    }
+
+    /// The agent, driven through its worker thread.
+    pub fn agent(&mut self) -> &mut AgentWorker {
+        &mut self.agent
     }
 
     pub fn qmp(&self) -> Option<&QmpClient> {
         self.qmp.as_ref()
     }
 
-    /// A connection to the guest agent's socket (the agent itself may not be up yet).
-    pub fn connect_agent(&self) -> Result<AgentClient, VmError> {
-        Ok(AgentClient::connect(
-            &self.layout.agent_socket,
-            SOCKET_CONNECT_TIMEOUT,
-        )?)
-    }
-
     /// The exit status if QEMU has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.process.try_wait()
+    }
+
+    /// Waits up to `timeout` for QEMU to exit (after its QMP connection closed).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_timeout(timeout)
     }
 
     /// The last lines of QEMU's own stdout/stderr.
@@ -198,6 +250,21 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Moves QMP messages into the VM's signal channel on a small thread.
+fn forward_qmp(events: Receiver<QmpMessage>, tx: Sender<Signal>) -> Result<(), VmError> {
+    std::thread::Builder::new()
+        .name("qmp-forward".into())
+        .spawn(move || {
+            for message in events {
+                if tx.send(Signal::Qmp(message)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(VmError::Folder)?;
+    Ok(())
 }
 
 fn connect_socket(what: &'static str, path: &Path) -> Result<UnixStream, VmError> {

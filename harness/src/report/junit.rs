@@ -41,13 +41,13 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
             Verdict::Error => TestCaseStatus::non_success(NonSuccessKind::Error),
         };
         if matches!(scenario.verdict, Verdict::Fail | Verdict::Error) {
-            let message = match &scenario.crash {
+            let message = match scenario.crashes.first() {
                 Some(crash) => crash.title.clone(),
                 None => reason.lines().next().unwrap_or_default().to_string(),
             };
             status.set_message(message);
             let mut text = reason.clone();
-            if let Some(crash) = &scenario.crash {
+            if let Some(crash) = scenario.crashes.first() {
                 text.push_str("\n\n");
                 text.push_str(&crash.excerpt.join("\n"));
             }

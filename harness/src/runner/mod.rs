@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::driver::{self, BuiltDriver};
 use crate::image::{self, ImageError, Manifest};
 use crate::qemu::accel::{self, AccelChoice, AccelDecision};
 use crate::qemu::{self, QemuTools};
@@ -215,6 +216,28 @@ pub fn run(
         decision = Some(d);
     }
 
+    // Candidate drivers, built against each suite's image (or taken prebuilt). A driver
+    // that cannot be built makes the scenarios that use it `error`, not the whole run.
+    let mut built: BTreeMap<PathBuf, BTreeMap<String, Result<BuiltDriver, String>>> =
+        BTreeMap::new();
+    for (suite, _) in &selected {
+        if built.contains_key(&suite.path) {
+            continue;
+        }
+        let mut drivers = BTreeMap::new();
+        if let Some(manifest) = manifests.get(&suite.path) {
+            for (name, def) in &suite.drivers {
+                let result =
+                    driver::prepare(name, def, suite.dir(), manifest).map_err(|e| e.to_string());
+                if let Err(why) = &result {
+                    emitter.notice(why);
+                }
+                drivers.insert(name.clone(), result);
+            }
+        }
+        built.insert(suite.path.clone(), drivers);
+    }
+
     let (run_id, run_dir) = create_run_dir(&opts.out_dir)?;
     let mut inputs = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -222,6 +245,22 @@ pub fn run(
         let mut files = vec![suite.path.clone()];
         if let Some(m) = manifests.get(&suite.path) {
             files.extend(m.input_files());
+        }
+        for built in built
+            .get(&suite.path)
+            .into_iter()
+            .flat_map(|d| d.values())
+            .flatten()
+        {
+            files.push(built.module.clone());
+            files.extend(built.sources.iter().cloned());
+        }
+        for scenario in &suite.scenarios {
+            for step in &scenario.steps {
+                if let crate::suite::Step::ApplyContent(apply) = step {
+                    files.push(suite.dir().join(&apply.file));
+                }
+            }
         }
         for file in files {
             if seen.insert(file.clone()) {
@@ -259,6 +298,7 @@ pub fn run(
     }
 
     let total = selected.len();
+    let no_drivers = BTreeMap::new();
     for (index, (suite, scenario_index)) in selected.iter().enumerate() {
         if interrupted() {
             record.interrupted = true;
@@ -284,7 +324,11 @@ pub fn run(
             duration_ms: 0,
             boots: Vec::new(),
             steps: Vec::new(),
-            crash: None,
+            crashes: Vec::new(),
+            hangs: Vec::new(),
+            boot_loop: false,
+            recovery: None,
+            expect: scenario.expect.map(|e| e.as_str().to_string()),
             artifacts: Vec::new(),
             dir: rel_dir.display().to_string(),
         };
@@ -304,16 +348,20 @@ pub fn run(
                         keep_overlay: opts.keep,
                         emitter,
                         full_name: &full_name,
+                        drivers: built.get(&suite.path).unwrap_or(&no_drivers),
                     });
                     scenario_record.verdict = outcome.verdict;
                     scenario_record.reason = outcome.reason;
                     scenario_record.boots = outcome.boots;
                     scenario_record.steps = outcome.steps;
-                    scenario_record.crash = outcome.crash;
-                    if !outcome.argv.is_empty() {
+                    scenario_record.crashes = outcome.crashes;
+                    scenario_record.hangs = outcome.hangs;
+                    scenario_record.boot_loop = outcome.boot_loop;
+                    scenario_record.recovery = outcome.recovery;
+                    for argv in outcome.argvs {
                         record.qemu.argv.push(VmArgv {
                             scenario: full_name.clone(),
-                            argv: outcome.argv,
+                            argv,
                         });
                     }
                     if outcome.interrupted {

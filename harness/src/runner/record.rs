@@ -147,7 +147,16 @@ pub struct ScenarioRecord {
     pub duration_ms: u64,
     pub boots: Vec<BootRecord>,
     pub steps: Vec<StepRecord>,
-    pub crash: Option<CrashRecord>,
+    /// Every crash seen, in order.
+    pub crashes: Vec<CrashRecord>,
+    /// Hangs seen: boots that never became ready, guests that stopped answering.
+    pub hangs: Vec<String>,
+    /// Whether `boot_loop_boots` consecutive boots crashed before ready.
+    pub boot_loop: bool,
+    /// How the guest got back to a ready normal boot after its first crash.
+    pub recovery: Option<RecoveryRecord>,
+    /// The failure a negative test expected (crash, hang, boot_loop).
+    pub expect: Option<String>,
     /// Files in the run folder that belong to this scenario (paths relative to it).
     pub artifacts: Vec<FileHash>,
     /// The scenario's folder inside the run folder.
@@ -160,6 +169,11 @@ pub struct BootRecord {
     pub outcome: BootOutcome,
     /// Time from power-on (or reset) to ready, when ready was reached.
     pub ready_ms: Option<u64>,
+    /// Kernel parameters added to this boot (the rescue boot's).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub extra_append: Option<String>,
+    /// Title of the crash that ended this boot, if one did.
+    pub crash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,8 +188,21 @@ pub struct StepRecord {
 pub struct CrashRecord {
     pub title: String,
     pub kind: String,
-    /// Where it was seen: "pvpanic", "console" or both.
+    /// Where it was seen: "pvpanic", "console" or "pvpanic+console".
     pub source: String,
-    pub boot: u32,
+    pub boot_index: u32,
     pub excerpt: Vec<String>,
+    /// From the first sign of the crash (panic event or console report) to bootgate's
+    /// decision.
+    pub detect_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    /// Boots from the first crash to the first ready normal boot, that boot included.
+    pub boots: u32,
+    /// Seconds from the first crash to that boot's ready.
+    pub seconds: f64,
+    /// The boot index that was ready.
+    pub ready_boot: u32,
 }

@@ -1,59 +1,77 @@
-//! Running one scenario on one VM: boot, steps, gates, verdict.
+//! Running one scenario on one VM: boots, steps, crash and boot-loop watching,
+//! recovery, gates, verdict.
 //!
-//! Everything the guest does is watched while we wait: QMP events (panic, reset,
-//! QEMU gone), console lines (crash reports), and the agent. No fixed sleeps: each
-//! wait polls these sources and ends on the first thing that decides it.
+//! Everything a VM reports arrives on one channel (QMP events, console lines, agent
+//! answers), so every wait ends on the first thing that decides it: a panic is acted
+//! on when its event arrives, not at the next poll.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::mpsc::TryRecvError;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use crate::agent::{AgentClient, AgentError, ShutdownMode};
-use crate::detect::CrashDetector;
-use crate::guest::GuestProfile;
+use crate::agent::worker::{Answer, JobError, Request, REQUEST_TIMEOUT};
+use crate::agent::{AgentError, ShutdownMode};
+use crate::detect::{ConsoleCrash, CrashClass, CrashDetector};
+use crate::driver::BuiltDriver;
+use crate::guest::{GuestCommand, GuestProfile};
 use crate::image::manifest::Manifest;
 use crate::qemu::accel::Accel;
 use crate::qemu::qmp::QmpMessage;
-use crate::qemu::vm::{Vm, VmConfig};
+use crate::qemu::vm::{Signal, Vm, VmConfig, VmDir, QMP_COMMAND_TIMEOUT};
 use crate::qemu::QemuTools;
 use crate::runner::record::{
-    BootOutcome, BootRecord, CrashRecord, StepOutcome, StepRecord, Verdict,
+    BootOutcome, BootRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord, Verdict,
 };
 use crate::runner::{interrupted, Emitter};
-use crate::suite::{ExecStep, Scenario, Step, Suite};
+use crate::suite::{Expect, Scenario, Step, Suite};
 use crate::util::human_duration;
 
-/// One agent sync attempt while waiting for ready; short so crashes and Ctrl-C are
-/// noticed quickly between attempts.
-pub const AGENT_SYNC_ATTEMPT: Duration = Duration::from_millis(500);
-/// Time a single agent request may take once the guest is up.
-pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time from asking the guest to reboot to QEMU reporting the reset.
 pub const REBOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Interval between `guest-exec-status` polls.
-pub const EXEC_POLL: Duration = Duration::from_millis(100);
-/// After a crash is first seen, how long to keep reading the console so the report
-/// (call trace, panic line) is complete.
+/// After a panic event, how long to wait for the console report if none was seen yet
+/// (the oops normally reaches the console before the panic notifier runs).
+pub const CONSOLE_TRAIL: Duration = Duration::from_millis(300);
+/// A console crash report without a panic event: how long to wait for the panic event
+/// (or more of the report) before deciding on the console alone.
 pub const CRASH_SETTLE: Duration = Duration::from_millis(1500);
-/// Granularity of waits that have nothing to poll but events.
-const EVENT_POLL: Duration = Duration::from_millis(20);
+/// One reboot shows up as a burst of RESET events (Linux tries several reset methods,
+/// each resets the machine once more within ~100 ms); RESETs this close together are
+/// one reboot.
+pub const RESET_COALESCE: Duration = Duration::from_secs(1);
+/// Longest uninterrupted wait on the signal channel, so Ctrl-C is noticed promptly.
+const INTERRUPT_CHECK: Duration = Duration::from_millis(50);
 /// Most bytes of a command's output quoted in a step's detail.
 const OUTPUT_QUOTE_BYTES: usize = 2048;
+/// Largest driver module or content file copied into a guest.
+const MAX_GUEST_FILE: u64 = 64 << 20;
 
-/// What ended a wait other than success.
+/// Why a wait ended other than with what it waited for.
 #[derive(Debug)]
 enum Stop {
-    /// The guest crashed (pvpanic or a console crash report).
+    /// The guest crashed; the crash is recorded.
     Crash,
-    /// QEMU exited or its QMP stream ended: not the product's fault.
-    QemuGone(String),
+    /// The guest hangs (no ready in time, soft lockup, agent silent); recorded.
+    Hang(String),
     /// The guest powered itself off.
     PoweredOff,
-    Interrupted,
-    /// The harness itself failed (agent protocol, I/O).
+    /// QEMU or the harness failed: not the product's fault.
     Infra(String),
-    /// The guest did not become ready within the boot timeout.
-    NotReady(Duration),
+    Interrupted,
+}
+
+/// Why a step failed.
+enum StepError {
+    /// The product failed the step itself (wrong exit code, command timed out).
+    Failed(StepOutcome, String),
+    /// Something ended it: crash, hang, QEMU gone, interrupt.
+    Stopped(Stop),
+}
+
+impl From<Stop> for StepError {
+    fn from(stop: Stop) -> StepError {
+        StepError::Stopped(stop)
+    }
 }
 
 /// Result of a scenario, before the runner adds names and artifacts.
@@ -62,8 +80,11 @@ pub struct ScenarioOutcome {
     pub reason: Option<String>,
     pub boots: Vec<BootRecord>,
     pub steps: Vec<StepRecord>,
-    pub crash: Option<CrashRecord>,
-    pub argv: Vec<String>,
+    pub crashes: Vec<CrashRecord>,
+    pub hangs: Vec<String>,
+    pub boot_loop: bool,
+    pub recovery: Option<RecoveryRecord>,
+    pub argvs: Vec<Vec<String>>,
     pub interrupted: bool,
 }
 
@@ -77,18 +98,48 @@ pub struct ScenarioContext<'a> {
     pub keep_overlay: bool,
     pub emitter: &'a mut Emitter,
     pub full_name: &'a str,
+    pub drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
 }
 
-struct Session<'a> {
-    vm: Vm,
-    agent: AgentClient,
-    detector: CrashDetector,
-    crash_seen_at: Option<Instant>,
-    pvpanic: bool,
-    last_reset: Option<Instant>,
-    boots: Vec<BootRecord>,
+/// The state of one scenario's machine across QEMU processes and boots.
+struct Machine<'a> {
+    tools: &'a QemuTools,
+    manifest: &'a Manifest,
+    accel: Accel,
+    artifacts: &'a Path,
     profile: GuestProfile,
     name: &'a str,
+    boot_timeout: Duration,
+    /// Declared before `vmdir` so QEMU is stopped before its folder is removed.
+    vm: Option<Vm>,
+    vmdir: VmDir,
+    qemu_runs: u32,
+    argvs: Vec<Vec<String>>,
+    // The current boot.
+    detector: CrashDetector,
+    boot_started: Instant,
+    boot_ready: bool,
+    pvpanic_at: Option<Instant>,
+    console_crash_at: Option<Instant>,
+    /// A RESET we caused (system_reset) that must not count as a guest reboot.
+    expect_reset: bool,
+    /// The last RESET event, to fold a burst into one reboot.
+    last_reset: Option<Instant>,
+    // Observations across boots.
+    boots: Vec<BootRecord>,
+    crashes: Vec<CrashRecord>,
+    hangs: Vec<String>,
+    boot_loop: bool,
+    first_crash: Option<(Instant, u32)>,
+    recovery: Option<RecoveryRecord>,
+}
+
+/// What `next` saw.
+enum Happening {
+    Agent(u64, Result<Answer, JobError>),
+    /// The guest reset on its own (a reboot it asked for, or a triple fault).
+    Reset(Instant),
+    Deadline,
 }
 
 pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
@@ -97,152 +148,148 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         reason: None,
         boots: Vec::new(),
         steps: Vec::new(),
-        crash: None,
-        argv: Vec::new(),
+        crashes: Vec::new(),
+        hangs: Vec::new(),
+        boot_loop: false,
+        recovery: None,
+        argvs: Vec::new(),
         interrupted: false,
     };
-    let config = VmConfig {
-        qemu_binary: &ctx.tools.system,
-        qemu_img: &ctx.tools.img,
-        manifest: ctx.manifest,
-        accel: ctx.accel,
-        extra_append: None,
-        artifacts_dir: ctx.dir,
-        keep_overlay: ctx.keep_overlay,
-    };
-    let vm = match Vm::start(&config) {
-        Ok(vm) => vm,
+    let keep = ctx.keep_overlay.then_some(ctx.dir);
+    let vmdir = match VmDir::create(&ctx.tools.img, ctx.manifest, keep) {
+        Ok(dir) => dir,
         Err(e) => {
-            outcome.reason = Some(format!("could not start the VM: {e}"));
+            outcome.reason = Some(format!("could not prepare the VM: {e}"));
             return outcome;
         }
     };
-    outcome.argv = vm.argv.clone();
-    let agent = match vm.connect_agent() {
-        Ok(agent) => agent,
-        Err(e) => {
-            outcome.reason = Some(e.to_string());
-            return outcome;
-        }
-    };
-    let mut session = Session {
-        vm,
-        agent,
-        detector: CrashDetector::new(),
-        crash_seen_at: None,
-        pvpanic: false,
-        last_reset: None,
-        boots: Vec::new(),
-        profile: GuestProfile::for_manifest(ctx.manifest),
-        name: ctx.full_name,
-    };
-    let first_boot_timeout = match ctx.scenario.steps.first() {
+    let boot_timeout = match ctx.scenario.steps.first() {
         Some(Step::Boot(b)) => b.timeout,
         _ => None,
     }
     .or(ctx.suite.boot_timeout)
     .unwrap_or(ctx.manifest.ready.timeout);
-    let reboot_default = ctx.suite.boot_timeout.unwrap_or(ctx.manifest.ready.timeout);
+    let mut m = Machine {
+        tools: ctx.tools,
+        manifest: ctx.manifest,
+        accel: ctx.accel,
+        artifacts: ctx.dir,
+        profile: GuestProfile::for_manifest(ctx.manifest),
+        name: ctx.full_name,
+        boot_timeout,
+        vm: None,
+        vmdir,
+        qemu_runs: 0,
+        argvs: Vec::new(),
+        detector: CrashDetector::new(),
+        boot_started: Instant::now(),
+        boot_ready: false,
+        pvpanic_at: None,
+        console_crash_at: None,
+        expect_reset: false,
+        last_reset: None,
+        boots: Vec::new(),
+        crashes: Vec::new(),
+        hangs: Vec::new(),
+        boot_loop: false,
+        first_crash: None,
+        recovery: None,
+    };
+    let scenario = ctx.scenario;
+    let emitter = ctx.emitter;
 
+    // Failures of the product that are not crashes or hangs (those are observations
+    // judged by the gates below), and infrastructure trouble.
     let mut failure: Option<String> = None;
     let mut infra: Option<String> = None;
-    let boot_started = session.vm.started;
-    let first = session.wait_ready(boot_started, first_boot_timeout, ctx.emitter);
-    let mut first_record = StepRecord {
+    // After a crash with no recovery, only a `recover` step can bring the guest back.
+    let mut guest_down = false;
+
+    // The first boot is implicit; a leading `boot` step only sets its timeout.
+    let first = Instant::now();
+    let first_result = m
+        .power_on(None)
+        .and_then(|()| m.wait_ready(m.boot_timeout, emitter));
+    let boot_step = StepRecord {
         kind: "boot".into(),
         outcome: StepOutcome::Ok,
-        duration_ms: boot_started.elapsed().as_millis() as u64,
+        duration_ms: first.elapsed().as_millis() as u64,
         detail: String::new(),
     };
-    match first {
-        Ok(()) => first_record.detail = "ready".into(),
-        Err(stop) => {
-            let (step_outcome, text) = session.describe_stop(&stop, "the first boot");
-            first_record.outcome = step_outcome;
-            first_record.detail = text.clone();
-            match stop {
-                Stop::QemuGone(_) | Stop::Infra(_) => infra = Some(text),
-                Stop::Interrupted => outcome.interrupted = true,
-                _ => failure = Some(text),
-            }
-        }
-    }
-    ctx.emitter.step_finished(ctx.full_name, &first_record);
-    outcome.steps.push(first_record);
+    let boot_step = settle(
+        &mut m,
+        boot_step,
+        first_result
+            .map(|()| "ready".to_string())
+            .map_err(StepError::from),
+        scenario,
+        emitter,
+        (
+            &mut failure,
+            &mut infra,
+            &mut guest_down,
+            &mut outcome.interrupted,
+        ),
+    );
+    emitter.step_finished(ctx.full_name, &boot_step);
+    outcome.steps.push(boot_step);
 
-    let steps = ctx
-        .scenario
+    for step in scenario
         .steps
         .iter()
-        .filter(|s| !matches!(s, Step::Boot(_)));
-    for step in steps {
-        if failure.is_some() || infra.is_some() || outcome.interrupted {
+        .filter(|s| !matches!(s, Step::Boot(_)))
+    {
+        let is_recover = matches!(step, Step::Recover(_));
+        let blocked = failure.is_some() || infra.is_some() || outcome.interrupted;
+        if blocked || (guest_down && !is_recover) {
             outcome.steps.push(StepRecord {
                 kind: step.kind().into(),
                 outcome: StepOutcome::Skipped,
                 duration_ms: 0,
-                detail: "skipped: an earlier step did not succeed".into(),
+                detail: if guest_down && !blocked {
+                    "skipped: the guest did not come back after its crash".into()
+                } else {
+                    "skipped: an earlier step did not succeed".into()
+                },
             });
             continue;
         }
-        ctx.emitter.step_started(ctx.full_name, &step.to_string());
+        emitter.step_started(ctx.full_name, &step.to_string());
         let started = Instant::now();
-        let result = match step {
-            Step::Boot(_) => Ok(String::from("ready")),
-            Step::Reboot(r) => {
-                session.reboot(r.times, r.timeout.unwrap_or(reboot_default), ctx.emitter)
-            }
-            Step::Exec(e) => session.exec(e),
-        };
-        let mut record = StepRecord {
+        let result = m.step(step, ctx.suite, ctx.drivers, emitter);
+        let record = StepRecord {
             kind: step.kind().into(),
             outcome: StepOutcome::Ok,
             duration_ms: started.elapsed().as_millis() as u64,
             detail: String::new(),
         };
-        match result {
-            Ok(detail) => record.detail = detail,
-            Err(StepError::Failed(outcome_kind, detail)) => {
-                record.outcome = outcome_kind;
-                record.detail = detail.clone();
-                failure = Some(format!("{step}: {detail}"));
-            }
-            Err(StepError::Stopped(stop)) => {
-                let (step_outcome, text) = session.describe_stop(&stop, &step.to_string());
-                record.outcome = step_outcome;
-                record.detail = text.clone();
-                match stop {
-                    Stop::QemuGone(_) | Stop::Infra(_) => infra = Some(text),
-                    Stop::Interrupted => outcome.interrupted = true,
-                    _ => failure = Some(text),
-                }
-            }
+        if is_recover && result.is_ok() {
+            guest_down = false;
         }
-        ctx.emitter.step_finished(ctx.full_name, &record);
+        let record = settle(
+            &mut m,
+            record,
+            result,
+            scenario,
+            emitter,
+            (
+                &mut failure,
+                &mut infra,
+                &mut guest_down,
+                &mut outcome.interrupted,
+            ),
+        );
+        emitter.step_finished(ctx.full_name, &record);
         outcome.steps.push(record);
     }
 
-    // Gates beyond "every boot reaches ready" (which the steps already enforce).
-    if failure.is_none() && infra.is_none() {
-        if let Some(limit) = ctx.scenario.gates.max_boot_time {
-            let slow = session.boots.iter().find(|b| {
-                b.ready_ms
-                    .is_some_and(|ms| Duration::from_millis(ms) > limit)
-            });
-            if let Some(boot) = slow {
-                failure = Some(format!(
-                    "gate max_boot_time: boot {} took {}, over the limit of {}",
-                    boot.index,
-                    human_duration(Duration::from_millis(boot.ready_ms.unwrap_or_default())),
-                    human_duration(limit)
-                ));
-            }
-        }
+    if let Some(vm) = m.vm.as_mut() {
+        vm.stop();
     }
-
-    outcome.crash = session.crash_record();
-    outcome.boots = std::mem::take(&mut session.boots);
-    session.vm.stop();
+    outcome.argvs = std::mem::take(&mut m.argvs);
+    if infra.is_none() && !outcome.interrupted {
+        failure = failure.or_else(|| judge(&m, scenario));
+    }
     outcome.verdict = if infra.is_some() || outcome.interrupted {
         Verdict::Error
     } else if failure.is_some() {
@@ -253,336 +300,810 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     outcome.reason = infra
         .or(failure)
         .or_else(|| outcome.interrupted.then(|| "interrupted".to_string()));
+    outcome.boots = std::mem::take(&mut m.boots);
+    outcome.crashes = std::mem::take(&mut m.crashes);
+    outcome.hangs = std::mem::take(&mut m.hangs);
+    outcome.boot_loop = m.boot_loop;
+    outcome.recovery = m.recovery.take();
     outcome
 }
 
-enum StepError {
-    /// The product failed the step (wrong exit code, timeout, hang).
-    Failed(StepOutcome, String),
-    /// Something else ended it: crash, QEMU gone, interrupt.
-    Stopped(Stop),
-}
-
-impl From<Stop> for StepError {
-    fn from(stop: Stop) -> StepError {
-        StepError::Stopped(stop)
+/// Turns a step's result into its record, and a crash into the watch for a boot loop
+/// or recovery. The tuple is the scenario's running state: (failure, infra,
+/// guest_down, interrupted).
+fn settle(
+    m: &mut Machine,
+    mut record: StepRecord,
+    result: Result<String, StepError>,
+    scenario: &Scenario,
+    emitter: &mut Emitter,
+    state: (
+        &mut Option<String>,
+        &mut Option<String>,
+        &mut bool,
+        &mut bool,
+    ),
+) -> StepRecord {
+    let (failure, infra, guest_down, interrupted) = state;
+    match result {
+        Ok(detail) => record.detail = detail,
+        Err(StepError::Failed(kind, detail)) => {
+            record.outcome = kind;
+            *failure = Some(format!("{}: {detail}", record.kind));
+            record.detail = detail;
+        }
+        Err(StepError::Stopped(Stop::Crash)) => {
+            record.outcome = StepOutcome::Crash;
+            let title = m
+                .crashes
+                .last()
+                .map_or_else(|| "crash".into(), |c| c.title.clone());
+            record.detail = format!("crash: {title}");
+            // Watch the next boots: does it loop, or come back?
+            match m.watch_after_crash(scenario.boot_loop_boots, emitter) {
+                Ok(true) => record.detail.push_str("; the guest recovered"),
+                Ok(false) => {
+                    *guest_down = true;
+                    if m.boot_loop {
+                        record.detail.push_str(&format!(
+                            "; boot loop: {} consecutive boots crashed",
+                            scenario.boot_loop_boots
+                        ));
+                    }
+                }
+                Err(Stop::Infra(why)) => *infra = Some(why),
+                Err(Stop::Interrupted) => *interrupted = true,
+                Err(_) => *guest_down = true,
+            }
+        }
+        Err(StepError::Stopped(Stop::Hang(why))) => {
+            record.outcome = StepOutcome::Hang;
+            record.detail = why;
+            *guest_down = true;
+        }
+        Err(StepError::Stopped(Stop::PoweredOff)) => {
+            record.outcome = StepOutcome::Failed;
+            record.detail = "the guest powered off".into();
+            *failure = Some(format!("{}: the guest powered off", record.kind));
+        }
+        Err(StepError::Stopped(Stop::Infra(why))) => {
+            record.outcome = StepOutcome::Error;
+            record.detail = why.clone();
+            *infra = Some(why);
+        }
+        Err(StepError::Stopped(Stop::Interrupted)) => {
+            record.outcome = StepOutcome::Error;
+            record.detail = "interrupted".into();
+            *interrupted = true;
+        }
     }
+    record
 }
 
-impl Session<'_> {
-    /// Drains console lines and QMP events; returns why the guest can no longer be
-    /// waited on, if it can't.
-    fn poll(&mut self) -> Result<(), Stop> {
-        if interrupted() {
-            return Err(Stop::Interrupted);
+/// Applies the gates and expectations to what was observed; `Some(reason)` fails.
+fn judge(m: &Machine, scenario: &Scenario) -> Option<String> {
+    let gates = &scenario.gates;
+    let expect = scenario.expect;
+    let first_crash = m.crashes.first().map(|c| c.title.as_str());
+    let no_crash = gates
+        .no_crash
+        .unwrap_or(!matches!(expect, Some(Expect::Crash | Expect::BootLoop)));
+    let no_hang = gates.no_hang.unwrap_or(expect != Some(Expect::Hang));
+    let no_boot_loop = gates
+        .no_boot_loop
+        .unwrap_or(expect != Some(Expect::BootLoop));
+    if let Some(expect) = expect {
+        let seen = match expect {
+            Expect::Crash => !m.crashes.is_empty(),
+            Expect::Hang => !m.hangs.is_empty(),
+            Expect::BootLoop => m.boot_loop,
+        };
+        if !seen {
+            return Some(format!(
+                "expected a {} but none happened{}",
+                expect.as_str().replace('_', " "),
+                first_crash.map_or_else(String::new, |t| format!(" (saw a crash: {t})"))
+            ));
         }
-        while let Ok(line) = self.vm.console_lines.try_recv() {
-            self.detector.feed(&line.text);
-            if self.detector.crash().is_some() && self.crash_seen_at.is_none() {
-                self.crash_seen_at = Some(line.at);
+        if let (Some(want), Some(title)) = (&scenario.expect_title, first_crash) {
+            if !title.contains(want.as_str()) {
+                return Some(format!(
+                    "expected a crash titled like {want:?}, saw {title:?}"
+                ));
             }
         }
-        loop {
-            match self.vm.events.try_recv() {
-                Ok(QmpMessage::Event(event)) => match event.name.as_str() {
-                    "GUEST_PANICKED" => {
-                        self.pvpanic = true;
-                        self.crash_seen_at.get_or_insert(event.received);
-                    }
-                    "RESET" => self.last_reset = Some(event.received),
-                    "SHUTDOWN" => {
-                        let reason = event
-                            .data
-                            .get("reason")
-                            .and_then(|r| r.as_str())
-                            .unwrap_or("");
-                        if reason == "guest-shutdown" {
-                            return Err(Stop::PoweredOff);
-                        }
-                    }
-                    _ => {}
-                },
-                Ok(QmpMessage::Closed(why)) => {
-                    let status = self
-                        .vm
-                        .exited()
-                        .map_or_else(|| "still running".into(), |s| s.to_string());
-                    let why = why.map_or_else(String::new, |e| format!(" ({e})"));
-                    return Err(Stop::QemuGone(format!(
-                        "QEMU's QMP connection closed{why}; QEMU {status}; QEMU said:\n{}",
-                        self.vm.qemu_log_tail()
-                    )));
+    }
+    if no_boot_loop && m.boot_loop {
+        return Some(format!(
+            "boot loop: {} consecutive boots crashed before ready: {}",
+            scenario.boot_loop_boots,
+            first_crash.unwrap_or("crash")
+        ));
+    }
+    if no_crash {
+        if let Some(title) = first_crash {
+            return Some(format!("crash: {title}"));
+        }
+    }
+    if no_hang {
+        if let Some(hang) = m.hangs.first() {
+            return Some(format!("hang: {hang}"));
+        }
+    }
+    if let Some(limit) = gates.recovers_within {
+        if m.first_crash.is_some() {
+            match &m.recovery {
+                Some(r) if r.boots <= limit => {}
+                Some(r) => {
+                    return Some(format!(
+                        "gate recovers_within: recovered after {} boots, over the limit of {limit}",
+                        r.boots
+                    ))
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    return Err(Stop::QemuGone("QMP reader ended".into()));
+                None => {
+                    return Some(format!(
+                        "gate recovers_within: no ready boot after the crash (limit {limit} boots)"
+                    ))
                 }
             }
         }
-        if let Some(status) = self.vm.exited() {
-            return Err(Stop::QemuGone(format!(
-                "QEMU exited ({status}); QEMU said:\n{}",
-                self.vm.qemu_log_tail()
-            )));
+    }
+    if let Some(limit) = gates.boot_time_limit() {
+        let slow = m.boots.iter().find(|b| {
+            b.ready_ms
+                .is_some_and(|ms| Duration::from_millis(ms) > limit)
+        });
+        if let Some(boot) = slow {
+            return Some(format!(
+                "gate max_boot_time: boot {} took {}, over the limit of {}",
+                boot.index,
+                human_duration(Duration::from_millis(boot.ready_ms.unwrap_or_default())),
+                human_duration(limit)
+            ));
         }
-        if let Some(seen) = self.crash_seen_at {
-            // A pvpanic is final at once; a console report alone gets time to finish
-            // (and to reach pvpanic, when oops=panic).
-            if seen.elapsed() >= CRASH_SETTLE || (self.pvpanic && self.detector.crash().is_some()) {
-                self.drain_console_briefly();
-                return Err(Stop::Crash);
-            }
-            if self.pvpanic && seen.elapsed() >= CRASH_SETTLE / 3 {
-                self.drain_console_briefly();
-                return Err(Stop::Crash);
-            }
+    }
+    None
+}
+
+impl Machine<'_> {
+    fn vm(&mut self) -> Result<&mut Vm, Stop> {
+        self.vm
+            .as_mut()
+            .ok_or_else(|| Stop::Infra("no VM is running".into()))
+    }
+
+    /// Starts a QEMU on the scenario's disk (stopping the previous one) and begins a boot.
+    fn power_on(&mut self, extra_append: Option<String>) -> Result<(), Stop> {
+        if let Some(mut vm) = self.vm.take() {
+            vm.stop();
         }
+        self.qemu_runs += 1;
+        let config = VmConfig {
+            qemu_binary: &self.tools.system,
+            qemu_img: &self.tools.img,
+            manifest: self.manifest,
+            accel: self.accel,
+            extra_append: extra_append.clone(),
+            artifacts_dir: self.artifacts,
+            log_suffix: if self.qemu_runs == 1 {
+                String::new()
+            } else {
+                format!("-{}", self.qemu_runs)
+            },
+        };
+        let vm = Vm::start(&config, &self.vmdir.layout)
+            .map_err(|e| Stop::Infra(format!("could not start the VM: {e}")))?;
+        self.argvs.push(vm.argv.clone());
+        let started = vm.started;
+        self.vm = Some(vm);
+        self.begin_boot(started, extra_append);
         Ok(())
     }
 
-    /// The console trails the panic event slightly; pick up what is already in flight.
-    fn drain_console_briefly(&mut self) {
-        let until = Instant::now() + Duration::from_millis(200);
-        while Instant::now() < until {
-            match self.vm.console_lines.recv_timeout(EVENT_POLL) {
-                Ok(line) => self.detector.feed(&line.text),
-                Err(_) => break,
-            }
-        }
+    fn begin_boot(&mut self, at: Instant, extra_append: Option<String>) {
+        self.detector = CrashDetector::new();
+        self.boot_started = at;
+        self.boot_ready = false;
+        self.pvpanic_at = None;
+        self.console_crash_at = None;
+        self.boots.push(BootRecord {
+            index: self.boots.len() as u32 + 1,
+            outcome: BootOutcome::Error,
+            ready_ms: None,
+            extra_append,
+            crash: None,
+        });
     }
 
     fn boot_index(&self) -> u32 {
-        self.boots.len() as u32 + 1
+        self.boots.len() as u32
     }
 
-    /// Waits until the agent answers (ready) or something else happens; records the boot.
-    fn wait_ready(
-        &mut self,
-        since: Instant,
-        timeout: Duration,
-        emitter: &mut Emitter,
-    ) -> Result<(), Stop> {
-        let index = self.boot_index();
-        let deadline = since + timeout;
+    fn set_boot_outcome(&mut self, outcome: BootOutcome) {
+        if let Some(boot) = self.boots.last_mut() {
+            boot.outcome = outcome;
+        }
+    }
+
+    /// Waits for the next thing that matters, or `deadline`. Crashes, hangs seen on the
+    /// console, QEMU going away and Ctrl-C end the wait as `Err`.
+    fn next(&mut self, deadline: Instant) -> Result<Happening, Stop> {
         loop {
-            if let Err(stop) = self.poll() {
-                let outcome = match stop {
-                    Stop::Crash => BootOutcome::Crash,
-                    Stop::Interrupted | Stop::QemuGone(_) | Stop::Infra(_) => BootOutcome::Error,
-                    Stop::PoweredOff => BootOutcome::Error,
-                    Stop::NotReady(_) => BootOutcome::Timeout,
-                };
-                self.boots.push(BootRecord {
-                    index,
-                    outcome,
-                    ready_ms: None,
-                });
+            if interrupted() {
+                return Err(Stop::Interrupted);
+            }
+            if let Some(stop) = self.crash_decided() {
                 return Err(stop);
             }
-            if Instant::now() >= deadline {
-                self.boots.push(BootRecord {
-                    index,
-                    outcome: BootOutcome::Timeout,
-                    ready_ms: None,
-                });
-                return Err(Stop::NotReady(timeout));
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Happening::Deadline);
             }
-            match self.agent.sync(AGENT_SYNC_ATTEMPT) {
-                Ok(()) => {
-                    let ready_ms = since.elapsed().as_millis() as u64;
-                    self.boots.push(BootRecord {
-                        index,
-                        outcome: BootOutcome::Ready,
-                        ready_ms: Some(ready_ms),
-                    });
-                    emitter.boot_ready(self.name, index, ready_ms);
-                    return Ok(());
+            let mut wait = (deadline - now).min(INTERRUPT_CHECK);
+            if let Some(at) = self.pvpanic_at {
+                wait = wait.min((at + CONSOLE_TRAIL).saturating_duration_since(now));
+            } else if let Some(at) = self.console_crash_at {
+                wait = wait.min((at + CRASH_SETTLE).saturating_duration_since(now));
+            }
+            let signal = match self.vm()?.signals.recv_timeout(wait) {
+                Ok(signal) => signal,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.qemu_gone("its signal channel closed"))
                 }
-                Err(AgentError::Timeout { .. }) => {}
-                Err(AgentError::Closed) => {
-                    // QEMU closed the socket: the next poll() says why.
-                    std::thread::sleep(EVENT_POLL);
+            };
+            match signal {
+                Signal::Console(line) => {
+                    self.detector.feed(&line.text);
+                    match self.detector.crash().map(|c| c.class) {
+                        Some(CrashClass::Crash) if self.console_crash_at.is_none() => {
+                            self.console_crash_at = Some(line.at);
+                        }
+                        Some(CrashClass::Hang) => {
+                            let title = self
+                                .detector
+                                .crash()
+                                .map(|c| c.title.clone())
+                                .unwrap_or_default();
+                            return Err(self.hang(format!("{title} (boot {})", self.boot_index())));
+                        }
+                        _ => {}
+                    }
                 }
-                Err(_) => {}
+                Signal::Qmp(QmpMessage::Event(event)) => match event.name.as_str() {
+                    "GUEST_PANICKED" | "GUEST_CRASHLOADED" => {
+                        self.pvpanic_at.get_or_insert(event.received);
+                    }
+                    "RESET" => {
+                        let burst = self.last_reset.is_some_and(|last| {
+                            event.received.duration_since(last) < RESET_COALESCE
+                        });
+                        self.last_reset = Some(event.received);
+                        if self.expect_reset {
+                            self.expect_reset = false;
+                        } else if !burst {
+                            return Ok(Happening::Reset(event.received));
+                        }
+                    }
+                    "SHUTDOWN"
+                        if event.data.get("reason").and_then(|r| r.as_str())
+                            == Some("guest-shutdown") =>
+                    {
+                        return Err(Stop::PoweredOff)
+                    }
+                    _ => {}
+                },
+                Signal::Qmp(QmpMessage::Closed(why)) => {
+                    let why = why
+                        .map_or_else(|| "QMP closed".to_string(), |e| format!("QMP closed: {e}"));
+                    return Err(self.qemu_gone(&why));
+                }
+                Signal::Agent(reply) => return Ok(Happening::Agent(reply.id, reply.result)),
             }
         }
     }
 
-    fn reboot(
-        &mut self,
-        times: u32,
-        timeout: Duration,
-        emitter: &mut Emitter,
-    ) -> Result<String, StepError> {
-        let mut times_ms = Vec::new();
-        for _ in 0..times {
-            self.last_reset = None;
-            let asked = Instant::now();
-            self.agent
-                .shutdown(ShutdownMode::Reboot)
-                .map_err(|e| self.agent_trouble("guest-shutdown", e))?;
-            // The reboot is confirmed by QEMU's RESET event, not by the agent going
-            // quiet: until then the old boot's agent may still answer.
-            let reset_at = loop {
-                self.poll()?;
-                if let Some(at) = self.last_reset {
-                    break at;
-                }
-                if asked.elapsed() >= REBOOT_REQUEST_TIMEOUT {
-                    return Err(StepError::Failed(
-                        StepOutcome::Hang,
-                        format!(
-                            "the guest did not reboot within {} of guest-shutdown",
-                            human_duration(REBOOT_REQUEST_TIMEOUT)
-                        ),
-                    ));
-                }
-                std::thread::sleep(EVENT_POLL);
-            };
-            self.wait_ready(reset_at, timeout, emitter)?;
-            if let Some(boot) = self.boots.last() {
-                times_ms.push(human_duration(Duration::from_millis(
-                    boot.ready_ms.unwrap_or_default(),
-                )));
+    fn qemu_gone(&mut self, why: &str) -> Stop {
+        let vm = self.vm.as_mut();
+        let (status, log) = match vm {
+            Some(vm) => {
+                let status = vm.exited();
+                let status = match status {
+                    Some(s) => s.to_string(),
+                    None => vm
+                        .wait_exit(Duration::from_millis(500))
+                        .map_or_else(|| "still running".into(), |s| s.to_string()),
+                };
+                (status, vm.qemu_log_tail())
             }
-        }
-        Ok(format!(
-            "rebooted {times}x; ready after {}",
-            times_ms.join(", ")
+            None => ("not started".into(), String::new()),
+        };
+        Stop::Infra(format!(
+            "QEMU went away ({why}; QEMU {status}); QEMU said:\n{log}"
         ))
     }
 
-    fn exec(&mut self, step: &ExecStep) -> Result<String, StepError> {
-        let argv = self.profile.exec_argv(step);
-        let started = Instant::now();
-        let pid = self
-            .agent
-            .exec_start(&argv, &[], None, AGENT_REQUEST_TIMEOUT)
-            .map_err(|e| self.agent_trouble("guest-exec", e))?;
-        loop {
-            self.poll()?;
-            let status = self
-                .agent
-                .exec_status(pid, AGENT_REQUEST_TIMEOUT)
-                .map_err(|e| self.agent_trouble("guest-exec-status", e))?;
-            if status.exited {
-                let code = status.exit_code;
-                let output = quote_output(&status.stdout, &status.stderr);
-                let got = match (code, status.signal) {
-                    (Some(c), _) => format!("exit {c}"),
-                    (None, Some(s)) => format!("killed by signal {s}"),
-                    (None, None) => "no exit status".into(),
-                };
-                if code == Some(step.expect_exit) {
-                    return Ok(format!("{got}{output}"));
-                }
-                return Err(StepError::Failed(
-                    StepOutcome::Failed,
-                    format!("{got}, expected exit {}{output}", step.expect_exit),
-                ));
-            }
-            if started.elapsed() >= step.timeout() {
-                return Err(StepError::Failed(
-                    StepOutcome::Timeout,
-                    format!("still running after {}", human_duration(step.timeout())),
-                ));
-            }
-            std::thread::sleep(EXEC_POLL);
-        }
+    /// Decides a crash once its evidence is complete: a panic event with the console
+    /// report (or the report's grace period over), or a console report whose panic
+    /// event did not follow in time.
+    fn crash_decided(&mut self) -> Option<Stop> {
+        let now = Instant::now();
+        let seen_at = match (self.pvpanic_at, self.console_crash_at) {
+            (Some(p), Some(c)) => p.min(c),
+            (Some(p), None) if now >= p + CONSOLE_TRAIL => p,
+            (None, Some(c)) if now >= c + CRASH_SETTLE => c,
+            _ => return None,
+        };
+        Some(self.record_crash(seen_at))
     }
 
-    /// An agent request failed: decide whether the guest crashed, QEMU went away, the
-    /// guest hangs (alive but not answering: the product's fault) or the protocol broke.
-    fn agent_trouble(&mut self, command: &str, error: AgentError) -> StepError {
-        if let Err(stop) = self.poll() {
-            return StepError::Stopped(stop);
-        }
-        // Give a crash that is in flight a moment to show itself before blaming a hang.
-        let until = Instant::now() + CRASH_SETTLE;
-        while Instant::now() < until {
-            if let Err(stop) = self.poll() {
-                return StepError::Stopped(stop);
-            }
-            std::thread::sleep(EVENT_POLL);
-        }
-        match error {
-            AgentError::Timeout { .. } => StepError::Failed(
-                StepOutcome::Hang,
-                format!("the guest stopped answering the agent ({command}: {error})"),
-            ),
-            other => StepError::Stopped(Stop::Infra(format!("guest agent {command}: {other}"))),
-        }
-    }
-
-    fn describe_stop(&self, stop: &Stop, during: &str) -> (StepOutcome, String) {
-        match stop {
-            Stop::Crash => {
-                let title = self.crash_title();
-                (
-                    StepOutcome::Crash,
-                    format!("crash during {during}: {title}"),
-                )
-            }
-            Stop::QemuGone(why) => (
-                StepOutcome::Error,
-                format!("QEMU went away during {during}: {why}"),
-            ),
-            Stop::PoweredOff => (
-                StepOutcome::Failed,
-                format!("the guest powered off during {during}"),
-            ),
-            Stop::Interrupted => (StepOutcome::Error, "interrupted".into()),
-            Stop::NotReady(after) => (
-                StepOutcome::Timeout,
-                format!(
-                    "boot {} did not reach ready within {} (the guest agent never answered)",
-                    self.boots.len(),
-                    human_duration(*after)
-                ),
-            ),
-            Stop::Infra(why) => (
-                StepOutcome::Error,
-                format!("harness error during {during}: {why}"),
-            ),
-        }
-    }
-
-    fn crash_title(&self) -> String {
-        match self.detector.crash() {
-            Some(crash) => crash.title.clone(),
-            None if self.pvpanic => "guest panic (pvpanic; no crash report on the console)".into(),
-            None => "crash".into(),
-        }
-    }
-
-    fn crash_record(&self) -> Option<CrashRecord> {
-        if !self.pvpanic && self.detector.crash().is_none() {
-            return None;
-        }
-        let source = match (self.pvpanic, self.detector.crash().is_some()) {
+    fn record_crash(&mut self, seen_at: Instant) -> Stop {
+        let console = self
+            .detector
+            .crash()
+            .filter(|c| c.class == CrashClass::Crash)
+            .cloned();
+        let source = match (self.pvpanic_at.is_some(), console.is_some()) {
             (true, true) => "pvpanic+console",
             (true, false) => "pvpanic",
             _ => "console",
         };
-        let boot = self
-            .boots
-            .iter()
-            .find(|b| b.outcome == BootOutcome::Crash)
-            .map_or(self.boots.len() as u32, |b| b.index);
-        Some(CrashRecord {
-            title: self.crash_title(),
-            kind: self
-                .detector
-                .crash()
-                .map_or_else(|| "panic".into(), |c| c.kind.clone()),
+        let (title, kind, excerpt) = match console {
+            Some(ConsoleCrash {
+                title,
+                kind,
+                excerpt,
+                ..
+            }) => (title, kind, excerpt),
+            None => (
+                "guest panic (pvpanic; no crash report on the console)".to_string(),
+                "panic".to_string(),
+                Vec::new(),
+            ),
+        };
+        let boot_index = self.boot_index();
+        self.crashes.push(CrashRecord {
+            title: title.clone(),
+            kind,
             source: source.into(),
-            boot,
-            excerpt: self
-                .detector
-                .crash()
-                .map(|c| c.excerpt.clone())
-                .unwrap_or_default(),
-        })
+            boot_index,
+            excerpt,
+            detect_ms: seen_at.elapsed().as_millis() as u64,
+        });
+        self.first_crash.get_or_insert((seen_at, boot_index));
+        if let Some(boot) = self.boots.last_mut() {
+            boot.crash = Some(title);
+            if !self.boot_ready {
+                boot.outcome = BootOutcome::Crash;
+            }
+        }
+        // Handled: the next boot starts clean.
+        self.pvpanic_at = None;
+        self.console_crash_at = None;
+        Stop::Crash
+    }
+
+    fn hang(&mut self, why: String) -> Stop {
+        if !self.boot_ready {
+            self.set_boot_outcome(BootOutcome::Hang);
+        }
+        self.hangs.push(why.clone());
+        Stop::Hang(why)
+    }
+
+    /// Waits until the agent answers: the boot is ready.
+    fn wait_ready(&mut self, timeout: Duration, emitter: &mut Emitter) -> Result<(), Stop> {
+        let deadline = self.boot_started + timeout;
+        let id = self.vm()?.agent().submit(Request::WaitReady);
+        loop {
+            match self.next(deadline) {
+                Ok(Happening::Agent(got, result)) if got == id => match result {
+                    Ok(_) => {
+                        let ready_ms = self.boot_started.elapsed().as_millis() as u64;
+                        self.boot_ready = true;
+                        if let Some(boot) = self.boots.last_mut() {
+                            boot.outcome = BootOutcome::Ready;
+                            boot.ready_ms = Some(ready_ms);
+                        }
+                        emitter.boot_ready(self.name, self.boot_index(), ready_ms);
+                        self.note_recovery();
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Stop::Infra(format!("waiting for the guest agent: {e}"))),
+                },
+                Ok(Happening::Agent(..)) => {}
+                Ok(Happening::Reset(at)) => {
+                    // A reset before ready: the boot ended without reaching ready.
+                    let stop = self.record_crash_like_reset(at);
+                    return Err(stop);
+                }
+                Ok(Happening::Deadline) => {
+                    self.vm()?.agent().cancel_all();
+                    self.set_boot_outcome(BootOutcome::Timeout);
+                    let why = format!(
+                        "boot {} did not reach ready within {} (the guest agent never answered)",
+                        self.boot_index(),
+                        human_duration(timeout)
+                    );
+                    self.hangs.push(why.clone());
+                    return Err(Stop::Hang(why));
+                }
+                Err(stop) => {
+                    if let Some(vm) = self.vm.as_mut() {
+                        vm.agent().cancel_all();
+                    }
+                    return Err(stop);
+                }
+            }
+        }
+    }
+
+    /// A guest that resets by itself without a panic event (a triple fault, a kernel
+    /// configured to reboot on panic without pvpanic) crashed as far as we can tell.
+    fn record_crash_like_reset(&mut self, at: Instant) -> Stop {
+        if self.detector.crash().is_none() {
+            self.detector.feed("bootgate: unexpected guest reset");
+        }
+        self.pvpanic_at.get_or_insert(at);
+        self.record_crash(at)
+    }
+
+    /// A ready normal boot after a crash is the recovery.
+    fn note_recovery(&mut self) {
+        let rescue = self.boots.last().is_some_and(|b| b.extra_append.is_some());
+        if self.recovery.is_some() || rescue {
+            return;
+        }
+        if let Some((at, crash_boot)) = self.first_crash {
+            let index = self.boot_index();
+            if index > crash_boot {
+                self.recovery = Some(RecoveryRecord {
+                    boots: index - crash_boot,
+                    seconds: (at.elapsed().as_millis() as f64 / 1000.0),
+                    ready_boot: index,
+                });
+            }
+        }
+    }
+
+    /// After a crash: resets the guest and watches up to `loop_boots` boots. Ok(true)
+    /// when a boot reached ready (recovered), Ok(false) on a boot loop or a boot that
+    /// hung.
+    fn watch_after_crash(&mut self, loop_boots: u32, emitter: &mut Emitter) -> Result<bool, Stop> {
+        let mut consecutive = u32::from(
+            self.boots
+                .last()
+                .is_some_and(|b| b.outcome == BootOutcome::Crash),
+        );
+        loop {
+            if consecutive >= loop_boots {
+                self.boot_loop = true;
+                return Ok(false);
+            }
+            self.reset()?;
+            match self.wait_ready(self.boot_timeout, emitter) {
+                Ok(()) => return Ok(true),
+                Err(Stop::Crash) => consecutive += 1,
+                Err(Stop::Hang(_)) => return Ok(false),
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Resets the (paused, crashed) guest and begins the next boot.
+    fn reset(&mut self) -> Result<(), Stop> {
+        self.expect_reset = true;
+        let vm = self.vm()?;
+        vm.agent().cancel_all();
+        let qmp = vm
+            .qmp()
+            .ok_or_else(|| Stop::Infra("QMP is not connected".into()))?;
+        qmp.execute("system_reset", None, QMP_COMMAND_TIMEOUT)
+            .map_err(|e| Stop::Infra(format!("system_reset: {e}")))?;
+        // After a paused panic the CPUs stay stopped until `cont`; a running guest
+        // answers with an error we can ignore.
+        let _ = qmp.execute("cont", None, QMP_COMMAND_TIMEOUT);
+        self.begin_boot(Instant::now(), None);
+        Ok(())
+    }
+
+    /// Runs an agent request to its answer, watching everything else meanwhile.
+    fn agent(&mut self, request: Request, budget: Duration) -> Result<Answer, StepError> {
+        let what = match &request {
+            Request::WaitReady => "guest-sync",
+            Request::Exec { .. } => "guest-exec",
+            Request::WriteFile { .. } => "guest-file-write",
+            Request::ReadFile { .. } => "guest-file-read",
+            Request::Shutdown(_) => "guest-shutdown",
+        };
+        let deadline = Instant::now() + budget;
+        let id = self.vm()?.agent().submit(request);
+        loop {
+            match self.next(deadline)? {
+                Happening::Agent(got, result) if got == id => {
+                    return match result {
+                        Ok(answer) => Ok(answer),
+                        Err(JobError::Cancelled) => {
+                            Err(Stop::Infra(format!("{what} was cancelled")).into())
+                        }
+                        Err(JobError::Agent(AgentError::Timeout { .. })) => Err(self
+                            .hang(format!(
+                                "the guest stopped answering the agent ({what}) in boot {}",
+                                self.boot_index()
+                            ))
+                            .into()),
+                        Err(JobError::Agent(AgentError::Command { class, desc, .. })) => {
+                            Err(StepError::Failed(
+                                StepOutcome::Failed,
+                                format!("the guest agent refused {what}: {class}: {desc}"),
+                            ))
+                        }
+                        Err(JobError::Agent(e)) => {
+                            Err(Stop::Infra(format!("guest agent {what}: {e}")).into())
+                        }
+                    };
+                }
+                Happening::Agent(..) => {}
+                Happening::Reset(at) => return Err(self.record_crash_like_reset(at).into()),
+                Happening::Deadline => {
+                    self.vm()?.agent().cancel_all();
+                    return Err(self
+                        .hang(format!(
+                            "the guest agent did not answer {what} within {} in boot {}",
+                            human_duration(budget),
+                            self.boot_index()
+                        ))
+                        .into());
+                }
+            }
+        }
+    }
+
+    /// Runs a guest command and checks its exit code; the detail quotes its output.
+    fn exec(
+        &mut self,
+        command: GuestCommand,
+        expect_exit: i32,
+        timeout: Duration,
+    ) -> Result<String, StepError> {
+        let answer = self.agent(
+            Request::Exec {
+                argv: command.argv,
+                env: command.env,
+                timeout,
+            },
+            timeout + REQUEST_TIMEOUT * 2,
+        )?;
+        let status = match answer {
+            Answer::Exited(status) => status,
+            Answer::ExecTimedOut => {
+                return Err(StepError::Failed(
+                    StepOutcome::Timeout,
+                    format!("still running after {}", human_duration(timeout)),
+                ))
+            }
+            other => return Err(Stop::Infra(format!("unexpected agent answer {other:?}")).into()),
+        };
+        let output = quote_output(&status.stdout, &status.stderr);
+        let got = match (status.exit_code, status.signal) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            (None, None) => "no exit status".into(),
+        };
+        if status.exit_code == Some(expect_exit) {
+            Ok(format!("{got}{output}"))
+        } else {
+            Err(StepError::Failed(
+                StepOutcome::Failed,
+                format!("{got}, expected exit {expect_exit}{output}"),
+            ))
+        }
+    }
+
+    fn write_guest_file(&mut self, host: &Path, guest: String) -> Result<(), StepError> {
+        let meta = std::fs::metadata(host)
+            .map_err(|e| Stop::Infra(format!("cannot read {}: {e}", host.display())))?;
+        if meta.len() > MAX_GUEST_FILE {
+            return Err(Stop::Infra(format!(
+                "{} is larger than {MAX_GUEST_FILE} bytes",
+                host.display()
+            ))
+            .into());
+        }
+        let data = std::fs::read(host)
+            .map_err(|e| Stop::Infra(format!("cannot read {}: {e}", host.display())))?;
+        self.agent(
+            Request::WriteFile { path: guest, data },
+            REQUEST_TIMEOUT * 3,
+        )?;
+        Ok(())
+    }
+
+    fn guest_command<T>(
+        &self,
+        result: Result<T, crate::guest::GuestError>,
+    ) -> Result<T, StepError> {
+        result.map_err(|e| Stop::Infra(e.to_string()).into())
+    }
+
+    fn step(
+        &mut self,
+        step: &Step,
+        suite: &Suite,
+        drivers: &BTreeMap<String, Result<BuiltDriver, String>>,
+        emitter: &mut Emitter,
+    ) -> Result<String, StepError> {
+        let driver = |name: &str| -> Result<(BuiltDriver, crate::suite::Driver), StepError> {
+            let def = suite
+                .drivers
+                .get(name)
+                .cloned()
+                .ok_or_else(|| Stop::Infra(format!("driver {name} is not defined")))?;
+            match drivers.get(name) {
+                Some(Ok(built)) => Ok((built.clone(), def)),
+                Some(Err(why)) => Err(Stop::Infra(why.clone()).into()),
+                None => Err(Stop::Infra(format!("driver {name} was not prepared")).into()),
+            }
+        };
+        match step {
+            Step::Boot(_) => Ok("ready".into()),
+            Step::Reboot(r) => {
+                let timeout = r.timeout.unwrap_or(self.boot_timeout);
+                let mut ready = Vec::new();
+                for _ in 0..r.times {
+                    self.reboot(timeout, emitter)?;
+                    let ms = self
+                        .boots
+                        .last()
+                        .and_then(|b| b.ready_ms)
+                        .unwrap_or_default();
+                    ready.push(human_duration(Duration::from_millis(ms)));
+                }
+                Ok(format!(
+                    "rebooted {}x; ready after {}",
+                    r.times,
+                    ready.join(", ")
+                ))
+            }
+            Step::Exec(e) => {
+                let command = GuestCommand {
+                    argv: self.profile.exec_argv(e),
+                    env: Vec::new(),
+                };
+                self.exec(command, e.expect_exit, e.timeout())
+            }
+            Step::InstallDriver(s) => {
+                let (built, _) = driver(&s.driver)?;
+                let path = self.guest_command(self.profile.driver_path(&s.driver))?;
+                self.write_guest_file(&built.module, path.clone())?;
+                let register = self.guest_command(
+                    self.profile
+                        .register_driver(&s.driver, &s.params, s.load_now),
+                )?;
+                self.exec(register, 0, REQUEST_TIMEOUT)?;
+                Ok(format!(
+                    "{} (sha256 {}) installed at {path}{}",
+                    s.driver,
+                    &built.sha256[..12],
+                    if s.load_now {
+                        " and loaded"
+                    } else {
+                        "; loads at next boot"
+                    }
+                ))
+            }
+            Step::UninstallDriver(s) => {
+                let command = self.guest_command(self.profile.unregister_driver(&s.driver))?;
+                self.exec(command, 0, REQUEST_TIMEOUT)?;
+                Ok(format!("{} unloaded, unregistered and deleted", s.driver))
+            }
+            Step::ApplyContent(s) => {
+                let (_, def) = driver(&s.driver)?;
+                let content_file = def.content_file.unwrap_or_default();
+                let path = self.guest_command(self.profile.content_path(&content_file))?;
+                let host = suite.dir().join(&s.file);
+                self.write_guest_file(&host, path.clone())?;
+                let sync = self.guest_command(self.profile.sync_disks())?;
+                self.exec(sync, 0, REQUEST_TIMEOUT)?;
+                if s.reload {
+                    let reload = def.reload.unwrap_or_default();
+                    let command = GuestCommand {
+                        argv: self.profile.shell_argv(&reload),
+                        env: Vec::new(),
+                    };
+                    let detail = self.exec(command, 0, REQUEST_TIMEOUT)?;
+                    return Ok(format!(
+                        "{} -> {path}, live reload: {detail}",
+                        s.file.display()
+                    ));
+                }
+                Ok(format!("{} -> {path}", s.file.display()))
+            }
+            Step::RemoveContent(s) => {
+                let (_, def) = driver(&s.driver)?;
+                let path = self.guest_command(
+                    self.profile
+                        .content_path(&def.content_file.unwrap_or_default()),
+                )?;
+                let command = self.guest_command(self.profile.remove_file(&path))?;
+                self.exec(command, 0, REQUEST_TIMEOUT)?;
+                Ok(format!("{path} removed"))
+            }
+            Step::Observe(s) => {
+                let deadline = Instant::now() + s.duration;
+                loop {
+                    match self.next(deadline)? {
+                        Happening::Deadline => {
+                            return Ok(format!("no crash in {}", human_duration(s.duration)))
+                        }
+                        Happening::Reset(at) => {
+                            return Err(self.record_crash_like_reset(at).into())
+                        }
+                        Happening::Agent(..) => {}
+                    }
+                }
+            }
+            Step::Recover(s) => {
+                let append = self
+                    .guest_command(self.profile.safe_mode_append())?
+                    .to_string();
+                // Rescue boot: a fresh power-on of the same disk, drivers skipped.
+                self.power_on(Some(append.clone()))?;
+                self.wait_ready(self.boot_timeout, emitter)?;
+                let mut done = Vec::new();
+                for line in &s.run {
+                    let command = GuestCommand {
+                        argv: self.profile.shell_argv(line),
+                        env: Vec::new(),
+                    };
+                    self.exec(command, 0, REQUEST_TIMEOUT * 6)?;
+                    done.push(line.clone());
+                }
+                let sync = self.guest_command(self.profile.sync_disks())?;
+                self.exec(sync, 0, REQUEST_TIMEOUT)?;
+                // Then a normal boot.
+                self.power_on(None)?;
+                self.wait_ready(self.boot_timeout, emitter)?;
+                Ok(format!(
+                    "rescue boot ({append}) ran {} command(s); the next normal boot reached ready",
+                    done.len()
+                ))
+            }
+        }
+    }
+
+    /// Reboots through the agent, confirmed by QEMU's RESET event, then waits for ready.
+    fn reboot(&mut self, timeout: Duration, emitter: &mut Emitter) -> Result<(), StepError> {
+        let asked = Instant::now();
+        let deadline = asked + REBOOT_REQUEST_TIMEOUT;
+        let id = self
+            .vm()?
+            .agent()
+            .submit(Request::Shutdown(ShutdownMode::Reboot));
+        // The reset, not the agent going quiet, confirms the reboot: until it comes,
+        // the old boot's agent may still answer.
+        let reset_at = loop {
+            match self.next(deadline)? {
+                Happening::Reset(at) => break at,
+                Happening::Agent(got, Err(JobError::Agent(e))) if got == id => {
+                    return Err(StepError::Failed(
+                        StepOutcome::Failed,
+                        format!("guest-shutdown failed: {e}"),
+                    ))
+                }
+                Happening::Agent(..) => {}
+                Happening::Deadline => {
+                    return Err(StepError::Stopped(self.hang(format!(
+                        "the guest did not reboot within {} of guest-shutdown",
+                        human_duration(REBOOT_REQUEST_TIMEOUT)
+                    ))))
+                }
+            }
+        };
+        self.vm()?.agent().cancel_all();
+        self.begin_boot(reset_at, None);
+        self.wait_ready(timeout, emitter)?;
+        Ok(())
     }
 }
 

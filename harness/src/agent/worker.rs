@@ -1,0 +1,179 @@
+//! Runs guest-agent requests on their own thread and posts each answer as a message,
+//! so the runner waits on one channel for whatever comes first — the agent's answer,
+//! a panic event, a console crash report, QEMU going away — instead of blocking in an
+//! agent call while the guest is already dead.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{AgentClient, AgentError, ExecStatus, ShutdownMode};
+
+/// One sync attempt while waiting for the agent to come up. Between attempts the
+/// worker checks for cancellation; the runner does not wait on this.
+pub const SYNC_ATTEMPT: Duration = Duration::from_secs(1);
+/// Time one agent request may take once the agent is up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval between `guest-exec-status` polls while a command runs.
+pub const EXEC_POLL: Duration = Duration::from_millis(50);
+/// Pause after the agent socket reports closed, before trying again.
+const CLOSED_RETRY: Duration = Duration::from_millis(50);
+/// Largest file read back from the guest.
+pub const MAX_READ_BYTES: u64 = 64 << 20;
+
+/// What the runner asks of the agent.
+#[derive(Debug)]
+pub enum Request {
+    /// Sync until the agent answers (the guest is ready).
+    WaitReady,
+    /// Run a command to completion, or until `timeout`.
+    Exec {
+        argv: Vec<String>,
+        env: Vec<String>,
+        timeout: Duration,
+    },
+    WriteFile {
+        path: String,
+        data: Vec<u8>,
+    },
+    ReadFile {
+        path: String,
+    },
+    Shutdown(ShutdownMode),
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Ready,
+    Exited(ExecStatus),
+    /// The command was still running at its timeout.
+    ExecTimedOut,
+    Done,
+    Data(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The answer to request number `id`.
+#[derive(Debug)]
+pub struct Reply {
+    pub id: u64,
+    pub result: Result<Answer, JobError>,
+}
+
+struct Job {
+    id: u64,
+    request: Request,
+}
+
+/// Owns the agent connection through a thread; dropping it lets the thread end after
+/// its current request (it is never joined: a request stuck on a dead guest ends when
+/// QEMU closes the socket).
+pub struct AgentWorker {
+    jobs: Sender<Job>,
+    /// Jobs with an id below this are cancelled at their next check.
+    cancel_below: Arc<AtomicU64>,
+    next_id: u64,
+}
+
+impl AgentWorker {
+    pub fn start(
+        client: AgentClient,
+        post: impl Fn(Reply) + Send + 'static,
+    ) -> std::io::Result<AgentWorker> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let cancel_below = Arc::new(AtomicU64::new(0));
+        let cancel = Arc::clone(&cancel_below);
+        std::thread::Builder::new()
+            .name("agent".into())
+            .spawn(move || {
+                let mut client = client;
+                for job in rx {
+                    let cancelled = || job.id < cancel.load(Ordering::SeqCst);
+                    let result = if cancelled() {
+                        Err(JobError::Cancelled)
+                    } else {
+                        perform(&mut client, job.request, &cancelled)
+                    };
+                    post(Reply { id: job.id, result });
+                }
+            })?;
+        Ok(AgentWorker {
+            jobs,
+            cancel_below,
+            next_id: 1,
+        })
+    }
+
+    /// Queues a request; its reply carries the returned id.
+    pub fn submit(&mut self, request: Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        // A send error means the thread is gone; the runner then never gets a reply
+        // and ends its wait on QEMU's events or its own deadline.
+        let _ = self.jobs.send(Job { id, request });
+        id
+    }
+
+    /// Cancels every request submitted so far (a crash or a reset made them moot).
+    pub fn cancel_all(&self) {
+        self.cancel_below.store(self.next_id, Ordering::SeqCst);
+    }
+}
+
+fn perform(
+    client: &mut AgentClient,
+    request: Request,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Answer, JobError> {
+    match request {
+        Request::WaitReady => loop {
+            if cancelled() {
+                return Err(JobError::Cancelled);
+            }
+            match client.sync(SYNC_ATTEMPT) {
+                Ok(()) => return Ok(Answer::Ready),
+                Err(AgentError::Closed | AgentError::Io(_)) => std::thread::sleep(CLOSED_RETRY),
+                // Not up yet (timeout) or stale bytes from an earlier boot: try again.
+                Err(_) => {}
+            }
+        },
+        Request::Exec { argv, env, timeout } => {
+            let started = Instant::now();
+            let pid = client.exec_start(&argv, &env, None, REQUEST_TIMEOUT)?;
+            loop {
+                if cancelled() {
+                    return Err(JobError::Cancelled);
+                }
+                let status = client.exec_status(pid, REQUEST_TIMEOUT)?;
+                if status.exited {
+                    return Ok(Answer::Exited(status));
+                }
+                if started.elapsed() >= timeout {
+                    return Ok(Answer::ExecTimedOut);
+                }
+                std::thread::sleep(EXEC_POLL);
+            }
+        }
+        Request::WriteFile { path, data } => {
+            client.write_file(&path, &data, REQUEST_TIMEOUT)?;
+            Ok(Answer::Done)
+        }
+        Request::ReadFile { path } => Ok(Answer::Data(client.read_file(
+            &path,
+            MAX_READ_BYTES,
+            REQUEST_TIMEOUT,
+        )?)),
+        Request::Shutdown(mode) => {
+            client.shutdown(mode)?;
+            Ok(Answer::Done)
+        }
+    }
+}
