@@ -298,6 +298,7 @@ const GENERIC_FRAMES: &[&str] = &[
     "ret_from_fork",
     "ret_from_fork_asm",
     "kthread",
+    "kthread_complete_and_exit",
     "smpboot_thread_fn",
     "worker_thread",
     "process_one_work",
@@ -541,6 +542,9 @@ struct OpenReport {
     reliable: Option<String>,
     /// First non-generic `?` frame: only used when no reliable one is found.
     unreliable: Option<String>,
+    /// Inside an RCU stall's dump of the grace-period kthread: an innocent bystander
+    /// whose frames must not name the stall.
+    in_gp_kthread_dump: bool,
     /// Lines held back since the last report line (at most [`MAX_QUIET_LINES`]).
     pending: Vec<String>,
     /// Lines seen since the last report line, kept or not.
@@ -597,8 +601,18 @@ impl CrashDetector {
         } else {
             let report = open.index.and_then(|i| self.reports.get_mut(i));
             take_pending(open, report, line.stored);
+            if line
+                .body
+                .starts_with("rcu: RCU grace-period kthread stack dump")
+            {
+                open.in_gp_kthread_dump = true;
+            } else if line.body.starts_with("rcu: Stack dump where") {
+                open.in_gp_kthread_dump = false;
+            }
             if let Some((name, reliable)) = frame_of(line.body) {
-                open.note_frame(name, reliable);
+                if !open.in_gp_kthread_dump {
+                    open.note_frame(name, reliable);
+                }
             }
             if line.body.starts_with("---[ end trace")
                 || line.body.starts_with("---[ end Kernel panic")
@@ -703,6 +717,7 @@ impl CrashDetector {
                 .flatten(),
             reliable: None,
             unreliable: None,
+            in_gp_kthread_dump: false,
             pending: Vec::new(),
             quiet: 0,
         });
@@ -1288,6 +1303,29 @@ mod tests {
         assert_eq!(crash.class, CrashClass::Hang);
     }
 
+    #[test]
+    fn rcu_stall_ignores_the_grace_period_kthread_stack() {
+        let stall = "\
+[   25.086051] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:
+[   25.087160] \t(detected by 0, t=5252 jiffies, g=-507, q=1 ncpus=1)
+[   25.087856] rcu: RCU grace-period kthread stack dump:
+[   25.088007] task:rcu_preempt     state:R  running task     stack:0     pid:15
+[   25.088533] Call Trace:
+[   25.088961]  <TASK>
+[   25.089165]  __schedule+0x34d/0xa00
+[   25.090183]  ? __bpf_trace_tick_stop+0x10/0x10
+[   25.090286]  rcu_gp_fqs_loop+0x141/0x560
+[   25.090590]  </TASK>
+[   25.090731] rcu: Stack dump where RCU GP kthread last ran:";
+        let crash = only(stall);
+        assert_eq!(crash.title, "INFO: rcu detected stall");
+        assert!(crash.corrupted);
+        let crash = only(&format!(
+            "{stall}\n[   25.091322] RIP: 0010:hang_init_init+0x13/0x1000 [hang_init]"
+        ));
+        assert_eq!(crash.title, "INFO: rcu detected stall in hang_init_init");
+    }
+
     const WARNING: &str = "\
 [   15.000000] ------------[ cut here ]------------
 [   15.000001] WARNING: CPU: 0 PID: 240 at drivers/demo/warn.c:17 warn_bad_state+0x15/0x30 [demo_warn]
@@ -1648,5 +1686,135 @@ WARNING: this is user space
         if let Some(open) = &d.open {
             assert!(open.pending.len() <= MAX_QUIET_LINES);
         }
+    }
+}
+
+/// Real serial captures of the demo guest (see tests/fixtures/consoles/README.md):
+/// CRLF line ends, SeaBIOS and `/init` output mixed with the kernel's, and a console
+/// cut where `-action panic=pause` stopped the guest.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+
+    fn detect(bytes: &[u8]) -> CrashDetector {
+        let mut d = CrashDetector::new();
+        for line in String::from_utf8_lossy(bytes).split('\n') {
+            d.feed(line);
+        }
+        d
+    }
+
+    /// The single report of an oops fixture, checked for what every one shares.
+    fn single_oops(bytes: &[u8], header: &str) -> ConsoleCrash {
+        let d = detect(bytes);
+        assert_eq!(d.reports().len(), 1, "{:#?}", d.reports());
+        let crash = d.reports()[0].clone();
+        assert_eq!(d.crash(), Some(&crash));
+        assert_eq!(crash.class, CrashClass::Crash);
+        assert!(!crash.corrupted);
+        assert!(crash.excerpt[0].contains(header), "{}", crash.excerpt[0]);
+        assert!(crash.excerpt[0].starts_with('['));
+        // The panic that follows the oops belongs to it and ends the capture.
+        assert!(crash
+            .excerpt
+            .last()
+            .is_some_and(|l| l.ends_with("Kernel panic - not syncing: Fatal exception")));
+        assert!(crash
+            .excerpt
+            .iter()
+            .all(|l| !l.contains("bootgate:") && !l.ends_with('\r')));
+        crash
+    }
+
+    #[test]
+    fn clean_boot_has_no_report() {
+        let d = detect(include_bytes!("../tests/fixtures/consoles/clean_boot.log"));
+        assert!(d.reports().is_empty(), "{:#?}", d.reports());
+        assert!(d.crash().is_none());
+    }
+
+    #[test]
+    fn demo_sensor_live_reload_oops() {
+        let crash = single_oops(
+            include_bytes!("../tests/fixtures/consoles/demo_sensor_live_reload_oops.log"),
+            "BUG: unable to handle page fault for address:",
+        );
+        assert_eq!(crash.kind, "BUG: unable to handle page fault");
+        assert_eq!(
+            crash.title,
+            "BUG: unable to handle page fault in sensor_match_fields"
+        );
+        assert!(crash.excerpt.iter().any(|l| l.contains(" Comm: sh ")));
+    }
+
+    #[test]
+    fn demo_sensor_boot_oops() {
+        let crash = single_oops(
+            include_bytes!("../tests/fixtures/consoles/demo_sensor_boot_oops.log"),
+            "BUG: unable to handle page fault for address:",
+        );
+        assert_eq!(crash.kind, "BUG: unable to handle page fault");
+        assert_eq!(
+            crash.title,
+            "BUG: unable to handle page fault in sensor_match_fields"
+        );
+        assert!(crash.excerpt.iter().any(|l| l.contains(" Comm: insmod ")));
+    }
+
+    #[test]
+    fn null_deref_boot() {
+        let crash = single_oops(
+            include_bytes!("../tests/fixtures/consoles/null_deref_boot.log"),
+            "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+        );
+        assert_eq!(crash.kind, "BUG: kernel NULL pointer dereference");
+        assert_eq!(
+            crash.title,
+            "BUG: kernel NULL pointer dereference in null_deref_trigger"
+        );
+    }
+
+    #[test]
+    fn hang_init_soft_lockup() {
+        let d = detect(include_bytes!(
+            "../tests/fixtures/consoles/hang_init_soft_lockup.log"
+        ));
+        let seen: Vec<_> = d
+            .reports()
+            .iter()
+            .map(|r| (r.kind.as_str(), r.class, r.corrupted, r.title.as_str()))
+            .collect();
+        let rcu = (
+            "INFO: rcu detected stall",
+            CrashClass::Hang,
+            false,
+            "INFO: rcu detected stall in hang_init_init",
+        );
+        let lockup = (
+            "BUG: soft lockup",
+            CrashClass::Hang,
+            false,
+            "BUG: soft lockup in hang_init_init",
+        );
+        // The RCU stall (at 25 s) comes before the first soft lockup (at 49 s); both
+        // name the spinning init function. crash() is the first hang: the stall.
+        assert_eq!(seen, [rcu, lockup, lockup, rcu, lockup]);
+        assert_eq!(d.crash().map(|c| c.title.as_str()), Some(rcu.3));
+        let lockup_report = d.reports().iter().find(|r| r.kind == "BUG: soft lockup");
+        assert!(lockup_report.is_some_and(|r| r.excerpt[0]
+            .ends_with("watchdog: BUG: soft lockup - CPU#0 stuck for 49s! [insmod:99]")));
+    }
+
+    #[test]
+    fn sysrq_panic() {
+        let d = detect(include_bytes!("../tests/fixtures/consoles/sysrq_panic.log"));
+        assert_eq!(d.reports().len(), 1, "{:#?}", d.reports());
+        let crash = &d.reports()[0];
+        assert_eq!(crash.kind, "Kernel panic");
+        assert_eq!(crash.class, CrashClass::Crash);
+        assert!(!crash.corrupted);
+        assert_eq!(crash.title, "Kernel panic: sysrq triggered crash");
+        assert!(crash.excerpt[0].ends_with("Kernel panic - not syncing: sysrq triggered crash"));
+        assert!(crash.excerpt.iter().any(|l| l.contains(" Comm: sh ")));
     }
 }

@@ -99,6 +99,8 @@ pub enum Expect {
     Crash,
     Hang,
     BootLoop,
+    /// The boot-time gate must fail (a driver that slows boot must be caught).
+    SlowBoot,
 }
 
 impl Expect {
@@ -107,6 +109,7 @@ impl Expect {
             Expect::Crash => "crash",
             Expect::Hang => "hang",
             Expect::BootLoop => "boot_loop",
+            Expect::SlowBoot => "slow_boot",
         }
     }
 }
@@ -427,6 +430,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
             return Err(at(
                 scenario_span.start,
                 format!("scenario {name:?} has `expect_title` without `expect`: add expect = \"crash\" (or \"hang\", \"boot_loop\")"),
+            ));
+        }
+        if scenario.expect == Some(Expect::SlowBoot) && scenario.gates.boot_time_limit().is_none() {
+            return Err(at(
+                scenario_span.start,
+                format!("scenario {name:?} expects a slow boot but sets no limit: add max_boot_time to [scenario.gates]"),
+            ));
+        }
+        if scenario.gates.max_boot_time.is_some() && scenario.gates.max_boot_ms.is_some() {
+            return Err(at(
+                scenario_span.start,
+                format!("scenario {name:?} sets both max_boot_time and max_boot_ms: keep one"),
             ));
         }
         let boot_loop_boots = scenario.boot_loop_boots.unwrap_or(DEFAULT_BOOT_LOOP_BOOTS);

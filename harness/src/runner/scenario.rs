@@ -392,11 +392,28 @@ fn judge(m: &Machine, scenario: &Scenario) -> Option<String> {
     let no_boot_loop = gates
         .no_boot_loop
         .unwrap_or(expect != Some(Expect::BootLoop));
+    let slow_boot = gates.boot_time_limit().and_then(|limit| {
+        m.boots
+            .iter()
+            .find(|b| {
+                b.ready_ms
+                    .is_some_and(|ms| Duration::from_millis(ms) > limit)
+            })
+            .map(|boot| {
+                format!(
+                    "gate max_boot_time: boot {} took {}, over the limit of {}",
+                    boot.index,
+                    human_duration(Duration::from_millis(boot.ready_ms.unwrap_or_default())),
+                    human_duration(limit)
+                )
+            })
+    });
     if let Some(expect) = expect {
         let seen = match expect {
             Expect::Crash => !m.crashes.is_empty(),
             Expect::Hang => !m.hangs.is_empty(),
             Expect::BootLoop => m.boot_loop,
+            Expect::SlowBoot => slow_boot.is_some(),
         };
         if !seen {
             return Some(format!(
@@ -448,18 +465,9 @@ fn judge(m: &Machine, scenario: &Scenario) -> Option<String> {
             }
         }
     }
-    if let Some(limit) = gates.boot_time_limit() {
-        let slow = m.boots.iter().find(|b| {
-            b.ready_ms
-                .is_some_and(|ms| Duration::from_millis(ms) > limit)
-        });
-        if let Some(boot) = slow {
-            return Some(format!(
-                "gate max_boot_time: boot {} took {}, over the limit of {}",
-                boot.index,
-                human_duration(Duration::from_millis(boot.ready_ms.unwrap_or_default())),
-                human_duration(limit)
-            ));
+    if expect != Some(Expect::SlowBoot) {
+        if let Some(slow) = slow_boot {
+            return Some(slow);
         }
     }
     None
