@@ -728,6 +728,52 @@ max_boot_time = "30s"
     }
 
     #[test]
+    fn driver_references_and_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("good.content"), b"x").unwrap();
+        let path = dir.path().join("suite.toml");
+        let base = "[suite]\nimage = \"demo\"\n\n[driver.sensor]\nsource = \"src\"\ncontent_file = \"s.content\"\n\n[[scenario]]\nname = \"a\"\n";
+        let check = |steps: &str| match parse(&path, &format!("{base}steps = [{steps}]\n")) {
+            Err(SuiteError::Invalid { line, message, .. }) => (line, message),
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert!(parse(&path, &format!("{base}steps = [{{ apply_content = {{ driver = \"sensor\", file = \"good.content\" }} }}]\n")).is_ok());
+        let (line, m) = check("{ install_driver = { driver = \"sensr\" } }");
+        assert_eq!(line, 10);
+        assert!(
+            m.contains("unknown driver \"sensr\"") && m.contains("sensor"),
+            "{m}"
+        );
+        let (_, m) =
+            check("{ apply_content = { driver = \"sensor\", file = \"missing.content\" } }");
+        assert!(m.contains("missing.content"), "{m}");
+        let (_, m) = check(
+            "{ apply_content = { driver = \"sensor\", file = \"good.content\", reload = true } }",
+        );
+        assert!(m.contains("no `reload` command"), "{m}");
+        let bad_source = base.replace("source = \"src\"", "source = \"nowhere\"");
+        match parse(&path, &format!("{bad_source}steps = [{{ boot = {{}} }}]\n")) {
+            Err(SuiteError::Invalid { line, message, .. }) => {
+                assert_eq!(line, 4);
+                assert!(message.contains("nowhere"), "{message}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn expectations_are_checked() {
+        let text = "[suite]\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nexpect = \"slow_boot\"\nsteps = [{ boot = {} }]\n";
+        let (_, _, m) = invalid(text);
+        assert!(m.contains("max_boot_time"), "{m}");
+        let (_, _, m) = invalid(&text.replace("slow_boot", "bootloop"));
+        assert!(m.contains("bootloop") && m.contains("boot_loop"), "{m}");
+        let (_, _, m) = invalid(&text.replace("expect = \"slow_boot\"", "expect_title = \"x\""));
+        assert!(m.contains("without `expect`"), "{m}");
+    }
+
+    #[test]
     fn garbage_never_panics() {
         for text in [
             "",

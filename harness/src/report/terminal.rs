@@ -98,12 +98,49 @@ impl Sink for TerminalSink {
                         boots.join(", ")
                     }
                 );
-                match (&scenario.reason, scenario.verdict) {
-                    (Some(reason), Verdict::Fail | Verdict::Error) => {
-                        writeln!(err, "{line}\n      {}", reason.replace('\n', "\n      "))
+                let mut text = line;
+                let mut note = |s: String| {
+                    text.push_str("\n      ");
+                    text.push_str(&s);
+                };
+                if let Some(crash) = scenario.crashes.first() {
+                    let more = scenario.crashes.len() - 1;
+                    note(format!(
+                        "crash: {}{}",
+                        crash.title,
+                        if more > 0 {
+                            format!(" (and {more} more)")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+                if scenario.boot_loop {
+                    note("boot loop: crashed at every boot watched".into());
+                }
+                if let Some(hang) = scenario.hangs.first() {
+                    note(format!("hang: {hang}"));
+                }
+                if let Some(r) = &scenario.recovery {
+                    note(format!(
+                        "recovered after {} boot(s), {:.1} s",
+                        r.boots, r.seconds
+                    ));
+                }
+                if let Some(expect) = &scenario.expect {
+                    if scenario.verdict == Verdict::Pass {
+                        note(format!("expected {expect}: seen"));
                     }
-                    _ if normal || scenario.verdict != Verdict::Pass => writeln!(err, "{line}"),
-                    _ => Ok(()),
+                }
+                if let (Some(reason), Verdict::Fail | Verdict::Error) =
+                    (&scenario.reason, scenario.verdict)
+                {
+                    note(reason.replace('\n', "\n      "));
+                }
+                if normal || scenario.verdict != Verdict::Pass {
+                    writeln!(err, "{text}")
+                } else {
+                    Ok(())
                 }
             }
             Event::RunFinished { run, dir } => {

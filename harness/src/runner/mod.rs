@@ -4,6 +4,7 @@
 
 pub mod record;
 pub mod scenario;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -23,8 +23,9 @@ use crate::qemu::QemuTools;
 use crate::runner::record::{
     BootOutcome, BootRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord, Verdict,
 };
+use crate::runner::verdict::{judge, Observed};
 use crate::runner::{interrupted, Emitter};
-use crate::suite::{Expect, Scenario, Step, Suite};
+use crate::suite::{Scenario, Step, Suite};
 use crate::util::human_duration;
 
 /// Time from asking the guest to reboot to QEMU reporting the reset.
@@ -121,6 +122,8 @@ struct Machine<'a> {
     boot_ready: bool,
     pvpanic_at: Option<Instant>,
     console_crash_at: Option<Instant>,
+    /// A hang report (soft lockup, RCU stall, hung task) began on the console.
+    console_hang_at: Option<Instant>,
     /// A RESET we caused (system_reset) that must not count as a guest reboot.
     expect_reset: bool,
     /// The last RESET event, to fold a burst into one reboot.
@@ -186,6 +189,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         boot_ready: false,
         pvpanic_at: None,
         console_crash_at: None,
+        console_hang_at: None,
         expect_reset: false,
         last_reset: None,
         boots: Vec::new(),
@@ -288,7 +292,14 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     }
     outcome.argvs = std::mem::take(&mut m.argvs);
     if infra.is_none() && !outcome.interrupted {
-        failure = failure.or_else(|| judge(&m, scenario));
+        let observed = Observed {
+            boots: &m.boots,
+            crashes: &m.crashes,
+            hangs: &m.hangs,
+            boot_loop: m.boot_loop,
+            recovery: m.recovery.as_ref(),
+        };
+        failure = failure.or_else(|| judge(&observed, scenario));
     }
     outcome.verdict = if infra.is_some() || outcome.interrupted {
         Verdict::Error
@@ -380,99 +391,6 @@ fn settle(
     record
 }
 
-/// Applies the gates and expectations to what was observed; `Some(reason)` fails.
-fn judge(m: &Machine, scenario: &Scenario) -> Option<String> {
-    let gates = &scenario.gates;
-    let expect = scenario.expect;
-    let first_crash = m.crashes.first().map(|c| c.title.as_str());
-    let no_crash = gates
-        .no_crash
-        .unwrap_or(!matches!(expect, Some(Expect::Crash | Expect::BootLoop)));
-    let no_hang = gates.no_hang.unwrap_or(expect != Some(Expect::Hang));
-    let no_boot_loop = gates
-        .no_boot_loop
-        .unwrap_or(expect != Some(Expect::BootLoop));
-    let slow_boot = gates.boot_time_limit().and_then(|limit| {
-        m.boots
-            .iter()
-            .find(|b| {
-                b.ready_ms
-                    .is_some_and(|ms| Duration::from_millis(ms) > limit)
-            })
-            .map(|boot| {
-                format!(
-                    "gate max_boot_time: boot {} took {}, over the limit of {}",
-                    boot.index,
-                    human_duration(Duration::from_millis(boot.ready_ms.unwrap_or_default())),
-                    human_duration(limit)
-                )
-            })
-    });
-    if let Some(expect) = expect {
-        let seen = match expect {
-            Expect::Crash => !m.crashes.is_empty(),
-            Expect::Hang => !m.hangs.is_empty(),
-            Expect::BootLoop => m.boot_loop,
-            Expect::SlowBoot => slow_boot.is_some(),
-        };
-        if !seen {
-            return Some(format!(
-                "expected a {} but none happened{}",
-                expect.as_str().replace('_', " "),
-                first_crash.map_or_else(String::new, |t| format!(" (saw a crash: {t})"))
-            ));
-        }
-        if let (Some(want), Some(title)) = (&scenario.expect_title, first_crash) {
-            if !title.contains(want.as_str()) {
-                return Some(format!(
-                    "expected a crash titled like {want:?}, saw {title:?}"
-                ));
-            }
-        }
-    }
-    if no_boot_loop && m.boot_loop {
-        return Some(format!(
-            "boot loop: {} consecutive boots crashed before ready: {}",
-            scenario.boot_loop_boots,
-            first_crash.unwrap_or("crash")
-        ));
-    }
-    if no_crash {
-        if let Some(title) = first_crash {
-            return Some(format!("crash: {title}"));
-        }
-    }
-    if no_hang {
-        if let Some(hang) = m.hangs.first() {
-            return Some(format!("hang: {hang}"));
-        }
-    }
-    if let Some(limit) = gates.recovers_within {
-        if m.first_crash.is_some() {
-            match &m.recovery {
-                Some(r) if r.boots <= limit => {}
-                Some(r) => {
-                    return Some(format!(
-                        "gate recovers_within: recovered after {} boots, over the limit of {limit}",
-                        r.boots
-                    ))
-                }
-                None => {
-                    return Some(format!(
-                        "gate recovers_within: no ready boot after the crash (limit {limit} boots)"
-                    ))
-                }
-            }
-        }
-    }
-    if expect != Some(Expect::SlowBoot) {
-        if let Some(slow) = slow_boot {
-            return Some(slow);
-        }
-    }
-    None
-}
-
 impl Machine<'_> {
     fn vm(&mut self) -> Result<&mut Vm, Stop> {
         self.vm
@@ -514,6 +432,7 @@ impl Machine<'_> {
         self.boot_ready = false;
         self.pvpanic_at = None;
         self.console_crash_at = None;
+        self.console_hang_at = None;
         self.boots.push(BootRecord {
             index: self.boots.len() as u32 + 1,
             outcome: BootOutcome::Error,
@@ -543,6 +462,18 @@ impl Machine<'_> {
             if let Some(stop) = self.crash_decided() {
                 return Err(stop);
             }
+            if let Some(at) = self.console_hang_at {
+                // Give the report time to reach its frames, so the title names the code.
+                if !self.detector.is_reporting() || at.elapsed() >= CRASH_SETTLE {
+                    let title = self
+                        .detector
+                        .first_of(CrashClass::Hang)
+                        .map(|c| c.title.clone())
+                        .unwrap_or_default();
+                    self.console_hang_at = None;
+                    return Err(self.hang(format!("{title} (boot {})", self.boot_index())));
+                }
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(Happening::Deadline);
@@ -550,7 +481,7 @@ impl Machine<'_> {
             let mut wait = (deadline - now).min(INTERRUPT_CHECK);
             if let Some(at) = self.pvpanic_at {
                 wait = wait.min((at + CONSOLE_TRAIL).saturating_duration_since(now));
-            } else if let Some(at) = self.console_crash_at {
+            } else if let Some(at) = self.console_crash_at.or(self.console_hang_at) {
                 wait = wait.min((at + CRASH_SETTLE).saturating_duration_since(now));
             }
             let signal = match self.vm()?.signals.recv_timeout(wait) {
@@ -568,12 +499,7 @@ impl Machine<'_> {
                             self.console_crash_at = Some(line.at);
                         }
                         Some(CrashClass::Hang) => {
-                            let title = self
-                                .detector
-                                .crash()
-                                .map(|c| c.title.clone())
-                                .unwrap_or_default();
-                            return Err(self.hang(format!("{title} (boot {})", self.boot_index())));
+                            self.console_hang_at.get_or_insert(line.at);
                         }
                         _ => {}
                     }

@@ -4,5 +4,6 @@
 mod boot;
 mod cli;
 mod common;
+mod drivers;
 mod image;
 mod teardown;

@@ -1,0 +1,332 @@
+//! The verdict of a scenario from what was observed: expectations of negative tests
+//! first, then the gates. Kept apart from the VM-driving code so the rules can be
+//! tested on their own.
+
+use std::time::Duration;
+
+use crate::runner::record::{BootRecord, CrashRecord, RecoveryRecord};
+use crate::suite::{Expect, Scenario};
+use crate::util::human_duration;
+
+/// What a scenario's boots showed.
+pub struct Observed<'a> {
+    pub boots: &'a [BootRecord],
+    pub crashes: &'a [CrashRecord],
+    pub hangs: &'a [String],
+    pub boot_loop: bool,
+    pub recovery: Option<&'a RecoveryRecord>,
+}
+
+/// Applies the gates and expectations to what was observed; `Some(reason)` fails.
+pub fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
+    let gates = &scenario.gates;
+    let expect = scenario.expect;
+    let first_crash = m.crashes.first().map(|c| c.title.as_str());
+    let no_crash = gates
+        .no_crash
+        .unwrap_or(!matches!(expect, Some(Expect::Crash | Expect::BootLoop)));
+    let no_hang = gates.no_hang.unwrap_or(expect != Some(Expect::Hang));
+    let no_boot_loop = gates
+        .no_boot_loop
+        .unwrap_or(expect != Some(Expect::BootLoop));
+    let slow_boot = gates.boot_time_limit().and_then(|limit| {
+        m.boots
+            .iter()
+            .find(|b| {
+                b.ready_ms
+                    .is_some_and(|ms| Duration::from_millis(ms) > limit)
+            })
+            .map(|boot| {
+                format!(
+                    "gate max_boot_time: boot {} took {}, over the limit of {}",
+                    boot.index,
+                    human_duration(Duration::from_millis(boot.ready_ms.unwrap_or_default())),
+                    human_duration(limit)
+                )
+            })
+    });
+    if let Some(expect) = expect {
+        let seen = match expect {
+            Expect::Crash => !m.crashes.is_empty(),
+            Expect::Hang => !m.hangs.is_empty(),
+            Expect::BootLoop => m.boot_loop,
+            Expect::SlowBoot => slow_boot.is_some(),
+        };
+        if !seen {
+            return Some(format!(
+                "expected a {} but none happened{}",
+                expect.as_str().replace('_', " "),
+                first_crash.map_or_else(String::new, |t| format!(" (saw a crash: {t})"))
+            ));
+        }
+        if let (Some(want), Some(title)) = (&scenario.expect_title, first_crash) {
+            if !title.contains(want.as_str()) {
+                return Some(format!(
+                    "expected a crash titled like {want:?}, saw {title:?}"
+                ));
+            }
+        }
+    }
+    if no_boot_loop && m.boot_loop {
+        return Some(format!(
+            "boot loop: {} consecutive boots crashed before ready: {}",
+            scenario.boot_loop_boots,
+            first_crash.unwrap_or("crash")
+        ));
+    }
+    if no_crash {
+        if let Some(title) = first_crash {
+            return Some(format!("crash: {title}"));
+        }
+    }
+    if no_hang {
+        if let Some(hang) = m.hangs.first() {
+            return Some(format!("hang: {hang}"));
+        }
+    }
+    if let Some(limit) = gates.recovers_within {
+        if !m.crashes.is_empty() {
+            match m.recovery {
+                Some(r) if r.boots <= limit => {}
+                Some(r) => {
+                    return Some(format!(
+                        "gate recovers_within: recovered after {} boots, over the limit of {limit}",
+                        r.boots
+                    ))
+                }
+                None => {
+                    return Some(format!(
+                        "gate recovers_within: no ready boot after the crash (limit {limit} boots)"
+                    ))
+                }
+            }
+        }
+    }
+    if expect != Some(Expect::SlowBoot) {
+        if let Some(slow) = slow_boot {
+            return Some(slow);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::record::BootOutcome;
+    use crate::suite::{Gates, Scenario, DEFAULT_BOOT_LOOP_BOOTS};
+
+    fn scenario(expect: Option<Expect>, gates: Gates) -> Scenario {
+        Scenario {
+            name: "s".into(),
+            description: None,
+            steps: Vec::new(),
+            gates,
+            expect,
+            expect_title: None,
+            boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
+        }
+    }
+
+    fn boot(index: u32, ready_ms: Option<u64>) -> BootRecord {
+        BootRecord {
+            index,
+            outcome: if ready_ms.is_some() {
+                BootOutcome::Ready
+            } else {
+                BootOutcome::Crash
+            },
+            ready_ms,
+            extra_append: None,
+            crash: None,
+        }
+    }
+
+    fn crash(title: &str) -> CrashRecord {
+        CrashRecord {
+            title: title.into(),
+            kind: "BUG".into(),
+            source: "pvpanic+console".into(),
+            boot_index: 1,
+            excerpt: Vec::new(),
+            detect_ms: 1,
+        }
+    }
+
+    const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
+
+    #[test]
+    fn clean_run_passes_and_unexpected_crash_fails_with_its_title() {
+        let boots = [boot(1, Some(4000))];
+        let clean = Observed {
+            boots: &boots,
+            crashes: &[],
+            hangs: &[],
+            boot_loop: false,
+            recovery: None,
+        };
+        assert_eq!(judge(&clean, &scenario(None, Gates::default())), None);
+        let crashes = [crash(TITLE)];
+        let crashed = Observed {
+            crashes: &crashes,
+            ..clean
+        };
+        let reason = judge(&crashed, &scenario(None, Gates::default())).unwrap();
+        assert_eq!(reason, format!("crash: {TITLE}"));
+    }
+
+    #[test]
+    fn expected_failures_pass_only_when_seen() {
+        let boots = [
+            boot(1, Some(4000)),
+            boot(2, None),
+            boot(3, None),
+            boot(4, None),
+        ];
+        let crashes = [crash(TITLE)];
+        let looped = Observed {
+            boots: &boots,
+            crashes: &crashes,
+            hangs: &[],
+            boot_loop: true,
+            recovery: None,
+        };
+        assert_eq!(
+            judge(&looped, &scenario(Some(Expect::BootLoop), Gates::default())),
+            None
+        );
+        // A boot loop is still a failure where only a crash was expected.
+        let reason = judge(&looped, &scenario(Some(Expect::Crash), Gates::default())).unwrap();
+        assert!(reason.starts_with("boot loop"), "{reason}");
+        let clean = Observed {
+            boots: &boots[..1],
+            crashes: &[],
+            hangs: &[],
+            boot_loop: false,
+            recovery: None,
+        };
+        let reason = judge(&clean, &scenario(Some(Expect::Hang), Gates::default())).unwrap();
+        assert!(reason.contains("expected a hang"), "{reason}");
+    }
+
+    #[test]
+    fn expect_title_must_match() {
+        let boots = [boot(1, Some(4000))];
+        let crashes = [crash(TITLE)];
+        let observed = Observed {
+            boots: &boots,
+            crashes: &crashes,
+            hangs: &[],
+            boot_loop: false,
+            recovery: None,
+        };
+        let mut s = scenario(Some(Expect::Crash), Gates::default());
+        s.expect_title = Some("sensor_match_fields".into());
+        assert_eq!(judge(&observed, &s), None);
+        s.expect_title = Some("other_function".into());
+        assert!(judge(&observed, &s).unwrap().contains("other_function"));
+    }
+
+    #[test]
+    fn recovery_gate_counts_boots() {
+        let boots = [
+            boot(1, Some(4000)),
+            boot(2, None),
+            boot(3, None),
+            boot(4, Some(5000)),
+        ];
+        let crashes = [crash(TITLE)];
+        let recovery = RecoveryRecord {
+            boots: 3,
+            seconds: 12.0,
+            ready_boot: 4,
+        };
+        let gates = Gates {
+            recovers_within: Some(3),
+            ..Gates::default()
+        };
+        let observed = Observed {
+            boots: &boots,
+            crashes: &crashes,
+            hangs: &[],
+            boot_loop: false,
+            recovery: Some(&recovery),
+        };
+        assert_eq!(
+            judge(&observed, &scenario(Some(Expect::Crash), gates.clone())),
+            None
+        );
+        let tight = Gates {
+            recovers_within: Some(2),
+            ..Gates::default()
+        };
+        assert!(judge(&observed, &scenario(Some(Expect::Crash), tight))
+            .unwrap()
+            .contains("recovers_within"));
+        let never = Observed {
+            recovery: None,
+            ..observed
+        };
+        assert!(judge(&never, &scenario(Some(Expect::Crash), gates))
+            .unwrap()
+            .contains("no ready boot"));
+    }
+
+    #[test]
+    fn boot_time_gate_and_its_negative_test() {
+        let boots = [boot(1, Some(4000)), boot(2, Some(19_000))];
+        let observed = Observed {
+            boots: &boots,
+            crashes: &[],
+            hangs: &[],
+            boot_loop: false,
+            recovery: None,
+        };
+        let gates = Gates {
+            max_boot_ms: Some(12_000),
+            ..Gates::default()
+        };
+        let reason = judge(&observed, &scenario(None, gates.clone())).unwrap();
+        assert!(reason.contains("boot 2 took 19.0 s"), "{reason}");
+        assert_eq!(
+            judge(&observed, &scenario(Some(Expect::SlowBoot), gates)),
+            None
+        );
+        let fast = Observed {
+            boots: &boots[..1],
+            ..observed
+        };
+        let gates = Gates {
+            max_boot_ms: Some(12_000),
+            ..Gates::default()
+        };
+        assert!(judge(&fast, &scenario(Some(Expect::SlowBoot), gates))
+            .unwrap()
+            .contains("expected a slow boot"));
+    }
+
+    #[test]
+    fn hangs_fail_unless_expected_or_allowed() {
+        let boots = [boot(1, Some(4000))];
+        let hangs = ["boot 2 did not reach ready".to_string()];
+        let observed = Observed {
+            boots: &boots,
+            crashes: &[],
+            hangs: &hangs,
+            boot_loop: false,
+            recovery: None,
+        };
+        assert!(judge(&observed, &scenario(None, Gates::default()))
+            .unwrap()
+            .starts_with("hang:"));
+        assert_eq!(
+            judge(&observed, &scenario(Some(Expect::Hang), Gates::default())),
+            None
+        );
+        let allowed = Gates {
+            no_hang: Some(false),
+            ..Gates::default()
+        };
+        assert_eq!(judge(&observed, &scenario(None, allowed)), None);
+    }
+}
