@@ -19,8 +19,8 @@ use crate::report::{ReportError, Sink};
 use crate::suite::Suite;
 use crate::util::sha256_file;
 use record::{
-    FileHash, QemuInfo, RunRecord, ScenarioRecord, StepRecord, Summary, Verdict, VmArgv,
-    SCHEMA_VERSION,
+    FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, ScenarioRecord, StepRecord, Summary,
+    Verdict, VmArgv, SCHEMA_VERSION,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -284,6 +284,12 @@ pub fn run(
         interrupted: false,
         bootgate_version: env!("CARGO_PKG_VERSION").into(),
         command: opts.command.clone(),
+        settings: RunSettings {
+            accel: format!("{:?}", opts.accel).to_lowercase(),
+            keep: opts.keep,
+            suites: suites.iter().map(|s| absolute(&s.path)).collect(),
+        },
+        host: host_info(),
         qemu: qemu_info,
         inputs,
         scenarios: Vec::new(),
@@ -332,6 +338,8 @@ pub fn run(
             expect: scenario.expect.map(|e| e.as_str().to_string()),
             artifacts: Vec::new(),
             dir: rel_dir.display().to_string(),
+            rerun: rerun_command(opts, &run_dir, &full_name),
+            hang_screenshots: Vec::new(),
         };
         if let Err(e) = std::fs::create_dir_all(&dir) {
             scenario_record.reason = Some(format!("cannot create {}: {e}", dir.display()));
@@ -396,6 +404,42 @@ pub fn run(
         return Err(RunError::Report(failure));
     }
     Ok((record, run_dir))
+}
+
+fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The command that reruns one scenario of this run with the same inputs and settings.
+fn rerun_command(opts: &RunOptions, run_dir: &Path, scenario: &str) -> Vec<String> {
+    vec![
+        "bootgate".into(),
+        "rerun".into(),
+        absolute(run_dir),
+        scenario.into(),
+        "--out".into(),
+        absolute(&opts.out_dir),
+    ]
+}
+
+fn host_info() -> HostInfo {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    HostInfo {
+        hostname: read("/proc/sys/kernel/hostname"),
+        kernel: format!(
+            "Linux {} {}",
+            read("/proc/sys/kernel/osrelease"),
+            std::env::consts::ARCH
+        ),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
 }
 
 fn now() -> String {

@@ -84,10 +84,30 @@ pub struct RunRecord {
     pub bootgate_version: String,
     /// The bootgate command line that produced this run.
     pub command: Vec<String>,
+    /// The settings that shape the run (for rerun).
+    pub settings: RunSettings,
+    pub host: HostInfo,
     pub qemu: QemuInfo,
     pub inputs: Vec<FileHash>,
     pub scenarios: Vec<ScenarioRecord>,
     pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// The accelerator asked for (auto, kvm, tcg).
+    pub accel: String,
+    pub keep: bool,
+    /// Absolute paths of the suite files run.
+    pub suites: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    /// `uname -srm` equivalent.
+    pub kernel: String,
+    pub cpus: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -161,11 +181,18 @@ pub struct ScenarioRecord {
     pub artifacts: Vec<FileHash>,
     /// The scenario's folder inside the run folder.
     pub dir: String,
+    /// A command that reruns exactly this scenario with the same inputs and settings.
+    pub rerun: Vec<String>,
+    /// Evidence of hangs: screenshots taken when a boot or step hung (paths in the run folder).
+    #[serde(default)]
+    pub hang_screenshots: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootRecord {
     pub index: u32,
+    /// When the boot began (power-on or reset), in ms from the scenario's start.
+    pub start_ms: u64,
     pub outcome: BootOutcome,
     /// Time from power-on (or reset) to ready, when ready was reached.
     pub ready_ms: Option<u64>,
@@ -179,6 +206,8 @@ pub struct BootRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub kind: String,
+    /// When the step began, in ms from the scenario's start.
+    pub start_ms: u64,
     pub outcome: StepOutcome,
     pub duration_ms: u64,
     pub detail: String,
@@ -188,13 +217,26 @@ pub struct StepRecord {
 pub struct CrashRecord {
     pub title: String,
     pub kind: String,
-    /// Where it was seen: "pvpanic", "console" or "pvpanic+console".
+    /// Where the title came from: "console" (a crash report), "hyperv" (a bugcheck
+    /// code in the panic event) or "pvpanic" (a panic event alone).
     pub source: String,
+    /// Every signal that reported it: "pvpanic", "console", "hyperv", "reset".
+    pub signals: Vec<String>,
     pub boot_index: u32,
     pub excerpt: Vec<String>,
     /// From the first sign of the crash (panic event or console report) to bootgate's
     /// decision.
     pub detect_ms: u64,
+    /// Screenshot taken while the crashed guest was paused (path in the run folder).
+    pub screenshot: Option<String>,
+    /// Memory dump of the crashed guest (path in the run folder), when taken.
+    pub dump: Option<String>,
+    /// Dump format: "elf" (gdb, crash) or "win-dmp" (WinDbg).
+    pub dump_format: Option<String>,
+    /// Why no dump was taken, when none was.
+    pub dump_note: Option<String>,
+    /// The console log this crash appears in (path in the run folder).
+    pub console: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -111,6 +111,8 @@ struct Machine<'a> {
     profile: GuestProfile,
     name: &'a str,
     boot_timeout: Duration,
+    /// The scenario's start: the zero of every `start_ms`.
+    t0: Instant,
     /// Declared before `vmdir` so QEMU is stopped before its folder is removed.
     vm: Option<Vm>,
     vmdir: VmDir,
@@ -121,6 +123,10 @@ struct Machine<'a> {
     boot_started: Instant,
     boot_ready: bool,
     pvpanic_at: Option<Instant>,
+    /// Hyper-V crash parameters from the panic event (Windows bugcheck code first).
+    hyperv: Option<[u64; 5]>,
+    /// The guest reset itself without a panic event.
+    unexpected_reset: bool,
     console_crash_at: Option<Instant>,
     /// A hang report (soft lockup, RCU stall, hung task) began on the console.
     console_hang_at: Option<Instant>,
@@ -180,6 +186,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         profile: GuestProfile::for_manifest(ctx.manifest),
         name: ctx.full_name,
         boot_timeout,
+        t0: Instant::now(),
         vm: None,
         vmdir,
         qemu_runs: 0,
@@ -188,6 +195,8 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         boot_started: Instant::now(),
         boot_ready: false,
         pvpanic_at: None,
+        hyperv: None,
+        unexpected_reset: false,
         console_crash_at: None,
         console_hang_at: None,
         expect_reset: false,
@@ -216,6 +225,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         .and_then(|()| m.wait_ready(m.boot_timeout, emitter));
     let boot_step = StepRecord {
         kind: "boot".into(),
+        start_ms: m.offset(first),
         outcome: StepOutcome::Ok,
         duration_ms: first.elapsed().as_millis() as u64,
         detail: String::new(),
@@ -248,6 +258,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         if blocked || (guest_down && !is_recover) {
             outcome.steps.push(StepRecord {
                 kind: step.kind().into(),
+                start_ms: m.offset(Instant::now()),
                 outcome: StepOutcome::Skipped,
                 duration_ms: 0,
                 detail: if guest_down && !blocked {
@@ -263,6 +274,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         let result = m.step(step, ctx.suite, ctx.drivers, emitter);
         let record = StepRecord {
             kind: step.kind().into(),
+            start_ms: m.offset(started),
             outcome: StepOutcome::Ok,
             duration_ms: started.elapsed().as_millis() as u64,
             detail: String::new(),
@@ -392,6 +404,11 @@ fn settle(
 }
 
 impl Machine<'_> {
+    /// Milliseconds from the scenario's start to `at`.
+    fn offset(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.t0).as_millis() as u64
+    }
+
     fn vm(&mut self) -> Result<&mut Vm, Stop> {
         self.vm
             .as_mut()
@@ -431,10 +448,14 @@ impl Machine<'_> {
         self.boot_started = at;
         self.boot_ready = false;
         self.pvpanic_at = None;
+        self.hyperv = None;
+        self.unexpected_reset = false;
         self.console_crash_at = None;
         self.console_hang_at = None;
+        let start_ms = self.offset(at);
         self.boots.push(BootRecord {
             index: self.boots.len() as u32 + 1,
+            start_ms,
             outcome: BootOutcome::Error,
             ready_ms: None,
             extra_append,
@@ -507,6 +528,17 @@ impl Machine<'_> {
                 Signal::Qmp(QmpMessage::Event(event)) => match event.name.as_str() {
                     "GUEST_PANICKED" | "GUEST_CRASHLOADED" => {
                         self.pvpanic_at.get_or_insert(event.received);
+                        let info = &event.data["info"];
+                        if info["type"] == "hyper-v" {
+                            let arg = |n: &str| info[n].as_u64().unwrap_or_default();
+                            self.hyperv = Some([
+                                arg("arg1"),
+                                arg("arg2"),
+                                arg("arg3"),
+                                arg("arg4"),
+                                arg("arg5"),
+                            ]);
+                        }
                     }
                     "RESET" => {
                         let burst = self.last_reset.is_some_and(|last| {
@@ -577,19 +609,46 @@ impl Machine<'_> {
             .crash()
             .filter(|c| c.class == CrashClass::Crash)
             .cloned();
-        let source = match (self.pvpanic_at.is_some(), console.is_some()) {
-            (true, true) => "pvpanic+console",
-            (true, false) => "pvpanic",
-            _ => "console",
-        };
-        let (title, kind, excerpt) = match console {
-            Some(ConsoleCrash {
-                title,
-                kind,
-                excerpt,
-                ..
-            }) => (title, kind, excerpt),
-            None => (
+        let mut signals = Vec::new();
+        if self.pvpanic_at.is_some() && !self.unexpected_reset {
+            signals.push("pvpanic".to_string());
+        }
+        if self.hyperv.is_some() {
+            signals.push("hyperv".into());
+        }
+        if console.is_some() {
+            signals.push("console".into());
+        }
+        if self.unexpected_reset {
+            signals.push("reset".into());
+        }
+        let (source, title, kind, excerpt) = match (console, self.hyperv) {
+            (
+                Some(ConsoleCrash {
+                    title,
+                    kind,
+                    excerpt,
+                    ..
+                }),
+                _,
+            ) => ("console", title, kind, excerpt),
+            (None, Some(args)) => (
+                "hyperv",
+                format!(
+                    "bugcheck 0x{:X} ({:#x}, {:#x}, {:#x}, {:#x})",
+                    args[0], args[1], args[2], args[3], args[4]
+                ),
+                "bugcheck".to_string(),
+                Vec::new(),
+            ),
+            (None, None) if self.unexpected_reset => (
+                "reset",
+                "unexpected guest reset (no panic event, no crash report)".to_string(),
+                "reset".to_string(),
+                Vec::new(),
+            ),
+            (None, None) => (
+                "pvpanic",
                 "guest panic (pvpanic; no crash report on the console)".to_string(),
                 "panic".to_string(),
                 Vec::new(),
@@ -600,9 +659,19 @@ impl Machine<'_> {
             title: title.clone(),
             kind,
             source: source.into(),
+            signals,
             boot_index,
             excerpt,
             detect_ms: seen_at.elapsed().as_millis() as u64,
+            screenshot: None,
+            dump: None,
+            dump_format: None,
+            dump_note: None,
+            console: self
+                .vm
+                .as_ref()
+                .and_then(|vm| vm.console_path.file_name())
+                .map(|n| n.to_string_lossy().into_owned()),
         });
         self.first_crash.get_or_insert((seen_at, boot_index));
         if let Some(boot) = self.boots.last_mut() {
@@ -613,6 +682,8 @@ impl Machine<'_> {
         }
         // Handled: the next boot starts clean.
         self.pvpanic_at = None;
+        self.hyperv = None;
+        self.unexpected_reset = false;
         self.console_crash_at = None;
         Stop::Crash
     }
@@ -675,10 +746,7 @@ impl Machine<'_> {
     /// A guest that resets by itself without a panic event (a triple fault, a kernel
     /// configured to reboot on panic without pvpanic) crashed as far as we can tell.
     fn record_crash_like_reset(&mut self, at: Instant) -> Stop {
-        if self.detector.crash().is_none() {
-            self.detector.feed("bootgate: unexpected guest reset");
-        }
-        self.pvpanic_at.get_or_insert(at);
+        self.unexpected_reset = true;
         self.record_crash(at)
     }
 

@@ -131,6 +131,7 @@ mod tests {
     fn boot(index: u32, ready_ms: Option<u64>) -> BootRecord {
         BootRecord {
             index,
+            start_ms: 0,
             outcome: if ready_ms.is_some() {
                 BootOutcome::Ready
             } else {
@@ -146,10 +147,16 @@ mod tests {
         CrashRecord {
             title: title.into(),
             kind: "BUG".into(),
-            source: "pvpanic+console".into(),
+            source: "console".into(),
+            signals: vec!["pvpanic".into(), "console".into()],
             boot_index: 1,
             excerpt: Vec::new(),
             detect_ms: 1,
+            screenshot: None,
+            dump: None,
+            dump_format: None,
+            dump_note: None,
+            console: None,
         }
     }
 

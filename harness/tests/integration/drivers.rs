@@ -59,7 +59,8 @@ fn demo_suite_every_verdict_as_described() {
     assert_eq!(crashes.len(), 4, "the live crash and three boot crashes");
     for crash in crashes {
         assert_eq!(crash["title"], TITLE, "same bug, same title at every crash");
-        assert_eq!(crash["source"], "pvpanic+console");
+        assert_eq!(crash["source"], "console");
+        assert_eq!(crash["signals"], serde_json::json!(["pvpanic", "console"]));
         let excerpt = crash["excerpt"].as_array().unwrap();
         assert!(excerpt.iter().any(|l| l
             .as_str()
