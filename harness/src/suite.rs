@@ -49,9 +49,52 @@ pub struct Suite {
     /// relative to the suite file.
     pub image: String,
     pub boot_timeout: Option<Duration>,
+    pub evidence: Evidence,
     /// Candidate drivers by name.
     pub drivers: BTreeMap<String, Driver>,
     pub scenarios: Vec<Scenario>,
+}
+
+/// Which crashes get a memory dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DumpPolicy {
+    /// The first crash of each scenario (a boot loop repeats the same crash).
+    #[default]
+    First,
+    All,
+    None,
+}
+
+/// Default cap on the guest memory size bootgate dumps.
+pub const DEFAULT_DUMP_MAX_MIB: u32 = 4096;
+
+/// What evidence to capture from crashed and hung guests.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    #[serde(default)]
+    pub memory_dumps: DumpPolicy,
+    /// Guests with more memory than this are not dumped (the dump is as big as the RAM).
+    #[serde(default = "default_dump_max_mib")]
+    pub dump_max_mib: u32,
+    /// Also dump a hung guest (the host-side equivalent of forcing a crash).
+    #[serde(default)]
+    pub dump_on_hang: bool,
+}
+
+impl Default for Evidence {
+    fn default() -> Evidence {
+        Evidence {
+            memory_dumps: DumpPolicy::First,
+            dump_max_mib: DEFAULT_DUMP_MAX_MIB,
+            dump_on_hang: false,
+        }
+    }
+}
+
+fn default_dump_max_mib() -> u32 {
+    DEFAULT_DUMP_MAX_MIB
 }
 
 /// A candidate driver: a kernel module built from source against the image's kernel
@@ -298,6 +341,8 @@ struct RawSuite {
     image: String,
     #[serde(default, deserialize_with = "opt_duration")]
     boot_timeout: Option<Duration>,
+    #[serde(default)]
+    evidence: Evidence,
 }
 
 #[derive(Deserialize)]
@@ -470,6 +515,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
         name,
         image: raw.suite.image,
         boot_timeout: raw.suite.boot_timeout,
+        evidence: raw.suite.evidence,
         drivers,
         scenarios,
     })

@@ -161,6 +161,40 @@ pub struct GuestPaths {
     pub boot_count_file: Option<String>,
     /// Kernel parameters that select the rescue boot (skip third-party drivers).
     pub safe_mode_append: Option<String>,
+    /// Memory dump format QEMU writes for this guest: "elf" (gdb, crash; the default)
+    /// or "win-dmp" (WinDbg; needs the guest's fwcfg driver).
+    #[serde(default)]
+    pub dump_format: DumpFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum DumpFormat {
+    #[default]
+    #[serde(rename = "elf")]
+    Elf,
+    #[serde(rename = "win-dmp")]
+    WinDmp,
+    #[serde(rename = "kdump-zlib")]
+    KdumpZlib,
+}
+
+impl DumpFormat {
+    /// The name QMP's dump-guest-memory takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DumpFormat::Elf => "elf",
+            DumpFormat::WinDmp => "win-dmp",
+            DumpFormat::KdumpZlib => "kdump-zlib",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            DumpFormat::Elf => "elf",
+            DumpFormat::WinDmp => "dmp",
+            DumpFormat::KdumpZlib => "kdump",
+        }
+    }
 }
 
 #[derive(Deserialize)]

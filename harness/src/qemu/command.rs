@@ -98,6 +98,9 @@ pub fn build(
         "-device",
         &format!("virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"),
     ]);
+    // A display adapter (shown nowhere: -display none) so screendump can capture what
+    // the guest's screen shows when it crashes or hangs.
+    push(&["-device", "VGA"]);
     // pvpanic reports guest panics as QMP events; pausing keeps the crashed guest
     // inspectable (screenshot, dump) until bootgate decides what to do.
     push(&["-device", "pvpanic"]);

@@ -357,6 +357,7 @@ pub fn run(
                         keep_overlay: opts.keep,
                         emitter,
                         full_name: &full_name,
+                        rel_dir: &rel_dir.display().to_string(),
                         drivers: built.get(&suite.path).unwrap_or(&no_drivers),
                     });
                     scenario_record.verdict = outcome.verdict;
@@ -365,6 +366,7 @@ pub fn run(
                     scenario_record.steps = outcome.steps;
                     scenario_record.crashes = outcome.crashes;
                     scenario_record.hangs = outcome.hangs;
+                    scenario_record.hang_screenshots = outcome.hang_screenshots;
                     scenario_record.boot_loop = outcome.boot_loop;
                     scenario_record.recovery = outcome.recovery;
                     for argv in outcome.argvs {

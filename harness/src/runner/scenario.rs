@@ -25,7 +25,7 @@ use crate::runner::record::{
 };
 use crate::runner::verdict::{judge, Observed};
 use crate::runner::{interrupted, Emitter};
-use crate::suite::{Scenario, Step, Suite};
+use crate::suite::{DumpPolicy, Evidence, Scenario, Step, Suite};
 use crate::util::human_duration;
 
 /// Time from asking the guest to reboot to QEMU reporting the reset.
@@ -42,6 +42,10 @@ pub const CRASH_SETTLE: Duration = Duration::from_millis(1500);
 pub const RESET_COALESCE: Duration = Duration::from_secs(1);
 /// Longest uninterrupted wait on the signal channel, so Ctrl-C is noticed promptly.
 const INTERRUPT_CHECK: Duration = Duration::from_millis(50);
+/// Time a screenshot may take.
+pub const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a memory dump may take (written by QEMU while the guest is stopped).
+pub const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most bytes of a command's output quoted in a step's detail.
 const OUTPUT_QUOTE_BYTES: usize = 2048;
 /// Largest driver module or content file copied into a guest.
@@ -83,6 +87,7 @@ pub struct ScenarioOutcome {
     pub steps: Vec<StepRecord>,
     pub crashes: Vec<CrashRecord>,
     pub hangs: Vec<String>,
+    pub hang_screenshots: Vec<String>,
     pub boot_loop: bool,
     pub recovery: Option<RecoveryRecord>,
     pub argvs: Vec<Vec<String>>,
@@ -99,6 +104,8 @@ pub struct ScenarioContext<'a> {
     pub keep_overlay: bool,
     pub emitter: &'a mut Emitter,
     pub full_name: &'a str,
+    /// The scenario's folder relative to the run folder (prefix of evidence paths).
+    pub rel_dir: &'a str,
     pub drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
 }
 
@@ -108,6 +115,8 @@ struct Machine<'a> {
     manifest: &'a Manifest,
     accel: Accel,
     artifacts: &'a Path,
+    rel_dir: &'a str,
+    evidence: Evidence,
     profile: GuestProfile,
     name: &'a str,
     boot_timeout: Duration,
@@ -138,6 +147,7 @@ struct Machine<'a> {
     boots: Vec<BootRecord>,
     crashes: Vec<CrashRecord>,
     hangs: Vec<String>,
+    hang_screenshots: Vec<String>,
     boot_loop: bool,
     first_crash: Option<(Instant, u32)>,
     recovery: Option<RecoveryRecord>,
@@ -159,6 +169,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         steps: Vec::new(),
         crashes: Vec::new(),
         hangs: Vec::new(),
+        hang_screenshots: Vec::new(),
         boot_loop: false,
         recovery: None,
         argvs: Vec::new(),
@@ -183,6 +194,8 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         manifest: ctx.manifest,
         accel: ctx.accel,
         artifacts: ctx.dir,
+        rel_dir: ctx.rel_dir,
+        evidence: ctx.suite.evidence.clone(),
         profile: GuestProfile::for_manifest(ctx.manifest),
         name: ctx.full_name,
         boot_timeout,
@@ -204,6 +217,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         boots: Vec::new(),
         crashes: Vec::new(),
         hangs: Vec::new(),
+        hang_screenshots: Vec::new(),
         boot_loop: false,
         first_crash: None,
         recovery: None,
@@ -326,6 +340,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     outcome.boots = std::mem::take(&mut m.boots);
     outcome.crashes = std::mem::take(&mut m.crashes);
     outcome.hangs = std::mem::take(&mut m.hangs);
+    outcome.hang_screenshots = std::mem::take(&mut m.hang_screenshots);
     outcome.boot_loop = m.boot_loop;
     outcome.recovery = m.recovery.take();
     outcome
@@ -674,6 +689,7 @@ impl Machine<'_> {
                 .map(|n| n.to_string_lossy().into_owned()),
         });
         self.first_crash.get_or_insert((seen_at, boot_index));
+        self.capture_crash_evidence();
         if let Some(boot) = self.boots.last_mut() {
             boot.crash = Some(title);
             if !self.boot_ready {
@@ -693,7 +709,144 @@ impl Machine<'_> {
             self.set_boot_outcome(BootOutcome::Hang);
         }
         self.hangs.push(why.clone());
+        self.capture_hang_evidence();
         Stop::Hang(why)
+    }
+
+    /// A path in the scenario's folder, and the same path relative to the run folder.
+    fn evidence_path(&self, name: &str) -> (std::path::PathBuf, String) {
+        (
+            self.artifacts.join(name),
+            format!("{}/{name}", self.rel_dir),
+        )
+    }
+
+    /// Screenshot (and, by the suite's policy, memory dump) of the crash just recorded,
+    /// taken while the crashed guest is still paused. Failures are noted on the crash,
+    /// never turned into a verdict.
+    fn capture_crash_evidence(&mut self) {
+        let n = self.crashes.len();
+        let screenshot = self.screenshot(&format!("crash-{n}.png"));
+        let wanted = match self.evidence.memory_dumps {
+            DumpPolicy::All => true,
+            DumpPolicy::First => n == 1,
+            DumpPolicy::None => false,
+        };
+        let (dump, note) = if wanted {
+            self.dump(&format!("crash-{n}"))
+        } else {
+            (
+                None,
+                Some(
+                    format!(
+                        "not dumped: memory_dumps = {:?}",
+                        self.evidence.memory_dumps
+                    )
+                    .to_lowercase(),
+                ),
+            )
+        };
+        let format = self.manifest.guest.dump_format.as_str().to_string();
+        if let Some(crash) = self.crashes.last_mut() {
+            crash.screenshot = screenshot;
+            crash.dump_format = dump.as_ref().map(|_| format);
+            crash.dump = dump;
+            crash.dump_note = note;
+        }
+    }
+
+    fn capture_hang_evidence(&mut self) {
+        let n = self.hangs.len();
+        if let Some(shot) = self.screenshot(&format!("hang-{n}.png")) {
+            self.hang_screenshots.push(shot);
+        }
+        if self.evidence.dump_on_hang {
+            // A hung guest is still running: stop it first so the dump is consistent.
+            if let Some(qmp) = self.vm.as_ref().and_then(|vm| vm.qmp()) {
+                let _ = qmp.execute("stop", None, QMP_COMMAND_TIMEOUT);
+            }
+            if let (Some(dump), _) = self.dump(&format!("hang-{n}")) {
+                if let Some(hang) = self.hangs.last_mut() {
+                    hang.push_str(&format!(" (memory dump: {dump})"));
+                }
+            }
+        }
+    }
+
+    /// QMP screendump to a PNG in the scenario folder; its run-relative path.
+    fn screenshot(&mut self, name: &str) -> Option<String> {
+        let (path, rel) = self.evidence_path(name);
+        let qmp = self.vm.as_ref()?.qmp()?;
+        let args = serde_json::json!({"filename": path.display().to_string(), "format": "png"});
+        match qmp.execute("screendump", Some(args), SCREENDUMP_TIMEOUT) {
+            Ok(_) if path.is_file() => Some(rel),
+            _ => None,
+        }
+    }
+
+    /// dump-guest-memory in the background (`detach`), waiting for DUMP_COMPLETED.
+    fn dump(&mut self, stem: &str) -> (Option<String>, Option<String>) {
+        let memory = self.manifest.machine.memory_mib;
+        if memory > self.evidence.dump_max_mib {
+            return (
+                None,
+                Some(format!(
+                    "not dumped: the guest has {memory} MiB, over dump_max_mib = {}",
+                    self.evidence.dump_max_mib
+                )),
+            );
+        }
+        let format = self.manifest.guest.dump_format;
+        let (path, rel) = self.evidence_path(&format!("{stem}.{}", format.extension()));
+        let Some(qmp) = self.vm.as_ref().and_then(|vm| vm.qmp()) else {
+            return (None, Some("not dumped: QMP is not connected".into()));
+        };
+        // `paging` is required; false (physical memory as-is, no walk of a crashed
+        // kernel's page tables) is also the only value the non-ELF formats accept.
+        let args = serde_json::json!({
+            "paging": false,
+            "protocol": format!("file:{}", path.display()),
+            "detach": true,
+            "format": format.as_str(),
+        });
+        if let Err(e) = qmp.execute("dump-guest-memory", Some(args), QMP_COMMAND_TIMEOUT) {
+            return (None, Some(format!("dump failed: {e}")));
+        }
+        match self.wait_event("DUMP_COMPLETED", Instant::now() + DUMP_TIMEOUT) {
+            Ok(data) => match data.get("error").and_then(|e| e.as_str()) {
+                Some(error) => (None, Some(format!("dump failed: {error}"))),
+                None if path.is_file() => (Some(rel), None),
+                None => (None, Some("dump failed: QEMU wrote no file".into())),
+            },
+            Err(why) => (None, Some(format!("dump failed: {why}"))),
+        }
+    }
+
+    /// Waits for one QMP event while capturing evidence; console lines keep feeding
+    /// the detector, everything else waits for the runner.
+    fn wait_event(&mut self, name: &str, deadline: Instant) -> Result<serde_json::Value, String> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("no {name} within {}", human_duration(DUMP_TIMEOUT)));
+            }
+            let vm = self.vm.as_mut().ok_or("no VM")?;
+            match vm
+                .signals
+                .recv_timeout((deadline - now).min(INTERRUPT_CHECK))
+            {
+                Ok(Signal::Qmp(QmpMessage::Event(event))) if event.name == name => {
+                    return Ok(event.data)
+                }
+                Ok(Signal::Qmp(QmpMessage::Closed(_))) => return Err("QEMU went away".into()),
+                Ok(Signal::Console(line)) => self.detector.feed(&line.text),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err("QEMU went away".into()),
+            }
+            if interrupted() {
+                return Err("interrupted".into());
+            }
+        }
     }
 
     /// Waits until the agent answers: the boot is ready.
