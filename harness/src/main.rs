@@ -10,6 +10,7 @@ use bootgate::qemu::accel::AccelChoice;
 use bootgate::qemu::QemuTools;
 use bootgate::report::json::JsonSink;
 use bootgate::report::junit::JunitSink;
+use bootgate::report::manifest::{self, ManifestSink};
 use bootgate::report::terminal::{TerminalSink, Verbosity};
 use bootgate::report::Sink;
 use bootgate::runner::{self, Emitter, RunOptions};
@@ -59,6 +60,26 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Rerun scenarios of a finished run with the same inputs and settings, into a new
+    /// run. Refuses, naming the file, if any input changed since.
+    Rerun {
+        /// The run folder (e.g. results/latest).
+        run_dir: PathBuf,
+        /// Scenario names ("suite/scenario"); all of the run's when none.
+        scenarios: Vec<String>,
+        /// Results folder for the new run (default: the one holding RUN_DIR).
+        #[arg(long, short, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[arg(long, short, conflicts_with = "verbose")]
+        quiet: bool,
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Recheck a run folder against its manifest.json: names every file missing,
+    /// altered or added since the run, and inputs that changed. Exit 1 if any.
+    Verify { run_dir: PathBuf },
+    /// Print a run's summary and each failing scenario's crash title and excerpt.
+    Show { run_dir: PathBuf },
     /// List the scenarios of a suite file or folder without running them.
     List { path: PathBuf },
     /// Build or inspect images.
@@ -107,6 +128,15 @@ fn main() -> ExitCode {
             verbose,
         } => run(path, out, accel, keep, only, verbosity(quiet, verbose)),
         Command::List { path } => list(path),
+        Command::Rerun {
+            run_dir,
+            scenarios,
+            out,
+            quiet,
+            verbose,
+        } => rerun(run_dir, scenarios, out, verbosity(quiet, verbose)),
+        Command::Verify { run_dir } => verify(&run_dir),
+        Command::Show { run_dir } => show(&run_dir),
         Command::Image {
             command: ImageCommand::Build { name, force },
         } => image_build(&name, force),
@@ -143,6 +173,53 @@ fn run(
             return EXIT_USAGE;
         }
     };
+    let options = RunOptions {
+        out_dir: out,
+        accel,
+        keep,
+        only,
+        exact: false,
+        required_inputs: None,
+        tools: QemuTools::from_env(),
+        command: std::env::args().collect(),
+    };
+    execute(&suites, &options, verbosity)
+}
+
+fn rerun(
+    run_dir: PathBuf,
+    scenarios: Vec<String>,
+    out: Option<PathBuf>,
+    verbosity: Verbosity,
+) -> u8 {
+    let plan = match runner::rerun::plan(&run_dir, &scenarios) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let out_dir = out.unwrap_or_else(|| {
+        std::fs::canonicalize(&run_dir)
+            .ok()
+            .and_then(|d| d.parent().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("results"))
+    });
+    let options = RunOptions {
+        out_dir,
+        accel: plan.accel,
+        keep: plan.keep,
+        only: plan.scenarios,
+        exact: true,
+        required_inputs: Some(plan.record.inputs),
+        tools: QemuTools::from_env(),
+        command: std::env::args().collect(),
+    };
+    execute(&plan.suites, &options, verbosity)
+}
+
+/// Runs suites with every sink, mapping the outcome to an exit code.
+fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) -> u8 {
     // First Ctrl-C/SIGTERM: stop cleanly (VMs torn down, results written). The
     // handler only sets a flag; the runner checks it at every wait.
     if let Err(e) = ctrlc::set_handler(|| {
@@ -155,21 +232,15 @@ fn run(
     }) {
         eprintln!("bootgate: warning: cannot install the Ctrl-C handler: {e}");
     }
-    let options = RunOptions {
-        out_dir: out,
-        accel,
-        keep,
-        only,
-        tools: QemuTools::from_env(),
-        command: std::env::args().collect(),
-    };
+    // The manifest comes last: it hashes the files the other sinks wrote.
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(TerminalSink::new(verbosity)),
         Box::new(JsonSink::new()),
         Box::new(JunitSink::new()),
+        Box::new(ManifestSink),
     ];
     let mut emitter = Emitter::new(sinks);
-    match runner::run(&suites, &options, &mut emitter) {
+    match runner::run(suites, options, &mut emitter) {
         Ok((record, _dir)) => {
             let s = &record.summary;
             if record.interrupted {
@@ -190,6 +261,44 @@ fn run(
             } else {
                 EXIT_INFRA
             }
+        }
+    }
+}
+
+fn verify(run_dir: &std::path::Path) -> u8 {
+    match manifest::verify(run_dir) {
+        Ok(findings) => {
+            for finding in &findings {
+                println!("{finding}");
+            }
+            let problems = findings.iter().filter(|f| f.is_problem()).count();
+            if problems == 0 {
+                println!(
+                    "ok: every file in {} matches manifest.json",
+                    run_dir.display()
+                );
+                EXIT_PASS
+            } else {
+                println!("FAILED: {problems} problem(s) in {}", run_dir.display());
+                EXIT_FAIL
+            }
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn show(run_dir: &std::path::Path) -> u8 {
+    match runner::rerun::read_record(run_dir) {
+        Ok(record) => {
+            print!("{}", bootgate::report::terminal::summary_text(&record));
+            EXIT_PASS
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            EXIT_USAGE
         }
     }
 }

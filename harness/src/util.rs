@@ -102,6 +102,24 @@ pub fn snippet(text: &str, line: usize, column: usize) -> String {
     )
 }
 
+/// Joins an argv into one line a POSIX shell reads back as the same argv.
+pub fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                arg.clone()
+            } else {
+                format!("'{}'", arg.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Formats a duration for humans: "850 ms", "9.3 s", "2 m 05 s".
 pub fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -149,6 +167,12 @@ mod tests {
             (n == 3).then_some(n)
         });
         assert_eq!(r, Waited::Done(3));
+    }
+
+    #[test]
+    fn shell_join_quotes_what_needs_it() {
+        let argv = ["bootgate", "rerun", "/r/a b", "it's", ""].map(String::from);
+        assert_eq!(shell_join(&argv), "bootgate rerun '/r/a b' 'it'\\''s' ''");
     }
 
     #[test]

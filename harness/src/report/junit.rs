@@ -1,6 +1,6 @@
 //! junit.xml: one testsuite per suite, one testcase per scenario, for CI pages.
 
-use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
 use crate::report::{ReportError, Sink};
 use crate::runner::record::{RunRecord, Verdict};
@@ -56,6 +56,18 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
         let mut case = TestCase::new(scenario.name.clone(), status);
         case.set_classname(scenario.suite.clone());
         case.set_time(std::time::Duration::from_millis(scenario.duration_ms));
+        // Where the evidence is, so a CI page points straight at it.
+        case.add_property(Property::new(
+            "console",
+            format!("{}/console.log", scenario.dir),
+        ));
+        if let Some(shot) = scenario.crashes.first().and_then(|c| c.screenshot.clone()) {
+            case.add_property(Property::new("screenshot", shot));
+        }
+        case.add_property(Property::new(
+            "rerun",
+            crate::util::shell_join(&scenario.rerun),
+        ));
         suites[index].add_test_case(case);
     }
     report.add_test_suites(suites);

@@ -1,8 +1,10 @@
 //! Report sinks: each output format consumes runner events; adding a format never
 //! touches the runner.
 
+pub mod html;
 pub mod json;
 pub mod junit;
+pub mod manifest;
 pub mod terminal;
 
 use std::path::PathBuf;

@@ -171,3 +171,72 @@ impl Sink for TerminalSink {
         Ok(())
     }
 }
+
+/// Lines of a crash excerpt `bootgate show` prints.
+const SHOW_EXCERPT_LINES: usize = 20;
+
+/// The text of `bootgate show`: the run's summary, one line per scenario, and for
+/// each failing scenario its reason, crash title and the end of the excerpt.
+pub fn summary_text(run: &crate::runner::record::RunRecord) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let s = &run.summary;
+    let banner = if run.interrupted {
+        "INTERRUPTED"
+    } else if s.fail > 0 {
+        "FAIL"
+    } else if s.error > 0 {
+        "ERROR"
+    } else {
+        "PASS"
+    };
+    let _ = writeln!(
+        out,
+        "run {} ({} .. {}): {banner}: {} pass, {} fail, {} error, {} flaky",
+        run.run_id,
+        run.started_at,
+        run.finished_at.as_deref().unwrap_or("unfinished"),
+        s.pass,
+        s.fail,
+        s.error,
+        s.flaky
+    );
+    let _ = writeln!(
+        out,
+        "QEMU: {} ({})",
+        run.qemu.version.as_deref().unwrap_or("?"),
+        run.qemu.accel.as_deref().unwrap_or("?")
+    );
+    for scenario in &run.scenarios {
+        let _ = writeln!(
+            out,
+            "{:<5} {} ({})",
+            scenario.verdict.as_str().to_uppercase(),
+            scenario.name,
+            ms(scenario.duration_ms)
+        );
+        if !matches!(scenario.verdict, Verdict::Fail | Verdict::Error) {
+            continue;
+        }
+        if let Some(reason) = &scenario.reason {
+            let _ = writeln!(out, "      {}", reason.replace('\n', "\n      "));
+        }
+        if let Some(crash) = scenario.crashes.first() {
+            let _ = writeln!(
+                out,
+                "      crash: {} (boot {})",
+                crash.title, crash.boot_index
+            );
+            let tail = &crash.excerpt[crash.excerpt.len().saturating_sub(SHOW_EXCERPT_LINES)..];
+            for line in tail {
+                let _ = writeln!(out, "      | {line}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "      rerun: {}",
+            crate::util::shell_join(&scenario.rerun)
+        );
+    }
+    out
+}

@@ -3,6 +3,7 @@
 //! terminal, run.json, junit.xml) is a `Sink` that consumes the events.
 
 pub mod record;
+pub mod rerun;
 pub mod scenario;
 pub mod verdict;
 
@@ -123,8 +124,12 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     pub accel: AccelChoice,
     pub keep: bool,
-    /// Run only scenarios whose `suite/scenario` name contains one of these.
+    /// Run only scenarios whose `suite/scenario` name contains one of these (or, with
+    /// `exact`, equals one of them).
     pub only: Vec<String>,
+    pub exact: bool,
+    /// For a rerun: the inputs (path and sha256) the run must use.
+    pub required_inputs: Option<Vec<FileHash>>,
     pub tools: QemuTools,
     /// bootgate's own command line, recorded in run.json.
     pub command: Vec<String>,
@@ -150,6 +155,10 @@ pub enum RunError {
     },
     #[error("cannot write results: {0}")]
     Report(#[from] ReportError),
+    #[error("refusing to rerun: input {0} has changed since the run (its sha256 differs); restore it or start a new run")]
+    InputChanged(String),
+    #[error("refusing to rerun: input {0} was not an input of the run (the suite or image now resolves to other files)")]
+    InputNew(String),
 }
 
 impl RunError {
@@ -160,6 +169,7 @@ impl RunError {
             RunError::Image { source, .. } => {
                 matches!(source, ImageError::Unknown(_) | ImageError::Manifest(_))
             }
+            RunError::InputChanged(_) | RunError::InputNew(_) => true,
             RunError::Results { .. } | RunError::Report(_) => false,
         }
     }
@@ -176,7 +186,14 @@ pub fn run(
         .flat_map(|suite| (0..suite.scenarios.len()).map(move |i| (suite, i)))
         .filter(|(suite, i)| {
             let name = format!("{}/{}", suite.name, suite.scenarios[*i].name);
-            opts.only.is_empty() || opts.only.iter().any(|f| name.contains(f.as_str()))
+            opts.only.is_empty()
+                || opts.only.iter().any(|f| {
+                    if opts.exact {
+                        name == *f
+                    } else {
+                        name.contains(f.as_str())
+                    }
+                })
         })
         .collect();
     if selected.is_empty() {
@@ -239,7 +256,6 @@ pub fn run(
         built.insert(suite.path.clone(), drivers);
     }
 
-    let (run_id, run_dir) = create_run_dir(&opts.out_dir)?;
     let mut inputs = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (suite, _) in &selected {
@@ -276,6 +292,18 @@ pub fn run(
             }
         }
     }
+    // A rerun must use exactly the inputs of the run it repeats: refuse before any VM
+    // starts if a suite, image, driver or content file is not the same.
+    if let Some(required) = &opts.required_inputs {
+        for input in &inputs {
+            match required.iter().find(|r| r.path == input.path) {
+                Some(r) if r.sha256 == input.sha256 => {}
+                Some(_) => return Err(RunError::InputChanged(input.path.clone())),
+                None => return Err(RunError::InputNew(input.path.clone())),
+            }
+        }
+    }
+    let (run_id, run_dir) = create_run_dir(&opts.out_dir)?;
     let mut record = RunRecord {
         schema_version: SCHEMA_VERSION,
         run_id,
