@@ -5,5 +5,6 @@ mod boot;
 mod cli;
 mod common;
 mod drivers;
+mod evidence;
 mod image;
 mod teardown;
