@@ -145,15 +145,7 @@ impl Sink for TerminalSink {
             }
             Event::RunFinished { run, dir } => {
                 let s = &run.summary;
-                let banner = if run.interrupted {
-                    "INTERRUPTED"
-                } else if s.fail > 0 {
-                    "FAIL"
-                } else if s.error > 0 {
-                    "ERROR"
-                } else {
-                    "PASS"
-                };
+                let banner = run.banner();
                 writeln!(
                     err,
                     "\n{banner}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  run.json:  {}\n  junit.xml: {}",
@@ -181,15 +173,7 @@ pub fn summary_text(run: &crate::runner::record::RunRecord) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let s = &run.summary;
-    let banner = if run.interrupted {
-        "INTERRUPTED"
-    } else if s.fail > 0 {
-        "FAIL"
-    } else if s.error > 0 {
-        "ERROR"
-    } else {
-        "PASS"
-    };
+    let banner = run.banner();
     let _ = writeln!(
         out,
         "run {} ({} .. {}): {banner}: {} pass, {} fail, {} error, {} flaky",

@@ -93,6 +93,22 @@ pub struct RunRecord {
     pub summary: Summary,
 }
 
+impl RunRecord {
+    /// The run's one-word outcome: INTERRUPTED, FAIL, ERROR or PASS.
+    pub fn banner(&self) -> &'static str {
+        let s = &self.summary;
+        if self.interrupted {
+            "INTERRUPTED"
+        } else if s.fail > 0 {
+            "FAIL"
+        } else if s.error > 0 {
+            "ERROR"
+        } else {
+            "PASS"
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunSettings {
     /// The accelerator asked for (auto, kvm, tcg).

@@ -225,12 +225,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     let scenario = ctx.scenario;
     let emitter = ctx.emitter;
 
-    // Failures of the product that are not crashes or hangs (those are observations
-    // judged by the gates below), and infrastructure trouble.
-    let mut failure: Option<String> = None;
-    let mut infra: Option<String> = None;
-    // After a crash with no recovery, only a `recover` step can bring the guest back.
-    let mut guest_down = false;
+    let mut state = Progress::default();
 
     // The first boot is implicit; a leading `boot` step only sets its timeout.
     let first = Instant::now();
@@ -252,12 +247,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
             .map_err(StepError::from),
         scenario,
         emitter,
-        (
-            &mut failure,
-            &mut infra,
-            &mut guest_down,
-            &mut outcome.interrupted,
-        ),
+        &mut state,
     );
     emitter.step_finished(ctx.full_name, &boot_step);
     outcome.steps.push(boot_step);
@@ -268,14 +258,14 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         .filter(|s| !matches!(s, Step::Boot(_)))
     {
         let is_recover = matches!(step, Step::Recover(_));
-        let blocked = failure.is_some() || infra.is_some() || outcome.interrupted;
-        if blocked || (guest_down && !is_recover) {
+        let blocked = state.failure.is_some() || state.infra.is_some() || state.interrupted;
+        if blocked || (state.guest_down && !is_recover) {
             outcome.steps.push(StepRecord {
                 kind: step.kind().into(),
                 start_ms: m.offset(Instant::now()),
                 outcome: StepOutcome::Skipped,
                 duration_ms: 0,
-                detail: if guest_down && !blocked {
+                detail: if state.guest_down && !blocked {
                     "skipped: the guest did not come back after its crash".into()
                 } else {
                     "skipped: an earlier step did not succeed".into()
@@ -294,21 +284,9 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
             detail: String::new(),
         };
         if is_recover && result.is_ok() {
-            guest_down = false;
+            state.guest_down = false;
         }
-        let record = settle(
-            &mut m,
-            record,
-            result,
-            scenario,
-            emitter,
-            (
-                &mut failure,
-                &mut infra,
-                &mut guest_down,
-                &mut outcome.interrupted,
-            ),
-        );
+        let record = settle(&mut m, record, result, scenario, emitter, &mut state);
         emitter.step_finished(ctx.full_name, &record);
         outcome.steps.push(record);
     }
@@ -317,6 +295,13 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         vm.stop();
     }
     outcome.argvs = std::mem::take(&mut m.argvs);
+    let Progress {
+        mut failure,
+        infra,
+        interrupted,
+        ..
+    } = state;
+    outcome.interrupted = interrupted;
     if infra.is_none() && !outcome.interrupted {
         let observed = Observed {
             boots: &m.boots,
@@ -346,28 +331,34 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     outcome
 }
 
+/// The scenario's running state across steps.
+#[derive(Default)]
+struct Progress {
+    /// A failure of the product that is not a crash or hang (those are observations
+    /// judged by the gates at the end).
+    failure: Option<String>,
+    /// Infrastructure trouble: no verdict on the product is possible.
+    infra: Option<String>,
+    /// After a crash with no recovery, only a `recover` step can bring the guest back.
+    guest_down: bool,
+    interrupted: bool,
+}
+
 /// Turns a step's result into its record, and a crash into the watch for a boot loop
-/// or recovery. The tuple is the scenario's running state: (failure, infra,
-/// guest_down, interrupted).
+/// or recovery.
 fn settle(
     m: &mut Machine,
     mut record: StepRecord,
     result: Result<String, StepError>,
     scenario: &Scenario,
     emitter: &mut Emitter,
-    state: (
-        &mut Option<String>,
-        &mut Option<String>,
-        &mut bool,
-        &mut bool,
-    ),
+    state: &mut Progress,
 ) -> StepRecord {
-    let (failure, infra, guest_down, interrupted) = state;
     match result {
         Ok(detail) => record.detail = detail,
         Err(StepError::Failed(kind, detail)) => {
             record.outcome = kind;
-            *failure = Some(format!("{}: {detail}", record.kind));
+            state.failure = Some(format!("{}: {detail}", record.kind));
             record.detail = detail;
         }
         Err(StepError::Stopped(Stop::Crash)) => {
@@ -381,7 +372,7 @@ fn settle(
             match m.watch_after_crash(scenario.boot_loop_boots, emitter) {
                 Ok(true) => record.detail.push_str("; the guest recovered"),
                 Ok(false) => {
-                    *guest_down = true;
+                    state.guest_down = true;
                     if m.boot_loop {
                         record.detail.push_str(&format!(
                             "; boot loop: {} consecutive boots crashed",
@@ -389,30 +380,30 @@ fn settle(
                         ));
                     }
                 }
-                Err(Stop::Infra(why)) => *infra = Some(why),
-                Err(Stop::Interrupted) => *interrupted = true,
-                Err(_) => *guest_down = true,
+                Err(Stop::Infra(why)) => state.infra = Some(why),
+                Err(Stop::Interrupted) => state.interrupted = true,
+                Err(_) => state.guest_down = true,
             }
         }
         Err(StepError::Stopped(Stop::Hang(why))) => {
             record.outcome = StepOutcome::Hang;
             record.detail = why;
-            *guest_down = true;
+            state.guest_down = true;
         }
         Err(StepError::Stopped(Stop::PoweredOff)) => {
             record.outcome = StepOutcome::Failed;
             record.detail = "the guest powered off".into();
-            *failure = Some(format!("{}: the guest powered off", record.kind));
+            state.failure = Some(format!("{}: the guest powered off", record.kind));
         }
         Err(StepError::Stopped(Stop::Infra(why))) => {
             record.outcome = StepOutcome::Error;
             record.detail = why.clone();
-            *infra = Some(why);
+            state.infra = Some(why);
         }
         Err(StepError::Stopped(Stop::Interrupted)) => {
             record.outcome = StepOutcome::Error;
             record.detail = "interrupted".into();
-            *interrupted = true;
+            state.interrupted = true;
         }
     }
     record
