@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use bootgate::qemu::accel::AccelChoice;
 use bootgate::qemu::QemuTools;
+use bootgate::report::html::{self, HtmlSink};
 use bootgate::report::json::JsonSink;
 use bootgate::report::junit::JunitSink;
 use bootgate::report::manifest::{self, ManifestSink};
@@ -80,6 +81,9 @@ enum Command {
     Verify { run_dir: PathBuf },
     /// Print a run's summary and each failing scenario's crash title and excerpt.
     Show { run_dir: PathBuf },
+    /// Regenerate a run's report.html from its run.json (and refresh manifest.json,
+    /// which lists it).
+    Report { run_dir: PathBuf },
     /// List the scenarios of a suite file or folder without running them.
     List { path: PathBuf },
     /// Build or inspect images.
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
         } => rerun(run_dir, scenarios, out, verbosity(quiet, verbose)),
         Command::Verify { run_dir } => verify(&run_dir),
         Command::Show { run_dir } => show(&run_dir),
+        Command::Report { run_dir } => report(&run_dir),
         Command::Image {
             command: ImageCommand::Build { name, force },
         } => image_build(&name, force),
@@ -237,6 +242,7 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
         Box::new(TerminalSink::new(verbosity)),
         Box::new(JsonSink::new()),
         Box::new(JunitSink::new()),
+        Box::new(HtmlSink::new()),
         Box::new(ManifestSink),
     ];
     let mut emitter = Emitter::new(sinks);
@@ -299,6 +305,37 @@ fn show(run_dir: &std::path::Path) -> u8 {
         Err(e) => {
             eprintln!("bootgate: error: {e}");
             EXIT_USAGE
+        }
+    }
+}
+
+fn report(run_dir: &std::path::Path) -> u8 {
+    let record = match runner::rerun::read_record(run_dir) {
+        Ok(record) => record,
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let path = run_dir.join(html::REPORT_HTML);
+    let written = html::render(&record, run_dir).and_then(|text| {
+        bootgate::util::write_atomic(&path, text.as_bytes()).map_err(|source| {
+            bootgate::report::ReportError::Write {
+                path: path.clone(),
+                source,
+            }
+        })
+    });
+    // The report is a listed artifact: refresh its own manifest entry only, so verify
+    // still flags a change to anything else (run.json included).
+    match written.and_then(|()| manifest::refresh_entry(run_dir, html::REPORT_HTML)) {
+        Ok(()) => {
+            println!("{}", path.display());
+            EXIT_PASS
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            EXIT_INFRA
         }
     }
 }

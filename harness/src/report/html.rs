@@ -210,9 +210,21 @@ struct CrashView {
     shot: Option<Shot>,
     dump: Option<Link>,
     dump_format: Option<String>,
-    dump_how: Option<&'static str>,
+    dump_how: Option<DumpHow>,
     dump_note: Option<String>,
     console: Option<Link>,
+    /// The boot of an earlier crash with the same title: the excerpt is then folded
+    /// away, since a boot loop repeats one crash and only the addresses differ.
+    repeat_of: Option<u32>,
+}
+
+/// How to open a dump: what it is and the commands that read it.
+#[derive(Serialize)]
+struct DumpHow {
+    what: &'static str,
+    tools: &'static [&'static str],
+    /// Between the tools: alternatives ("or") or a sequence ("then").
+    join: &'static str,
 }
 
 /// A screenshot: always a link, plus the image itself when it could be embedded.
@@ -454,7 +466,14 @@ impl ScenarioView {
         let crashes = sc
             .crashes
             .iter()
-            .map(|c| CrashView::build(c, sc, run_dir))
+            .enumerate()
+            .map(|(i, c)| {
+                let repeat_of = sc.crashes[..i]
+                    .iter()
+                    .find(|earlier| earlier.title == c.title)
+                    .map(|earlier| earlier.boot_index);
+                CrashView::build(c, sc, run_dir, repeat_of)
+            })
             .collect();
         ScenarioView {
             anchor: anchor(index),
@@ -533,7 +552,12 @@ fn boot_loop_line(sc: &ScenarioRecord) -> Option<String> {
 }
 
 impl CrashView {
-    fn build(c: &CrashRecord, sc: &ScenarioRecord, run_dir: &Path) -> CrashView {
+    fn build(
+        c: &CrashRecord,
+        sc: &ScenarioRecord,
+        run_dir: &Path,
+        repeat_of: Option<u32>,
+    ) -> CrashView {
         let dump_how = c.dump.as_ref().map(|_| dump_how(c.dump_format.as_deref()));
         CrashView {
             title: clean(&c.title),
@@ -557,16 +581,33 @@ impl CrashView {
                 .console
                 .as_deref()
                 .map(|name| Link::new(&format!("{}/{}", sc.dir.trim_end_matches('/'), name))),
+            repeat_of,
         }
     }
 }
 
-fn dump_how(format: Option<&str>) -> &'static str {
+fn dump_how(format: Option<&str>) -> DumpHow {
     match format {
-        Some("elf") => "ELF core file: open with `crash vmlinux DUMP` or `gdb vmlinux DUMP` (vmlinux with debug symbols of the guest kernel)",
-        Some("win-dmp") => "Windows crash dump: open with WinDbg (`windbg -z DUMP`, then `!analyze -v`)",
-        Some(f) if f.starts_with("kdump") => "kdump-compressed dump: open with `crash vmlinux DUMP`",
-        _ => "raw memory dump of the paused guest",
+        Some("elf") => DumpHow {
+            what: "ELF core file, read with the guest kernel's vmlinux (debug symbols)",
+            tools: &["crash vmlinux DUMP", "gdb vmlinux DUMP"],
+            join: "or",
+        },
+        Some("win-dmp") => DumpHow {
+            what: "Windows crash dump, read with WinDbg",
+            tools: &["windbg -z DUMP", "!analyze -v"],
+            join: "then",
+        },
+        Some(f) if f.starts_with("kdump") => DumpHow {
+            what: "kdump-compressed dump, read with the guest kernel's vmlinux",
+            tools: &["crash vmlinux DUMP"],
+            join: "or",
+        },
+        _ => DumpHow {
+            what: "memory dump of the paused guest",
+            tools: &[],
+            join: "or",
+        },
     }
 }
 
@@ -783,9 +824,9 @@ fn tick_step_ms(total: u64) -> u64 {
 fn tick_label(ms: u64) -> String {
     if ms == 0 {
         "0".to_string()
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{} min", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{} s", ms / 1_000)
     } else {
         format!("{:.1} s", ms as f64 / 1000.0)
@@ -1415,7 +1456,10 @@ mod tests {
         assert!(html.contains(r#"href="demo/cf291-crashes-then-boot-loops/crash-1.png""#));
         assert!(html.contains(r#"href="demo/cf291-crashes-then-boot-loops/crash%201.elf""#));
         assert!(html.contains(r#"href="demo/cf291-crashes-then-boot-loops/console.log""#));
-        assert!(html.contains("gdb vmlinux DUMP"));
+        assert!(html.contains("<code>crash vmlinux DUMP</code> or <code>gdb vmlinux DUMP</code>"));
+        // Later crashes with the same title fold their excerpt (crash 1's title
+        // differs: it carries the hostile text).
+        assert_eq!(html.matches("same crash title as in boot 2").count(), 2);
         assert!(html.contains("dump skipped: no disk space"));
         // The missing screenshot is still linked, with a note instead of the image.
         assert!(html.contains("missing from the run folder"));

@@ -73,6 +73,35 @@ pub fn write(run: &RunRecord, run_dir: &Path) -> Result<(), ReportError> {
     write_atomic(&path, &text).map_err(|source| ReportError::Write { path, source })
 }
 
+/// Updates one file's entry in an existing manifest.json (after `bootgate report`
+/// regenerated report.html), leaving every other entry as recorded, so a regenerated
+/// report never launders a change to anything else. No manifest: nothing to do.
+pub fn refresh_entry(run_dir: &Path, rel: &str) -> Result<(), ReportError> {
+    let path = run_dir.join(MANIFEST_JSON);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| ReportError::Encode {
+        what: MANIFEST_JSON,
+        message: e.to_string(),
+    })?;
+    let file = run_dir.join(rel);
+    let sha256 = sha256_file(&file).map_err(|source| ReportError::Write { path: file, source })?;
+    match manifest.artifacts.iter_mut().find(|f| f.path == rel) {
+        Some(entry) => entry.sha256 = sha256,
+        None => manifest.artifacts.push(FileHash {
+            path: rel.to_string(),
+            sha256,
+        }),
+    }
+    let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| ReportError::Encode {
+        what: MANIFEST_JSON,
+        message: e.to_string(),
+    })?;
+    text.push(b'\n');
+    write_atomic(&path, &text).map_err(|source| ReportError::Write { path, source })
+}
+
 /// Writes manifest.json when the run ends; register it after every other sink.
 #[derive(Default)]
 pub struct ManifestSink;
@@ -231,6 +260,12 @@ mod tests {
         assert!(findings.contains(&Finding::Unlisted("s/a/planted.txt".into())));
         assert!(findings.contains(&Finding::InputAltered(input.display().to_string())));
         assert!(findings.iter().all(Finding::is_problem));
+
+        // Refreshing one entry leaves the other findings in place.
+        refresh_entry(&run_dir, "s/a/console.log").unwrap();
+        let findings = verify(&run_dir).unwrap();
+        assert!(!findings.contains(&Finding::Altered("s/a/console.log".into())));
+        assert!(findings.contains(&Finding::Missing("s/a/gone.png".into())));
     }
 
     #[test]

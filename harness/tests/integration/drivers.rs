@@ -112,7 +112,59 @@ fn demo_suite_every_verdict_as_described() {
         "{hang}"
     );
 
+    assert_report_shows_the_story(&out_dir, &run);
     assert_no_vm_left(&run);
+}
+
+/// report.html as a reviewer reads it: a timeline per scenario, the crash card of the
+/// 21-field content with its screenshot and dump links, every input's hash; and it
+/// regenerates from run.json without breaking verification.
+fn assert_report_shows_the_story(out_dir: &std::path::Path, run: &Value) {
+    let run_dir = std::fs::canonicalize(out_dir.join("latest")).unwrap();
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 8, "one timeline per scenario");
+    let card_start = html
+        .find("cf291-crashes-then-boot-loops/crash-1.elf")
+        .expect("a link to the dump");
+    let card = &html[card_start.saturating_sub(4000)..(card_start + 4000).min(html.len())];
+    assert!(card.contains(TITLE), "the crash card names the crash");
+    assert!(
+        html.contains("cf291-crashes-then-boot-loops/crash-1.png"),
+        "a link to the screenshot"
+    );
+    assert!(
+        html.contains("src=\"data:image/png;base64,"),
+        "an embedded thumbnail"
+    );
+    assert!(
+        html.contains("cf291-crashes-then-boot-loops/console.log"),
+        "a link to the console"
+    );
+    for input in run["inputs"].as_array().unwrap() {
+        let sha = input["sha256"].as_str().unwrap();
+        assert!(html.contains(sha), "input hash {sha} in the report");
+    }
+    for external in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(!html.contains(external), "no external assets: {external}");
+    }
+    let verify = crate::common::run(&["verify", run_dir.to_str().unwrap()]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    std::fs::remove_file(run_dir.join("report.html")).unwrap();
+    let report = crate::common::run(&["report", run_dir.to_str().unwrap()]);
+    assert_eq!(report.status.code(), Some(0));
+    assert!(run_dir.join("report.html").is_file());
+    let verify = crate::common::run(&["verify", run_dir.to_str().unwrap()]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 /// A crash nobody expected: `fail`, exit 1, the title and excerpt in run.json and in

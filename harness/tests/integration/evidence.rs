@@ -141,10 +141,10 @@ fn assert_hostile_output_is_inert(run_dir: &Path) {
         junit.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "{junit}"
     );
-    let html = run_dir.join("report.html");
-    if html.exists() {
-        let html = std::fs::read_to_string(html).unwrap();
-        assert!(!html.contains("<script>alert(1)") && !html.contains("<img src=x"));
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
-    }
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(!html.contains("<script>alert(1)") && !html.contains("<img src=x"));
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "the detail is shown, escaped"
+    );
 }
