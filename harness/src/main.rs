@@ -51,6 +51,9 @@ enum Command {
         /// Keep each VM's disk overlay in the results (system.qcow2).
         #[arg(long, short)]
         keep: bool,
+        /// VMs to run at once (default: one per core, as free memory allows).
+        #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
         /// Run only scenarios whose "suite/scenario" name contains this text (repeatable).
         #[arg(long, value_name = "TEXT")]
         only: Vec<String>,
@@ -127,10 +130,19 @@ fn main() -> ExitCode {
             out,
             accel,
             keep,
+            jobs,
             only,
             quiet,
             verbose,
-        } => run(path, out, accel, keep, only, verbosity(quiet, verbose)),
+        } => run(
+            path,
+            out,
+            accel,
+            keep,
+            jobs,
+            only,
+            verbosity(quiet, verbose),
+        ),
         Command::List { path } => list(path),
         Command::Rerun {
             run_dir,
@@ -168,6 +180,7 @@ fn run(
     out: PathBuf,
     accel: AccelChoice,
     keep: bool,
+    jobs: Option<u32>,
     only: Vec<String>,
     verbosity: Verbosity,
 ) -> u8 {
@@ -180,6 +193,7 @@ fn run(
     };
     let options = RunOptions {
         out_dir: out,
+        jobs: jobs.map_or(0, |n| n as usize),
         accel,
         keep,
         only,
@@ -212,6 +226,7 @@ fn rerun(
     });
     let options = RunOptions {
         out_dir,
+        jobs: 0,
         accel: plan.accel,
         keep: plan.keep,
         only: plan.scenarios,
@@ -238,15 +253,15 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
         eprintln!("bootgate: warning: cannot install the Ctrl-C handler: {e}");
     }
     // The manifest comes last: it hashes the files the other sinks wrote.
-    let sinks: Vec<Box<dyn Sink>> = vec![
+    let sinks: Vec<Box<dyn Sink + Send>> = vec![
         Box::new(TerminalSink::new(verbosity)),
         Box::new(JsonSink::new()),
         Box::new(JunitSink::new()),
         Box::new(HtmlSink::new()),
         Box::new(ManifestSink),
     ];
-    let mut emitter = Emitter::new(sinks);
-    match runner::run(suites, options, &mut emitter) {
+    let emitter = Emitter::new(sinks);
+    match runner::run(suites, options, &emitter) {
         Ok((record, _dir)) => {
             let s = &record.summary;
             if record.interrupted {

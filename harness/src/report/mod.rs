@@ -5,6 +5,7 @@ pub mod html;
 pub mod json;
 pub mod junit;
 pub mod manifest;
+pub mod merge;
 pub mod terminal;
 
 use std::path::PathBuf;

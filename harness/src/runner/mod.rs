@@ -5,11 +5,13 @@
 pub mod record;
 pub mod rerun;
 pub mod scenario;
+pub mod shard;
 pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::driver::{self, BuiltDriver};
@@ -73,41 +75,47 @@ pub enum Event<'a> {
 }
 
 /// Delivers events to every sink; remembers the first sink failure (a result file
-/// that could not be written), which makes the run an infrastructure error.
+/// that could not be written), which makes the run an infrastructure error. Shared by
+/// the scenario workers: one event is delivered to all sinks before the next.
 pub struct Emitter {
-    sinks: Vec<Box<dyn Sink>>,
-    failure: Option<ReportError>,
+    sinks: Mutex<Vec<Box<dyn Sink + Send>>>,
+    failure: Mutex<Option<ReportError>>,
 }
 
 impl Emitter {
-    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Emitter {
+    pub fn new(sinks: Vec<Box<dyn Sink + Send>>) -> Emitter {
         Emitter {
-            sinks,
-            failure: None,
+            sinks: Mutex::new(sinks),
+            failure: Mutex::new(None),
         }
     }
 
-    pub fn emit(&mut self, event: &Event) {
-        for sink in &mut self.sinks {
+    pub fn emit(&self, event: &Event) {
+        // A worker that panicked mid-event leaves the sinks usable: results still count.
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        for sink in sinks.iter_mut() {
             if let Err(e) = sink.event(event) {
-                self.failure.get_or_insert(e);
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
             }
         }
     }
 
-    pub fn notice(&mut self, text: &str) {
+    pub fn notice(&self, text: &str) {
         self.emit(&Event::Notice(text));
     }
 
-    pub fn step_started(&mut self, scenario: &str, step: &str) {
+    pub fn step_started(&self, scenario: &str, step: &str) {
         self.emit(&Event::StepStarted { scenario, step });
     }
 
-    pub fn step_finished(&mut self, scenario: &str, step: &StepRecord) {
+    pub fn step_finished(&self, scenario: &str, step: &StepRecord) {
         self.emit(&Event::StepFinished { scenario, step });
     }
 
-    pub fn boot_ready(&mut self, scenario: &str, index: u32, ready_ms: u64) {
+    pub fn boot_ready(&self, scenario: &str, index: u32, ready_ms: u64) {
         self.emit(&Event::BootReady {
             scenario,
             index,
@@ -115,13 +123,18 @@ impl Emitter {
         });
     }
 
-    pub fn take_failure(&mut self) -> Option<ReportError> {
-        self.failure.take()
+    pub fn take_failure(&self) -> Option<ReportError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
 pub struct RunOptions {
     pub out_dir: PathBuf,
+    /// VMs run at once; 0 picks a default from cores and free memory.
+    pub jobs: usize,
     pub accel: AccelChoice,
     pub keep: bool,
     /// Run only scenarios whose `suite/scenario` name contains one of these (or, with
@@ -179,7 +192,7 @@ impl RunError {
 pub fn run(
     suites: &[Suite],
     opts: &RunOptions,
-    emitter: &mut Emitter,
+    emitter: &Emitter,
 ) -> Result<(RunRecord, PathBuf), RunError> {
     let selected: Vec<(&Suite, usize)> = suites
         .iter()
@@ -304,7 +317,7 @@ pub fn run(
         }
     }
     let (run_id, run_dir) = create_run_dir(&opts.out_dir)?;
-    let mut record = RunRecord {
+    let record = RunRecord {
         schema_version: SCHEMA_VERSION,
         run_id,
         started_at: now(),
@@ -333,23 +346,133 @@ pub fn run(
     }
 
     let total = selected.len();
+    let jobs = match opts.jobs {
+        0 => {
+            let biggest = manifests
+                .values()
+                .map(|m| m.machine.memory_mib)
+                .max()
+                .unwrap_or(256);
+            default_jobs(biggest)
+        }
+        n => n,
+    };
     let no_drivers = BTreeMap::new();
-    for (index, (suite, scenario_index)) in selected.iter().enumerate() {
+    let shared = Shared {
+        opts,
+        run_dir: &run_dir,
+        qemu_problem: qemu_problem.as_ref().err().map(|e| e.to_string()),
+        manifests: &manifests,
+        decision: decision.as_ref(),
+        built: &built,
+        no_drivers: &no_drivers,
+        emitter,
+    };
+    let record_cell = Mutex::new(record);
+    let next = AtomicUsize::new(0);
+    let positions: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    // Each worker owns one VM at a time for that VM's whole life (the parent-death
+    // signal is tied to the thread that spawned QEMU).
+    let worker = || loop {
         if interrupted() {
-            record.interrupted = true;
             break;
         }
-        let scenario = &suite.scenarios[*scenario_index];
+        let index = next.fetch_add(1, Ordering::SeqCst);
+        let Some((suite, scenario_index)) = selected.get(index) else {
+            break;
+        };
+        let (scenario_record, argvs, was_interrupted) =
+            shared.run_one(suite, *scenario_index, index, total);
+        let mut record = record_cell.lock().unwrap_or_else(|p| p.into_inner());
+        for argv in argvs {
+            record.qemu.argv.push(VmArgv {
+                scenario: scenario_record.name.clone(),
+                argv,
+            });
+        }
+        record.interrupted |= was_interrupted;
+        record.scenarios.push(scenario_record);
+        positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(index);
+        record.summary = Summary::of(&record.scenarios);
+        if let Some(last) = record.scenarios.last() {
+            emitter.emit(&Event::ScenarioFinished {
+                scenario: last,
+                run: &record,
+            });
+        }
+    };
+    std::thread::scope(|scope| {
+        for n in 0..jobs.max(1).min(total) {
+            let spawned = std::thread::Builder::new()
+                .name(format!("scenario-{n}"))
+                .spawn_scoped(scope, worker);
+            if spawned.is_err() {
+                // No thread: run in this one instead (same work, just serial).
+                worker();
+            }
+        }
+    });
+    let mut record = record_cell.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Results in suite order, whatever order the workers finished in.
+    let positions = positions.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut ordered: Vec<(usize, ScenarioRecord)> = positions
+        .into_iter()
+        .zip(record.scenarios.drain(..))
+        .collect();
+    ordered.sort_by_key(|(position, _)| *position);
+    record.scenarios = ordered.into_iter().map(|(_, s)| s).collect();
+    if interrupted() {
+        record.interrupted = true;
+    }
+    record.finished_at = Some(now());
+    record.summary = Summary::of(&record.scenarios);
+    emitter.emit(&Event::RunFinished {
+        run: &record,
+        dir: &run_dir,
+    });
+    if let Some(failure) = emitter.take_failure() {
+        return Err(RunError::Report(failure));
+    }
+    Ok((record, run_dir))
+}
+
+/// What every scenario worker reads.
+struct Shared<'a> {
+    opts: &'a RunOptions,
+    run_dir: &'a Path,
+    qemu_problem: Option<String>,
+    manifests: &'a BTreeMap<PathBuf, Manifest>,
+    decision: Option<&'a AccelDecision>,
+    built: &'a BTreeMap<PathBuf, BTreeMap<String, Result<BuiltDriver, String>>>,
+    no_drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
+    emitter: &'a Emitter,
+}
+
+impl Shared<'_> {
+    /// Runs one scenario; returns its record, its VMs' command lines and whether it was
+    /// interrupted.
+    fn run_one(
+        &self,
+        suite: &Suite,
+        scenario_index: usize,
+        index: usize,
+        total: usize,
+    ) -> (ScenarioRecord, Vec<Vec<String>>, bool) {
+        let opts = self.opts;
+        let scenario = &suite.scenarios[scenario_index];
         let full_name = format!("{}/{}", suite.name, scenario.name);
-        emitter.emit(&Event::ScenarioStarted {
+        self.emitter.emit(&Event::ScenarioStarted {
             name: &full_name,
             index,
             total,
         });
         let rel_dir = PathBuf::from(&suite.name).join(&scenario.name);
-        let dir = run_dir.join(&rel_dir);
+        let dir = self.run_dir.join(&rel_dir);
         let started = Instant::now();
-        let mut scenario_record = ScenarioRecord {
+        let mut record = ScenarioRecord {
             name: full_name.clone(),
             suite: suite.name.clone(),
             suite_file: suite.path.display().to_string(),
@@ -366,15 +489,21 @@ pub fn run(
             expect: scenario.expect.map(|e| e.as_str().to_string()),
             artifacts: Vec::new(),
             dir: rel_dir.display().to_string(),
-            rerun: rerun_command(opts, &run_dir, &full_name),
+            rerun: rerun_command(opts, self.run_dir, &full_name),
             hang_screenshots: Vec::new(),
         };
+        let mut argvs = Vec::new();
+        let mut was_interrupted = false;
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            scenario_record.reason = Some(format!("cannot create {}: {e}", dir.display()));
+            record.reason = Some(format!("cannot create {}: {e}", dir.display()));
         } else {
-            match (&qemu_problem, manifests.get(&suite.path), &decision) {
-                (Err(problem), _, _) => scenario_record.reason = Some(problem.to_string()),
-                (Ok(_), Some(manifest), Some(decision)) => {
+            match (
+                &self.qemu_problem,
+                self.manifests.get(&suite.path),
+                self.decision,
+            ) {
+                (Some(problem), _, _) => record.reason = Some(problem.clone()),
+                (None, Some(manifest), Some(decision)) => {
                     let outcome = scenario::run(scenario::ScenarioContext {
                         tools: &opts.tools,
                         manifest,
@@ -383,57 +512,51 @@ pub fn run(
                         scenario,
                         dir: &dir,
                         keep_overlay: opts.keep,
-                        emitter,
+                        emitter: self.emitter,
                         full_name: &full_name,
                         rel_dir: &rel_dir.display().to_string(),
-                        drivers: built.get(&suite.path).unwrap_or(&no_drivers),
+                        drivers: self.built.get(&suite.path).unwrap_or(self.no_drivers),
                     });
-                    scenario_record.verdict = outcome.verdict;
-                    scenario_record.reason = outcome.reason;
-                    scenario_record.boots = outcome.boots;
-                    scenario_record.steps = outcome.steps;
-                    scenario_record.crashes = outcome.crashes;
-                    scenario_record.hangs = outcome.hangs;
-                    scenario_record.hang_screenshots = outcome.hang_screenshots;
-                    scenario_record.boot_loop = outcome.boot_loop;
-                    scenario_record.recovery = outcome.recovery;
-                    for argv in outcome.argvs {
-                        record.qemu.argv.push(VmArgv {
-                            scenario: full_name.clone(),
-                            argv,
-                        });
-                    }
-                    if outcome.interrupted {
-                        record.interrupted = true;
-                    }
+                    record.verdict = outcome.verdict;
+                    record.reason = outcome.reason;
+                    record.boots = outcome.boots;
+                    record.steps = outcome.steps;
+                    record.crashes = outcome.crashes;
+                    record.hangs = outcome.hangs;
+                    record.hang_screenshots = outcome.hang_screenshots;
+                    record.boot_loop = outcome.boot_loop;
+                    record.recovery = outcome.recovery;
+                    argvs = outcome.argvs;
+                    was_interrupted = outcome.interrupted;
                 }
-                _ => scenario_record.reason = Some("no image resolved for this suite".into()),
+                _ => record.reason = Some("no image resolved for this suite".into()),
             }
         }
-        scenario_record.duration_ms = started.elapsed().as_millis() as u64;
-        scenario_record.artifacts = hash_artifacts(&run_dir, &dir);
-        record.scenarios.push(scenario_record);
-        record.summary = Summary::of(&record.scenarios);
-        if let Some(last) = record.scenarios.last() {
-            emitter.emit(&Event::ScenarioFinished {
-                scenario: last,
-                run: &record,
-            });
-        }
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        record.artifacts = hash_artifacts(self.run_dir, &dir);
+        (record, argvs, was_interrupted)
     }
-    if interrupted() {
-        record.interrupted = true;
-    }
-    record.finished_at = Some(now());
-    record.summary = Summary::of(&record.scenarios);
-    emitter.emit(&Event::RunFinished {
-        run: &record,
-        dir: &run_dir,
+}
+
+/// Memory a VM costs beyond its guest RAM (QEMU itself, TCG's translation cache).
+const VM_OVERHEAD_MIB: u64 = 256;
+
+/// VMs to run at once by default: one per core, as many as free memory allows.
+pub fn default_jobs(vm_memory_mib: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let available_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024);
+    let by_memory = available_mib.map_or(cores, |mib| {
+        (mib / (u64::from(vm_memory_mib) + VM_OVERHEAD_MIB)) as usize
     });
-    if let Some(failure) = emitter.take_failure() {
-        return Err(RunError::Report(failure));
-    }
-    Ok((record, run_dir))
+    cores.min(by_memory).max(1)
 }
 
 fn absolute(path: &Path) -> String {

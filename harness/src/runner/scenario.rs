@@ -102,7 +102,7 @@ pub struct ScenarioContext<'a> {
     pub scenario: &'a Scenario,
     pub dir: &'a Path,
     pub keep_overlay: bool,
-    pub emitter: &'a mut Emitter,
+    pub emitter: &'a Emitter,
     pub full_name: &'a str,
     /// The scenario's folder relative to the run folder (prefix of evidence paths).
     pub rel_dir: &'a str,
@@ -351,7 +351,7 @@ fn settle(
     mut record: StepRecord,
     result: Result<String, StepError>,
     scenario: &Scenario,
-    emitter: &mut Emitter,
+    emitter: &Emitter,
     state: &mut Progress,
 ) -> StepRecord {
     match result {
@@ -841,7 +841,7 @@ impl Machine<'_> {
     }
 
     /// Waits until the agent answers: the boot is ready.
-    fn wait_ready(&mut self, timeout: Duration, emitter: &mut Emitter) -> Result<(), Stop> {
+    fn wait_ready(&mut self, timeout: Duration, emitter: &Emitter) -> Result<(), Stop> {
         let deadline = self.boot_started + timeout;
         let id = self.vm()?.agent().submit(Request::WaitReady);
         loop {
@@ -915,7 +915,7 @@ impl Machine<'_> {
     /// After a crash: resets the guest and watches up to `loop_boots` boots. Ok(true)
     /// when a boot reached ready (recovered), Ok(false) on a boot loop or a boot that
     /// hung.
-    fn watch_after_crash(&mut self, loop_boots: u32, emitter: &mut Emitter) -> Result<bool, Stop> {
+    fn watch_after_crash(&mut self, loop_boots: u32, emitter: &Emitter) -> Result<bool, Stop> {
         let mut consecutive = u32::from(
             self.boots
                 .last()
@@ -1077,7 +1077,7 @@ impl Machine<'_> {
         step: &Step,
         suite: &Suite,
         drivers: &BTreeMap<String, Result<BuiltDriver, String>>,
-        emitter: &mut Emitter,
+        emitter: &Emitter,
     ) -> Result<String, StepError> {
         let driver = |name: &str| -> Result<(BuiltDriver, crate::suite::Driver), StepError> {
             let def = suite
@@ -1219,7 +1219,7 @@ impl Machine<'_> {
     }
 
     /// Reboots through the agent, confirmed by QEMU's RESET event, then waits for ready.
-    fn reboot(&mut self, timeout: Duration, emitter: &mut Emitter) -> Result<(), StepError> {
+    fn reboot(&mut self, timeout: Duration, emitter: &Emitter) -> Result<(), StepError> {
         let asked = Instant::now();
         let deadline = asked + REBOOT_REQUEST_TIMEOUT;
         let id = self

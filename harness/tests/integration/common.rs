@@ -25,6 +25,23 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts `bootgate run SUITE --accel tcg --out OUT EXTRA...` in the background.
+pub fn spawn_run(suite: &Path, out: &Path, extra: &[&str]) -> ChildGuard {
+    let child = bootgate()
+        .args([
+            "run",
+            suite.to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(extra)
+        .spawn()
+        .expect("bootgate starts");
+    ChildGuard(child)
+}
+
 /// Runs bootgate with `args`, returning its output; stderr is echoed for CI logs.
 pub fn run(args: &[&str]) -> Output {
     let output = bootgate().args(args).output().expect("bootgate runs");

@@ -20,19 +20,8 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
         "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n\n[[scenario]]\nname = \"never-started\"\nsteps = [{ exec = { run = \"true\" } }]\n",
     );
     let out_dir = dir.path().join("results");
-    let mut guard = ChildGuard(
-        bootgate()
-            .args([
-                "run",
-                suite.to_str().unwrap(),
-                "--accel",
-                "tcg",
-                "--out",
-                out_dir.to_str().unwrap(),
-            ])
-            .spawn()
-            .unwrap(),
-    );
+    // One VM at a time, so the second scenario is still queued at the interrupt.
+    let mut guard = spawn_run(&suite, &out_dir, &["--jobs", "1"]);
     let child = &mut guard.0;
     let console = out_dir.join("latest/long/sleeps/console.log");
     let started = Instant::now();
@@ -105,19 +94,7 @@ fn sigkill_of_bootgate_takes_qemu_down() {
         "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n",
     );
     let out_dir = dir.path().join("results");
-    let mut guard = ChildGuard(
-        bootgate()
-            .args([
-                "run",
-                suite.to_str().unwrap(),
-                "--accel",
-                "tcg",
-                "--out",
-                out_dir.to_str().unwrap(),
-            ])
-            .spawn()
-            .unwrap(),
-    );
+    let mut guard = spawn_run(&suite, &out_dir, &[]);
     let pid = guard.0.id();
     let started = Instant::now();
     let qemu = loop {

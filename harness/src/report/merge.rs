@@ -1,0 +1,1149 @@
+//! `bootgate merge`: joins the run folders of the shards of one suite (`--shard K/N`
+//! on N CI machines) into one new run folder with one run.json, junit.xml, report.html
+//! and manifest.json, as if one machine had run everything.
+//!
+//! Shard folders usually arrive as CI artifact downloads, so nothing in them is
+//! trusted blindly: scenario folders must stay inside the run folder, only regular
+//! files are copied, and when a shard has a manifest.json every copied file must
+//! match it, so the merged manifest never vouches for evidence that was altered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::report::html::REPORT_HTML;
+use crate::report::json::RUN_JSON;
+use crate::report::junit::JUNIT_XML;
+use crate::report::manifest::{Manifest, MANIFEST_JSON};
+use crate::report::{html, junit, manifest, ReportError};
+use crate::runner::record::{
+    FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
+};
+use crate::runner::shard::Shard;
+use crate::util::write_atomic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("nothing to merge: give the run folders of the shards, like shard-*/latest")]
+    NoShards,
+    #[error("cannot read {path}: {source} (is {dir} a bootgate run folder? it needs run.json)")]
+    Read {
+        path: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a run record bootgate can read: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path} has schema version {found}; this bootgate reads version {expected}: merge with the bootgate that ran the shards")]
+    Schema {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("{first} and {second} are the same run {run_id}; give each shard once")]
+    SameRun {
+        run_id: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{first} ran shard {first_shard} but {second} ran shard {second_shard} of the same suites: shards of one run share N")]
+    ShardTotals {
+        first: PathBuf,
+        first_shard: Shard,
+        second: PathBuf,
+        second_shard: Shard,
+    },
+    #[error("shard {shard} is given twice, {first} and {second}")]
+    DuplicateShard {
+        shard: Shard,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("shard {missing} of {suites} is missing (have {have}); merging without it would report scenarios that never ran as absent, not failed")]
+    MissingShard {
+        missing: String,
+        have: String,
+        suites: String,
+    },
+    #[error("scenario {name} is in two shards, {first} and {second}: shards of one run never share a scenario (did they run with different K/N or different --shard-timings?)")]
+    DuplicateScenario {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("input {path} differs between shards {first} and {second} (sha256 {first_sha256} against {second_sha256}): shards of different inputs must not be merged")]
+    InputConflict {
+        path: String,
+        first: PathBuf,
+        first_sha256: String,
+        second: PathBuf,
+        second_sha256: String,
+    },
+    #[error("scenario {name} in {run_json} names folder {dir:?}, which is not inside the run folder; refusing to copy it")]
+    UnsafeDir {
+        name: String,
+        dir: String,
+        run_json: PathBuf,
+    },
+    #[error("{0} is a symlink or special file; a merged run holds only the shards' regular files")]
+    NotRegular(PathBuf),
+    #[error("{file} does not match {manifest} (changed after its shard ran, or never listed there); refusing to merge evidence that does not verify")]
+    Altered { file: PathBuf, manifest: PathBuf },
+    #[error("{file} is listed in {manifest} but missing; refusing to merge an incomplete shard")]
+    Missing { file: PathBuf, manifest: PathBuf },
+    #[error("cannot copy {from} to {to}: {source}")]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot create the results folder {path}: {source} (pass --out DIR to write elsewhere)"
+    )]
+    Results {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the merged results: {0}")]
+    Report(#[from] ReportError),
+}
+
+impl MergeError {
+    /// Wrong or mismatched shard folders (exit 2) versus a host that cannot write the
+    /// merged run (exit 3).
+    pub fn is_usage(&self) -> bool {
+        !matches!(
+            self,
+            MergeError::Copy { .. } | MergeError::Results { .. } | MergeError::Report(_)
+        )
+    }
+}
+
+/// One shard's run folder, read.
+struct ShardRun {
+    /// As given, for messages: the folder the user named.
+    dir: PathBuf,
+    record: RunRecord,
+    /// The `--shard K/N` its command line carried, if any.
+    spec: Option<Shard>,
+    /// manifest.json, path -> sha256, when the shard has one.
+    manifest: Option<BTreeMap<String, String>>,
+}
+
+impl ShardRun {
+    fn read(dir: &Path) -> Result<ShardRun, MergeError> {
+        let path = dir.join(RUN_JSON);
+        let text = fs::read_to_string(&path).map_err(|source| MergeError::Read {
+            path: path.clone(),
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let record: RunRecord = serde_json::from_str(&text).map_err(|e| MergeError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if record.schema_version != SCHEMA_VERSION {
+            return Err(MergeError::Schema {
+                path,
+                found: record.schema_version,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        let manifest_path = dir.join(MANIFEST_JSON);
+        // A shard killed outright (a CI job timeout) leaves run.json but no manifest:
+        // its files are merged unchecked rather than lost.
+        let manifest = match fs::read_to_string(&manifest_path) {
+            Ok(text) => {
+                let m: Manifest = serde_json::from_str(&text).map_err(|e| MergeError::Invalid {
+                    path: manifest_path.clone(),
+                    message: e.to_string(),
+                })?;
+                Some(
+                    m.artifacts
+                        .into_iter()
+                        .map(|f| (f.path, f.sha256))
+                        .collect(),
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(MergeError::Read {
+                    path: manifest_path,
+                    dir: dir.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Ok(ShardRun {
+            dir: dir.to_path_buf(),
+            spec: shard_spec(&record.command),
+            record,
+            manifest,
+        })
+    }
+}
+
+/// The `--shard K/N` of a recorded bootgate command line.
+fn shard_spec(command: &[String]) -> Option<Shard> {
+    let mut args = command.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--shard" {
+            return args.next()?.parse().ok();
+        }
+        if let Some(value) = arg.strip_prefix("--shard=") {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
+/// Joins shard run folders into one new run folder `out/<run-id>` (created fresh,
+/// never overwriting) and re-points `out/latest` at it once it is complete.
+///
+/// Only each shard's scenario folders are copied; run.json, junit.xml, report.html and
+/// manifest.json are written anew. Scenarios are ordered by their suite's place in the
+/// shards' `settings.suites`, then by shard (K ascending; runs without `--shard`
+/// first, in the order given), then by their order within the shard. `command` is
+/// recorded with every argument that names a shard folder replaced by that folder's
+/// resolved path, whose last component is the shard's run id, so the record says which
+/// runs it came from even when they were given as `latest` links.
+///
+/// Refused: a missing or unreadable run.json, one run given twice, a scenario in two
+/// shards, an input path with different sha256 in two shards, sharded runs of the same
+/// suites with different N or with a K missing or repeated, a scenario folder outside
+/// its run folder, a symlink or special file in a scenario folder, and a file that
+/// does not match its shard's manifest.json. On any error the new folder is removed
+/// and `latest` is left alone.
+pub fn merge(
+    shard_dirs: &[PathBuf],
+    out: &Path,
+    command: Vec<String>,
+) -> Result<(RunRecord, PathBuf), MergeError> {
+    if shard_dirs.is_empty() {
+        return Err(MergeError::NoShards);
+    }
+    let mut shards = shard_dirs
+        .iter()
+        .map(|dir| ShardRun::read(dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Shell globs sort shard-10 before shard-2; K is the order people expect.
+    shards.sort_by_key(|s| s.spec.map_or(0, |spec| spec.index));
+    check_runs(&shards)?;
+    let mut record = combine(&shards, resolve_command(command, shard_dirs))?;
+
+    let (run_id, run_dir) = create_run_dir(out)?;
+    record.run_id = run_id.clone();
+    if let Err(e) = fill(&shards, &mut record, &run_dir, out) {
+        // The folder is ours and incomplete: a half-merged run must not look like one.
+        let _ = fs::remove_dir_all(&run_dir);
+        return Err(e);
+    }
+    point_latest(out, &run_id)?;
+    Ok((record, run_dir))
+}
+
+fn resolve_command(mut command: Vec<String>, shard_dirs: &[PathBuf]) -> Vec<String> {
+    for dir in shard_dirs {
+        let given = dir.display().to_string();
+        if let Ok(resolved) = fs::canonicalize(dir) {
+            for arg in command.iter_mut().filter(|a| **a == given) {
+                *arg = resolved.display().to_string();
+            }
+        }
+    }
+    command
+}
+
+/// Checks that the runs belong together: distinct runs, and for the sharded ones of
+/// the same suites, one N with every K from 1 to N exactly once.
+fn check_runs(shards: &[ShardRun]) -> Result<(), MergeError> {
+    let mut ids: BTreeMap<&str, &Path> = BTreeMap::new();
+    for shard in shards {
+        if let Some(first) = ids.insert(&shard.record.run_id, &shard.dir) {
+            return Err(MergeError::SameRun {
+                run_id: shard.record.run_id.clone(),
+                first: first.to_path_buf(),
+                second: shard.dir.clone(),
+            });
+        }
+    }
+    let mut groups: BTreeMap<&[String], Vec<(&Path, Shard)>> = BTreeMap::new();
+    for shard in shards {
+        if let Some(spec) = shard.spec {
+            groups
+                .entry(shard.record.settings.suites.as_slice())
+                .or_default()
+                .push((&shard.dir, spec));
+        }
+    }
+    for (suites, members) in groups {
+        let (first_dir, first_spec) = members[0];
+        let mut seen: BTreeMap<u32, &Path> = BTreeMap::new();
+        for &(dir, spec) in &members {
+            if spec.total != first_spec.total {
+                return Err(MergeError::ShardTotals {
+                    first: first_dir.to_path_buf(),
+                    first_shard: first_spec,
+                    second: dir.to_path_buf(),
+                    second_shard: spec,
+                });
+            }
+            if let Some(first) = seen.insert(spec.index, dir) {
+                return Err(MergeError::DuplicateShard {
+                    shard: spec,
+                    first: first.to_path_buf(),
+                    second: dir.to_path_buf(),
+                });
+            }
+        }
+        let total = first_spec.total;
+        let missing: Vec<String> = (1..=total)
+            .filter(|k| !seen.contains_key(k))
+            .map(|k| format!("{k}/{total}"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(MergeError::MissingShard {
+                missing: missing.join(", "),
+                have: seen
+                    .keys()
+                    .map(|k| format!("{k}/{total}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                suites: suites.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The merged record, before any file is written (run_id is set by the caller).
+fn combine(shards: &[ShardRun], command: Vec<String>) -> Result<RunRecord, MergeError> {
+    let records = || shards.iter().map(|s| &s.record);
+
+    let mut suites: Vec<String> = Vec::new();
+    for suite in records().flat_map(|r| &r.settings.suites) {
+        if !suites.contains(suite) {
+            suites.push(suite.clone());
+        }
+    }
+
+    let mut inputs: Vec<FileHash> = Vec::new();
+    let mut input_owner: BTreeMap<String, (String, &Path)> = BTreeMap::new();
+    for shard in shards {
+        for input in &shard.record.inputs {
+            match input_owner.get(&input.path) {
+                Some((sha256, _)) if *sha256 == input.sha256 => {}
+                Some((sha256, first)) => {
+                    return Err(MergeError::InputConflict {
+                        path: input.path.clone(),
+                        first: first.to_path_buf(),
+                        first_sha256: sha256.clone(),
+                        second: shard.dir.clone(),
+                        second_sha256: input.sha256.clone(),
+                    })
+                }
+                None => {
+                    input_owner.insert(input.path.clone(), (input.sha256.clone(), &shard.dir));
+                    inputs.push(input.clone());
+                }
+            }
+        }
+    }
+
+    let mut owner: BTreeMap<&str, &Path> = BTreeMap::new();
+    let mut scenarios = Vec::new();
+    for shard in shards {
+        for scenario in &shard.record.scenarios {
+            if let Some(first) = owner.insert(&scenario.name, &shard.dir) {
+                return Err(MergeError::DuplicateScenario {
+                    name: scenario.name.clone(),
+                    first: first.to_path_buf(),
+                    second: shard.dir.clone(),
+                });
+            }
+            if !is_plain_relative(&scenario.dir) {
+                return Err(MergeError::UnsafeDir {
+                    name: scenario.name.clone(),
+                    dir: scenario.dir.clone(),
+                    run_json: shard.dir.join(RUN_JSON),
+                });
+            }
+            scenarios.push(scenario.clone());
+        }
+    }
+    // Stable: within a suite, shard order then each shard's own order survive.
+    scenarios.sort_by_key(|s| suite_position(&s.suite_file, &suites));
+
+    let first = &shards[0].record;
+    let any_unfinished = records().any(|r| r.finished_at.is_none());
+    let summary = Summary::of(&scenarios);
+    Ok(RunRecord {
+        schema_version: SCHEMA_VERSION,
+        run_id: String::new(),
+        started_at: pick_time(records().map(|r| r.started_at.as_str()), false).unwrap_or_default(),
+        // A shard that never finished (killed outright) leaves the whole run unfinished.
+        finished_at: if any_unfinished {
+            None
+        } else {
+            pick_time(records().filter_map(|r| r.finished_at.as_deref()), true)
+        },
+        interrupted: any_unfinished || records().any(|r| r.interrupted),
+        bootgate_version: distinct(records().map(|r| r.bootgate_version.as_str()), ", "),
+        command,
+        settings: RunSettings {
+            // Every shard of a matrix runs the same command line, so the same choice.
+            accel: first.settings.accel.clone(),
+            keep: records().any(|r| r.settings.keep),
+            suites,
+        },
+        host: HostInfo {
+            hostname: distinct(records().map(|r| r.host.hostname.as_str()), ", "),
+            kernel: distinct(records().map(|r| r.host.kernel.as_str()), "; "),
+            // Each machine had at least this many.
+            cpus: records().map(|r| r.host.cpus).min().unwrap_or_default(),
+        },
+        qemu: QemuInfo {
+            version: non_empty(distinct(
+                records().filter_map(|r| r.qemu.version.as_deref()),
+                "; ",
+            )),
+            accel: non_empty(distinct(
+                records().filter_map(|r| r.qemu.accel.as_deref()),
+                ", ",
+            )),
+            accel_notice: non_empty(distinct(
+                records().filter_map(|r| r.qemu.accel_notice.as_deref()),
+                "; ",
+            )),
+            argv: records()
+                .flat_map(|r| r.qemu.argv.iter().cloned())
+                .collect(),
+        },
+        inputs,
+        scenarios,
+        summary,
+    })
+}
+
+/// Copies the scenario folders into `run_dir`, points each rerun command at the merged
+/// run, and writes run.json, junit.xml, report.html and manifest.json.
+fn fill(
+    shards: &[ShardRun],
+    record: &mut RunRecord,
+    run_dir: &Path,
+    out: &Path,
+) -> Result<(), MergeError> {
+    for shard in shards {
+        for scenario in &shard.record.scenarios {
+            copy_scenario(shard, &scenario.dir, run_dir)?;
+        }
+    }
+    let run_abs = absolute(run_dir);
+    let out_abs = absolute(out);
+    for scenario in &mut record.scenarios {
+        repoint_rerun(&mut scenario.rerun, &run_abs, &out_abs);
+    }
+
+    let write = |name: &str, bytes: &[u8]| {
+        let path = run_dir.join(name);
+        write_atomic(&path, bytes).map_err(|source| ReportError::Write { path, source })
+    };
+    let mut json = serde_json::to_vec_pretty(&*record).map_err(|e| ReportError::Encode {
+        what: RUN_JSON,
+        message: e.to_string(),
+    })?;
+    json.push(b'\n');
+    write(RUN_JSON, &json)?;
+    write(JUNIT_XML, junit::render(record)?.as_bytes())?;
+    write(REPORT_HTML, html::render(record, run_dir)?.as_bytes())?;
+    // Last: it hashes every other file of the merged run.
+    manifest::write(record, run_dir)?;
+    Ok(())
+}
+
+/// A rerun command names the run folder it came from (and its results folder); the
+/// shard's folder was on another machine, so point it at the merged run.
+fn repoint_rerun(rerun: &mut [String], run_dir: &str, out: &str) {
+    if let Some(i) = rerun.iter().position(|a| a == "rerun") {
+        if let Some(arg) = rerun.get_mut(i + 1) {
+            *arg = run_dir.to_string();
+        }
+    }
+    if let Some(i) = rerun.iter().position(|a| a == "--out") {
+        if let Some(arg) = rerun.get_mut(i + 1) {
+            *arg = out.to_string();
+        }
+    }
+}
+
+fn copy_scenario(shard: &ShardRun, rel_dir: &str, run_dir: &Path) -> Result<(), MergeError> {
+    // Every folder on the way must be a real folder: a symlinked suite or scenario
+    // folder would copy whatever it points at into the results.
+    let mut src = shard.dir.clone();
+    for part in Path::new(rel_dir).components() {
+        src.push(part);
+        match fs::symlink_metadata(&src) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(MergeError::NotRegular(src)),
+            // A scenario that errored before its folder existed has nothing to copy.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return check_listed(shard, rel_dir, &BTreeSet::new());
+            }
+            Err(source) => {
+                return Err(MergeError::Read {
+                    path: src,
+                    dir: shard.dir.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let mut copied = BTreeSet::new();
+    for entry in walkdir::WalkDir::new(&src)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| MergeError::Read {
+            path: e.path().map_or_else(|| src.clone(), Path::to_path_buf),
+            dir: shard.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(&shard.dir)
+            .map_err(|_| MergeError::NotRegular(entry.path().to_path_buf()))?;
+        let dst = run_dir.join(rel);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&dst).map_err(|source| MergeError::Copy {
+                from: entry.path().to_path_buf(),
+                to: dst.clone(),
+                source,
+            })?;
+        } else if kind.is_file() {
+            let sha256 = copy_hashed(entry.path(), &dst)?;
+            let rel = rel.display().to_string();
+            if let Some(listed) = &shard.manifest {
+                if listed.get(&rel) != Some(&sha256) {
+                    return Err(MergeError::Altered {
+                        file: entry.path().to_path_buf(),
+                        manifest: shard.dir.join(MANIFEST_JSON),
+                    });
+                }
+            }
+            copied.insert(rel);
+        } else {
+            return Err(MergeError::NotRegular(entry.path().to_path_buf()));
+        }
+    }
+    check_listed(shard, rel_dir, &copied)
+}
+
+/// Every file the shard's manifest lists under the scenario folder was copied.
+fn check_listed(
+    shard: &ShardRun,
+    rel_dir: &str,
+    copied: &BTreeSet<String>,
+) -> Result<(), MergeError> {
+    let Some(listed) = &shard.manifest else {
+        return Ok(());
+    };
+    let prefix = format!("{}/", rel_dir.trim_end_matches('/'));
+    match listed
+        .keys()
+        .find(|path| path.starts_with(&prefix) && !copied.contains(*path))
+    {
+        Some(path) => Err(MergeError::Missing {
+            file: shard.dir.join(path),
+            manifest: shard.dir.join(MANIFEST_JSON),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Copies one file, never over an existing one, and returns the sha256 of the bytes
+/// copied, so checking against the shard's manifest costs no second read.
+fn copy_hashed(from: &Path, to: &Path) -> Result<String, MergeError> {
+    let fail = |source| MergeError::Copy {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    };
+    let mut src = fs::File::open(from).map_err(fail)?;
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(fail)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src.read(&mut buf).map_err(fail)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n]).map_err(fail)?;
+    }
+    dst.sync_all().map_err(fail)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// `suite/scenario`-style: relative, no `..`, no root, not empty.
+fn is_plain_relative(dir: &str) -> bool {
+    let path = Path::new(dir);
+    path.components().next().is_some()
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Where a scenario's suite file sits in `suites` (absolute paths); the scenario may
+/// name it relative to where bootgate ran. Unknown suites go last.
+fn suite_position(suite_file: &str, suites: &[String]) -> usize {
+    let rel: PathBuf = Path::new(suite_file)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect();
+    suites
+        .iter()
+        .position(|s| {
+            s == suite_file || (!rel.as_os_str().is_empty() && Path::new(s).ends_with(&rel))
+        })
+        .unwrap_or(suites.len())
+}
+
+/// The earliest (or latest) of RFC 3339 timestamps; text that does not parse loses.
+fn pick_time<'a>(values: impl Iterator<Item = &'a str>, latest: bool) -> Option<String> {
+    let keyed = values.map(|v| (v.parse::<jiff::Timestamp>().ok(), v));
+    let best = if latest {
+        keyed.max_by_key(|(t, v)| (t.is_some(), *t, *v))
+    } else {
+        keyed.min_by_key(|(t, v)| (t.is_none(), *t, *v))
+    };
+    best.map(|(_, v)| v.to_string())
+}
+
+/// Distinct non-empty values in first-seen order, joined: shards on different
+/// machines or QEMU builds show every one rather than whichever came first.
+fn distinct<'a>(values: impl Iterator<Item = &'a str>, separator: &str) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for value in values {
+        if !value.is_empty() && !seen.contains(&value) {
+            seen.push(value);
+        }
+    }
+    seen.join(separator)
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn absolute(path: &Path) -> String {
+    fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Creates `out/<run-id>`, never reusing a folder, named like the runner's runs.
+fn create_run_dir(out: &Path) -> Result<(String, PathBuf), MergeError> {
+    let fail = |path: &Path, source| MergeError::Results {
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(out).map_err(|e| fail(out, e))?;
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let mut attempt = 0u32;
+    loop {
+        let suffix = (std::process::id() ^ attempt.wrapping_mul(0x9e37)) & 0xffff;
+        let run_id = format!("{stamp}-{suffix:04x}");
+        let dir = out.join(&run_id);
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok((run_id, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1
+            }
+            Err(e) => return Err(fail(&dir, e)),
+        }
+    }
+}
+
+/// Re-points `out/latest` at the run: a new link beside it renamed over it, so a
+/// reader never finds `latest` missing or half-made.
+fn point_latest(out: &Path, run_id: &str) -> Result<(), MergeError> {
+    let fail = |path: &Path, source| MergeError::Results {
+        path: path.to_path_buf(),
+        source,
+    };
+    let latest = out.join("latest");
+    let tmp = out.join(format!(".latest-{run_id}"));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(run_id, &tmp).map_err(|e| fail(&tmp, e))?;
+    fs::rename(&tmp, &latest).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        fail(&latest, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::record::{ScenarioRecord, Verdict, VmArgv};
+
+    fn scenario(suite: &str, name: &str, verdict: Verdict) -> ScenarioRecord {
+        let full = format!("{suite}/{name}");
+        ScenarioRecord {
+            name: full.clone(),
+            suite: suite.into(),
+            suite_file: format!("scenarios/{suite}/suite.toml"),
+            image: "demo".into(),
+            verdict,
+            reason: (verdict != Verdict::Pass).then(|| "it crashed".into()),
+            duration_ms: 1000,
+            boots: Vec::new(),
+            steps: Vec::new(),
+            crashes: Vec::new(),
+            hangs: Vec::new(),
+            boot_loop: false,
+            recovery: None,
+            expect: None,
+            artifacts: vec![FileHash {
+                path: format!("{full}/console.log"),
+                sha256: crate::util::sha256_bytes(full.as_bytes()),
+            }],
+            dir: full.clone(),
+            rerun: vec![
+                "bootgate".into(),
+                "rerun".into(),
+                "/ci/elsewhere/results/run".into(),
+                full,
+                "--out".into(),
+                "/ci/elsewhere/results".into(),
+            ],
+            hang_screenshots: Vec::new(),
+        }
+    }
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().to_path_buf();
+            Fixture { _tmp: tmp, root }
+        }
+
+        /// Writes a finished shard run folder `root/<name>` the way the runner does.
+        fn shard(
+            &self,
+            name: &str,
+            spec: Option<&str>,
+            started: &str,
+            finished: &str,
+            scenarios: Vec<ScenarioRecord>,
+            inputs: Vec<FileHash>,
+        ) -> PathBuf {
+            let dir = self.root.join(name);
+            fs::create_dir_all(&dir).unwrap();
+            for s in &scenarios {
+                fs::create_dir_all(dir.join(&s.dir)).unwrap();
+                fs::write(dir.join(&s.dir).join("console.log"), s.name.as_bytes()).unwrap();
+            }
+            let mut command: Vec<String> =
+                ["bootgate", "run", "scenarios"].map(String::from).to_vec();
+            if let Some(spec) = spec {
+                command.extend(["--shard".to_string(), spec.to_string()]);
+            }
+            let record = RunRecord {
+                schema_version: SCHEMA_VERSION,
+                run_id: format!("run-{name}"),
+                started_at: started.into(),
+                finished_at: Some(finished.into()),
+                interrupted: false,
+                bootgate_version: "0.1.0".into(),
+                command,
+                settings: RunSettings {
+                    accel: "auto".into(),
+                    keep: false,
+                    suites: vec![
+                        "/w/scenarios/alpha/suite.toml".into(),
+                        "/w/scenarios/beta/suite.toml".into(),
+                    ],
+                },
+                host: HostInfo {
+                    hostname: format!("ci-{name}"),
+                    kernel: "Linux 6.1 x86_64".into(),
+                    cpus: 4,
+                },
+                qemu: QemuInfo {
+                    version: Some("QEMU emulator version 7.2.0".into()),
+                    accel: Some("tcg".into()),
+                    accel_notice: None,
+                    argv: scenarios
+                        .iter()
+                        .map(|s| VmArgv {
+                            scenario: s.name.clone(),
+                            argv: vec!["qemu-system-x86_64".into()],
+                        })
+                        .collect(),
+                },
+                inputs,
+                summary: Summary::of(&scenarios),
+                scenarios,
+            };
+            fs::write(
+                dir.join(RUN_JSON),
+                serde_json::to_vec_pretty(&record).unwrap(),
+            )
+            .unwrap();
+            manifest::write(&record, &dir).unwrap();
+            dir
+        }
+
+        fn two_shards(&self) -> (PathBuf, PathBuf) {
+            let input = |path: &str, sha: &str| FileHash {
+                path: path.into(),
+                sha256: sha.into(),
+            };
+            let one = self.shard(
+                "shard-1",
+                Some("1/2"),
+                "2026-01-02T10:00:05Z",
+                "2026-01-02T10:05:00Z",
+                vec![
+                    scenario("alpha", "boot", Verdict::Pass),
+                    scenario("beta", "crash", Verdict::Fail),
+                ],
+                vec![input("/w/suite.toml", "aa"), input("/w/image.qcow2", "bb")],
+            );
+            let two = self.shard(
+                "shard-2",
+                Some("2/2"),
+                "2026-01-02T10:00:01Z",
+                "2026-01-02T10:04:00Z",
+                vec![
+                    scenario("alpha", "update", Verdict::Error),
+                    scenario("beta", "recover", Verdict::Flaky),
+                ],
+                vec![input("/w/suite.toml", "aa"), input("/w/content.bin", "cc")],
+            );
+            (one, two)
+        }
+    }
+
+    fn names(record: &RunRecord) -> Vec<&str> {
+        record.scenarios.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn merges_two_shards_into_one_run() {
+        let fx = Fixture::new();
+        let (one, two) = fx.two_shards();
+        let out = fx.root.join("merged");
+        let command: Vec<String> = ["bootgate", "merge"]
+            .into_iter()
+            .map(String::from)
+            .chain([two.display().to_string(), one.display().to_string()])
+            .collect();
+        // Given out of order, as a glob of shard-10, shard-2 would be.
+        let (record, run_dir) = merge(&[two.clone(), one.clone()], &out, command).unwrap();
+
+        // Suite order first, then shard order within a suite.
+        assert_eq!(
+            names(&record),
+            ["alpha/boot", "alpha/update", "beta/crash", "beta/recover"]
+        );
+        assert_eq!(
+            record.summary,
+            Summary {
+                pass: 1,
+                fail: 1,
+                error: 1,
+                flaky: 1
+            }
+        );
+        assert_eq!(record.banner(), "FAIL");
+        assert_eq!(record.started_at, "2026-01-02T10:00:01Z");
+        assert_eq!(record.finished_at.as_deref(), Some("2026-01-02T10:05:00Z"));
+        assert!(!record.interrupted);
+        assert_eq!(record.host.hostname, "ci-shard-1, ci-shard-2");
+        assert_eq!(record.qemu.argv.len(), 4);
+        let inputs: Vec<&str> = record.inputs.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            inputs,
+            ["/w/suite.toml", "/w/image.qcow2", "/w/content.bin"]
+        );
+        assert_ne!(record.run_id, "run-shard-1");
+        // The command names the resolved shard folders (their run ids).
+        assert_eq!(record.command[2], absolute(&two));
+        assert_eq!(record.command[3], absolute(&one));
+
+        // Files copied, records on disk agree, rerun points at the merged run.
+        for s in &record.scenarios {
+            let log = fs::read_to_string(run_dir.join(&s.dir).join("console.log")).unwrap();
+            assert_eq!(log, s.name);
+            assert_eq!(s.rerun[2], absolute(&run_dir));
+            assert_eq!(s.rerun[5], absolute(&out));
+        }
+        let on_disk: RunRecord =
+            serde_json::from_str(&fs::read_to_string(run_dir.join(RUN_JSON)).unwrap()).unwrap();
+        assert_eq!(names(&on_disk), names(&record));
+        assert_eq!(on_disk.run_id, record.run_id);
+
+        let junit = fs::read_to_string(run_dir.join(JUNIT_XML)).unwrap();
+        for name in names(&record) {
+            assert!(
+                junit.contains(&format!("name=\"{name}\"")),
+                "{name}: {junit}"
+            );
+        }
+        assert!(run_dir.join(REPORT_HTML).is_file());
+        let problems: Vec<_> = manifest::verify(&run_dir)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.is_problem())
+            .collect();
+        assert!(problems.is_empty(), "{problems:?}");
+        // Nothing but the scenario folders came from the shards.
+        let mut top: Vec<String> = fs::read_dir(&run_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        assert_eq!(
+            top,
+            [
+                "alpha",
+                "beta",
+                "junit.xml",
+                "manifest.json",
+                "report.html",
+                "run.json"
+            ]
+        );
+        assert_eq!(
+            fs::read_link(out.join("latest")).unwrap(),
+            PathBuf::from(&record.run_id)
+        );
+    }
+
+    #[test]
+    fn merging_twice_makes_two_runs() {
+        let fx = Fixture::new();
+        let (one, two) = fx.two_shards();
+        let out = fx.root.join("merged");
+        let dirs = [one, two];
+        let (_, first) = merge(&dirs, &out, Vec::new()).unwrap();
+        let (second_record, second) = merge(&dirs, &out, Vec::new()).unwrap();
+        assert_ne!(first, second);
+        assert!(first.join(RUN_JSON).is_file());
+        assert_eq!(
+            fs::read_link(out.join("latest")).unwrap(),
+            PathBuf::from(&second_record.run_id)
+        );
+    }
+
+    fn merge_err(dirs: &[PathBuf], out: &Path) -> String {
+        let err = merge(dirs, out, Vec::new()).unwrap_err();
+        assert!(err.is_usage(), "{err}");
+        // A refused merge leaves nothing behind.
+        let left: Vec<_> = fs::read_dir(out)
+            .map(|d| d.collect::<Vec<_>>())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
+        err.to_string()
+    }
+
+    #[test]
+    fn a_scenario_in_two_shards_is_refused_naming_both() {
+        let fx = Fixture::new();
+        let a = fx.shard(
+            "a",
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("alpha", "boot", Verdict::Pass)],
+            Vec::new(),
+        );
+        let b = fx.shard(
+            "b",
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("alpha", "boot", Verdict::Fail)],
+            Vec::new(),
+        );
+        let err = merge_err(&[a.clone(), b.clone()], &fx.root.join("out"));
+        assert!(err.contains("alpha/boot"), "{err}");
+        assert!(err.contains(&a.display().to_string()), "{err}");
+        assert!(err.contains(&b.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn different_inputs_are_refused() {
+        let fx = Fixture::new();
+        let input = |sha: &str| {
+            vec![FileHash {
+                path: "/w/content.bin".into(),
+                sha256: sha.into(),
+            }]
+        };
+        let a = fx.shard(
+            "a",
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("alpha", "boot", Verdict::Pass)],
+            input("11"),
+        );
+        let b = fx.shard(
+            "b",
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("alpha", "update", Verdict::Pass)],
+            input("22"),
+        );
+        let err = merge_err(&[a, b], &fx.root.join("out"));
+        assert!(err.contains("/w/content.bin"), "{err}");
+        assert!(err.contains("must not be merged"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_without_run_json_is_named() {
+        let fx = Fixture::new();
+        let (one, _) = fx.two_shards();
+        let empty = fx.root.join("not-a-run");
+        fs::create_dir_all(&empty).unwrap();
+        let err = merge_err(&[one, empty.clone()], &fx.root.join("out"));
+        assert!(err.contains(&empty.display().to_string()), "{err}");
+        assert!(err.contains("run.json"), "{err}");
+        assert!(merge_err(&[], &fx.root.join("out")).contains("shard-*/latest"));
+    }
+
+    #[test]
+    fn a_missing_or_repeated_shard_is_refused() {
+        let fx = Fixture::new();
+        let (one, two) = fx.two_shards();
+        let err = merge_err(std::slice::from_ref(&one), &fx.root.join("out"));
+        assert!(
+            err.contains("shard 2/2") && err.contains("missing"),
+            "{err}"
+        );
+        let err = merge_err(&[one.clone(), one.clone()], &fx.root.join("out"));
+        assert!(err.contains("same run"), "{err}");
+        let three = fx.shard(
+            "shard-3",
+            Some("2/3"),
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("beta", "x", Verdict::Pass)],
+            Vec::new(),
+        );
+        let err = merge_err(&[one, two, three], &fx.root.join("out"));
+        assert!(err.contains("share N"), "{err}");
+    }
+
+    #[test]
+    fn evidence_altered_after_the_shard_ran_is_refused() {
+        let fx = Fixture::new();
+        let (one, two) = fx.two_shards();
+        fs::write(one.join("beta/crash/console.log"), b"no crash here").unwrap();
+        let err = merge_err(&[one.clone(), two.clone()], &fx.root.join("out"));
+        assert!(err.contains("beta/crash/console.log"), "{err}");
+        fs::remove_file(one.join("beta/crash/console.log")).unwrap();
+        let err = merge_err(&[one, two], &fx.root.join("out"));
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_scenario_folder_outside_the_run_or_a_symlink_is_refused() {
+        let fx = Fixture::new();
+        let mut evil = scenario("alpha", "boot", Verdict::Pass);
+        evil.dir = "../../etc".into();
+        let a = fx.shard(
+            "a",
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("alpha", "ok", Verdict::Pass)],
+            Vec::new(),
+        );
+        let mut record: RunRecord =
+            serde_json::from_str(&fs::read_to_string(a.join(RUN_JSON)).unwrap()).unwrap();
+        record.scenarios.push(evil);
+        fs::write(a.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
+        let err = merge_err(&[a], &fx.root.join("out"));
+        assert!(err.contains("../../etc"), "{err}");
+
+        let b = fx.shard(
+            "b",
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("alpha", "boot", Verdict::Pass)],
+            Vec::new(),
+        );
+        fs::remove_file(b.join(MANIFEST_JSON)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", b.join("alpha/boot/leak")).unwrap();
+        let err = merge_err(&[b], &fx.root.join("out"));
+        assert!(err.contains("leak") && err.contains("symlink"), "{err}");
+    }
+
+    #[test]
+    fn an_unfinished_shard_makes_the_merge_interrupted() {
+        let fx = Fixture::new();
+        let (one, two) = fx.two_shards();
+        let mut record: RunRecord =
+            serde_json::from_str(&fs::read_to_string(two.join(RUN_JSON)).unwrap()).unwrap();
+        record.finished_at = None;
+        fs::write(two.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
+        // Killed outright: no manifest either.
+        fs::remove_file(two.join(MANIFEST_JSON)).unwrap();
+        let (merged, _) = merge(&[one, two], &fx.root.join("out"), Vec::new()).unwrap();
+        assert!(merged.interrupted);
+        assert_eq!(merged.finished_at, None);
+        assert_eq!(merged.banner(), "INTERRUPTED");
+    }
+
+    #[test]
+    fn helpers_pick_times_and_positions() {
+        let times = ["2026-01-02T10:00:00.5Z", "garbage", "2026-01-02T09:59:59Z"];
+        assert_eq!(
+            pick_time(times.into_iter(), false).as_deref(),
+            Some(times[2])
+        );
+        assert_eq!(
+            pick_time(times.into_iter(), true).as_deref(),
+            Some(times[0])
+        );
+        let suites = ["/w/a/suite.toml".to_string(), "/w/b/suite.toml".to_string()];
+        assert_eq!(suite_position("./b/suite.toml", &suites), 1);
+        assert_eq!(suite_position("/w/a/suite.toml", &suites), 0);
+        assert_eq!(suite_position("c/suite.toml", &suites), 2);
+        assert_eq!(
+            shard_spec(&["run".into(), "--shard=3/5".into()]),
+            Some(Shard { index: 3, total: 5 })
+        );
+        assert_eq!(shard_spec(&["--shard-timings".into(), "x".into()]), None);
+        assert!(
+            !is_plain_relative("/abs") && !is_plain_relative("a/../b") && !is_plain_relative("")
+        );
+        assert!(is_plain_relative("suite/scenario"));
+    }
+}
