@@ -519,6 +519,10 @@ impl Machine<'_> {
                 }
             };
             match signal {
+                // Output the previous boot printed before this one began (the tail of
+                // its crash report, read late on a loaded host) must not be taken for a
+                // crash of this boot.
+                Signal::Console(line) if line.at < self.boot_started => {}
                 Signal::Console(line) => {
                     self.detector.feed(&line.text);
                     match self.detector.crash().map(|c| c.class) {
@@ -944,12 +948,14 @@ impl Machine<'_> {
         let qmp = vm
             .qmp()
             .ok_or_else(|| Stop::Infra("QMP is not connected".into()))?;
+        // Console lines read before this instant belong to the crashed boot.
+        let at = Instant::now();
         qmp.execute("system_reset", None, QMP_COMMAND_TIMEOUT)
             .map_err(|e| Stop::Infra(format!("system_reset: {e}")))?;
         // After a paused panic the CPUs stay stopped until `cont`; a running guest
         // answers with an error we can ignore.
         let _ = qmp.execute("cont", None, QMP_COMMAND_TIMEOUT);
-        self.begin_boot(Instant::now(), None);
+        self.begin_boot(at, None);
         Ok(())
     }
 
