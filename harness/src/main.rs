@@ -14,6 +14,7 @@ use bootgate::report::junit::JunitSink;
 use bootgate::report::manifest::{self, ManifestSink};
 use bootgate::report::terminal::{TerminalSink, Verbosity};
 use bootgate::report::Sink;
+use bootgate::runner::shard::{self, Shard};
 use bootgate::runner::{self, Emitter, RunOptions};
 use bootgate::{doctor, image, suite};
 
@@ -57,6 +58,17 @@ enum Command {
         /// Run only scenarios whose "suite/scenario" name contains this text (repeatable).
         #[arg(long, value_name = "TEXT")]
         only: Vec<String>,
+        /// Run only shard K of N (1-based; a CI index counting from 0 needs INDEX+1).
+        /// Deterministic: every machine computes the same split.
+        #[arg(long, value_name = "K/N", value_parser = clap::value_parser!(Shard))]
+        shard: Option<Shard>,
+        /// An earlier run.json (or run folder) whose durations balance the shards and
+        /// order the queue longest first.
+        #[arg(long, value_name = "RUN_JSON")]
+        shard_timings: Option<PathBuf>,
+        /// Print the selected scenario names (after --only and --shard), run nothing.
+        #[arg(long)]
+        list: bool,
         /// Print only failures and the summary.
         #[arg(long, short, conflicts_with = "verbose")]
         quiet: bool,
@@ -87,6 +99,16 @@ enum Command {
     /// Regenerate a run's report.html from its run.json (and refresh manifest.json,
     /// which lists it).
     Report { run_dir: PathBuf },
+    /// Join the run folders of CI shards (`run --shard K/N`) into one run: run.json,
+    /// junit.xml, report.html and manifest.json over every scenario.
+    Merge {
+        /// Shard run folders (e.g. shard-1/latest shard-2/latest ...).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Results folder for the merged run.
+        #[arg(long, short, default_value = "results", value_name = "DIR")]
+        out: PathBuf,
+    },
     /// List the scenarios of a suite file or folder without running them.
     List { path: PathBuf },
     /// Build or inspect images.
@@ -132,17 +154,23 @@ fn main() -> ExitCode {
             keep,
             jobs,
             only,
+            shard,
+            shard_timings,
+            list,
             quiet,
             verbose,
-        } => run(
+        } => run(RunArgs {
             path,
             out,
             accel,
             keep,
             jobs,
             only,
-            verbosity(quiet, verbose),
-        ),
+            shard,
+            shard_timings,
+            list,
+            verbosity: verbosity(quiet, verbose),
+        }),
         Command::List { path } => list(path),
         Command::Rerun {
             run_dir,
@@ -152,6 +180,7 @@ fn main() -> ExitCode {
             verbose,
         } => rerun(run_dir, scenarios, out, verbosity(quiet, verbose)),
         Command::Verify { run_dir } => verify(&run_dir),
+        Command::Merge { dirs, out } => merge(&dirs, &out),
         Command::Show { run_dir } => show(&run_dir),
         Command::Report { run_dir } => report(&run_dir),
         Command::Image {
@@ -175,34 +204,67 @@ fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
     }
 }
 
-fn run(
+/// `bootgate run`'s arguments.
+struct RunArgs {
     path: PathBuf,
     out: PathBuf,
     accel: AccelChoice,
     keep: bool,
     jobs: Option<u32>,
     only: Vec<String>,
+    shard: Option<Shard>,
+    shard_timings: Option<PathBuf>,
+    list: bool,
     verbosity: Verbosity,
-) -> u8 {
-    let suites = match suite::load_path(&path) {
+}
+
+fn run(args: RunArgs) -> u8 {
+    let suites = match suite::load_path(&args.path) {
         Ok(suites) => suites,
         Err(e) => {
             eprintln!("bootgate: error: {e}");
             return EXIT_USAGE;
         }
     };
+    let expected_ms = match &args.shard_timings {
+        Some(file) => match shard::durations_from_run(file) {
+            Ok(durations) => durations,
+            Err(e) => {
+                eprintln!("bootgate: error: {e}");
+                return EXIT_USAGE;
+            }
+        },
+        None => Default::default(),
+    };
+    // The timings file (a run folder means its run.json) is an input of the run.
+    let timings_file = args.shard_timings.as_ref().map(|file| {
+        if file.is_dir() {
+            file.join("run.json")
+        } else {
+            file.clone()
+        }
+    });
     let options = RunOptions {
-        out_dir: out,
-        jobs: jobs.map_or(0, |n| n as usize),
-        accel,
-        keep,
-        only,
+        out_dir: args.out,
+        jobs: args.jobs.map_or(0, |n| n as usize),
+        accel: args.accel,
+        keep: args.keep,
+        only: args.only,
         exact: false,
         required_inputs: None,
+        shard: args.shard,
+        expected_ms,
+        timings_file,
         tools: QemuTools::from_env(),
         command: std::env::args().collect(),
     };
-    execute(&suites, &options, verbosity)
+    if args.list {
+        for (suite, index) in runner::select(&suites, &options) {
+            println!("{}/{}", suite.name, suite.scenarios[index].name);
+        }
+        return EXIT_PASS;
+    }
+    execute(&suites, &options, args.verbosity)
 }
 
 fn rerun(
@@ -232,6 +294,9 @@ fn rerun(
         only: plan.scenarios,
         exact: true,
         required_inputs: Some(plan.record.inputs),
+        shard: None,
+        expected_ms: Default::default(),
+        timings_file: None,
         tools: QemuTools::from_env(),
         command: std::env::args().collect(),
     };
@@ -262,18 +327,7 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
     ];
     let emitter = Emitter::new(sinks);
     match runner::run(suites, options, &emitter) {
-        Ok((record, _dir)) => {
-            let s = &record.summary;
-            if record.interrupted {
-                EXIT_INTERRUPTED
-            } else if s.fail > 0 {
-                EXIT_FAIL
-            } else if s.error > 0 {
-                EXIT_INFRA
-            } else {
-                EXIT_PASS
-            }
-        }
+        Ok((record, _dir)) => exit_code(&record),
         Err(e) => {
             // Every error's message already carries its causes.
             eprintln!("bootgate: error: {e}");
@@ -283,6 +337,38 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
                 EXIT_INFRA
             }
         }
+    }
+}
+
+fn merge(dirs: &[PathBuf], out: &std::path::Path) -> u8 {
+    match bootgate::report::merge::merge(dirs, out, std::env::args().collect()) {
+        Ok((record, dir)) => {
+            print!("{}", bootgate::report::terminal::summary_text(&record));
+            println!("merged into {}", dir.display());
+            exit_code(&record)
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_INFRA
+            }
+        }
+    }
+}
+
+/// The exit code a finished run stands for.
+fn exit_code(record: &bootgate::runner::record::RunRecord) -> u8 {
+    let s = &record.summary;
+    if record.interrupted {
+        EXIT_INTERRUPTED
+    } else if s.fail > 0 {
+        EXIT_FAIL
+    } else if s.error > 0 {
+        EXIT_INFRA
+    } else {
+        EXIT_PASS
     }
 }
 

@@ -143,6 +143,14 @@ pub struct RunOptions {
     pub exact: bool,
     /// For a rerun: the inputs (path and sha256) the run must use.
     pub required_inputs: Option<Vec<FileHash>>,
+    /// Run only this part of the selection (CI matrices).
+    pub shard: Option<shard::Shard>,
+    /// Expected scenario durations (ms) from an earlier run: they balance shards and
+    /// put the longest scenarios first in the queue.
+    pub expected_ms: BTreeMap<String, u64>,
+    /// The file those durations came from; it becomes an input of the run, so shards
+    /// split with different timings cannot be merged.
+    pub timings_file: Option<PathBuf>,
     pub tools: QemuTools,
     /// bootgate's own command line, recorded in run.json.
     pub command: Vec<String>,
@@ -188,17 +196,15 @@ impl RunError {
     }
 }
 
-/// Runs every selected scenario of `suites`; returns the finished record.
-pub fn run(
-    suites: &[Suite],
-    opts: &RunOptions,
-    emitter: &Emitter,
-) -> Result<(RunRecord, PathBuf), RunError> {
-    let selected: Vec<(&Suite, usize)> = suites
+/// The scenarios a run covers, in suite order: the `only` filter, then the shard.
+/// (A shard may be empty when it has more shards than scenarios.)
+pub fn select<'a>(suites: &'a [Suite], opts: &RunOptions) -> Vec<(&'a Suite, usize)> {
+    let full = |suite: &Suite, i: usize| format!("{}/{}", suite.name, suite.scenarios[i].name);
+    let filtered: Vec<(&Suite, usize)> = suites
         .iter()
         .flat_map(|suite| (0..suite.scenarios.len()).map(move |i| (suite, i)))
         .filter(|(suite, i)| {
-            let name = format!("{}/{}", suite.name, suite.scenarios[*i].name);
+            let name = full(suite, *i);
             opts.only.is_empty()
                 || opts.only.iter().any(|f| {
                     if opts.exact {
@@ -209,7 +215,27 @@ pub fn run(
                 })
         })
         .collect();
-    if selected.is_empty() {
+    let Some(shard) = &opts.shard else {
+        return filtered;
+    };
+    let names: Vec<String> = filtered.iter().map(|(s, i)| full(s, *i)).collect();
+    let mine = shard::select(&names, &opts.expected_ms, shard);
+    filtered
+        .into_iter()
+        .zip(names)
+        .filter(|(_, name)| mine.contains(name))
+        .map(|(pair, _)| pair)
+        .collect()
+}
+
+/// Runs every selected scenario of `suites`; returns the finished record.
+pub fn run(
+    suites: &[Suite],
+    opts: &RunOptions,
+    emitter: &Emitter,
+) -> Result<(RunRecord, PathBuf), RunError> {
+    let selected = select(suites, opts);
+    if selected.is_empty() && opts.shard.is_none() {
         return Err(RunError::NoMatch(opts.only.clone()));
     }
 
@@ -220,7 +246,8 @@ pub fn run(
     let mut qemu_info = QemuInfo::default();
     let mut manifests: BTreeMap<PathBuf, Manifest> = BTreeMap::new();
     let mut decision: Option<AccelDecision> = None;
-    if let Ok(version) = &qemu_problem {
+    // An empty shard runs nothing: no image, no accelerator probe.
+    if let (Ok(version), false) = (&qemu_problem, selected.is_empty()) {
         qemu_info.version = Some(version.clone());
         for (suite, _) in &selected {
             if manifests.contains_key(&suite.path) {
@@ -271,6 +298,17 @@ pub fn run(
 
     let mut inputs = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
+    if let Some(file) = &opts.timings_file {
+        let sha256 = sha256_file(file).map_err(|source| RunError::Results {
+            path: file.clone(),
+            source,
+        })?;
+        seen.insert(file.clone());
+        inputs.push(FileHash {
+            path: file.display().to_string(),
+            sha256,
+        });
+    }
     for (suite, _) in &selected {
         let mut files = vec![suite.path.clone()];
         if let Some(m) = manifests.get(&suite.path) {
@@ -369,6 +407,14 @@ pub fn run(
         emitter,
     };
     let record_cell = Mutex::new(record);
+    // Longest first when durations are known (fewer idle workers at the end); the
+    // results are put back in suite order afterwards.
+    let mut schedule: Vec<usize> = (0..selected.len()).collect();
+    schedule.sort_by_key(|&i| {
+        let (suite, n) = selected[i];
+        let name = format!("{}/{}", suite.name, suite.scenarios[n].name);
+        std::cmp::Reverse(opts.expected_ms.get(&name).copied().unwrap_or(0))
+    });
     let next = AtomicUsize::new(0);
     let positions: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     // Each worker owns one VM at a time for that VM's whole life (the parent-death
@@ -377,10 +423,10 @@ pub fn run(
         if interrupted() {
             break;
         }
-        let index = next.fetch_add(1, Ordering::SeqCst);
-        let Some((suite, scenario_index)) = selected.get(index) else {
+        let Some(&index) = schedule.get(next.fetch_add(1, Ordering::SeqCst)) else {
             break;
         };
+        let (suite, scenario_index) = &selected[index];
         let (scenario_record, argvs, was_interrupted) =
             shared.run_one(suite, *scenario_index, index, total);
         let mut record = record_cell.lock().unwrap_or_else(|p| p.into_inner());
