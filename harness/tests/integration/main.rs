@@ -7,4 +7,5 @@ mod common;
 mod drivers;
 mod evidence;
 mod image;
+mod shards;
 mod teardown;
