@@ -11,6 +11,7 @@ use bootgate::qemu::QemuTools;
 use bootgate::report::html::{self, HtmlSink};
 use bootgate::report::json::JsonSink;
 use bootgate::report::junit::JunitSink;
+use bootgate::report::live::LiveSink;
 use bootgate::report::manifest::{self, ManifestSink};
 use bootgate::report::terminal::{TerminalSink, Verbosity};
 use bootgate::report::Sink;
@@ -318,8 +319,15 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
         eprintln!("bootgate: warning: cannot install the Ctrl-C handler: {e}");
     }
     // The manifest comes last: it hashes the files the other sinks wrote.
+    // A terminal gets the live view; CI logs get one plain line per event.
+    let terminal: Box<dyn Sink + Send> =
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && verbosity != Verbosity::Quiet {
+            Box::new(LiveSink::new(verbosity))
+        } else {
+            Box::new(TerminalSink::new(verbosity))
+        };
     let sinks: Vec<Box<dyn Sink + Send>> = vec![
-        Box::new(TerminalSink::new(verbosity)),
+        terminal,
         Box::new(JsonSink::new()),
         Box::new(JunitSink::new()),
         Box::new(HtmlSink::new()),

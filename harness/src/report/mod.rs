@@ -4,6 +4,7 @@
 pub mod html;
 pub mod json;
 pub mod junit;
+pub mod live;
 pub mod manifest;
 pub mod merge;
 pub mod terminal;

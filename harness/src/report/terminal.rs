@@ -30,136 +30,134 @@ fn ms(ms: u64) -> String {
     human_duration(std::time::Duration::from_millis(ms))
 }
 
+/// The text the terminal shows for an event at a verbosity, if any (it may span
+/// several lines). Shared by the plain sink and the live progress view.
+pub fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
+    let normal = verbosity != Verbosity::Quiet;
+    let verbose = verbosity == Verbosity::Verbose;
+    match event {
+        Event::RunStarted {
+            run,
+            dir,
+            scenarios,
+        } if normal => Some(format!(
+            "bootgate {}: running {scenarios} scenario(s) on {} ({}) into {}",
+            run.bootgate_version,
+            run.qemu.version.as_deref().unwrap_or("?"),
+            run.qemu.accel.as_deref().unwrap_or("?"),
+            dir.display()
+        )),
+        Event::Notice(text) => Some(format!("bootgate: {text}")),
+        Event::ScenarioStarted { name, index, total } if normal => {
+            Some(format!("[{}/{total}] {name}", index + 1))
+        }
+        Event::StepStarted { scenario, step } if verbose => Some(format!("  {scenario}: {step}")),
+        Event::BootReady {
+            scenario,
+            index,
+            ready_ms,
+        } if verbose => Some(format!(
+            "  {scenario}: boot {index} ready in {}",
+            ms(*ready_ms)
+        )),
+        Event::StepFinished { scenario, step }
+            if verbose
+                || (normal
+                    && step.outcome != StepOutcome::Ok
+                    && step.outcome != StepOutcome::Skipped) =>
+        {
+            Some(format!(
+                "  {scenario}: {} {} ({}) {}",
+                step.kind,
+                step.outcome.as_str(),
+                ms(step.duration_ms),
+                step.detail.lines().next().unwrap_or_default()
+            ))
+        }
+        Event::ScenarioFinished { scenario, .. } => {
+            (normal || scenario.verdict != Verdict::Pass).then(|| scenario_text(scenario))
+        }
+        Event::RunFinished { run, dir } => {
+            let s = &run.summary;
+            Some(format!(
+                "\n{}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  report:    {}\n  run.json:  {}\n  junit.xml: {}",
+                run.banner(),
+                s.pass,
+                s.fail,
+                s.error,
+                s.flaky,
+                dir.display(),
+                dir.join("report.html").display(),
+                dir.join("run.json").display(),
+                dir.join("junit.xml").display()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A finished scenario: its verdict line, then what was seen (crash, loop, hang,
+/// recovery) and why it failed.
+fn scenario_text(scenario: &crate::runner::record::ScenarioRecord) -> String {
+    let boots: Vec<String> = scenario
+        .boots
+        .iter()
+        .map(|b| {
+            b.ready_ms
+                .map_or_else(|| b.outcome.as_str().to_string(), ms)
+        })
+        .collect();
+    let mut text = format!(
+        "{:<5} {} ({}; boots: {})",
+        scenario.verdict.as_str().to_uppercase(),
+        scenario.name,
+        ms(scenario.duration_ms),
+        if boots.is_empty() {
+            "none".into()
+        } else {
+            boots.join(", ")
+        }
+    );
+    let mut note = |s: String| {
+        text.push_str("\n      ");
+        text.push_str(&s);
+    };
+    if let Some(crash) = scenario.crashes.first() {
+        let more = scenario.crashes.len() - 1;
+        let more = if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        };
+        note(format!("crash: {}{more}", crash.title));
+    }
+    if scenario.boot_loop {
+        note("boot loop: crashed at every boot watched".into());
+    }
+    if let Some(hang) = scenario.hangs.first() {
+        note(format!("hang: {hang}"));
+    }
+    if let Some(r) = &scenario.recovery {
+        note(format!(
+            "recovered after {} boot(s), {:.1} s",
+            r.boots, r.seconds
+        ));
+    }
+    if let (Some(expect), Verdict::Pass) = (&scenario.expect, scenario.verdict) {
+        note(format!("expected {expect}: seen"));
+    }
+    if let (Some(reason), Verdict::Fail | Verdict::Error) = (&scenario.reason, scenario.verdict) {
+        note(reason.replace('\n', "\n      "));
+    }
+    text
+}
+
 impl Sink for TerminalSink {
     fn event(&mut self, event: &Event) -> Result<(), ReportError> {
-        let mut err = std::io::stderr().lock();
-        let normal = self.verbosity != Verbosity::Quiet;
-        let verbose = self.verbosity == Verbosity::Verbose;
-        // A closed stderr must not fail the run: results are in files.
-        let _ = match event {
-            Event::RunStarted {
-                run,
-                dir,
-                scenarios,
-            } if normal => writeln!(
-                err,
-                "bootgate {}: running {scenarios} scenario(s) on {} ({}) into {}",
-                run.bootgate_version,
-                run.qemu.version.as_deref().unwrap_or("?"),
-                run.qemu.accel.as_deref().unwrap_or("?"),
-                dir.display()
-            ),
-            Event::Notice(text) => writeln!(err, "bootgate: {text}"),
-            Event::ScenarioStarted { name, index, total } if normal => {
-                writeln!(err, "[{}/{total}] {name}", index + 1)
-            }
-            Event::StepStarted { scenario, step } if verbose => {
-                writeln!(err, "  {scenario}: {step}")
-            }
-            Event::BootReady {
-                scenario,
-                index,
-                ready_ms,
-            } if verbose => {
-                writeln!(err, "  {scenario}: boot {index} ready in {}", ms(*ready_ms))
-            }
-            Event::StepFinished { scenario, step }
-                if verbose
-                    || (normal
-                        && step.outcome != StepOutcome::Ok
-                        && step.outcome != StepOutcome::Skipped) =>
-            {
-                writeln!(
-                    err,
-                    "  {scenario}: {} {} ({}) {}",
-                    step.kind,
-                    step.outcome.as_str(),
-                    ms(step.duration_ms),
-                    step.detail.lines().next().unwrap_or_default()
-                )
-            }
-            Event::ScenarioFinished { scenario, .. } => {
-                let verdict = scenario.verdict.as_str().to_uppercase();
-                let boots: Vec<String> = scenario
-                    .boots
-                    .iter()
-                    .map(|b| {
-                        b.ready_ms
-                            .map_or_else(|| format!("{:?}", b.outcome).to_lowercase(), ms)
-                    })
-                    .collect();
-                let line = format!(
-                    "{verdict:<5} {} ({}; boots: {})",
-                    scenario.name,
-                    ms(scenario.duration_ms),
-                    if boots.is_empty() {
-                        "none".into()
-                    } else {
-                        boots.join(", ")
-                    }
-                );
-                let mut text = line;
-                let mut note = |s: String| {
-                    text.push_str("\n      ");
-                    text.push_str(&s);
-                };
-                if let Some(crash) = scenario.crashes.first() {
-                    let more = scenario.crashes.len() - 1;
-                    note(format!(
-                        "crash: {}{}",
-                        crash.title,
-                        if more > 0 {
-                            format!(" (and {more} more)")
-                        } else {
-                            String::new()
-                        }
-                    ));
-                }
-                if scenario.boot_loop {
-                    note("boot loop: crashed at every boot watched".into());
-                }
-                if let Some(hang) = scenario.hangs.first() {
-                    note(format!("hang: {hang}"));
-                }
-                if let Some(r) = &scenario.recovery {
-                    note(format!(
-                        "recovered after {} boot(s), {:.1} s",
-                        r.boots, r.seconds
-                    ));
-                }
-                if let Some(expect) = &scenario.expect {
-                    if scenario.verdict == Verdict::Pass {
-                        note(format!("expected {expect}: seen"));
-                    }
-                }
-                if let (Some(reason), Verdict::Fail | Verdict::Error) =
-                    (&scenario.reason, scenario.verdict)
-                {
-                    note(reason.replace('\n', "\n      "));
-                }
-                if normal || scenario.verdict != Verdict::Pass {
-                    writeln!(err, "{text}")
-                } else {
-                    Ok(())
-                }
-            }
-            Event::RunFinished { run, dir } => {
-                let s = &run.summary;
-                let banner = run.banner();
-                writeln!(
-                    err,
-                    "\n{banner}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  run.json:  {}\n  junit.xml: {}",
-                    s.pass,
-                    s.fail,
-                    s.error,
-                    s.flaky,
-                    dir.display(),
-                    dir.join("run.json").display(),
-                    dir.join("junit.xml").display()
-                )
-            }
-            _ => Ok(()),
-        };
+        if let Some(text) = text_for(event, self.verbosity) {
+            // A closed stderr must not fail the run: results are in files.
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
         Ok(())
     }
 }
