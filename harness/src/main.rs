@@ -38,45 +38,66 @@ struct Cli {
     command: Command,
 }
 
+/// `bootgate run`'s arguments.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Suite file or folder of suite files.
+    path: PathBuf,
+    /// Results folder; each run lands in DIR/<run-id>, and DIR/latest points at it.
+    #[arg(long, short, default_value = "results", value_name = "DIR")]
+    out: PathBuf,
+    /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Keep each VM's disk overlay in the results (system.qcow2).
+    #[arg(long, short)]
+    keep: bool,
+    /// VMs to run at once (default: one per core, as free memory allows).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// Run only scenarios whose "suite/scenario" name contains this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    only: Vec<String>,
+    /// Run only shard K of N (1-based; a CI index counting from 0 needs INDEX+1).
+    /// Deterministic: every machine computes the same split.
+    #[arg(long, value_name = "K/N", value_parser = clap::value_parser!(Shard))]
+    shard: Option<Shard>,
+    /// An earlier run.json (or run folder) whose durations balance the shards and
+    /// order the queue longest first.
+    #[arg(long, value_name = "RUN_JSON")]
+    shard_timings: Option<PathBuf>,
+    /// Print the selected scenario names (after --only and --shard), run nothing.
+    #[arg(long)]
+    list: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// How much the terminal shows.
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Print only failures and the summary.
+    #[arg(long, short, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print every step and boot as it happens.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+impl OutputArgs {
+    fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (_, true) => Verbosity::Verbose,
+            _ => Verbosity::Normal,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a suite file, or every *.toml suite in a folder.
-    Run {
-        /// Suite file or folder of suite files.
-        path: PathBuf,
-        /// Results folder; each run lands in DIR/<run-id>, and DIR/latest points at it.
-        #[arg(long, short, default_value = "results", value_name = "DIR")]
-        out: PathBuf,
-        /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
-        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-        accel: AccelChoice,
-        /// Keep each VM's disk overlay in the results (system.qcow2).
-        #[arg(long, short)]
-        keep: bool,
-        /// VMs to run at once (default: one per core, as free memory allows).
-        #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        jobs: Option<u32>,
-        /// Run only scenarios whose "suite/scenario" name contains this text (repeatable).
-        #[arg(long, value_name = "TEXT")]
-        only: Vec<String>,
-        /// Run only shard K of N (1-based; a CI index counting from 0 needs INDEX+1).
-        /// Deterministic: every machine computes the same split.
-        #[arg(long, value_name = "K/N", value_parser = clap::value_parser!(Shard))]
-        shard: Option<Shard>,
-        /// An earlier run.json (or run folder) whose durations balance the shards and
-        /// order the queue longest first.
-        #[arg(long, value_name = "RUN_JSON")]
-        shard_timings: Option<PathBuf>,
-        /// Print the selected scenario names (after --only and --shard), run nothing.
-        #[arg(long)]
-        list: bool,
-        /// Print only failures and the summary.
-        #[arg(long, short, conflicts_with = "verbose")]
-        quiet: bool,
-        /// Print every step and boot as it happens.
-        #[arg(long, short)]
-        verbose: bool,
-    },
+    Run(RunArgs),
     /// Rerun scenarios of a finished run with the same inputs and settings, into a new
     /// run. Refuses, naming the file, if any input changed since.
     Rerun {
@@ -87,10 +108,8 @@ enum Command {
         /// Results folder for the new run (default: the one holding RUN_DIR).
         #[arg(long, short, value_name = "DIR")]
         out: Option<PathBuf>,
-        #[arg(long, short, conflicts_with = "verbose")]
-        quiet: bool,
-        #[arg(long, short)]
-        verbose: bool,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Recheck a run folder against its manifest.json: names every file missing,
     /// altered or added since the run, and inputs that changed. Exit 1 if any.
@@ -148,38 +167,14 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(match cli.command {
-        Command::Run {
-            path,
-            out,
-            accel,
-            keep,
-            jobs,
-            only,
-            shard,
-            shard_timings,
-            list,
-            quiet,
-            verbose,
-        } => run(RunArgs {
-            path,
-            out,
-            accel,
-            keep,
-            jobs,
-            only,
-            shard,
-            shard_timings,
-            list,
-            verbosity: verbosity(quiet, verbose),
-        }),
+        Command::Run(args) => run(args),
         Command::List { path } => list(path),
         Command::Rerun {
             run_dir,
             scenarios,
             out,
-            quiet,
-            verbose,
-        } => rerun(run_dir, scenarios, out, verbosity(quiet, verbose)),
+            output,
+        } => rerun(run_dir, scenarios, out, output.verbosity()),
         Command::Verify { run_dir } => verify(&run_dir),
         Command::Merge { dirs, out } => merge(&dirs, &out),
         Command::Show { run_dir } => show(&run_dir),
@@ -195,28 +190,6 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-fn verbosity(quiet: bool, verbose: bool) -> Verbosity {
-    match (quiet, verbose) {
-        (true, _) => Verbosity::Quiet,
-        (_, true) => Verbosity::Verbose,
-        _ => Verbosity::Normal,
-    }
-}
-
-/// `bootgate run`'s arguments.
-struct RunArgs {
-    path: PathBuf,
-    out: PathBuf,
-    accel: AccelChoice,
-    keep: bool,
-    jobs: Option<u32>,
-    only: Vec<String>,
-    shard: Option<Shard>,
-    shard_timings: Option<PathBuf>,
-    list: bool,
-    verbosity: Verbosity,
 }
 
 fn run(args: RunArgs) -> u8 {
@@ -265,7 +238,7 @@ fn run(args: RunArgs) -> u8 {
         }
         return EXIT_PASS;
     }
-    execute(&suites, &options, args.verbosity)
+    execute(&suites, &options, args.output.verbosity())
 }
 
 fn rerun(

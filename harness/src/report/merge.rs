@@ -19,6 +19,7 @@ use crate::report::json::RUN_JSON;
 use crate::report::junit::JUNIT_XML;
 use crate::report::manifest::{Manifest, MANIFEST_JSON};
 use crate::report::{html, junit, manifest, ReportError};
+use crate::runner::folder::{self, absolute, FolderError};
 use crate::runner::record::{
     FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
 };
@@ -237,14 +238,18 @@ pub fn merge(
     check_runs(&shards)?;
     let mut record = combine(&shards, resolve_command(command, shard_dirs))?;
 
-    let (run_id, run_dir) = create_run_dir(out)?;
+    let folder_error = |e: FolderError| MergeError::Results {
+        path: e.path,
+        source: e.source,
+    };
+    let (run_id, run_dir) = folder::create_run_dir(out).map_err(folder_error)?;
     record.run_id = run_id.clone();
     if let Err(e) = fill(&shards, &mut record, &run_dir, out) {
         // The folder is ours and incomplete: a half-merged run must not look like one.
         let _ = fs::remove_dir_all(&run_dir);
         return Err(e);
     }
-    point_latest(out, &run_id)?;
+    folder::point_latest(out, &run_id).map_err(folder_error)?;
     Ok((record, run_dir))
 }
 
@@ -646,55 +651,6 @@ fn distinct<'a>(values: impl Iterator<Item = &'a str>, separator: &str) -> Strin
 
 fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
-}
-
-fn absolute(path: &Path) -> String {
-    fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
-}
-
-/// Creates `out/<run-id>`, never reusing a folder, named like the runner's runs.
-fn create_run_dir(out: &Path) -> Result<(String, PathBuf), MergeError> {
-    let fail = |path: &Path, source| MergeError::Results {
-        path: path.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(out).map_err(|e| fail(out, e))?;
-    let stamp = jiff::Timestamp::now()
-        .strftime("%Y%m%dT%H%M%SZ")
-        .to_string();
-    let mut attempt = 0u32;
-    loop {
-        let suffix = (std::process::id() ^ attempt.wrapping_mul(0x9e37)) & 0xffff;
-        let run_id = format!("{stamp}-{suffix:04x}");
-        let dir = out.join(&run_id);
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok((run_id, dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                attempt += 1
-            }
-            Err(e) => return Err(fail(&dir, e)),
-        }
-    }
-}
-
-/// Re-points `out/latest` at the run: a new link beside it renamed over it, so a
-/// reader never finds `latest` missing or half-made.
-fn point_latest(out: &Path, run_id: &str) -> Result<(), MergeError> {
-    let fail = |path: &Path, source| MergeError::Results {
-        path: path.to_path_buf(),
-        source,
-    };
-    let latest = out.join("latest");
-    let tmp = out.join(format!(".latest-{run_id}"));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(run_id, &tmp).map_err(|e| fail(&tmp, e))?;
-    fs::rename(&tmp, &latest).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        fail(&latest, e)
-    })
 }
 
 #[cfg(test)]

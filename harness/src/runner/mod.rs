@@ -2,6 +2,7 @@
 //! scenarios and emits events. It never formats results itself: every output (the
 //! terminal, run.json, junit.xml) is a `Sink` that consumes the events.
 
+pub mod folder;
 pub mod record;
 pub mod rerun;
 pub mod scenario;
@@ -21,6 +22,7 @@ use crate::qemu::{self, QemuTools};
 use crate::report::{ReportError, Sink};
 use crate::suite::Suite;
 use crate::util::sha256_file;
+use folder::{absolute, FolderError};
 use record::{
     FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, ScenarioRecord, StepRecord, Summary,
     Verdict, VmArgv, SCHEMA_VERSION,
@@ -354,7 +356,12 @@ pub fn run(
             }
         }
     }
-    let (run_id, run_dir) = create_run_dir(&opts.out_dir)?;
+    let folder_error = |e: FolderError| RunError::Results {
+        path: e.path,
+        source: e.source,
+    };
+    let (run_id, run_dir) = folder::create_run_dir(&opts.out_dir).map_err(folder_error)?;
+    folder::point_latest(&opts.out_dir, &run_id).map_err(folder_error)?;
     let record = RunRecord {
         schema_version: SCHEMA_VERSION,
         run_id,
@@ -605,13 +612,6 @@ pub fn default_jobs(vm_memory_mib: u32) -> usize {
     cores.min(by_memory).max(1)
 }
 
-fn absolute(path: &Path) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
-}
-
 /// The command that reruns one scenario of this run with the same inputs and settings.
 fn rerun_command(opts: &RunOptions, run_dir: &Path, scenario: &str) -> Vec<String> {
     vec![
@@ -645,39 +645,6 @@ fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Millisecond)
         .map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
-}
-
-/// Creates `out/<run-id>` (never reusing a folder, so two runs into one results folder
-/// both stay complete) and points `out/latest` at it.
-fn create_run_dir(out: &Path) -> Result<(String, PathBuf), RunError> {
-    let fail = |path: &Path, source| RunError::Results {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(out).map_err(|e| fail(out, e))?;
-    let stamp = jiff::Timestamp::now()
-        .strftime("%Y%m%dT%H%M%SZ")
-        .to_string();
-    let mut attempt = 0u32;
-    let (run_id, dir) = loop {
-        let suffix = (std::process::id() ^ attempt.wrapping_mul(0x9e37)) & 0xffff;
-        let run_id = format!("{stamp}-{suffix:04x}");
-        let dir = out.join(&run_id);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => break (run_id, dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                attempt += 1
-            }
-            Err(e) => return Err(fail(&dir, e)),
-        }
-    };
-    // Replace `latest` atomically: make a new link beside it, then rename over it.
-    let latest = out.join("latest");
-    let tmp = out.join(format!(".latest-{run_id}"));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&run_id, &tmp).map_err(|e| fail(&tmp, e))?;
-    std::fs::rename(&tmp, &latest).map_err(|e| fail(&latest, e))?;
-    Ok((run_id, dir))
 }
 
 /// sha256 of every file in a scenario's folder, paths relative to the run folder.

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""bootgate benchmarks, run on demand (not in CI's test step): python3 bench/run.py
+
+Each figure is measured side by side in one run, as the median of several rounds,
+and printed as a ratio against its goal. Results go to stdout as a Markdown table
+(paste into bench/RESULTS.md with the machine they came from).
+
+Needs: a built bootgate (cargo build --release), QEMU, the demo image (built on
+first use). Uses TCG unless BENCH_ACCEL says otherwise.
+"""
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOOTGATE = os.environ.get("BOOTGATE", os.path.join(ROOT, "target", "release", "bootgate"))
+ACCEL = os.environ.get("BENCH_ACCEL", "tcg")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+READY_TIMEOUT = 120.0
+
+
+def bootgate(*args, **kw):
+    return subprocess.run([BOOTGATE, *args], capture_output=True, text=True, **kw)
+
+
+def demo_manifest():
+    out = bootgate("image", "build", "demo")
+    if out.returncode != 0:
+        sys.exit(f"cannot build the demo image: {out.stderr}")
+    return out.stdout.split("image: ", 1)[1].splitlines()[0].strip()
+
+
+def run_suite(text, *extra):
+    """Runs a suite; returns (wall seconds, run.json, peak RSS of bootgate in KiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "suite.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        out_dir = os.path.join(tmp, "results")
+        start = time.monotonic()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", BOOTGATE, "run", path, "--accel", ACCEL, "-q", "--out", out_dir, *extra],
+            capture_output=True, text=True)
+        wall = time.monotonic() - start
+        if proc.returncode not in (0, 1):
+            sys.exit(f"bootgate failed ({proc.returncode}): {proc.stderr}")
+        peak_kib = int(proc.stderr.strip().splitlines()[-1])
+        with open(os.path.join(out_dir, "latest", "run.json")) as f:
+            return wall, json.load(f), peak_kib
+
+
+def minimal_boot_to_agent(argv):
+    """The baseline: start the same QEMU command line, wait for the agent to answer."""
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    try:
+        argv = list(argv)
+        # Same devices and sockets, in a folder of our own; an overlay of our own.
+        old = [a for a in argv if "qmp.sock" in a][0].split("path=")[1].split("/qmp.sock")[0]
+        argv = [a.replace(old, tmp) for a in argv]
+        base = [a for a in argv if "file.filename=" in a][0].split("file.filename=")[1]
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", BASE, base], check=True)
+        argv = [a for a in argv if a != "-S"]
+        start = time.monotonic()
+        qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            sock_path = os.path.join(tmp, "agent.sock")
+            while not os.path.exists(sock_path):
+                time.sleep(0.005)
+            # The serial socket must be read or QEMU blocks on a full console buffer.
+            serial = socket.socket(socket.AF_UNIX)
+            serial.connect(os.path.join(tmp, "serial.sock"))
+            serial.setblocking(False)
+            agent = socket.socket(socket.AF_UNIX)
+            agent.connect(sock_path)
+            agent.settimeout(0.05)
+            n = 0
+            while time.monotonic() - start < READY_TIMEOUT:
+                try:
+                    while serial.recv(65536):
+                        pass
+                except BlockingIOError:
+                    pass
+                n += 1
+                agent.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": n}}).encode())
+                try:
+                    data = b""
+                    while True:
+                        data += agent.recv(65536)
+                        if ('"return": %d' % n).encode() in data or ('"return":%d' % n).encode() in data:
+                            return time.monotonic() - start
+                except (socket.timeout, BlockingIOError):
+                    continue
+            raise RuntimeError("the minimal script never saw the agent")
+        finally:
+            qemu.kill()
+            qemu.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def overlay_seconds(base_size):
+    with tempfile.TemporaryDirectory() as tmp:
+        base = os.path.join(tmp, "base.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, base_size], check=True)
+        times = []
+        for i in range(ROUNDS * 4):
+            start = time.monotonic()
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base,
+                            os.path.join(tmp, f"o{i}.qcow2")], check=True)
+            times.append(time.monotonic() - start)
+        return statistics.median(times)
+
+
+BOOT_SUITE = """[suite]
+name = "bench"
+image = "demo"
+[[scenario]]
+name = "boot"
+steps = [{ boot = {} }]
+"""
+
+PARALLEL_SUITE = """[suite]
+name = "par"
+image = "demo"
+""" + "".join(f"""[[scenario]]
+name = "s{i}"
+steps = [{{ exec = {{ run = "true" }} }}, {{ reboot = {{}} }}]
+""" for i in range(6))
+
+CRASH_SUITE = f"""[suite]
+name = "crash"
+image = "demo"
+[suite.evidence]
+memory_dumps = "none"
+[driver.demo_sensor]
+source = "{ROOT}/scenarios/demo/drivers/demo_sensor"
+content_file = "demo_sensor.content"
+reload = "echo 1 > /sys/module/demo_sensor/parameters/reload"
+[[scenario]]
+name = "cf291"
+expect = "boot_loop"
+steps = [
+  {{ install_driver = {{ driver = "demo_sensor", load_now = true }} }},
+  {{ apply_content = {{ driver = "demo_sensor", file = "{ROOT}/scenarios/demo/content/cf291-21-fields.content", reload = true }} }},
+]
+"""
+
+
+def main():
+    global BASE
+    manifest = demo_manifest()
+    BASE = os.path.join(os.path.dirname(manifest), "system.qcow2")
+    rows = []
+
+    # 1. Cold boot-to-ready: bootgate vs a minimal script on the same command line,
+    #    alternated round by round so both see the same machine load.
+    ours, minimal = [], []
+    for _ in range(ROUNDS):
+        _, run, _ = run_suite(BOOT_SUITE, "--jobs", "1")
+        ours.append(run["scenarios"][0]["boots"][0]["ready_ms"] / 1000)
+        minimal.append(minimal_boot_to_agent(run["qemu"]["argv"][0]["argv"]))
+    ratio = statistics.median(ours) / statistics.median(minimal)
+    rows.append(("cold boot-to-ready, bootgate / minimal script", f"{statistics.median(ours):.2f} s / {statistics.median(minimal):.2f} s",
+                 f"{ratio:.3f}", "<= 1.05", ratio <= 1.05))
+
+    # 2. Parallel efficiency: the same suite with --jobs 1 and --jobs 2.
+    t1, _, _ = run_suite(PARALLEL_SUITE, "--jobs", "1")
+    t2, _, peak = run_suite(PARALLEL_SUITE, "--jobs", "2")
+    efficiency = t1 / (2 * t2)
+    rows.append(("suite wall time, --jobs 1 vs --jobs 2 (parallel efficiency)", f"{t1:.1f} s / {t2:.1f} s",
+                 f"{efficiency:.0%}", ">= 85%", efficiency >= 0.85))
+
+    # 3. Peak memory of bootgate itself while supervising the parallel run.
+    rows.append(("peak RSS of bootgate during the --jobs 2 run", f"{peak / 1024:.1f} MiB", f"{peak / 1024:.1f} MiB", "<= 50 MiB", peak / 1024 <= 50))
+
+    # 4. Panic-to-verdict latency: the runner records it per crash (detect_ms).
+    _, run, _ = run_suite(CRASH_SUITE, "--jobs", "1")
+    latencies = [c["detect_ms"] for s in run["scenarios"] for c in s["crashes"]]
+    median = statistics.median(latencies)
+    rows.append(("panic-to-verdict latency (median of %d crashes)" % len(latencies), f"{median:.0f} ms", f"{median:.0f} ms", "<= 100 ms", median <= 100))
+
+    # 5. Overlay creation: 20 GiB sparse base vs 64 MiB base.
+    big, small = overlay_seconds("20G"), overlay_seconds("64M")
+    ratio = big / small
+    rows.append(("overlay creation, 20 GiB base / 64 MiB base", f"{big * 1000:.1f} ms / {small * 1000:.1f} ms", f"{ratio:.2f}", "~1.0 (within noise)", 0.8 <= ratio <= 1.25))
+
+    print(f"bootgate benchmarks: {ROUNDS} rounds, accel {ACCEL}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print()
+    print("| measure | figures | ratio / value | goal | met |")
+    print("|---|---|---|---|---|")
+    for name, figures, value, goal, met in rows:
+        print(f"| {name} | {figures} | {value} | {goal} | {'yes' if met else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
