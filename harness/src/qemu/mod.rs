@@ -6,6 +6,7 @@ pub mod command;
 pub mod console;
 pub mod process;
 pub mod qmp;
+pub mod snapshot;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -8,4 +8,5 @@ mod drivers;
 mod evidence;
 mod image;
 mod shards;
+mod snapshot;
 mod teardown;
