@@ -131,6 +131,9 @@ pub struct Scenario {
     pub expect_title: Option<String>,
     /// Consecutive boots that crash before ready which make a boot loop.
     pub boot_loop_boots: u32,
+    /// Really boot first instead of starting from the image's saved ready state.
+    /// Implied when the first step is `boot` (a scenario about the boot itself).
+    pub cold_boot: bool,
 }
 
 /// Default for `boot_loop_boots`.
@@ -357,6 +360,8 @@ struct RawScenario {
     expect: Option<Expect>,
     expect_title: Option<String>,
     boot_loop_boots: Option<u32>,
+    #[serde(default)]
+    cold_boot: bool,
 }
 
 /// Parses durations written as "30s", "2m", "1m 30s", "500ms".
@@ -496,7 +501,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
                 format!("scenario {name:?}: `boot_loop_boots` must be at least 2"),
             ));
         }
+        let cold_boot = scenario.cold_boot || matches!(steps.first(), Some(Step::Boot(_)));
         scenarios.push(Scenario {
+            cold_boot,
             name,
             description: scenario.description,
             steps,

@@ -17,6 +17,7 @@ use crate::qemu::command::{self, VmLayout};
 use crate::qemu::console::{ConsoleCapture, ConsoleLine};
 use crate::qemu::process::{ProcessError, ProcessGuard, QUIT_GRACE};
 use crate::qemu::qmp::{QmpClient, QmpError, QmpMessage};
+use crate::qemu::snapshot::{self, SavedState, SnapshotError};
 use crate::util::{wait_until, Waited};
 
 /// Time QEMU gets to create its sockets and answer the QMP greeting.
@@ -49,11 +50,13 @@ pub struct VmDir {
 }
 
 impl VmDir {
-    /// Creates the folder and the overlay on the manifest's base disk. With
-    /// `keep_overlay_in`, the overlay lives there instead (kept after the run).
+    /// Creates the folder and the overlay on the manifest's base disk, or on a saved
+    /// state's frozen disk. With `keep_overlay_in`, the overlay lives there instead
+    /// (kept after the run).
     pub fn create(
         qemu_img: &str,
         manifest: &Manifest,
+        saved: Option<&SavedState>,
         keep_overlay_in: Option<&Path>,
     ) -> Result<VmDir, VmError> {
         // tempfile creates folders 0700: the QMP socket is a root shell on the VM.
@@ -65,12 +68,15 @@ impl VmDir {
         if let Some(keep) = keep_overlay_in {
             layout.overlay = keep.join("system.qcow2");
         }
-        overlay::create(
-            qemu_img,
-            &manifest.disk.path,
-            manifest.disk.format,
-            &layout.overlay,
-        )?;
+        match saved {
+            Some(state) => state.create_overlay(qemu_img, &layout.overlay)?,
+            None => overlay::create(
+                qemu_img,
+                &manifest.disk.path,
+                manifest.disk.format,
+                &layout.overlay,
+            )?,
+        }
         Ok(VmDir { layout, _dir: dir })
     }
 }
@@ -96,6 +102,8 @@ pub enum VmError {
     },
     #[error("guest agent: {0}")]
     Agent(#[from] AgentError),
+    #[error("saved state: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// What a VM needs to start.
@@ -108,6 +116,9 @@ pub struct VmConfig<'a> {
     pub extra_append: Option<String>,
     /// Where the console and QEMU logs go (the scenario's results folder).
     pub artifacts_dir: &'a Path,
+    /// Start from this saved state (RAM and devices) instead of booting. The overlay
+    /// must sit on the state's frozen disk, and no extra kernel parameters apply.
+    pub incoming: Option<&'a SavedState>,
     /// Distinguishes the logs of successive QEMU processes of one scenario
     /// ("" for the first: console.log; "-2" for the second: console-2.log).
     pub log_suffix: String,
@@ -119,6 +130,8 @@ pub struct Vm {
     pub signals: Receiver<Signal>,
     /// When the guest CPUs were started (`cont`): the zero of the first boot.
     pub started: Instant,
+    /// When QEMU was started: the zero of a boot restored from a saved state.
+    pub spawned: Instant,
     pub console_path: PathBuf,
     pub qemu_log_path: PathBuf,
     agent: AgentWorker,
@@ -140,19 +153,25 @@ impl Vm {
             // Left over from an earlier QEMU of this scenario.
             let _ = std::fs::remove_file(socket);
         }
-        let argv = command::build(
-            config.qemu_binary,
-            config.manifest,
-            config.accel,
-            layout,
-            config.extra_append.as_deref(),
-        );
+        let argv = match config.incoming {
+            Some(_) => {
+                snapshot::restore_argv(config.qemu_binary, config.manifest, config.accel, layout)
+            }
+            None => command::build(
+                config.qemu_binary,
+                config.manifest,
+                config.accel,
+                layout,
+                config.extra_append.as_deref(),
+            ),
+        };
         let qemu_log_path = config
             .artifacts_dir
             .join(format!("qemu{}.log", config.log_suffix));
         let console_path = config
             .artifacts_dir
             .join(format!("console{}.log", config.log_suffix));
+        let spawned = Instant::now();
         let mut process = ProcessGuard::spawn(&argv, &qemu_log_path)?;
 
         let (qmp, events) = match QmpClient::connect(&layout.qmp_socket, QMP_CONNECT_TIMEOUT) {
@@ -186,12 +205,16 @@ impl Vm {
             let _ = agent_tx.send(Signal::Agent(reply));
         })
         .map_err(VmError::Folder)?;
+        if let Some(state) = config.incoming {
+            state.load_into(&qmp, &layout.qmp_socket)?;
+        }
         qmp.execute("cont", None, QMP_COMMAND_TIMEOUT)?;
         let started = Instant::now();
         Ok(Vm {
             argv,
             signals,
             started,
+            spawned,
             console_path,
             qemu_log_path,
             agent,

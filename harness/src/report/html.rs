@@ -1231,6 +1231,7 @@ mod tests {
             ready_ms,
             extra_append: None,
             crash: None,
+            restored: false,
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::Instant;
 use crate::driver::{self, BuiltDriver};
 use crate::image::{self, ImageError, Manifest};
 use crate::qemu::accel::{self, AccelChoice, AccelDecision};
+use crate::qemu::snapshot::{self, SavedState};
 use crate::qemu::{self, QemuTools};
 use crate::report::{ReportError, Sink};
 use crate::suite::Suite;
@@ -276,6 +277,33 @@ pub fn run(
         decision = Some(d);
     }
 
+    // Saved ready states for fast starts: one per image that a scenario will start
+    // from (not the cold-boot ones). A state that cannot be saved only costs time.
+    let mut saved: BTreeMap<PathBuf, SavedState> = BTreeMap::new();
+    if let Some(decision) = &decision {
+        for (suite, index) in &selected {
+            let Some(manifest) = manifests.get(&suite.path) else {
+                continue;
+            };
+            if suite.scenarios[*index].cold_boot
+                || saved.contains_key(&suite.path)
+                || !manifest.ready.agent
+            {
+                continue;
+            }
+            let mut notify = |text: &str| emitter.notice(text);
+            match snapshot::ensure_saved(manifest, &opts.tools, decision.accel, &mut notify) {
+                Ok(state) => {
+                    saved.insert(suite.path.clone(), state);
+                }
+                Err(e) => emitter.notice(&format!(
+                    "could not save a ready state of {} for fast starts ({e}); its scenarios boot cold",
+                    manifest.name
+                )),
+            }
+        }
+    }
+
     // Candidate drivers, built against each suite's image (or taken prebuilt). A driver
     // that cannot be built makes the scenarios that use it `error`, not the whole run.
     let mut built: BTreeMap<PathBuf, BTreeMap<String, Result<BuiltDriver, String>>> =
@@ -411,6 +439,7 @@ pub fn run(
         decision: decision.as_ref(),
         built: &built,
         no_drivers: &no_drivers,
+        saved: &saved,
         emitter,
     };
     let record_cell = Mutex::new(record);
@@ -501,6 +530,7 @@ struct Shared<'a> {
     decision: Option<&'a AccelDecision>,
     built: &'a BTreeMap<PathBuf, BTreeMap<String, Result<BuiltDriver, String>>>,
     no_drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
+    saved: &'a BTreeMap<PathBuf, SavedState>,
     emitter: &'a Emitter,
 }
 
@@ -569,6 +599,7 @@ impl Shared<'_> {
                         full_name: &full_name,
                         rel_dir: &rel_dir.display().to_string(),
                         drivers: self.built.get(&suite.path).unwrap_or(self.no_drivers),
+                        saved: self.saved.get(&suite.path),
                     });
                     record.verdict = outcome.verdict;
                     record.reason = outcome.reason;

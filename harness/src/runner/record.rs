@@ -217,6 +217,10 @@ pub struct BootRecord {
     pub extra_append: Option<String>,
     /// Title of the crash that ended this boot, if one did.
     pub crash: Option<String>,
+    /// This "boot" restored the image's saved ready state instead of booting;
+    /// `ready_ms` then counts from QEMU's start.
+    #[serde(default)]
+    pub restored: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ use crate::guest::{GuestCommand, GuestProfile};
 use crate::image::manifest::Manifest;
 use crate::qemu::accel::Accel;
 use crate::qemu::qmp::QmpMessage;
+use crate::qemu::snapshot::SavedState;
 use crate::qemu::vm::{Signal, Vm, VmConfig, VmDir, QMP_COMMAND_TIMEOUT};
 use crate::qemu::QemuTools;
 use crate::runner::record::{
@@ -107,6 +108,8 @@ pub struct ScenarioContext<'a> {
     /// The scenario's folder relative to the run folder (prefix of evidence paths).
     pub rel_dir: &'a str,
     pub drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
+    /// The image's saved ready state, when there is one for this run.
+    pub saved: Option<&'a SavedState>,
 }
 
 /// The state of one scenario's machine across QEMU processes and boots.
@@ -176,7 +179,9 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         interrupted: false,
     };
     let keep = ctx.keep_overlay.then_some(ctx.dir);
-    let vmdir = match VmDir::create(&ctx.tools.img, ctx.manifest, keep) {
+    // Start from the image's saved ready state unless the scenario is about booting.
+    let restore = ctx.saved.filter(|_| !ctx.scenario.cold_boot);
+    let vmdir = match VmDir::create(&ctx.tools.img, ctx.manifest, restore, keep) {
         Ok(dir) => dir,
         Err(e) => {
             outcome.reason = Some(format!("could not prepare the VM: {e}"));
@@ -230,7 +235,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     // The first boot is implicit; a leading `boot` step only sets its timeout.
     let first = Instant::now();
     let first_result = m
-        .power_on(None)
+        .power_on(None, restore)
         .and_then(|()| m.wait_ready(m.boot_timeout, emitter));
     let boot_step = StepRecord {
         kind: "boot".into(),
@@ -422,7 +427,11 @@ impl Machine<'_> {
     }
 
     /// Starts a QEMU on the scenario's disk (stopping the previous one) and begins a boot.
-    fn power_on(&mut self, extra_append: Option<String>) -> Result<(), Stop> {
+    fn power_on(
+        &mut self,
+        extra_append: Option<String>,
+        restore: Option<&SavedState>,
+    ) -> Result<(), Stop> {
         if let Some(mut vm) = self.vm.take() {
             vm.stop();
         }
@@ -433,6 +442,7 @@ impl Machine<'_> {
             manifest: self.manifest,
             accel: self.accel,
             extra_append: extra_append.clone(),
+            incoming: restore,
             artifacts_dir: self.artifacts,
             log_suffix: if self.qemu_runs == 1 {
                 String::new()
@@ -443,9 +453,17 @@ impl Machine<'_> {
         let vm = Vm::start(&config, &self.vmdir.layout)
             .map_err(|e| Stop::Infra(format!("could not start the VM: {e}")))?;
         self.argvs.push(vm.argv.clone());
-        let started = vm.started;
+        // A restored guest's "boot" is QEMU's start through the state load to ready.
+        let started = if restore.is_some() {
+            vm.spawned
+        } else {
+            vm.started
+        };
         self.vm = Some(vm);
         self.begin_boot(started, extra_append);
+        if let Some(boot) = self.boots.last_mut() {
+            boot.restored = restore.is_some();
+        }
         Ok(())
     }
 
@@ -466,6 +484,7 @@ impl Machine<'_> {
             ready_ms: None,
             extra_append,
             crash: None,
+            restored: false,
         });
     }
 
@@ -1200,7 +1219,7 @@ impl Machine<'_> {
                     .guest_command(self.profile.safe_mode_append())?
                     .to_string();
                 // Rescue boot: a fresh power-on of the same disk, drivers skipped.
-                self.power_on(Some(append.clone()))?;
+                self.power_on(Some(append.clone()), None)?;
                 self.wait_ready(self.boot_timeout, emitter)?;
                 let mut done = Vec::new();
                 for line in &s.run {
@@ -1214,7 +1233,7 @@ impl Machine<'_> {
                 let sync = self.guest_command(self.profile.sync_disks())?;
                 self.exec(sync, 0, REQUEST_TIMEOUT)?;
                 // Then a normal boot.
-                self.power_on(None)?;
+                self.power_on(None, None)?;
                 self.wait_ready(self.boot_timeout, emitter)?;
                 Ok(format!(
                     "rescue boot ({append}) ran {} command(s); the next normal boot reached ready",

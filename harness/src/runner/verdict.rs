@@ -125,6 +125,7 @@ mod tests {
             expect,
             expect_title: None,
             boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
+            cold_boot: false,
         }
     }
 
@@ -140,6 +141,7 @@ mod tests {
             ready_ms,
             extra_append: None,
             crash: None,
+            restored: false,
         }
     }
 

@@ -145,7 +145,7 @@ fn guest_that_never_becomes_ready_times_out_as_fail() {
     let suite = write(
         dir.path(),
         "suite.toml",
-        "[suite]\nname = \"noagent\"\nimage = \"image.toml\"\n\n[[scenario]]\nname = \"never-ready\"\nsteps = [{ exec = { run = \"true\" } }]\n",
+        "[suite]\nname = \"noagent\"\nimage = \"image.toml\"\n\n[[scenario]]\nname = \"never-ready\"\ncold_boot = true\nsteps = [{ exec = { run = \"true\" } }]\n",
     );
     let out_dir = dir.path().join("results");
     let out = run(&[

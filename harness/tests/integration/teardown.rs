@@ -17,7 +17,7 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
     let suite = write(
         dir.path(),
         "suite.toml",
-        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n\n[[scenario]]\nname = \"never-started\"\nsteps = [{ exec = { run = \"true\" } }]\n",
+        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\ncold_boot = true\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n\n[[scenario]]\nname = \"never-started\"\nsteps = [{ exec = { run = \"true\" } }]\n",
     );
     let out_dir = dir.path().join("results");
     // One VM at a time, so the second scenario is still queued at the interrupt.
@@ -91,7 +91,7 @@ fn sigkill_of_bootgate_takes_qemu_down() {
     let suite = write(
         dir.path(),
         "suite.toml",
-        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n",
+        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\ncold_boot = true\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n",
     );
     let out_dir = dir.path().join("results");
     let mut guard = spawn_run(&suite, &out_dir, &[]);

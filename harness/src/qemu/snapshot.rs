@@ -1,0 +1,660 @@
+//! Snapshot fast reset: boot an image once, save its RAM and device state to a file
+//! next to a frozen copy-on-write disk, and start later VMs from that state instead of
+//! booting them (about 0.3 s to an answering agent instead of 4-9 s under TCG).
+//!
+//! The state is an outgoing migration stream (`migrate` to `exec:cat > ram.state`)
+//! rather than an internal `savevm` snapshot, because an internal snapshot lives
+//! inside one qcow2 file: every VM restoring it would need its own copy of that file
+//! or would write into the shared one. Here the disk chain is
+//! `base (0444) <- state/disk.qcow2 (0444) <- per-VM overlay`, so any number of VMs
+//! restore the same state at once and none of them can change it.
+//!
+//! A restore must use the same QEMU, accelerator and command line shape (devices,
+//! memory, kernel command line) as the save, or QEMU rejects the stream, or worse,
+//! accepts it into a different machine; the cache key covers all of them.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::agent::{AgentClient, AgentError};
+use crate::image::demo::cache_root;
+use crate::image::manifest::{DiskFormat, Manifest};
+use crate::image::{overlay, ImageError};
+use crate::qemu::accel::Accel;
+use crate::qemu::command::{self, VmLayout};
+use crate::qemu::console::{ConsoleCapture, ConsoleLine};
+use crate::qemu::process::{ProcessError, ProcessGuard, QUIT_GRACE};
+use crate::qemu::qmp::{QmpClient, QmpError};
+use crate::qemu::{QemuTools, ToolError};
+use crate::util::{sha256_bytes, sha256_file, wait_until, Waited};
+
+/// Arguments that make QEMU wait for `migrate-incoming` instead of booting. `defer`
+/// (not a URI here) so the stream is named over QMP once QMP is connected, and
+/// QEMU's own start-up cannot race the reader of the state file.
+pub const INCOMING_ARGS: [&str; 2] = ["-incoming", "defer"];
+
+/// Time QEMU gets to create its QMP socket and greet.
+pub const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time a plain QMP command (stop, cont, migrate, which all return at once) may take.
+pub const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to connect to the serial and agent sockets once QMP answers.
+pub const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to write or read the whole RAM stream (about 100 MB for the 256 MiB demo
+/// guest; 0.2-0.7 s measured). Generous because a big Windows guest streams GiBs.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Interval between `query-migrate` polls: polling rather than the MIGRATION event
+/// keeps this independent of who consumes the QMP event channel (Vm::start forwards
+/// it to the runner).
+pub const MIGRATION_POLL: Duration = Duration::from_millis(10);
+/// Time QEMU gets to exit after `quit` before the process group is killed.
+pub const SAVE_QUIT_TIMEOUT: Duration = QUIT_GRACE;
+
+/// Marks a finished state folder; a folder without it is never used.
+const COMPLETE_MARKER: &str = ".complete";
+/// Where states live below the cache root.
+const STATES_DIR: &str = "states";
+/// Characters of the sha256 used as the folder name (as for demo images).
+const KEY_CHARS: usize = 16;
+/// Stands in for the VM-private folder in the hashed command line, which differs
+/// for every VM but does not change what the machine is.
+const PLACEHOLDER_DIR: &str = "/@vm-dir@";
+/// Lines of QEMU's own output and of the console quoted when a save fails.
+const LOG_TAIL_LINES: usize = 20;
+
+/// A saved VM state: the frozen disk and the RAM/device stream that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedState {
+    pub dir: PathBuf,
+    /// Frozen qcow2 (0444) backed by the image's base disk.
+    pub disk: PathBuf,
+    /// The migration stream (0444).
+    pub ram: PathBuf,
+    pub key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot hash {path} for the saved-state key: {source}")]
+    Hash {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Overlay(#[from] ImageError),
+    #[error("cannot start QEMU: {0}")]
+    Spawn(#[from] ProcessError),
+    #[error("QMP on {socket}: {source}")]
+    Qmp {
+        socket: PathBuf,
+        #[source]
+        source: QmpError,
+    },
+    #[error("guest agent on {socket}: {source}")]
+    Agent {
+        socket: PathBuf,
+        #[source]
+        source: AgentError,
+    },
+    #[error("cannot connect to the {what} socket {path}: {source}")]
+    Socket {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{manifest}: the image's readiness is not the guest agent (ready.agent = false), so there is no moment known to be safe to save")]
+    NoAgentReadiness { manifest: PathBuf },
+    #[error(transparent)]
+    Save(Box<SaveFailure>),
+    #[error("migration {direction} {file} {outcome}")]
+    Migration {
+        direction: &'static str,
+        file: PathBuf,
+        outcome: String,
+    },
+}
+
+/// A failed save, with the logs that say why (boxed: it is large and rare).
+#[derive(Debug, thiserror::Error)]
+#[error("saving the VM state of {manifest} failed: {message}\nQEMU log {qemu_log}:\n{qemu_tail}\nconsole {console_log}:\n{console_tail}")]
+pub struct SaveFailure {
+    pub manifest: PathBuf,
+    pub message: String,
+    pub qemu_log: PathBuf,
+    pub qemu_tail: String,
+    pub console_log: PathBuf,
+    pub console_tail: String,
+}
+
+fn io_error(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// The cache key: sha256 over the image's input files (manifest, disk, kernel,
+/// initrd), the QEMU version string, the accelerator and the command line shape, so
+/// any change to what the machine is invalidates the state.
+pub fn state_key(
+    manifest: &Manifest,
+    qemu_version: &str,
+    accel: Accel,
+    binary: &str,
+) -> Result<String, SnapshotError> {
+    let mut material = String::new();
+    // Contents, not names: a copy of the manifest elsewhere is the same machine.
+    for path in manifest.input_files() {
+        let hash = sha256_file(&path).map_err(|source| SnapshotError::Hash {
+            path: path.clone(),
+            source,
+        })?;
+        material.push_str(&format!("file {hash}\n"));
+    }
+    // The frozen disk names its backing file by absolute path; the kernel and initrd
+    // paths are in the argv below.
+    material.push_str(&format!("backing {}\n", manifest.disk.path.display()));
+    material.push_str(&format!("qemu {qemu_version}\naccel {}\n", accel.as_str()));
+    // The argv a restore will run, with the per-VM folder replaced: it records the
+    // devices, memory and kernel command line that the RAM stream depends on, and
+    // changes whenever command::build does.
+    let layout = VmLayout::in_dir(Path::new(PLACEHOLDER_DIR));
+    for arg in restore_argv(binary, manifest, accel, &layout) {
+        material.push_str("arg ");
+        material.push_str(&arg);
+        material.push('\n');
+    }
+    Ok(sha256_bytes(material.as_bytes())[..KEY_CHARS].to_string())
+}
+
+/// The argv of a VM that restores a state: the cold-boot command line (no extra
+/// kernel parameters: they are baked into the saved RAM) plus [`INCOMING_ARGS`].
+pub fn restore_argv(
+    binary: &str,
+    manifest: &Manifest,
+    accel: Accel,
+    layout: &VmLayout,
+) -> Vec<String> {
+    let mut argv = command::build(binary, manifest, accel, layout, None);
+    argv.extend(INCOMING_ARGS.iter().map(|s| s.to_string()));
+    argv
+}
+
+/// `<cache>/states`.
+pub fn states_root() -> PathBuf {
+    cache_root().join(STATES_DIR)
+}
+
+impl SavedState {
+    fn in_dir(dir: &Path, key: &str) -> SavedState {
+        SavedState {
+            dir: dir.to_path_buf(),
+            disk: dir.join("disk.qcow2"),
+            ram: dir.join("ram.state"),
+            key: key.to_string(),
+        }
+    }
+
+    /// Creates a VM's private overlay on the frozen disk (`qemu-img create -b disk`).
+    pub fn create_overlay(&self, qemu_img: &str, overlay_path: &Path) -> Result<(), SnapshotError> {
+        Ok(overlay::create(
+            qemu_img,
+            &self.disk,
+            DiskFormat::Qcow2,
+            overlay_path,
+        )?)
+    }
+
+    /// Loads the RAM stream into a QEMU started with [`restore_argv`] (paused, waiting
+    /// for `migrate-incoming`) and waits until it is in. The VM stays paused: send
+    /// `cont` once the console and agent are connected.
+    pub fn load_into(&self, qmp: &QmpClient, qmp_socket: &Path) -> Result<(), SnapshotError> {
+        let qmp_err = |source| SnapshotError::Qmp {
+            socket: qmp_socket.to_path_buf(),
+            source,
+        };
+        qmp.execute(
+            "migrate-incoming",
+            Some(json!({"uri": format!("exec:cat {}", shell_quote(&self.ram))})),
+            QMP_COMMAND_TIMEOUT,
+        )
+        .map_err(qmp_err)?;
+        wait_for_migration(qmp, qmp_socket, "from", &self.ram)
+    }
+}
+
+/// Returns the saved state for this image, QEMU and accelerator, saving it first
+/// (one cold boot) if the cache has none.
+pub fn ensure_saved(
+    manifest: &Manifest,
+    tools: &QemuTools,
+    accel: Accel,
+    notify: &mut dyn FnMut(&str),
+) -> Result<SavedState, SnapshotError> {
+    let version = crate::qemu::version(&tools.system)?;
+    let key = state_key(manifest, &version, accel, &tools.system)?;
+    let root = states_root();
+    let target = root.join(&key);
+    let state = SavedState::in_dir(&target, &key);
+    if target.join(COMPLETE_MARKER).is_file() {
+        return Ok(state);
+    }
+    fs::create_dir_all(&root).map_err(io_error(&root, "cannot create the state cache"))?;
+    // One saver per key: a second bootgate waits here, then finds the state done.
+    let _lock = FileLock::acquire(&root.join(format!(".{key}.lock")))?;
+    if target.join(COMPLETE_MARKER).is_file() {
+        return Ok(state);
+    }
+    notify(&format!(
+        "saving a VM state for fast starts into {} (once per image, QEMU and accelerator: one cold boot)",
+        target.display()
+    ));
+    let started = Instant::now();
+    // Built beside the target so the final rename is atomic (same file system).
+    let work = tempfile::Builder::new()
+        .prefix(&format!(".{key}-"))
+        .tempdir_in(&root)
+        .map_err(io_error(&root, "cannot create a temp folder"))?;
+    let work_state = SavedState::in_dir(work.path(), &key);
+    save(manifest, tools, accel, &work_state)?;
+    for file in [&work_state.disk, &work_state.ram] {
+        fs::set_permissions(file, fs::Permissions::from_mode(0o444))
+            .map_err(io_error(file, "cannot make read-only"))?;
+    }
+    let marker = work.path().join(COMPLETE_MARKER);
+    fs::write(&marker, key.as_bytes()).map_err(io_error(&marker, "cannot write"))?;
+    if target.exists() {
+        // Left by a saver that died before finishing (no marker): never used, replace.
+        fs::remove_dir_all(&target).map_err(io_error(&target, "cannot remove a stale state"))?;
+    }
+    let work = work.keep();
+    fs::rename(&work, &target).map_err(io_error(&target, "cannot move the saved state into"))?;
+    notify(&format!(
+        "saved the VM state in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(state)
+}
+
+/// Boots the image on a fresh overlay `state.disk`, waits for the agent, stops the
+/// CPUs and streams RAM and devices to `state.ram`.
+fn save(
+    manifest: &Manifest,
+    tools: &QemuTools,
+    accel: Accel,
+    state: &SavedState,
+) -> Result<(), SnapshotError> {
+    if !manifest.ready.agent {
+        return Err(SnapshotError::NoAgentReadiness {
+            manifest: manifest.path.clone(),
+        });
+    }
+    overlay::create(
+        &tools.img,
+        &manifest.disk.path,
+        manifest.disk.format,
+        &state.disk,
+    )?;
+    // Sockets in a short /tmp path of their own: Unix socket paths are limited to
+    // 108 bytes and the cache may be deep.
+    let sockets = tempfile::Builder::new()
+        .prefix("bootgate-save-")
+        .tempdir()
+        .map_err(io_error(Path::new("/tmp"), "cannot create a temp folder"))?;
+    let mut layout = VmLayout::in_dir(sockets.path());
+    layout.overlay = state.disk.clone();
+    let argv = command::build(&tools.system, manifest, accel, &layout, None);
+    let mut vm = PausedVm::spawn(&argv, &layout, state.dir.as_path())?;
+    let fail = |vm: &PausedVm, message: String| {
+        SnapshotError::Save(Box::new(SaveFailure {
+            manifest: manifest.path.clone(),
+            message,
+            qemu_log: vm.qemu_log.clone(),
+            qemu_tail: tail(&vm.qemu_log),
+            console_log: vm.console_log.clone(),
+            console_tail: tail(&vm.console_log),
+        }))
+    };
+    let result = (|| {
+        vm.cont()?;
+        vm.agent
+            .sync(manifest.ready.timeout)
+            .map_err(|source| SnapshotError::Agent {
+                socket: layout.agent_socket.clone(),
+                source,
+            })?;
+        // Stopped first so the RAM does not change under the stream (no dirty-page
+        // passes) and the disk is consistent with the RAM that is saved.
+        vm.qmp_execute("stop", None)?;
+        vm.qmp_execute(
+            "migrate",
+            Some(json!({"uri": format!("exec:cat > {}", shell_quote(&state.ram))})),
+        )?;
+        wait_for_migration(&vm.qmp, &layout.qmp_socket, "to", &state.ram)
+    })();
+    if let Err(e) = result {
+        let message = e.to_string();
+        vm.stop();
+        return Err(fail(&vm, message));
+    }
+    // `quit` closes the overlay cleanly: migration already flushed it.
+    if !vm.stop() {
+        return Err(fail(&vm, "QEMU did not exit after quit".to_string()));
+    }
+    Ok(())
+}
+
+/// Polls `query-migrate` until the stream completes or fails.
+fn wait_for_migration(
+    qmp: &QmpClient,
+    qmp_socket: &Path,
+    direction: &'static str,
+    file: &Path,
+) -> Result<(), SnapshotError> {
+    let mut last_error = None;
+    let outcome = wait_until(MIGRATION_TIMEOUT, MIGRATION_POLL, || {
+        match qmp.execute("query-migrate", None, QMP_COMMAND_TIMEOUT) {
+            Ok(info) => match info.get("status").and_then(Value::as_str) {
+                Some("completed") => Some(Ok(())),
+                Some(status @ ("failed" | "cancelled")) => Some(Err(SnapshotError::Migration {
+                    direction,
+                    file: file.to_path_buf(),
+                    outcome: format!(
+                        "{status}: {}",
+                        info.get("error-desc")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no reason given")
+                    ),
+                })),
+                // setup, active, device, none (incoming not begun yet): keep waiting.
+                _ => None,
+            },
+            Err(source) => {
+                last_error = Some(source);
+                // A closed QMP never recovers; other errors might be transient.
+                matches!(last_error, Some(QmpError::Closed)).then(|| {
+                    Err(SnapshotError::Qmp {
+                        socket: qmp_socket.to_path_buf(),
+                        source: QmpError::Closed,
+                    })
+                })
+            }
+        }
+    });
+    match outcome {
+        Waited::Done(result) => result,
+        Waited::TimedOut => Err(SnapshotError::Migration {
+            direction,
+            file: file.to_path_buf(),
+            outcome: format!(
+                "did not complete within {MIGRATION_TIMEOUT:?}{}",
+                last_error.map_or(String::new(), |e| format!(" (last QMP error: {e})"))
+            ),
+        }),
+    }
+}
+
+/// A QEMU started paused with QMP, console and agent connected: the common first
+/// half of saving and restoring.
+struct PausedVm {
+    qmp: QmpClient,
+    qmp_socket: PathBuf,
+    agent: AgentClient,
+    console: Option<ConsoleCapture>,
+    console_lines: Receiver<ConsoleLine>,
+    console_log: PathBuf,
+    qemu_log: PathBuf,
+    process: ProcessGuard,
+}
+
+impl PausedVm {
+    /// Spawns `argv` (which starts QEMU with `-S`); logs go to `log_dir`.
+    fn spawn(
+        argv: &[String],
+        layout: &VmLayout,
+        log_dir: &Path,
+    ) -> Result<PausedVm, SnapshotError> {
+        let qemu_log = log_dir.join("qemu.log");
+        let console_log = log_dir.join("console.log");
+        let process = ProcessGuard::spawn(argv, &qemu_log)?;
+        let (qmp, _events) =
+            QmpClient::connect(&layout.qmp_socket, QMP_CONNECT_TIMEOUT).map_err(|source| {
+                SnapshotError::Qmp {
+                    socket: layout.qmp_socket.clone(),
+                    source,
+                }
+            })?;
+        let serial = connect_socket("serial", &layout.serial_socket)?;
+        // The console must be drained or a chatty guest blocks on a full socket.
+        let (tx, console_lines) = mpsc::channel();
+        let console = ConsoleCapture::start(serial, &console_log, move |line| {
+            let _ = tx.send(line);
+        })
+        .map_err(io_error(&console_log, "cannot capture the console into"))?;
+        let agent = AgentClient::connect(&layout.agent_socket, SOCKET_CONNECT_TIMEOUT).map_err(
+            |source| SnapshotError::Agent {
+                socket: layout.agent_socket.clone(),
+                source,
+            },
+        )?;
+        Ok(PausedVm {
+            qmp,
+            qmp_socket: layout.qmp_socket.clone(),
+            agent,
+            console: Some(console),
+            console_lines,
+            console_log,
+            qemu_log,
+            process,
+        })
+    }
+
+    fn qmp_execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, SnapshotError> {
+        self.qmp
+            .execute(command, arguments, QMP_COMMAND_TIMEOUT)
+            .map_err(|source| SnapshotError::Qmp {
+                socket: self.qmp_socket.clone(),
+                source,
+            })
+    }
+
+    fn cont(&self) -> Result<(), SnapshotError> {
+        self.qmp_execute("cont", None).map(drop)
+    }
+
+    /// QMP `quit`, then the process guard's SIGTERM/SIGKILL; true if QEMU exited on
+    /// `quit` alone. Flushes the console log either way.
+    fn stop(&mut self) -> bool {
+        let quit = self.process.try_wait().is_none()
+            && self.qmp.send("quit", None).is_ok()
+            && self
+                .process
+                .wait_timeout(SAVE_QUIT_TIMEOUT)
+                .is_some_and(|s| s.success());
+        self.process.terminate();
+        if let Some(console) = self.console.take() {
+            // A lost console log costs evidence only; teardown must go on.
+            let _ = console.finish();
+        }
+        quit
+    }
+}
+
+impl Drop for PausedVm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A VM started from a saved state, outside `Vm` (whose start sequence the runner
+/// owns): used by the tests, and a template for `Vm::start` with an incoming state.
+pub struct RestoredVm {
+    pub argv: Vec<String>,
+    /// QEMU start → RAM loaded (paused).
+    pub loaded_after: Duration,
+    /// QEMU start → `cont` sent.
+    pub started_after: Duration,
+    vm: PausedVm,
+    spawned: Instant,
+}
+
+impl RestoredVm {
+    /// Creates `layout.overlay` on the frozen disk, starts QEMU with the save's
+    /// command line plus `-incoming defer`, loads the RAM stream and sends `cont`.
+    /// QEMU's and the console's logs go to `log_dir`.
+    pub fn start(
+        tools: &QemuTools,
+        manifest: &Manifest,
+        accel: Accel,
+        state: &SavedState,
+        layout: &VmLayout,
+        log_dir: &Path,
+    ) -> Result<RestoredVm, SnapshotError> {
+        state.create_overlay(&tools.img, &layout.overlay)?;
+        let argv = restore_argv(&tools.system, manifest, accel, layout);
+        let spawned = Instant::now();
+        let vm = PausedVm::spawn(&argv, layout, log_dir)?;
+        state.load_into(&vm.qmp, &layout.qmp_socket)?;
+        let loaded_after = spawned.elapsed();
+        vm.cont()?;
+        Ok(RestoredVm {
+            argv,
+            loaded_after,
+            started_after: spawned.elapsed(),
+            vm,
+            spawned,
+        })
+    }
+
+    /// When QEMU was spawned.
+    pub fn spawned(&self) -> Instant {
+        self.spawned
+    }
+
+    /// The guest agent; a fresh connection, so sync before relying on it.
+    pub fn agent(&mut self) -> &mut AgentClient {
+        &mut self.vm.agent
+    }
+
+    pub fn qmp(&self) -> &QmpClient {
+        &self.vm.qmp
+    }
+
+    /// Lines printed on the serial console since `cont`.
+    pub fn console_lines(&self) -> &Receiver<ConsoleLine> {
+        &self.vm.console_lines
+    }
+
+    pub fn console_log(&self) -> &Path {
+        &self.vm.console_log
+    }
+
+    /// Quits QEMU (then kills its group if needed); true if `quit` alone ended it.
+    pub fn stop(&mut self) -> bool {
+        self.vm.stop()
+    }
+}
+
+fn connect_socket(what: &'static str, path: &Path) -> Result<UnixStream, SnapshotError> {
+    let mut last_error = None;
+    let result = wait_until(SOCKET_CONNECT_TIMEOUT, MIGRATION_POLL, || {
+        UnixStream::connect(path)
+            .map_err(|e| last_error = Some(e))
+            .ok()
+    });
+    match result {
+        Waited::Done(stream) => Ok(stream),
+        Waited::TimedOut => Err(SnapshotError::Socket {
+            what,
+            path: path.to_path_buf(),
+            source: last_error.unwrap_or_else(|| std::io::Error::other("timed out connecting")),
+        }),
+    }
+}
+
+/// `exec:` URIs run through `/bin/sh -c`: quote the path as one word.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
+
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+/// An exclusive advisory lock (flock) held until dropped: closing the file releases
+/// it, and so does the kernel if the process dies, so a crashed saver never blocks
+/// the next one.
+struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    fn acquire(path: &Path) -> Result<FileLock, SnapshotError> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_error(path, "cannot open lock"))?;
+        // SAFETY: flock on a descriptor we own; released when the file closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(SnapshotError::Io {
+                path: path.to_path_buf(),
+                action: "cannot lock",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(FileLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_keeps_one_word() {
+        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn restore_argv_is_the_cold_boot_line_plus_incoming() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = include_str!("../../../images/demo/image.toml");
+        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        fs::write(dir.path().join("image.toml"), text).unwrap();
+        let m = Manifest::load(&dir.path().join("image.toml")).unwrap();
+        let layout = VmLayout::in_dir(dir.path());
+        let cold = command::build("q", &m, Accel::Tcg, &layout, None);
+        let restore = restore_argv("q", &m, Accel::Tcg, &layout);
+        assert_eq!(&restore[..cold.len()], &cold[..]);
+        assert_eq!(&restore[cold.len()..], ["-incoming", "defer"]);
+        let key = state_key(&m, "QEMU emulator version 7.2.22", Accel::Tcg, "q").unwrap();
+        assert_eq!(key.len(), KEY_CHARS);
+        let other = state_key(&m, "QEMU emulator version 8.0.0", Accel::Tcg, "q").unwrap();
+        assert_ne!(key, other, "a QEMU upgrade invalidates the state");
+    }
+}

@@ -1,0 +1,237 @@
+//! Snapshot fast reset: VMs started from one saved state instead of booting.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bootgate::agent::AgentClient;
+use bootgate::image::Manifest;
+use bootgate::qemu::accel::Accel;
+use bootgate::qemu::command::VmLayout;
+use bootgate::qemu::snapshot::{ensure_saved, state_key, RestoredVm, SavedState};
+use bootgate::qemu::QemuTools;
+
+use crate::common::*;
+
+/// A restored guest is already up: its agent answers at once. Far above the ~0.1 s
+/// measured, far below a cold boot's retries.
+const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// One agent request inside a running guest.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A line the guest writes to its console reaching the host.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+const EXEC_POLL: Duration = Duration::from_millis(20);
+
+/// Runs `script` with the guest's shell through guest-exec; returns (exit code, stdout).
+fn exec(agent: &mut AgentClient, script: &str) -> (i32, String) {
+    let argv: Vec<String> = ["/bin/sh", "-c", script].map(String::from).to_vec();
+    let pid = agent.exec_start(&argv, &[], None, AGENT_TIMEOUT).unwrap();
+    let deadline = Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let status = agent.exec_status(pid, AGENT_TIMEOUT).unwrap();
+        if status.exited {
+            return (
+                status.exit_code.unwrap_or(-1),
+                String::from_utf8_lossy(&status.stdout).trim().to_string(),
+            );
+        }
+        assert!(Instant::now() < deadline, "{script:?} did not finish");
+        std::thread::sleep(EXEC_POLL);
+    }
+}
+
+fn saved_demo_state(tools: &QemuTools) -> (Manifest, SavedState) {
+    let manifest = Manifest::load(demo_manifest()).unwrap();
+    let mut notify = |text: &str| eprintln!("{text}");
+    let state = ensure_saved(&manifest, tools, Accel::Tcg, &mut notify).unwrap();
+    (manifest, state)
+}
+
+/// What one restored VM saw.
+struct Seen {
+    ready_after: Duration,
+    loaded_after: Duration,
+    bootcount: String,
+    own_mark: String,
+    console_marker_seen: bool,
+}
+
+/// Two VMs restore one state at the same moment; each reaches ready, runs commands,
+/// writes a file the other never sees, and the frozen disk and base stay unchanged.
+#[test]
+fn two_vms_restore_one_state_at_once_and_stay_apart() {
+    let tools = QemuTools::from_env();
+    let (manifest, state) = saved_demo_state(&tools);
+    let base = manifest.disk.path.clone();
+    let (disk_before, ram_before, base_before) =
+        (sha256(&state.disk), sha256(&state.ram), sha256(&base));
+    for file in [&state.disk, &state.ram] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o444, "{} is frozen", file.display());
+    }
+    // A second call finds the state in the cache instead of booting again.
+    let mut notices = Vec::new();
+    let again = ensure_saved(&manifest, &tools, Accel::Tcg, &mut |t: &str| {
+        notices.push(t.to_string())
+    })
+    .unwrap();
+    assert_eq!(again, state);
+    assert!(notices.is_empty(), "reused without saving: {notices:?}");
+
+    let barrier = Arc::new(Barrier::new(2));
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let (tools, manifest, state, barrier) = (
+                tools.clone(),
+                manifest.clone(),
+                state.clone(),
+                Arc::clone(&barrier),
+            );
+            // Each VM lives and dies on its own thread: QEMU's parent-death signal
+            // is tied to the thread that spawned it.
+            std::thread::spawn(move || restore_and_use(i, &tools, &manifest, &state, &barrier))
+        })
+        .collect();
+    let seen: Vec<Seen> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+
+    for (i, seen) in seen.iter().enumerate() {
+        eprintln!(
+            "vm {i}: RAM loaded {:?} and agent answered {:?} after QEMU started",
+            seen.loaded_after, seen.ready_after
+        );
+        // A cold boot on top of the frozen disk would count boot 2.
+        assert_eq!(seen.bootcount, "1", "vm {i} resumed the saved boot");
+        assert_eq!(
+            seen.own_mark,
+            format!("vm-{i}"),
+            "vm {i} sees only its own write"
+        );
+        assert!(
+            seen.console_marker_seen,
+            "vm {i}'s console works after restore"
+        );
+    }
+    assert_eq!(sha256(&state.disk), disk_before, "frozen disk unchanged");
+    assert_eq!(sha256(&state.ram), ram_before, "RAM state unchanged");
+    assert_eq!(sha256(&base), base_before, "base disk unchanged");
+}
+
+fn restore_and_use(
+    i: usize,
+    tools: &QemuTools,
+    manifest: &Manifest,
+    state: &SavedState,
+    barrier: &Barrier,
+) -> Seen {
+    let dir = tempfile::Builder::new()
+        .prefix("bootgate-vm-")
+        .tempdir()
+        .unwrap();
+    let layout = VmLayout::in_dir(dir.path());
+    barrier.wait();
+    let mut vm = RestoredVm::start(tools, manifest, Accel::Tcg, state, &layout, dir.path())
+        .unwrap_or_else(|e| panic!("vm {i} restores: {e}"));
+    vm.agent().sync(RESTORE_READY_TIMEOUT).unwrap();
+    let ready_after = vm.spawned().elapsed();
+    let (rc, bootcount) = exec(vm.agent(), "cat /system/var/bootcount");
+    assert_eq!(rc, 0);
+    let (rc, _) = exec(vm.agent(), &format!("echo vm-{i} > /system/mark && sync"));
+    assert_eq!(rc, 0);
+    // Both have written before either reads back: a shared disk would show the
+    // other's write.
+    barrier.wait();
+    let (rc, own_mark) = exec(vm.agent(), "cat /system/mark");
+    assert_eq!(rc, 0);
+    let marker = format!("bootgate-restored-console-{i}");
+    let (rc, _) = exec(vm.agent(), &format!("echo {marker} > /dev/console"));
+    assert_eq!(rc, 0);
+    let deadline = Instant::now() + CONSOLE_TIMEOUT;
+    let mut console_marker_seen = false;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match vm.console_lines().recv_timeout(left) {
+            Ok(line) if line.text.contains(&marker) => {
+                console_marker_seen = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(vm.stop(), "vm {i} quits on QMP quit");
+    Seen {
+        ready_after,
+        loaded_after: vm.loaded_after,
+        bootcount,
+        own_mark,
+        console_marker_seen,
+    }
+}
+
+/// A copy of the demo manifest in `dir` pointing at the built files by absolute path,
+/// with `edit` applied to its text.
+fn manifest_copy(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let original = demo_manifest();
+    let image_dir = original.parent().unwrap();
+    let mut text = std::fs::read_to_string(original).unwrap();
+    for file in ["vmlinuz", "initrd.img", "system.qcow2"] {
+        let abs = image_dir.join(file);
+        text = text.replace(
+            &format!("\"{file}\""),
+            &format!("{:?}", abs.display().to_string()),
+        );
+    }
+    write(dir, "image.toml", &edit(text))
+}
+
+/// The key follows what the machine is: equal for an identical manifest elsewhere,
+/// different for other memory, kernel parameters, kernel bytes or accelerator.
+#[test]
+fn saved_state_key_changes_with_every_input() {
+    const QEMU: &str = "QEMU emulator version 7.2.22";
+    let key = |path: &Path, accel| {
+        let manifest = Manifest::load(path).unwrap();
+        state_key(&manifest, QEMU, accel, "qemu-system-x86_64").unwrap()
+    };
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let same = manifest_copy(dirs[0].path(), |t| t);
+    let same_elsewhere = manifest_copy(dirs[1].path(), |t| t);
+    let more_memory = manifest_copy(dirs[2].path(), |t| {
+        assert!(t.contains("memory_mib = 256"), "{t}");
+        t.replace("memory_mib = 256", "memory_mib = 384")
+    });
+    let other_append = manifest_copy(dirs[3].path(), |t| {
+        t.replace("oops=panic", "oops=panic quiet")
+    });
+    let kernel = dirs[4].path().join("vmlinuz");
+    let mut bytes = std::fs::read(demo_manifest().parent().unwrap().join("vmlinuz")).unwrap();
+    bytes.push(0);
+    std::fs::write(&kernel, bytes).unwrap();
+    let other_kernel = manifest_copy(dirs[4].path(), |t| {
+        let old = demo_manifest().parent().unwrap().join("vmlinuz");
+        t.replace(
+            &format!("{:?}", old.display().to_string()),
+            &format!("{:?}", kernel.display().to_string()),
+        )
+    });
+
+    let base = key(&same, Accel::Tcg);
+    assert_eq!(base, key(&same, Accel::Tcg), "the key is stable");
+    assert_eq!(
+        base,
+        key(&same_elsewhere, Accel::Tcg),
+        "names do not matter"
+    );
+    assert_ne!(base, key(&more_memory, Accel::Tcg), "memory size");
+    assert_ne!(base, key(&other_append, Accel::Tcg), "kernel parameters");
+    assert_ne!(base, key(&other_kernel, Accel::Tcg), "kernel bytes");
+    assert_ne!(base, key(&same, Accel::Kvm), "accelerator");
+    let manifest = Manifest::load(&same).unwrap();
+    let newer = state_key(
+        &manifest,
+        "QEMU emulator version 8.2.0",
+        Accel::Tcg,
+        "qemu-system-x86_64",
+    );
+    assert_ne!(base, newer.unwrap(), "QEMU version");
+}
