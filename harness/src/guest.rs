@@ -117,6 +117,15 @@ impl GuestProfile {
         Ok(format!("{dir}/{name}.ko"))
     }
 
+    /// The boot-start driver registry file in the guest.
+    fn registry(&self) -> Result<&str, GuestError> {
+        self.need(
+            &self.drivers_registry,
+            "drivers_registry",
+            "boot-start drivers are registered",
+        )
+    }
+
     /// Registers an installed driver to load at boot (and loads it now if asked).
     pub fn register_driver(
         &self,
@@ -125,11 +134,7 @@ impl GuestProfile {
         load_now: bool,
     ) -> Result<GuestCommand, GuestError> {
         self.linux_only()?;
-        let registry = self.need(
-            &self.drivers_registry,
-            "drivers_registry",
-            "boot-start drivers are registered",
-        )?;
+        let registry = self.registry()?;
         Ok(self.script(
             LINUX_REGISTER,
             vec![
@@ -145,11 +150,7 @@ impl GuestProfile {
     /// Unloads, unregisters and deletes a driver.
     pub fn unregister_driver(&self, name: &str) -> Result<GuestCommand, GuestError> {
         self.linux_only()?;
-        let registry = self.need(
-            &self.drivers_registry,
-            "drivers_registry",
-            "boot-start drivers are registered",
-        )?;
+        let registry = self.registry()?;
         Ok(self.script(
             LINUX_UNREGISTER,
             vec![

@@ -148,14 +148,7 @@ fn guest_that_never_becomes_ready_times_out_as_fail() {
         "[suite]\nname = \"noagent\"\nimage = \"image.toml\"\n\n[[scenario]]\nname = \"never-ready\"\ncold_boot = true\nsteps = [{ exec = { run = \"true\" } }]\n",
     );
     let out_dir = dir.path().join("results");
-    let out = run(&[
-        "run",
-        suite.to_str().unwrap(),
-        "--accel",
-        "tcg",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = run_tcg(&suite, &out_dir, &[]);
     assert_eq!(out.status.code(), Some(1));
     let run = run_json(&out_dir);
     let s = scenario(&run, "noagent/never-ready");

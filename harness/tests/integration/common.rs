@@ -25,6 +25,20 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Runs `bootgate run SUITE --accel tcg --out OUT EXTRA...` to the end.
+pub fn run_tcg(suite: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        suite.to_str().unwrap(),
+        "--accel",
+        "tcg",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    run(&args)
+}
+
 /// Starts `bootgate run SUITE --accel tcg --out OUT EXTRA...` in the background.
 pub fn spawn_run(suite: &Path, out: &Path, extra: &[&str]) -> ChildGuard {
     let child = bootgate()

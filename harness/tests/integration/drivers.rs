@@ -22,15 +22,8 @@ fn demo_suite_every_verdict_as_described() {
     demo_manifest();
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("results");
-    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo");
-    let out = run(&[
-        "run",
-        suite,
-        "--accel",
-        "tcg",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let suite = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"));
+    let out = run_tcg(suite, &out_dir, &[]);
     let run = run_json(&out_dir);
     let summary: Vec<(String, String)> = run["scenarios"]
         .as_array()
@@ -185,14 +178,7 @@ fn unexpected_crash_fails_with_title_and_excerpt() {
         ),
     );
     let out_dir = dir.path().join("results");
-    let out = run(&[
-        "run",
-        suite.to_str().unwrap(),
-        "--accel",
-        "tcg",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = run_tcg(&suite, &out_dir, &[]);
     assert_eq!(out.status.code(), Some(1));
     let run = run_json(&out_dir);
     let s = scenario(&run, "bad/null-deref");

@@ -42,14 +42,7 @@ fn crash_evidence_verify_show_and_rerun() {
     let dir = tempfile::tempdir().unwrap();
     let suite = write(dir.path(), "suite.toml", &suite_text());
     let out_dir = dir.path().join("results");
-    let out = run(&[
-        "run",
-        suite.to_str().unwrap(),
-        "--accel",
-        "tcg",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = run_tcg(&suite, &out_dir, &[]);
     assert_eq!(out.status.code(), Some(1), "the hostile scenario fails");
     let run_dir = std::fs::canonicalize(out_dir.join("latest")).unwrap();
     let record = run_json(&out_dir);

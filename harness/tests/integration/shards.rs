@@ -61,16 +61,8 @@ fn merged_shards_equal_an_unsharded_run() {
         "suite.toml",
         "[suite]\nname = \"sh\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"a-pass\"\nsteps = [{ exec = { run = \"true\" } }]\n\n[[scenario]]\nname = \"b-fail\"\nsteps = [{ exec = { run = \"exit 4\" } }]\n\n[[scenario]]\nname = \"c-pass\"\nsteps = [{ exec = { run = \"test -d /system\" } }]\n",
     );
-    let suite = suite.to_str().unwrap();
     let whole = dir.path().join("whole");
-    let out = run(&[
-        "run",
-        suite,
-        "--accel",
-        "tcg",
-        "--out",
-        whole.to_str().unwrap(),
-    ]);
+    let out = run_tcg(&suite, &whole, &[]);
     assert_eq!(out.status.code(), Some(1));
     let expected = verdicts(&run_json(&whole));
     assert_eq!(expected.len(), 3);
@@ -80,16 +72,7 @@ fn merged_shards_equal_an_unsharded_run() {
     for k in 1..=4 {
         let out_dir = dir.path().join(format!("shard-{k}"));
         let shard = format!("{k}/4");
-        let out = run(&[
-            "run",
-            suite,
-            "--accel",
-            "tcg",
-            "--shard",
-            &shard,
-            "--out",
-            out_dir.to_str().unwrap(),
-        ]);
+        let out = run_tcg(&suite, &out_dir, &["--shard", &shard]);
         let record = run_json(&out_dir);
         let code = if verdicts(&record).values().any(|v| v == "fail") {
             1
