@@ -144,7 +144,8 @@ mod tests {
             "commas in paths are escaped: {joined}"
         );
         let append = &argv[argv.iter().position(|a| a == "-append").unwrap() + 1];
-        assert!(append.ends_with("panic=-1 bootgate.safe=1"), "{append}");
+        // The manifest's own parameters, then the extra ones.
+        assert_eq!(*append, format!("{} bootgate.safe=1", m.boot.append), "{append}");
         assert!(!joined.contains("-cpu host"));
         let kvm = build("q", &m, Accel::Kvm, &layout, None).join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));
