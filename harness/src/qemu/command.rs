@@ -145,7 +145,11 @@ mod tests {
         );
         let append = &argv[argv.iter().position(|a| a == "-append").unwrap() + 1];
         // The manifest's own parameters, then the extra ones.
-        assert_eq!(*append, format!("{} bootgate.safe=1", m.boot.append), "{append}");
+        assert_eq!(
+            *append,
+            format!("{} bootgate.safe=1", m.boot.append),
+            "{append}"
+        );
         assert!(!joined.contains("-cpu host"));
         let kvm = build("q", &m, Accel::Kvm, &layout, None).join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));

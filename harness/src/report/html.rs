@@ -1260,6 +1260,8 @@ mod tests {
                 format!("demo/{name}"),
             ],
             hang_screenshots: Vec::new(),
+            queued_ms: 0,
+            worker: 0,
         }
     }
 

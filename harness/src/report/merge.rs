@@ -689,6 +689,8 @@ mod tests {
                 "/ci/elsewhere/results".into(),
             ],
             hang_screenshots: Vec::new(),
+            queued_ms: 0,
+            worker: 0,
         }
     }
 

@@ -441,6 +441,7 @@ pub fn run(
         no_drivers: &no_drivers,
         saved: &saved,
         emitter,
+        started: Instant::now(),
     };
     let record_cell = Mutex::new(record);
     // Longest first when durations are known (fewer idle workers at the end); the
@@ -455,7 +456,7 @@ pub fn run(
     let positions: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     // Each worker owns one VM at a time for that VM's whole life (the parent-death
     // signal is tied to the thread that spawned QEMU).
-    let worker = || loop {
+    let worker = |slot: usize| loop {
         if interrupted() {
             break;
         }
@@ -464,7 +465,7 @@ pub fn run(
         };
         let (suite, scenario_index) = &selected[index];
         let (scenario_record, argvs, was_interrupted) =
-            shared.run_one(suite, *scenario_index, index, total);
+            shared.run_one(suite, *scenario_index, index, total, slot);
         let mut record = record_cell.lock().unwrap_or_else(|p| p.into_inner());
         for argv in argvs {
             record.qemu.argv.push(VmArgv {
@@ -490,10 +491,10 @@ pub fn run(
         for n in 0..jobs.max(1).min(total) {
             let spawned = std::thread::Builder::new()
                 .name(format!("scenario-{n}"))
-                .spawn_scoped(scope, worker);
+                .spawn_scoped(scope, move || worker(n));
             if spawned.is_err() {
                 // No thread: run in this one instead (same work, just serial).
-                worker();
+                worker(n);
             }
         }
     });
@@ -532,6 +533,8 @@ struct Shared<'a> {
     no_drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
     saved: &'a BTreeMap<PathBuf, SavedState>,
     emitter: &'a Emitter,
+    /// When the scenarios began to be scheduled: the zero of `queued_ms`.
+    started: Instant,
 }
 
 impl Shared<'_> {
@@ -543,6 +546,7 @@ impl Shared<'_> {
         scenario_index: usize,
         index: usize,
         total: usize,
+        worker: usize,
     ) -> (ScenarioRecord, Vec<Vec<String>>, bool) {
         let opts = self.opts;
         let scenario = &suite.scenarios[scenario_index];
@@ -574,6 +578,8 @@ impl Shared<'_> {
             dir: rel_dir.display().to_string(),
             rerun: rerun_command(opts, self.run_dir, &full_name),
             hang_screenshots: Vec::new(),
+            queued_ms: self.started.elapsed().as_millis() as u64,
+            worker,
         };
         let mut argvs = Vec::new();
         let mut was_interrupted = false;

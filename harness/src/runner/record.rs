@@ -202,6 +202,12 @@ pub struct ScenarioRecord {
     /// Evidence of hangs: screenshots taken when a boot or step hung (paths in the run folder).
     #[serde(default)]
     pub hang_screenshots: Vec<String>,
+    /// Time the scenario waited for a free VM slot, from the run's start.
+    #[serde(default)]
+    pub queued_ms: u64,
+    /// The worker (VM slot) that ran it, 0-based.
+    #[serde(default)]
+    pub worker: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

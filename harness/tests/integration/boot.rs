@@ -70,6 +70,20 @@ max_boot_time = "1ms"
         );
     }
     assert_eq!(run["summary"]["pass"], 1);
+    // Three scenarios, at most one VM per core here: someone waited for a free slot.
+    let scenarios = run["scenarios"].as_array().unwrap();
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(scenarios
+        .iter()
+        .all(|s| s["worker"].as_u64().unwrap() < jobs as u64));
+    if jobs < 3 {
+        assert!(
+            scenarios
+                .iter()
+                .any(|s| s["queued_ms"].as_u64().unwrap() > 0),
+            "{scenarios:?}"
+        );
+    }
     assert_eq!(run["summary"]["fail"], 2);
     let inputs: Vec<&str> = run["inputs"]
         .as_array()
