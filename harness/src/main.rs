@@ -16,7 +16,7 @@ use bootgate::report::manifest::{self, ManifestSink};
 use bootgate::report::terminal::{TerminalSink, Verbosity};
 use bootgate::report::Sink;
 use bootgate::runner::shard::{self, Shard};
-use bootgate::runner::{self, Emitter, RunOptions};
+use bootgate::runner::{self, Emitter, IgnoredPolicy, RunOptions};
 use bootgate::{doctor, image, suite};
 
 /// Exit codes (also listed in `bootgate --help`).
@@ -55,9 +55,22 @@ struct RunArgs {
     /// VMs to run at once (default: one per core, as free memory allows).
     #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     jobs: Option<u32>,
-    /// Run only scenarios whose "suite/scenario" name contains this text (repeatable).
+    /// Run only scenarios whose "suite/scenario" name contains this text (repeatable;
+    /// like cargo test's FILTER).
     #[arg(long, value_name = "TEXT")]
     only: Vec<String>,
+    /// Leave out scenarios whose name contains this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    skip: Vec<String>,
+    /// --only and --skip match whole "suite/scenario" names.
+    #[arg(long)]
+    exact: bool,
+    /// Run only the scenarios marked `ignore = true`.
+    #[arg(long, conflicts_with = "include_ignored")]
+    ignored: bool,
+    /// Run the scenarios marked `ignore = true` too.
+    #[arg(long)]
+    include_ignored: bool,
     /// Run only shard K of N (1-based; a CI index counting from 0 needs INDEX+1).
     /// Deterministic: every machine computes the same split.
     #[arg(long, value_name = "K/N", value_parser = clap::value_parser!(Shard))]
@@ -224,7 +237,13 @@ fn run(args: RunArgs) -> u8 {
         accel: args.accel,
         keep: args.keep,
         only: args.only,
-        exact: false,
+        skip: args.skip,
+        exact: args.exact,
+        ignored: match (args.ignored, args.include_ignored) {
+            (true, _) => IgnoredPolicy::Only,
+            (_, true) => IgnoredPolicy::Include,
+            _ => IgnoredPolicy::Skip,
+        },
         required_inputs: None,
         shard: args.shard,
         expected_ms,
@@ -266,7 +285,10 @@ fn rerun(
         accel: plan.accel,
         keep: plan.keep,
         only: plan.scenarios,
+        skip: Vec::new(),
         exact: true,
+        // The run being repeated already chose them.
+        ignored: IgnoredPolicy::Include,
         required_inputs: Some(plan.record.inputs),
         shard: None,
         expected_ms: Default::default(),

@@ -134,6 +134,9 @@ pub struct Scenario {
     /// Really boot first instead of starting from the image's saved ready state.
     /// Implied when the first step is `boot` (a scenario about the boot itself).
     pub cold_boot: bool,
+    /// Left out of runs unless asked for (`--ignored`, `--include-ignored`), as
+    /// `#[ignore]` tests are by cargo test.
+    pub ignore: bool,
 }
 
 /// Default for `boot_loop_boots`.
@@ -362,6 +365,8 @@ struct RawScenario {
     boot_loop_boots: Option<u32>,
     #[serde(default)]
     cold_boot: bool,
+    #[serde(default)]
+    ignore: bool,
 }
 
 /// Parses durations written as "30s", "2m", "1m 30s", "500ms".
@@ -503,6 +508,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
         }
         let cold_boot = scenario.cold_boot || matches!(steps.first(), Some(Step::Boot(_)));
         scenarios.push(Scenario {
+            ignore: scenario.ignore,
             cold_boot,
             name,
             description: scenario.description,

@@ -143,7 +143,11 @@ pub struct RunOptions {
     /// Run only scenarios whose `suite/scenario` name contains one of these (or, with
     /// `exact`, equals one of them).
     pub only: Vec<String>,
+    /// Leave out scenarios whose name contains one of these (equals, with `exact`).
+    pub skip: Vec<String>,
     pub exact: bool,
+    /// Which scenarios marked `ignore = true` run: none, only them, or all.
+    pub ignored: IgnoredPolicy,
     /// For a rerun: the inputs (path and sha256) the run must use.
     pub required_inputs: Option<Vec<FileHash>>,
     /// Run only this part of the selection (CI matrices).
@@ -199,7 +203,20 @@ impl RunError {
     }
 }
 
-/// The scenarios a run covers, in suite order: the `only` filter, then the shard.
+/// How scenarios marked `ignore = true` are treated, as cargo test treats #[ignore].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IgnoredPolicy {
+    /// Leave them out (the default).
+    #[default]
+    Skip,
+    /// Run only them (`--ignored`).
+    Only,
+    /// Run them with the others (`--include-ignored`).
+    Include,
+}
+
+/// The scenarios a run covers, in suite order: the filters (`only`, `skip`, ignored),
+/// then the shard.
 /// (A shard may be empty when it has more shards than scenarios.)
 pub fn select<'a>(suites: &'a [Suite], opts: &RunOptions) -> Vec<(&'a Suite, usize)> {
     let full = |suite: &Suite, i: usize| format!("{}/{}", suite.name, suite.scenarios[i].name);
@@ -208,14 +225,22 @@ pub fn select<'a>(suites: &'a [Suite], opts: &RunOptions) -> Vec<(&'a Suite, usi
         .flat_map(|suite| (0..suite.scenarios.len()).map(move |i| (suite, i)))
         .filter(|(suite, i)| {
             let name = full(suite, *i);
-            opts.only.is_empty()
-                || opts.only.iter().any(|f| {
-                    if opts.exact {
-                        name == *f
-                    } else {
-                        name.contains(f.as_str())
-                    }
-                })
+            let matches = |f: &String| {
+                if opts.exact {
+                    name == *f
+                } else {
+                    name.contains(f.as_str())
+                }
+            };
+            let ignored = suite.scenarios[*i].ignore;
+            let wanted_by_ignore = match opts.ignored {
+                IgnoredPolicy::Skip => !ignored,
+                IgnoredPolicy::Only => ignored,
+                IgnoredPolicy::Include => true,
+            };
+            wanted_by_ignore
+                && (opts.only.is_empty() || opts.only.iter().any(matches))
+                && !opts.skip.iter().any(matches)
         })
         .collect();
     let Some(shard) = &opts.shard else {

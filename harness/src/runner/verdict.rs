@@ -126,6 +126,7 @@ mod tests {
             expect_title: None,
             boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
             cold_boot: false,
+            ignore: false,
         }
     }
 

@@ -109,3 +109,39 @@ fn list_prints_scenario_names() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("demo/boots-and-reboots"), "{text}");
 }
+
+/// Filters behave as cargo test's: substring FILTER (--only), --skip, --exact, and
+/// scenarios marked ignore left out unless --ignored / --include-ignored.
+#[test]
+fn list_applies_cargo_test_style_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        "[suite]\nname = \"f\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"boot\"\nsteps = [{ boot = {} }]\n\n[[scenario]]\nname = \"boot-slow\"\nsteps = [{ boot = {} }]\n\n[[scenario]]\nname = \"reboot\"\nsteps = [{ reboot = {} }]\n\n[[scenario]]\nname = \"soak\"\nignore = true\nsteps = [{ observe = { duration = \"1h\" } }]\n",
+    );
+    let list = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["run", suite.to_str().unwrap(), "--list"];
+        args.extend(extra);
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(list(&[]), ["f/boot", "f/boot-slow", "f/reboot"]);
+    assert_eq!(
+        list(&["--only", "boot"]),
+        ["f/boot", "f/boot-slow", "f/reboot"]
+    );
+    assert_eq!(list(&["--only", "f/boot", "--exact"]), ["f/boot"]);
+    assert_eq!(list(&["--skip", "slow"]), ["f/boot", "f/reboot"]);
+    assert_eq!(
+        list(&["--skip", "f/boot", "--exact"]),
+        ["f/boot-slow", "f/reboot"]
+    );
+    assert_eq!(list(&["--ignored"]), ["f/soak"]);
+    assert_eq!(list(&["--include-ignored", "--skip", "boot"]), ["f/soak"]);
+    assert_eq!(list(&["--include-ignored"]).len(), 4);
+}
