@@ -25,8 +25,8 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Runs `bootgate run SUITE --accel tcg --out OUT EXTRA...` to the end.
-pub fn run_tcg(suite: &Path, out: &Path, extra: &[&str]) -> Output {
+/// `run SUITE --accel tcg --out OUT EXTRA...`
+fn tcg_args<'a>(suite: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         suite.to_str().unwrap(),
@@ -36,21 +36,18 @@ pub fn run_tcg(suite: &Path, out: &Path, extra: &[&str]) -> Output {
         out.to_str().unwrap(),
     ];
     args.extend(extra);
-    run(&args)
+    args
+}
+
+/// Runs `bootgate run SUITE --accel tcg --out OUT EXTRA...` to the end.
+pub fn run_tcg(suite: &Path, out: &Path, extra: &[&str]) -> Output {
+    run(&tcg_args(suite, out, extra))
 }
 
 /// Starts `bootgate run SUITE --accel tcg --out OUT EXTRA...` in the background.
 pub fn spawn_run(suite: &Path, out: &Path, extra: &[&str]) -> ChildGuard {
     let child = bootgate()
-        .args([
-            "run",
-            suite.to_str().unwrap(),
-            "--accel",
-            "tcg",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .args(extra)
+        .args(tcg_args(suite, out, extra))
         .spawn()
         .expect("bootgate starts");
     ChildGuard(child)
@@ -129,6 +126,21 @@ pub fn scenario<'a>(run: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("scenario {name} in run.json"))
+}
+
+/// Each scenario's verdict by name.
+pub fn verdicts(run: &Value) -> std::collections::BTreeMap<String, String> {
+    run["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// The private VM folders (`/tmp/bootgate-vm-*`) named in a run's QEMU command lines:

@@ -25,17 +25,7 @@ fn demo_suite_every_verdict_as_described() {
     let suite = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"));
     let out = run_tcg(suite, &out_dir, &[]);
     let run = run_json(&out_dir);
-    let summary: Vec<(String, String)> = run["scenarios"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["verdict"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let summary = verdicts(&run);
     assert_eq!(out.status.code(), Some(0), "{summary:?}");
     assert_eq!(run["summary"]["pass"], 8, "{summary:?}");
 

@@ -1,9 +1,5 @@
 //! CI shards: every scenario in exactly one shard, and merged shards equal one run.
 
-use std::collections::BTreeMap;
-
-use serde_json::Value;
-
 use crate::common::*;
 
 fn names(output: &std::process::Output) -> Vec<String> {
@@ -36,20 +32,6 @@ fn shards_cover_every_scenario_exactly_once() {
             "{n} shards cover every scenario exactly once"
         );
     }
-}
-
-fn verdicts(run: &Value) -> BTreeMap<String, String> {
-    run["scenarios"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["verdict"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]
