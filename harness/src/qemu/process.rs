@@ -17,6 +17,8 @@ pub const QUIT_GRACE: Duration = Duration::from_secs(3);
 pub const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long to wait for the kernel to reap a SIGKILLed process.
 pub const KILL_REAP: Duration = Duration::from_secs(5);
+/// The descriptor a child finds a passed file on (QEMU: `-incoming fd:3`).
+pub const PASSED_FD: i32 = 3;
 /// Poll interval while waiting for a child to exit.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 
@@ -51,6 +53,16 @@ pub struct ProcessGuard {
 impl ProcessGuard {
     /// Spawns `argv` with stdout and stderr appended to `log_path`.
     pub fn spawn(argv: &[String], log_path: &Path) -> Result<ProcessGuard, ProcessError> {
+        Self::spawn_passing(argv, log_path, None)
+    }
+
+    /// Like [`spawn`](Self::spawn), with `passed` open in the child as descriptor
+    /// [`PASSED_FD`] (a saved VM state QEMU reads directly, with no shell or pipe).
+    pub fn spawn_passing(
+        argv: &[String],
+        log_path: &Path,
+        passed: Option<&File>,
+    ) -> Result<ProcessGuard, ProcessError> {
         let (binary, args) = argv.split_first().ok_or_else(|| ProcessError::Spawn {
             binary: String::new(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "empty command line"),
@@ -73,9 +85,23 @@ impl ProcessGuard {
             // the VM down in order; and killpg reaches every helper QEMU forks.
             .process_group(0);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+        let passed = passed.map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: only async-signal-safe calls (prctl, getppid, dup2, fcntl, _exit)
+        // between fork and exec.
         unsafe {
             command.pre_exec(move || {
+                if let Some(fd) = passed {
+                    // dup2 clears close-on-exec on the copy; a file that already sits on
+                    // the target number needs it cleared by hand.
+                    let rc = if fd == PASSED_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, PASSED_FD)
+                    };
+                    if rc < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -189,6 +215,24 @@ mod tests {
             (!alive(grandchild)).then_some(())
         });
         assert_eq!(gone, Waited::Done(()), "grandchild survived the guard");
+    }
+
+    #[test]
+    fn a_passed_file_is_readable_on_its_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("state");
+        std::fs::write(&data, b"saved state").unwrap();
+        let file = File::open(&data).unwrap();
+        let out = dir.path().join("out");
+        let script = format!("cat <&{PASSED_FD} > {}", out.display());
+        let argv = vec!["sh".to_string(), "-c".into(), script];
+        let mut guard =
+            ProcessGuard::spawn_passing(&argv, &dir.path().join("log"), Some(&file)).unwrap();
+        assert!(guard
+            .wait_timeout(Duration::from_secs(10))
+            .unwrap()
+            .success());
+        assert_eq!(std::fs::read(&out).unwrap(), b"saved state");
     }
 
     #[test]

@@ -34,10 +34,10 @@ use crate::qemu::qmp::{QmpClient, QmpError};
 use crate::qemu::{QemuTools, ToolError};
 use crate::util::{sha256_bytes, sha256_file, wait_until, Waited};
 
-/// Arguments that make QEMU wait for `migrate-incoming` instead of booting. `defer`
-/// (not a URI here) so the stream is named over QMP once QMP is connected, and
-/// QEMU's own start-up cannot race the reader of the state file.
-pub const INCOMING_ARGS: [&str; 2] = ["-incoming", "defer"];
+/// Arguments that make QEMU load the saved state instead of booting: read straight
+/// from the state file, passed open on descriptor 3 (`PASSED_FD`). Measured here:
+/// the 64 MB state is in about 0.1 s, against 0.16-0.37 s through `exec:cat`.
+pub const INCOMING_ARGS: [&str; 2] = ["-incoming", "fd:3"];
 
 /// Time QEMU gets to create its QMP socket and greet.
 pub const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -223,21 +223,16 @@ impl SavedState {
         )?)
     }
 
-    /// Loads the RAM stream into a QEMU started with [`restore_argv`] (paused, waiting
-    /// for `migrate-incoming`) and waits until it is in. The VM stays paused: send
-    /// `cont` once the console and agent are connected.
+    /// Waits until a QEMU started with [`restore_argv`] and this state's file passed
+    /// as descriptor 3 ([`Self::open_ram`]) has read it all. The VM stays paused:
+    /// send `cont` once the console and agent are connected.
     pub fn load_into(&self, qmp: &QmpClient, qmp_socket: &Path) -> Result<(), SnapshotError> {
-        let qmp_err = |source| SnapshotError::Qmp {
-            socket: qmp_socket.to_path_buf(),
-            source,
-        };
-        qmp.execute(
-            "migrate-incoming",
-            Some(json!({"uri": format!("exec:cat {}", shell_quote(&self.ram))})),
-            QMP_COMMAND_TIMEOUT,
-        )
-        .map_err(qmp_err)?;
         wait_for_migration(qmp, qmp_socket, "from", &self.ram)
+    }
+
+    /// The state file, opened to pass to QEMU (`ProcessGuard::spawn_passing`).
+    pub fn open_ram(&self) -> Result<fs::File, SnapshotError> {
+        fs::File::open(&self.ram).map_err(io_error(&self.ram, "cannot open the saved state"))
     }
 }
 
@@ -322,7 +317,7 @@ fn save(
     let mut layout = VmLayout::in_dir(sockets.path());
     layout.overlay = state.disk.clone();
     let argv = command::build(&tools.system, manifest, accel, &layout, None);
-    let mut vm = PausedVm::spawn(&argv, &layout, state.dir.as_path())?;
+    let mut vm = PausedVm::spawn(&argv, &layout, state.dir.as_path(), None)?;
     let fail = |vm: &PausedVm, message: String| {
         SnapshotError::Save(Box::new(SaveFailure {
             manifest: manifest.path.clone(),
@@ -426,15 +421,17 @@ struct PausedVm {
 }
 
 impl PausedVm {
-    /// Spawns `argv` (which starts QEMU with `-S`); logs go to `log_dir`.
+    /// Spawns `argv` (which starts QEMU with `-S`); logs go to `log_dir`. A restore
+    /// passes the state file QEMU reads on descriptor 3.
     fn spawn(
         argv: &[String],
         layout: &VmLayout,
         log_dir: &Path,
+        state_file: Option<&fs::File>,
     ) -> Result<PausedVm, SnapshotError> {
         let qemu_log = log_dir.join("qemu.log");
         let console_log = log_dir.join("console.log");
-        let process = ProcessGuard::spawn(argv, &qemu_log)?;
+        let process = ProcessGuard::spawn_passing(argv, &qemu_log, state_file)?;
         let (qmp, _events) =
             QmpClient::connect(&layout.qmp_socket, QMP_CONNECT_TIMEOUT).map_err(|source| {
                 SnapshotError::Qmp {
@@ -531,7 +528,8 @@ impl RestoredVm {
         state.create_overlay(&tools.img, &layout.overlay)?;
         let argv = restore_argv(&tools.system, manifest, accel, layout);
         let spawned = Instant::now();
-        let vm = PausedVm::spawn(&argv, layout, log_dir)?;
+        let ram = state.open_ram()?;
+        let vm = PausedVm::spawn(&argv, layout, log_dir, Some(&ram))?;
         state.load_into(&vm.qmp, &layout.qmp_socket)?;
         let loaded_after = spawned.elapsed();
         vm.cont()?;
@@ -651,7 +649,8 @@ mod tests {
         let cold = command::build("q", &m, Accel::Tcg, &layout, None);
         let restore = restore_argv("q", &m, Accel::Tcg, &layout);
         assert_eq!(&restore[..cold.len()], &cold[..]);
-        assert_eq!(&restore[cold.len()..], ["-incoming", "defer"]);
+        let fd = format!("fd:{}", crate::qemu::process::PASSED_FD);
+        assert_eq!(&restore[cold.len()..], ["-incoming", fd.as_str()]);
         let key = state_key(&m, "QEMU emulator version 7.2.22", Accel::Tcg, "q").unwrap();
         assert_eq!(key.len(), KEY_CHARS);
         let other = state_key(&m, "QEMU emulator version 8.0.0", Accel::Tcg, "q").unwrap();

@@ -171,8 +171,10 @@ impl Vm {
         let console_path = config
             .artifacts_dir
             .join(format!("console{}.log", config.log_suffix));
+        // A restore reads the saved state from the file passed as descriptor 3.
+        let state_file = config.incoming.map(SavedState::open_ram).transpose()?;
         let spawned = Instant::now();
-        let mut process = ProcessGuard::spawn(&argv, &qemu_log_path)?;
+        let mut process = ProcessGuard::spawn_passing(&argv, &qemu_log_path, state_file.as_ref())?;
 
         let (qmp, events) = match QmpClient::connect(&layout.qmp_socket, QMP_CONNECT_TIMEOUT) {
             Ok(pair) => pair,
