@@ -363,15 +363,12 @@ fn merge(dirs: &[PathBuf], out: &std::path::Path) -> u8 {
 
 /// The exit code a finished run stands for.
 fn exit_code(record: &bootgate::runner::record::RunRecord) -> u8 {
-    let s = &record.summary;
-    if record.interrupted {
-        EXIT_INTERRUPTED
-    } else if s.fail > 0 {
-        EXIT_FAIL
-    } else if s.error > 0 {
-        EXIT_INFRA
-    } else {
-        EXIT_PASS
+    use bootgate::runner::record::RunOutcome;
+    match record.outcome() {
+        RunOutcome::Interrupted => EXIT_INTERRUPTED,
+        RunOutcome::Fail => EXIT_FAIL,
+        RunOutcome::Error => EXIT_INFRA,
+        RunOutcome::Pass => EXIT_PASS,
     }
 }
 

@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use crate::report::{ReportError, Sink};
 use crate::runner::record::{
-    BootOutcome, BootRecord, CrashRecord, RunRecord, ScenarioRecord, StepOutcome, Verdict,
+    BootOutcome, BootRecord, CrashRecord, RunOutcome, RunRecord, ScenarioRecord, StepOutcome,
+    Verdict,
 };
 use crate::runner::Event;
 use crate::util::{human_duration, write_atomic};
@@ -253,14 +254,12 @@ impl RunView {
     fn build(run: &RunRecord, run_dir: &Path) -> RunView {
         let s = &run.summary;
         let total = run.scenarios.len();
-        let (word, class) = if run.interrupted {
-            ("INTERRUPTED", "v-error")
-        } else if s.fail > 0 {
-            ("FAIL", "v-fail")
-        } else if s.error > 0 {
-            ("ERROR", "v-error")
-        } else {
-            ("PASS", "v-pass")
+        let outcome = run.outcome();
+        let word = outcome.word();
+        let class = match outcome {
+            RunOutcome::Interrupted | RunOutcome::Error => "v-error",
+            RunOutcome::Fail => "v-fail",
+            RunOutcome::Pass => "v-pass",
         };
         let line = banner_line(run);
         let counts = vec![

@@ -93,19 +93,44 @@ pub struct RunRecord {
     pub summary: Summary,
 }
 
+/// What a whole run amounts to; the one rule behind the banner, the report and the
+/// exit code. A product failure outranks an infrastructure error: it is proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Interrupted,
+    Fail,
+    Error,
+    Pass,
+}
+
+impl RunOutcome {
+    pub fn word(self) -> &'static str {
+        match self {
+            RunOutcome::Interrupted => "INTERRUPTED",
+            RunOutcome::Fail => "FAIL",
+            RunOutcome::Error => "ERROR",
+            RunOutcome::Pass => "PASS",
+        }
+    }
+}
+
 impl RunRecord {
-    /// The run's one-word outcome: INTERRUPTED, FAIL, ERROR or PASS.
-    pub fn banner(&self) -> &'static str {
+    pub fn outcome(&self) -> RunOutcome {
         let s = &self.summary;
         if self.interrupted {
-            "INTERRUPTED"
+            RunOutcome::Interrupted
         } else if s.fail > 0 {
-            "FAIL"
+            RunOutcome::Fail
         } else if s.error > 0 {
-            "ERROR"
+            RunOutcome::Error
         } else {
-            "PASS"
+            RunOutcome::Pass
         }
+    }
+
+    /// The run's one-word outcome: INTERRUPTED, FAIL, ERROR or PASS.
+    pub fn banner(&self) -> &'static str {
+        self.outcome().word()
     }
 }
 
