@@ -210,15 +210,23 @@ def main():
     rows.append(("restore-to-ready vs cold boot-to-ready", f"{statistics.median(restored):.2f} s / {statistics.median(cold):.2f} s",
                  f"{ratio:.1f}x", ">= 30x", ratio >= 30))
 
-    # 3. Parallel efficiency: the same suite with --jobs 1 and --jobs 2.
-    t1, _, _ = run_suite(PARALLEL_SUITE, "--jobs", "1")
-    t2, _, peak = run_suite(PARALLEL_SUITE, "--jobs", "2")
+    # 3. Parallel efficiency: the same suite with --jobs 1 and --jobs 2, alternated
+    #    round by round (this machine is shared: a single pair moved between 81% and
+    #    94%), medians of the rounds.
+    serial, parallel, peaks = [], [], []
+    for _ in range(ROUNDS):
+        t1, _, _ = run_suite(PARALLEL_SUITE, "--jobs", "1")
+        t2, _, peak = run_suite(PARALLEL_SUITE, "--jobs", "2")
+        serial.append(t1)
+        parallel.append(t2)
+        peaks.append(peak)
+    t1, t2, peak = statistics.median(serial), statistics.median(parallel), max(peaks)
     efficiency = t1 / (2 * t2)
     rows.append(("suite wall time, --jobs 1 vs --jobs 2 (parallel efficiency)", f"{t1:.1f} s / {t2:.1f} s",
                  f"{efficiency:.0%}", ">= 85%", efficiency >= 0.85))
 
     # 4. Peak memory of bootgate itself while supervising the parallel run.
-    rows.append(("peak RSS of bootgate during the --jobs 2 run", f"{peak / 1024:.1f} MiB", f"{peak / 1024:.1f} MiB", "<= 50 MiB", peak / 1024 <= 50))
+    rows.append(("peak RSS of bootgate during the --jobs 2 runs (highest)", f"{peak / 1024:.1f} MiB", f"{peak / 1024:.1f} MiB", "<= 50 MiB", peak / 1024 <= 50))
 
     # 5. Panic-to-verdict latency: the runner records it per crash (detect_ms).
     _, run, _ = run_suite(CRASH_SUITE, "--jobs", "1")

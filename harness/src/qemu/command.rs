@@ -43,6 +43,22 @@ fn socket_chardev(id: &str, path: &Path) -> String {
     format!("socket,id={id},path={},server=on,wait=off", opt_path(path))
 }
 
+/// Where guest RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestRam {
+    /// QEMU's own anonymous memory (every cold boot).
+    Anonymous,
+    /// A file mapped as guest RAM. `shared`: writes go to the file (the VM that saves
+    /// a state boots this way, so its RAM is on disk when it stops). Not shared: a
+    /// private copy-on-write mapping, so any number of restored VMs start from the
+    /// same file at once, fault in only the pages they touch, and never change it.
+    File { path: PathBuf, shared: bool },
+}
+
+/// The memory backend's id; the RAM block of a saved state is named after it, so a
+/// save and its restores must use the same id.
+const RAM_BACKEND_ID: &str = "ram0";
+
 /// Builds the argv (binary first) for one VM.
 pub fn build(
     binary: &str,
@@ -50,6 +66,7 @@ pub fn build(
     accel: Accel,
     layout: &VmLayout,
     extra_append: Option<&str>,
+    ram: &GuestRam,
 ) -> Vec<String> {
     let mut argv: Vec<String> = vec![binary.into()];
     let mut push = |items: &[&str]| argv.extend(items.iter().map(|s| s.to_string()));
@@ -58,8 +75,30 @@ pub fn build(
     if accel == Accel::Kvm {
         push(&["-cpu", "host"]);
     }
-    push(&["-machine", &manifest.machine.machine_type]);
-    push(&["-m", &manifest.machine.memory_mib.to_string()]);
+    let memory_mib = manifest.machine.memory_mib;
+    match ram {
+        GuestRam::Anonymous => {
+            push(&["-machine", &manifest.machine.machine_type]);
+        }
+        GuestRam::File { path, shared } => {
+            push(&[
+                "-machine",
+                &format!(
+                    "{},memory-backend={RAM_BACKEND_ID}",
+                    manifest.machine.machine_type
+                ),
+            ]);
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-file,id={RAM_BACKEND_ID},size={memory_mib}M,mem-path={},share={}",
+                    opt_path(path),
+                    if *shared { "on" } else { "off" }
+                ),
+            ]);
+        }
+    }
+    push(&["-m", &memory_mib.to_string()]);
     push(&["-smp", &manifest.machine.cpus.to_string()]);
     // No defaults, no user config, no display: the VM has exactly what is listed here.
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
@@ -132,6 +171,7 @@ mod tests {
             Accel::Tcg,
             &layout,
             Some("bootgate.safe=1"),
+            &GuestRam::Anonymous,
         );
         let joined = argv.join(" ");
         assert_eq!(argv[0], "qemu-system-x86_64");
@@ -151,7 +191,33 @@ mod tests {
             "{append}"
         );
         assert!(!joined.contains("-cpu host"));
-        let kvm = build("q", &m, Accel::Kvm, &layout, None).join(" ");
+        let kvm = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));
+        assert!(!joined.contains("memory-backend"), "{joined}");
+    }
+
+    #[test]
+    fn file_backed_ram_names_one_backend_for_the_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest(dir.path());
+        let layout = VmLayout::in_dir(dir.path());
+        let ram = |shared| GuestRam::File {
+            path: PathBuf::from("/cache/st,ate/ram.mem"),
+            shared,
+        };
+        let saving = build("q", &m, Accel::Tcg, &layout, None, &ram(true)).join(" ");
+        assert!(
+            saving.contains("-machine pc,memory-backend=ram0"),
+            "{saving}"
+        );
+        assert!(
+            saving.contains(
+                "-object memory-backend-file,id=ram0,size=256M,mem-path=/cache/st,,ate/ram.mem,share=on"
+            ),
+            "{saving}"
+        );
+        let restoring = build("q", &m, Accel::Tcg, &layout, None, &ram(false)).join(" ");
+        assert!(restoring.contains("share=off"), "{restoring}");
+        assert!(!restoring.contains("share=on"), "{restoring}");
     }
 }

@@ -35,8 +35,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause between attempts while QEMU has not yet created or started listening
-/// on the socket.
-pub const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(20);
+/// on the socket. Short: QEMU creates it 20-35 ms after it starts, and a VM restored
+/// from a saved state answers about 0.1 s after that start.
+pub const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Errors from the QMP client.
 #[derive(Debug, thiserror::Error)]

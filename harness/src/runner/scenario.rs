@@ -866,7 +866,11 @@ impl Machine<'_> {
     /// Waits until the agent answers: the boot is ready.
     fn wait_ready(&mut self, timeout: Duration, emitter: &Emitter) -> Result<(), Stop> {
         let deadline = self.boot_started + timeout;
-        let id = self.vm()?.agent().submit(Request::WaitReady);
+        let vm = self.vm()?;
+        let id = match vm.take_ready_request() {
+            Some(id) => id,
+            None => vm.agent().submit(Request::WaitReady),
+        };
         loop {
             match self.next(deadline) {
                 Ok(Happening::Agent(got, result)) if got == id => match result {
