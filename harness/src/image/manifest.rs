@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::image::firmware;
 use crate::util::{line_col, snippet};
 
 /// Ready timeout used when a manifest does not give one.
@@ -32,6 +33,21 @@ pub enum ManifestError {
         snippet: String,
     },
     #[error(
+        "{manifest}: {field} names {path}, which does not exist: install the UEFI firmware (`apt-get install {pkg}`, or run tools/host-setup) or set {field} in the manifest",
+        pkg = firmware::OVMF_PACKAGE
+    )]
+    MissingFirmware {
+        manifest: PathBuf,
+        field: &'static str,
+        path: PathBuf,
+    },
+    #[error("{manifest}: {field}: {message}")]
+    Inconsistent {
+        manifest: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+    #[error(
         "{manifest}: {field} names {path}, which does not exist: build the image or fix the path"
     )]
     MissingFile {
@@ -52,6 +68,8 @@ pub enum OsFamily {
 #[serde(rename_all = "snake_case")]
 pub enum Firmware {
     Bios,
+    /// OVMF: read-only code plus a per-VM copy of the variable store.
+    Uefi,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -89,6 +107,14 @@ pub struct Manifest {
 pub struct Boot {
     #[serde(default = "bios")]
     pub firmware: Firmware,
+    /// UEFI only: Secure Boot on, with Microsoft's keys enrolled (Windows 11 needs
+    /// it). Needs `machine.type = "q35"` (the firmware runs in SMM).
+    #[serde(default)]
+    pub secure_boot: bool,
+    /// UEFI only: the firmware code and the variable-store template. Default: the
+    /// host's OVMF (package `ovmf`), the Secure Boot build when `secure_boot`.
+    pub uefi_code: Option<PathBuf>,
+    pub uefi_vars: Option<PathBuf>,
     /// Direct kernel boot: kernel image, optional initrd, command line.
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
@@ -116,6 +142,14 @@ pub struct Machine {
     pub memory_mib: u32,
     #[serde(default = "one_cpu")]
     pub cpus: u32,
+    /// A software TPM 2.0 (swtpm, one per VM, its state in the VM's folder).
+    #[serde(default)]
+    pub tpm: bool,
+    /// Hyper-V enlightenments for Windows guests (hv-relaxed, hv-vapic, hv-time,
+    /// hv-crash, ...). KVM only: under TCG they are left out; hv-crash is what
+    /// puts the bugcheck code into the panic event.
+    #[serde(default)]
+    pub hyperv: bool,
 }
 
 fn pc() -> String {
@@ -230,9 +264,11 @@ impl Manifest {
         let mut boot = raw.boot;
         boot.kernel = boot.kernel.map(absolute);
         boot.initrd = boot.initrd.map(absolute);
+        boot.uefi_code = boot.uefi_code.map(absolute);
+        boot.uefi_vars = boot.uefi_vars.map(absolute);
         let mut disk = raw.disk;
         disk.path = absolute(disk.path);
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             path: path.to_path_buf(),
             name: raw.name,
             os: raw.os,
@@ -242,8 +278,62 @@ impl Manifest {
             ready: raw.ready,
             guest: raw.guest,
         };
+        manifest.check_platform()?;
+        manifest.resolve_firmware();
         manifest.check_files()?;
         Ok(manifest)
+    }
+
+    /// Combinations that QEMU would reject, said in the manifest's own terms.
+    fn check_platform(&self) -> Result<(), ManifestError> {
+        let inconsistent = |field, message: &str| ManifestError::Inconsistent {
+            manifest: self.path.clone(),
+            field,
+            message: message.to_string(),
+        };
+        let uefi = self.boot.firmware == Firmware::Uefi;
+        if !uefi && (self.boot.uefi_code.is_some() || self.boot.uefi_vars.is_some()) {
+            return Err(inconsistent(
+                "boot.uefi_code",
+                "UEFI firmware files are given but boot.firmware is not \"uefi\"",
+            ));
+        }
+        if self.boot.secure_boot && !uefi {
+            return Err(inconsistent(
+                "boot.secure_boot",
+                "Secure Boot needs boot.firmware = \"uefi\"",
+            ));
+        }
+        if self.boot.secure_boot && !self.machine.machine_type.starts_with("q35") {
+            return Err(inconsistent(
+                "boot.secure_boot",
+                "Secure Boot needs machine.type = \"q35\" (its firmware runs in SMM)",
+            ));
+        }
+        if self.boot.uefi_code.is_some() != self.boot.uefi_vars.is_some() {
+            return Err(inconsistent(
+                "boot.uefi_vars",
+                "give both boot.uefi_code and boot.uefi_vars (a matched pair), or neither",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fills in the host's OVMF for a UEFI image that names no firmware files.
+    fn resolve_firmware(&mut self) {
+        if self.boot.firmware != Firmware::Uefi || self.boot.uefi_code.is_some() {
+            return;
+        }
+        let (code, vars) = firmware::default_pair(self.boot.secure_boot, Path::is_file);
+        self.boot.uefi_code = Some(code);
+        self.boot.uefi_vars = Some(vars);
+    }
+
+    /// Whether a VM of this image can start from a saved ready state. Only plain BIOS
+    /// machines without a TPM: a TPM's state lives in swtpm, outside QEMU's stream,
+    /// and a UEFI variable store would have to be saved alongside; those boot cold.
+    pub fn supports_saved_state(&self) -> bool {
+        self.boot.firmware == Firmware::Bios && !self.machine.tpm
     }
 
     fn check_files(&self) -> Result<(), ManifestError> {
@@ -251,9 +341,18 @@ impl Manifest {
             ("disk.path", Some(&self.disk.path)),
             ("boot.kernel", self.boot.kernel.as_ref()),
             ("boot.initrd", self.boot.initrd.as_ref()),
+            ("boot.uefi_code", self.boot.uefi_code.as_ref()),
+            ("boot.uefi_vars", self.boot.uefi_vars.as_ref()),
         ];
         for (field, path) in files {
             if let Some(path) = path {
+                if field.starts_with("boot.uefi") && !path.is_file() {
+                    return Err(ManifestError::MissingFirmware {
+                        manifest: self.path.clone(),
+                        field,
+                        path: path.clone(),
+                    });
+                }
                 if !path.is_file() {
                     return Err(ManifestError::MissingFile {
                         manifest: self.path.clone(),
@@ -271,6 +370,9 @@ impl Manifest {
         let mut files = vec![self.path.clone(), self.disk.path.clone()];
         files.extend(self.boot.kernel.clone());
         files.extend(self.boot.initrd.clone());
+        // The firmware is part of the machine: a different OVMF is different evidence.
+        files.extend(self.boot.uefi_code.clone());
+        files.extend(self.boot.uefi_vars.clone());
         files
     }
 }
@@ -315,6 +417,65 @@ mod tests {
             }
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn uefi_fills_in_a_matched_firmware_pair_or_names_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = DEMO.replace("firmware = \"bios\"", "firmware = \"uefi\"");
+        assert_ne!(text, DEMO);
+        let path = write_image(dir.path(), &text);
+        match Manifest::load(&path) {
+            Ok(m) => {
+                let code = m.boot.uefi_code.clone().unwrap();
+                assert!(code.is_file() && !code.to_string_lossy().contains("secboot"));
+                assert!(m.input_files().contains(&code), "firmware is hashed");
+                assert!(!m.supports_saved_state());
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("boot.uefi_code") && e.contains("apt-get install ovmf"),
+                    "{e}"
+                );
+            }
+        }
+        // Given explicitly, relative to the manifest.
+        std::fs::write(dir.path().join("code.fd"), b"c").unwrap();
+        std::fs::write(dir.path().join("vars.fd"), b"v").unwrap();
+        let text = text.replace(
+            "[disk]",
+            "uefi_code = \"code.fd\"\nuefi_vars = \"vars.fd\"\n\n[disk]",
+        );
+        let m = Manifest::load(&write_image(dir.path(), &text)).unwrap();
+        assert_eq!(m.boot.uefi_vars, Some(dir.path().join("vars.fd")));
+    }
+
+    #[test]
+    fn platform_contradictions_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let secure_on_bios = DEMO.replace("[disk]", "secure_boot = true\n\n[disk]");
+        let err = Manifest::load(&write_image(dir.path(), &secure_on_bios))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("boot.secure_boot") && err.contains("uefi"),
+            "{err}"
+        );
+        let secure_on_pc = secure_on_bios.replace("firmware = \"bios\"", "firmware = \"uefi\"");
+        let err = Manifest::load(&write_image(dir.path(), &secure_on_pc))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("q35"), "{err}");
+        let half_pair = DEMO
+            .replace("firmware = \"bios\"", "firmware = \"uefi\"")
+            .replace("[disk]", "uefi_code = \"vmlinuz\"\n\n[disk]");
+        let err = Manifest::load(&write_image(dir.path(), &half_pair))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("boot.uefi_vars"), "{err}");
+        let m = Manifest::load(&write_image(dir.path(), DEMO)).unwrap();
+        assert!(m.supports_saved_state());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Images: manifests, the built-in demo image and its cache, per-VM overlays.
 
 pub mod demo;
+pub mod firmware;
 pub mod manifest;
 pub mod overlay;
 

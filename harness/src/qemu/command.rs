@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::image::manifest::Manifest;
+use crate::image::manifest::{Firmware, Manifest};
 use crate::qemu::accel::Accel;
 
 /// The guest-agent port name qemu-ga looks for (same on Linux and Windows).
@@ -18,6 +18,11 @@ pub struct VmLayout {
     pub serial_socket: PathBuf,
     pub agent_socket: PathBuf,
     pub overlay: PathBuf,
+    /// This VM's copy of the UEFI variable store (UEFI images only).
+    pub uefi_vars: PathBuf,
+    /// The software TPM's state folder and control socket (TPM images only).
+    pub tpm_state: PathBuf,
+    pub tpm_socket: PathBuf,
 }
 
 impl VmLayout {
@@ -28,6 +33,9 @@ impl VmLayout {
             serial_socket: dir.join("serial.sock"),
             agent_socket: dir.join("agent.sock"),
             overlay: dir.join("system.qcow2"),
+            uefi_vars: dir.join("uefi-vars.fd"),
+            tpm_state: dir.join("tpm"),
+            tpm_socket: dir.join("swtpm.sock"),
         }
     }
 }
@@ -59,6 +67,11 @@ pub enum GuestRam {
 /// save and its restores must use the same id.
 const RAM_BACKEND_ID: &str = "ram0";
 
+/// Hyper-V enlightenments for Windows guests under KVM: the timer, APIC and
+/// spinlock ones Windows expects on a hypervisor, and hv-crash, which makes Windows
+/// report its bugcheck code and parameters in the panic event.
+pub const HYPERV_FLAGS: &str = "hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,hv-time,hv-vpindex,hv-synic,hv-stimer,hv-reset,hv-frequencies,hv-runtime,hv-crash";
+
 /// Builds the argv (binary first) for one VM.
 pub fn build(
     binary: &str,
@@ -73,20 +86,27 @@ pub fn build(
     push(&["-name", &format!("bootgate-{}", manifest.name)]);
     push(&["-accel", accel.as_str()]);
     if accel == Accel::Kvm {
-        push(&["-cpu", "host"]);
+        if manifest.machine.hyperv {
+            push(&["-cpu", &format!("host,{HYPERV_FLAGS}")]);
+        } else {
+            push(&["-cpu", "host"]);
+        }
     }
     let memory_mib = manifest.machine.memory_mib;
+    let mut machine = manifest.machine.machine_type.clone();
+    if manifest.boot.secure_boot {
+        // Secure Boot's variable store is only protected from the guest OS when
+        // the firmware runs in SMM.
+        machine.push_str(",smm=on");
+    }
     match ram {
         GuestRam::Anonymous => {
-            push(&["-machine", &manifest.machine.machine_type]);
+            push(&["-machine", &machine]);
         }
         GuestRam::File { path, shared } => {
             push(&[
                 "-machine",
-                &format!(
-                    "{},memory-backend={RAM_BACKEND_ID}",
-                    manifest.machine.machine_type
-                ),
+                &format!("{machine},memory-backend={RAM_BACKEND_ID}"),
             ]);
             push(&[
                 "-object",
@@ -104,6 +124,38 @@ pub fn build(
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
     // Start paused: bootgate connects QMP and the console first, then sends `cont`.
     push(&["-S"]);
+    if manifest.boot.firmware == Firmware::Uefi {
+        if manifest.boot.secure_boot {
+            push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
+        if let Some(code) = &manifest.boot.uefi_code {
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    opt_path(code)
+                ),
+            ]);
+        }
+        // The VM's own copy: the template stays as installed.
+        push(&[
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                opt_path(&layout.uefi_vars)
+            ),
+        ]);
+    }
+    if manifest.machine.tpm {
+        push(&[
+            "-chardev",
+            &format!("socket,id=tpmchr0,path={}", opt_path(&layout.tpm_socket)),
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=tpmchr0",
+            "-device",
+            "tpm-tis,tpmdev=tpm0",
+        ]);
+    }
     if let Some(kernel) = &manifest.boot.kernel {
         push(&["-kernel", &kernel.display().to_string()]);
         if let Some(initrd) = &manifest.boot.initrd {
@@ -194,6 +246,47 @@ mod tests {
         let kvm = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));
         assert!(!joined.contains("memory-backend"), "{joined}");
+    }
+
+    #[test]
+    fn uefi_secure_boot_tpm_and_hyperv_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manifest(dir.path());
+        let layout = VmLayout::in_dir(&dir.path().join("vm"));
+        let plain = build("q", &m, Accel::Tcg, &layout, None, &GuestRam::Anonymous).join(" ");
+        assert!(
+            !plain.contains("pflash") && !plain.contains("tpm"),
+            "{plain}"
+        );
+        m.boot.firmware = Firmware::Uefi;
+        m.boot.uefi_code = Some(PathBuf::from("/fw/CODE.fd"));
+        m.boot.uefi_vars = Some(PathBuf::from("/fw/VARS.fd"));
+        let uefi = build("q", &m, Accel::Tcg, &layout, None, &GuestRam::Anonymous).join(" ");
+        assert!(
+            uefi.contains("-drive if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd"),
+            "{uefi}"
+        );
+        let vars = format!("unit=1,file={}", layout.uefi_vars.display());
+        assert!(
+            uefi.contains(&vars),
+            "the VM's copy, not the template: {uefi}"
+        );
+        assert!(!uefi.contains("/fw/VARS.fd") && !uefi.contains("smm=on"));
+        m.boot.secure_boot = true;
+        m.machine.machine_type = "q35".into();
+        m.machine.tpm = true;
+        m.machine.hyperv = true;
+        let secure = build("q", &m, Accel::Tcg, &layout, None, &GuestRam::Anonymous).join(" ");
+        assert!(secure.contains("-machine q35,smm=on"), "{secure}");
+        assert!(secure.contains("driver=cfi.pflash01,property=secure,value=on"));
+        let tpm = format!(
+            "socket,id=tpmchr0,path={} -tpmdev emulator,id=tpm0,chardev=tpmchr0 -device tpm-tis,tpmdev=tpm0",
+            layout.tpm_socket.display()
+        );
+        assert!(secure.contains(&tpm), "{secure}");
+        assert!(!secure.contains("hv-crash"), "no Hyper-V flags under TCG");
+        let kvm = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
+        assert!(kvm.contains(&format!("-cpu host,{HYPERV_FLAGS}")), "{kvm}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod console;
 pub mod process;
 pub mod qmp;
 pub mod snapshot;
+pub mod tpm;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -18,6 +18,7 @@ use crate::qemu::console::{ConsoleCapture, ConsoleLine};
 use crate::qemu::process::{ProcessError, ProcessGuard, QUIT_GRACE};
 use crate::qemu::qmp::{QmpClient, QmpError, QmpMessage};
 use crate::qemu::snapshot::{self, SavedState, SnapshotError};
+use crate::qemu::tpm::{SoftTpm, TpmError};
 use crate::util::{wait_until, Waited};
 
 /// Time QEMU gets to create its sockets and answer the QMP greeting.
@@ -68,6 +69,11 @@ impl VmDir {
         if let Some(keep) = keep_overlay_in {
             layout.overlay = keep.join("system.qcow2");
         }
+        if let Some(template) = &manifest.boot.uefi_vars {
+            // The VM's own variable store, kept across its reboots like a real
+            // machine's NVRAM; the installed template is never written.
+            copy_private(template, &layout.uefi_vars)?;
+        }
         match saved {
             Some(state) => state.create_overlay(qemu_img, &layout.overlay)?,
             None => overlay::create(
@@ -81,10 +87,31 @@ impl VmDir {
     }
 }
 
+/// Copies `from` to `to` as a file only its owner can read and write.
+fn copy_private(from: &Path, to: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let copy_error = |source| VmError::Copy {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    };
+    std::fs::copy(from, to).map_err(copy_error)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).map_err(copy_error)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("cannot create the VM folder: {0}")]
     Folder(#[source] std::io::Error),
+    #[error("cannot copy {from} to {to}: {source}")]
+    Copy {
+        from: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
     #[error(transparent)]
     Overlay(#[from] ImageError),
     #[error("cannot start QEMU: {0} (is qemu-system-x86 installed? run `bootgate doctor`)")]
@@ -138,6 +165,8 @@ pub struct Vm {
     /// The readiness sync already sent for this boot (restores send it before `cont`).
     ready_request: Option<u64>,
     process: ProcessGuard,
+    /// The VM's software TPM, stopped after QEMU.
+    tpm: Option<SoftTpm>,
     qmp: Option<QmpClient>,
     console: Option<ConsoleCapture>,
     stopped: bool,
@@ -181,6 +210,14 @@ impl Vm {
         // A restore reads the saved device state from the file passed as descriptor 3.
         let state_file = config.incoming.map(SavedState::open_devices).transpose()?;
         let spawned = Instant::now();
+        let tpm = if config.manifest.machine.tpm {
+            let log = config
+                .artifacts_dir
+                .join(format!("swtpm{}.log", config.log_suffix));
+            Some(SoftTpm::start(&layout.tpm_state, &layout.tpm_socket, &log)?)
+        } else {
+            None
+        };
         let mut process = ProcessGuard::spawn_passing(&argv, &qemu_log_path, state_file.as_ref())?;
 
         let (qmp, events) = match QmpClient::connect(&layout.qmp_socket, QMP_CONNECT_TIMEOUT) {
@@ -234,6 +271,7 @@ impl Vm {
             agent,
             ready_request,
             process,
+            tpm,
             qmp: Some(qmp),
             console: Some(console),
             stopped: false,
@@ -282,6 +320,9 @@ impl Vm {
             }
         }
         self.process.terminate();
+        if let Some(mut tpm) = self.tpm.take() {
+            tpm.stop();
+        }
         if let Some(console) = self.console.take() {
             // A console that cannot be flushed loses evidence but must not stop teardown.
             let _ = console.finish();

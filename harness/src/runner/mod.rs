@@ -310,9 +310,11 @@ pub fn run(
             let Some(manifest) = manifests.get(&suite.path) else {
                 continue;
             };
+            // UEFI and TPM machines boot cold: see Manifest::supports_saved_state.
             if suite.scenarios[*index].cold_boot
                 || saved.contains_key(&suite.path)
                 || !manifest.ready.agent
+                || !manifest.supports_saved_state()
             {
                 continue;
             }

@@ -7,6 +7,7 @@ mod common;
 mod drivers;
 mod evidence;
 mod image;
+mod platform;
 mod shards;
 mod snapshot;
 mod teardown;
