@@ -1,6 +1,8 @@
 //! `bootgate doctor`: checks the host and says, line by line, what is ok and what to
 //! do about what is not.
 
+pub mod image;
+
 use std::ffi::CString;
 use std::io::Write;
 use std::path::Path;
@@ -110,6 +112,23 @@ pub fn run(out: &mut dyn Write) -> bool {
         Some(manifest) => line(true, "image cache", &format!("demo image built: {}", manifest.display())),
         None => line(true, "image cache", &format!("demo image not built yet in {}: `bootgate image build demo` (run does it on demand)", cache.display())),
     };
+    // Optional pieces: only images that ask for them need them.
+    for (what, present, text) in [
+        (
+            "uefi firmware",
+            Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").is_file(),
+            "OVMF (package ovmf): needed by images with boot.firmware = \"uefi\"",
+        ),
+        (
+            "swtpm",
+            qemu::find_in_path(crate::qemu::tpm::SWTPM).is_some(),
+            "software TPM (packages swtpm swtpm-tools): needed by images with machine.tpm",
+        ),
+    ] {
+        let tag = if present { "ok  " } else { "note" };
+        let state = if present { "found" } else { "not installed" };
+        let _ = writeln!(out, "{tag} {what}: {state}; {text}");
+    }
     ok
 }
 

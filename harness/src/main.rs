@@ -151,7 +151,18 @@ enum Command {
     },
     /// Check the host: QEMU binaries and version, qemu-img, accelerator, firmware,
     /// free disk, image cache. Each line says ok or what to do.
-    Doctor,
+    ///
+    /// With --image, boot that image once and check what bootgate needs inside it:
+    /// the guest agent and its commands, panic reporting (pvpanic), crash settings,
+    /// and for Windows crash dumps, test signing, recovery, pvpanic and fwcfg drivers.
+    Doctor {
+        /// An image manifest (image.toml, or its folder) to boot and check.
+        #[arg(long, value_name = "PATH")]
+        image: Option<PathBuf>,
+        /// Accelerator for the image check: auto probes KVM and falls back to TCG.
+        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+        accel: AccelChoice,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,7 +206,17 @@ fn main() -> ExitCode {
         Command::Image {
             command: ImageCommand::Build { name, force },
         } => image_build(&name, force),
-        Command::Doctor => {
+        Command::Doctor {
+            image: Some(image),
+            accel,
+        } => {
+            if doctor::image::run(&image, accel, &mut std::io::stdout()) {
+                EXIT_PASS
+            } else {
+                EXIT_INFRA
+            }
+        }
+        Command::Doctor { image: None, .. } => {
             if doctor::run(&mut std::io::stdout()) {
                 EXIT_PASS
             } else {

@@ -41,6 +41,8 @@ pub enum Request {
         path: String,
     },
     Shutdown(ShutdownMode),
+    /// The agent commands the guest has enabled (`guest-info`).
+    Commands,
 }
 
 #[derive(Debug)]
@@ -51,6 +53,7 @@ pub enum Answer {
     ExecTimedOut,
     Done,
     Data(Vec<u8>),
+    Commands(Vec<String>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,5 +178,6 @@ fn perform(
             client.shutdown(mode)?;
             Ok(Answer::Done)
         }
+        Request::Commands => Ok(Answer::Commands(client.info_commands(REQUEST_TIMEOUT)?)),
     }
 }

@@ -990,6 +990,7 @@ impl Machine<'_> {
             Request::WriteFile { .. } => "guest-file-write",
             Request::ReadFile { .. } => "guest-file-read",
             Request::Shutdown(_) => "guest-shutdown",
+            Request::Commands => "guest-info",
         };
         let deadline = Instant::now() + budget;
         let id = self.vm()?.agent().submit(request);

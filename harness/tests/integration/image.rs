@@ -43,3 +43,43 @@ fn doctor_reports_each_check() {
         );
     }
 }
+
+/// `doctor --image` boots the image and reports what is ready inside it, and says
+/// plainly what is missing when the guest agent never starts.
+#[test]
+fn doctor_image_checks_inside_the_guest() {
+    let out = run(&[
+        "doctor",
+        "--image",
+        demo_manifest().to_str().unwrap(),
+        "--accel",
+        "tcg",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "ok   guest agent: answered",
+        "ok   agent commands:",
+        "ok   pvpanic: driver bound",
+        "ok   panic settings: oops=panic",
+        "ok   content_dir: /system/content exists",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let no_agent = demo_variant(dir.path(), "bootgate.agent=off", "15s");
+    let out = run(&[
+        "doctor",
+        "--image",
+        no_agent.to_str().unwrap(),
+        "--accel",
+        "tcg",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("FAIL guest agent: no answer within") && stdout.contains("qemu-ga"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,505 @@
+//! `bootgate doctor --image PATH`: boots an image once and says, line by line, what
+//! is ready for bootgate and what is missing (guest agent and the commands bootgate
+//! uses, panic reporting, crash dump settings, test signing, the manifest's paths).
+//!
+//! The in-guest checks are shell commands run through the agent; for Windows they
+//! are `reg query`, `bcdedit` and `pnputil` through cmd.exe. Each check prints `ok`,
+//! `FAIL` (a run would go wrong) or `note` (worth knowing, not blocking).
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use crate::agent::worker::{Answer, Request};
+use crate::image::manifest::{DumpFormat, Firmware, Manifest, OsFamily};
+use crate::qemu::accel::{self, Accel, AccelChoice};
+use crate::qemu::qmp::QmpMessage;
+use crate::qemu::vm::{Signal, Vm, VmConfig, VmDir};
+use crate::qemu::{self, QemuTools};
+
+/// Time one in-guest check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Agent commands bootgate's steps use.
+const NEEDED_COMMANDS: &[&str] = &[
+    "guest-sync-delimited",
+    "guest-exec",
+    "guest-exec-status",
+    "guest-file-open",
+    "guest-file-write",
+    "guest-file-read",
+    "guest-file-close",
+    "guest-shutdown",
+];
+
+/// One line of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Fail,
+    Note,
+}
+
+struct Report<'a> {
+    out: &'a mut dyn Write,
+    ok: bool,
+}
+
+impl Report<'_> {
+    fn line(&mut self, level: Level, what: &str, text: &str) {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Fail => "FAIL",
+            Level::Note => "note",
+        };
+        self.ok &= level != Level::Fail;
+        let _ = writeln!(self.out, "{tag} {what}: {text}");
+    }
+}
+
+/// An in-guest check: a command line for the guest's shell and how to read its
+/// output.
+struct GuestCheck {
+    what: &'static str,
+    command: String,
+    judge: fn(i64, &str) -> (Level, String),
+}
+
+/// Boots the image at `path` and reports; true when nothing blocks a run.
+pub fn run(path: &Path, choice: AccelChoice, out: &mut dyn Write) -> bool {
+    let mut report = Report { out, ok: true };
+    let manifest_path = if path.is_dir() {
+        path.join("image.toml")
+    } else {
+        path.to_path_buf()
+    };
+    let manifest = match Manifest::load(&manifest_path) {
+        Ok(m) => {
+            report.line(
+                Level::Ok,
+                "manifest",
+                &format!("{} ({:?})", manifest_path.display(), m.os),
+            );
+            m
+        }
+        Err(e) => {
+            report.line(Level::Fail, "manifest", &e.to_string());
+            return false;
+        }
+    };
+    static_checks(&manifest, &mut report);
+    let tools = QemuTools::from_env();
+    if let Err(e) = qemu::version(&tools.system) {
+        report.line(Level::Fail, "qemu", &e.to_string());
+        return false;
+    }
+    let decision = accel::decide(choice, &tools.system, manifest.boot.kernel.as_deref());
+    report.line(
+        Level::Ok,
+        "accelerator",
+        decision
+            .notice
+            .as_deref()
+            .unwrap_or(decision.accel.as_str()),
+    );
+    if manifest.machine.hyperv && decision.accel != Accel::Kvm {
+        report.line(
+            Level::Note,
+            "hyper-v",
+            "enlightenments are KVM-only: under TCG a bugcheck code comes from the dump, not the panic event",
+        );
+    }
+    boot_checks(&manifest, &tools, decision.accel, &mut report);
+    report.ok
+}
+
+/// What can be said without booting.
+fn static_checks(manifest: &Manifest, report: &mut Report) {
+    let firmware = match manifest.boot.firmware {
+        Firmware::Bios => "BIOS (SeaBIOS)".to_string(),
+        Firmware::Uefi => format!(
+            "UEFI {}{}",
+            manifest
+                .boot
+                .uefi_code
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            if manifest.boot.secure_boot {
+                ", Secure Boot"
+            } else {
+                ""
+            }
+        ),
+    };
+    report.line(Level::Ok, "firmware", &firmware);
+    if manifest.machine.tpm {
+        match qemu::find_in_path(crate::qemu::tpm::SWTPM) {
+            Some(p) => report.line(Level::Ok, "tpm", &format!("swtpm at {}", p.display())),
+            None => report.line(
+                Level::Fail,
+                "tpm",
+                "machine.tpm is set but swtpm is not installed: `apt-get install swtpm swtpm-tools`",
+            ),
+        }
+    }
+    if manifest.os == OsFamily::Windows && manifest.guest.dump_format != DumpFormat::WinDmp {
+        report.line(
+            Level::Note,
+            "dump format",
+            "guest.dump_format is not \"win-dmp\": host-side dumps will not open in WinDbg",
+        );
+    }
+    if manifest.guest.safe_mode_append.is_none() && manifest.boot.kernel.is_some() {
+        report.line(
+            Level::Note,
+            "rescue boot",
+            "guest.safe_mode_append is not set: `recover` steps cannot select a rescue boot",
+        );
+    }
+}
+
+/// Boots the image on a throwaway overlay and runs the in-guest checks.
+fn boot_checks(manifest: &Manifest, tools: &QemuTools, accel: Accel, report: &mut Report) {
+    let logs = match tempfile::Builder::new()
+        .prefix("bootgate-doctor-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            report.line(
+                Level::Fail,
+                "boot",
+                &format!("cannot create a temp folder: {e}"),
+            );
+            return;
+        }
+    };
+    let vmdir = match VmDir::create(&tools.img, manifest, None, None) {
+        Ok(d) => d,
+        Err(e) => {
+            report.line(Level::Fail, "boot", &e.to_string());
+            return;
+        }
+    };
+    let config = VmConfig {
+        qemu_binary: &tools.system,
+        qemu_img: &tools.img,
+        manifest,
+        accel,
+        extra_append: None,
+        artifacts_dir: logs.path(),
+        incoming: None,
+        log_suffix: String::new(),
+    };
+    let mut vm = match Vm::start(&config, &vmdir.layout) {
+        Ok(vm) => vm,
+        Err(e) => {
+            report.line(Level::Fail, "boot", &format!("QEMU did not start: {e}"));
+            return;
+        }
+    };
+    let console_tail = |vm: &Vm| tail_of(&vm.console_path);
+    let started = Instant::now();
+    match ask(&mut vm, Request::WaitReady, manifest.ready.timeout) {
+        Ok(_) => report.line(
+            Level::Ok,
+            "guest agent",
+            &format!(
+                "answered {:.1} s after power-on",
+                started.elapsed().as_secs_f64()
+            ),
+        ),
+        Err(why) => {
+            let tail = console_tail(&vm);
+            report.line(
+                Level::Fail,
+                "guest agent",
+                &format!(
+                    "{why}: install and start qemu-ga in the image (Windows: the QEMU-GA service from the virtio-win MSI, with the vioserial driver); console tail:\n{tail}"
+                ),
+            );
+            return;
+        }
+    }
+    match ask(&mut vm, Request::Commands, CHECK_TIMEOUT) {
+        Ok(Answer::Commands(enabled)) => {
+            let missing: Vec<&str> = NEEDED_COMMANDS
+                .iter()
+                .copied()
+                .filter(|c| !enabled.iter().any(|e| e == c))
+                .collect();
+            if missing.is_empty() {
+                report.line(
+                    Level::Ok,
+                    "agent commands",
+                    "every command bootgate uses is enabled",
+                );
+            } else {
+                report.line(
+                    Level::Fail,
+                    "agent commands",
+                    &format!(
+                        "disabled or missing: {} (check qemu-ga's --block-rpcs / allow list)",
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
+        Ok(other) => report.line(
+            Level::Fail,
+            "agent commands",
+            &format!("unexpected answer {other:?}"),
+        ),
+        Err(why) => report.line(Level::Fail, "agent commands", &why),
+    }
+    for check in guest_checks(manifest) {
+        let mut argv = manifest.guest.shell.clone();
+        argv.push(check.command.clone());
+        let request = Request::Exec {
+            argv,
+            env: Vec::new(),
+            timeout: CHECK_TIMEOUT,
+        };
+        match ask(&mut vm, request, CHECK_TIMEOUT * 2) {
+            Ok(Answer::Exited(status)) => {
+                let output = String::from_utf8_lossy(&status.stdout).trim().to_string();
+                let (level, text) =
+                    (check.judge)(i64::from(status.exit_code.unwrap_or(-1)), &output);
+                report.line(level, check.what, &text);
+            }
+            Ok(other) => report.line(
+                Level::Fail,
+                check.what,
+                &format!("unexpected answer {other:?}"),
+            ),
+            Err(why) => report.line(Level::Fail, check.what, &why),
+        }
+    }
+    vm.stop();
+}
+
+/// Submits `request` and waits for its answer, or QEMU's end, or `timeout`.
+fn ask(vm: &mut Vm, request: Request, timeout: Duration) -> Result<Answer, String> {
+    let id = vm.agent().submit(request);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            vm.agent().cancel_all();
+            return Err(format!("no answer within {timeout:?}"));
+        }
+        match vm.signals.recv_timeout(left) {
+            Ok(Signal::Agent(reply)) if reply.id == id => {
+                return reply.result.map_err(|e| e.to_string());
+            }
+            Ok(Signal::Qmp(QmpMessage::Event(e)))
+                if matches!(e.name.as_str(), "GUEST_PANICKED" | "SHUTDOWN") =>
+            {
+                return Err(format!("the guest stopped ({})", e.name));
+            }
+            Ok(Signal::Qmp(QmpMessage::Closed(_))) | Err(RecvTimeoutError::Disconnected) => {
+                return Err("QEMU went away".into());
+            }
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+fn tail_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// The in-guest checks for the manifest's OS.
+fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
+    let mut checks = Vec::new();
+    let dirs = [
+        ("drivers_dir", manifest.guest.drivers_dir.clone()),
+        ("content_dir", manifest.guest.content_dir.clone()),
+    ];
+    match manifest.os {
+        OsFamily::Linux => {
+            checks.push(GuestCheck {
+                what: "pvpanic",
+                command: "for d in /sys/bus/platform/drivers/pvpanic-mmio/QEMU0001:* /sys/bus/pci/drivers/pvpanic-pci/0000:*; do [ -e \"$d\" ] && echo \"$d\" && exit 0; done; exit 1".into(),
+                judge: |code, out| {
+                    if code == 0 {
+                        (Level::Ok, format!("driver bound ({out}): panics reach QEMU as events"))
+                    } else {
+                        (Level::Fail, "no pvpanic driver bound: load the pvpanic-mmio/pvpanic-pci module, or crashes are seen only on the console".into())
+                    }
+                },
+            });
+            checks.push(GuestCheck {
+                what: "panic settings",
+                command: "cat /proc/cmdline".into(),
+                judge: |_, out| {
+                    let words: Vec<&str> = out.split_whitespace().collect();
+                    if words.contains(&"oops=panic") {
+                        (Level::Ok, "oops=panic: an oops becomes a panic event".into())
+                    } else {
+                        (Level::Note, format!("kernel command line has no oops=panic ({out}): an oops that does not panic is seen only on the console"))
+                    }
+                },
+            });
+            for (field, dir) in dirs {
+                if let Some(dir) = dir {
+                    checks.push(GuestCheck {
+                        what: field,
+                        command: format!(
+                            "test -d '{0}' && test -w '{0}' && echo '{0}'",
+                            dir.replace('\'', "'\\''")
+                        ),
+                        judge: |code, out| {
+                            if code == 0 {
+                                (Level::Ok, format!("{out} exists and is writable"))
+                            } else {
+                                (Level::Fail, "missing or not writable in the guest".into())
+                            }
+                        },
+                    });
+                }
+            }
+        }
+        OsFamily::Windows => {
+            // Unverified against a real Windows guest on this project's machines:
+            // these are the documented commands and their documented output.
+            checks.push(GuestCheck {
+                what: "crash dumps",
+                command: r"reg query HKLM\SYSTEM\CurrentControlSet\Control\CrashControl /v CrashDumpEnabled".into(),
+                judge: |code, out| match out.split_whitespace().last() {
+                    Some(v) if code == 0 && v != "0x0" => (Level::Ok, format!("CrashDumpEnabled = {v}")),
+                    _ => (Level::Fail, "crash dumps are off: set HKLM\\SYSTEM\\CurrentControlSet\\Control\\CrashControl CrashDumpEnabled (see images/windows/GUIDE.md)".into()),
+                },
+            });
+            checks.push(GuestCheck {
+                what: "test signing",
+                command: "bcdedit /enum {current}".into(),
+                judge: |code, out| {
+                    let on = out.lines().any(|l| {
+                        let l = l.to_ascii_lowercase();
+                        l.starts_with("testsigning") && l.trim_end().ends_with("yes")
+                    });
+                    match (code, on) {
+                        (0, true) => (Level::Ok, "testsigning Yes: test-signed drivers load".into()),
+                        (0, false) => (Level::Note, "test signing is off: only production-signed drivers load (`bcdedit /set testsigning on`)".into()),
+                        _ => (Level::Fail, "bcdedit failed: does the agent run elevated?".into()),
+                    }
+                },
+            });
+            checks.push(GuestCheck {
+                what: "recovery",
+                command: "bcdedit /enum {current}".into(),
+                judge: |_, out| {
+                    let off = out.lines().any(|l| {
+                        let l = l.to_ascii_lowercase();
+                        l.starts_with("recoveryenabled") && l.trim_end().ends_with("no")
+                    });
+                    if off {
+                        (Level::Ok, "recoveryenabled No: a boot loop stays visible".into())
+                    } else {
+                        (Level::Note, "WinRE may take over a looping guest: `bcdedit /set {default} recoveryenabled No`".into())
+                    }
+                },
+            });
+            for (what, id) in [("pvpanic", "ACPI\\QEMU0001"), ("fwcfg", "ACPI\\QEMU0002")] {
+                checks.push(GuestCheck {
+                    what,
+                    command: format!("pnputil /enum-devices /deviceid \"{id}\" /drivers"),
+                    judge: |code, out| {
+                        if code == 0 && out.contains("Started") {
+                            (Level::Ok, "driver installed and started".into())
+                        } else {
+                            (Level::Fail, "no started driver: install it from virtio-win (see images/windows/GUIDE.md)".into())
+                        }
+                    },
+                });
+            }
+            for (field, dir) in dirs {
+                if let Some(dir) = dir {
+                    checks.push(GuestCheck {
+                        what: field,
+                        command: format!("if exist \"{dir}\\\" (echo {dir}) else (exit 1)"),
+                        judge: |code, out| {
+                            if code == 0 {
+                                (Level::Ok, format!("{out} exists"))
+                            } else {
+                                (Level::Fail, "missing in the guest".into())
+                            }
+                        },
+                    });
+                }
+            }
+        }
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(checks: &[GuestCheck], what: &str, code: i64, out: &str) -> Level {
+        let check = checks.iter().find(|c| c.what == what).unwrap();
+        (check.judge)(code, out).0
+    }
+
+    #[test]
+    fn windows_judges_read_documented_output() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        let text = include_str!("../../../images/demo/image.toml")
+            .replace("os = \"linux\"", "os = \"windows\"");
+        std::fs::write(dir.path().join("image.toml"), text).unwrap();
+        let m = Manifest::load(&dir.path().join("image.toml")).unwrap();
+        let checks = guest_checks(&m);
+        let reg = "\r\nHKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Control\\CrashControl\r\n    CrashDumpEnabled    REG_DWORD    0x7\r\n";
+        assert_eq!(judge(&checks, "crash dumps", 0, reg.trim()), Level::Ok);
+        assert_eq!(
+            judge(&checks, "crash dumps", 0, &reg.replace("0x7", "0x0")),
+            Level::Fail
+        );
+        let bcd = "identifier              {current}\r\ntestsigning             Yes\r\nrecoveryenabled         No";
+        assert_eq!(judge(&checks, "test signing", 0, bcd), Level::Ok);
+        assert_eq!(judge(&checks, "recovery", 0, bcd), Level::Ok);
+        assert_eq!(
+            judge(&checks, "test signing", 0, "testsigning No"),
+            Level::Note
+        );
+        assert_eq!(judge(&checks, "test signing", 1, ""), Level::Fail);
+        assert_eq!(judge(&checks, "pvpanic", 0, "Status: Started"), Level::Ok);
+        assert_eq!(
+            judge(&checks, "fwcfg", 0, "No devices were found"),
+            Level::Fail
+        );
+    }
+
+    #[test]
+    fn linux_judges() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("image.toml"),
+            include_str!("../../../images/demo/image.toml"),
+        )
+        .unwrap();
+        let m = Manifest::load(&dir.path().join("image.toml")).unwrap();
+        let checks = guest_checks(&m);
+        assert_eq!(
+            judge(&checks, "panic settings", 0, "console=ttyS0 oops=panic"),
+            Level::Ok
+        );
+        assert_eq!(
+            judge(&checks, "panic settings", 0, "console=ttyS0 oops=panicky"),
+            Level::Note
+        );
+        assert_eq!(judge(&checks, "pvpanic", 1, ""), Level::Fail);
+        assert!(checks.iter().any(|c| c.what == "content_dir"));
+    }
+}
