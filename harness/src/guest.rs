@@ -1,10 +1,15 @@
 //! Guest profiles: what a step means in a given guest OS. The image manifest says
 //! which OS family an image is and where its paths are; this module turns suite steps
-//! into agent requests for that family. Values reach guest scripts through the
-//! environment, never spliced into script text, so suite strings are never code.
+//! into agent requests for that family. Values never become script text, so suite
+//! strings are never code: Linux scripts get them through the environment; Windows
+//! commands take them as argv items or as quoted PowerShell literals ahead of
+//! constant script text, because on Windows the agent's `env` would replace the whole
+//! environment (see [`crate::windows::command`]).
 
 use crate::image::manifest::{Manifest, OsFamily};
 use crate::suite::ExecStep;
+use crate::windows::command::{self as wincmd, CommandError};
+use crate::windows::{path as winpath, DriverKind, ServiceStart};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -16,6 +21,16 @@ pub enum GuestError {
     },
     #[error("{0} images do not support this step yet")]
     Unsupported(&'static str),
+    #[error("{manifest}: windows drivers take no load parameters (got {params:?}): a windows driver reads its settings from its registry key, so write them there with an exec step")]
+    WindowsParams { manifest: String, params: String },
+    #[error("cannot build the windows command: {0}")]
+    Command(#[source] CommandError),
+}
+
+impl From<CommandError> for GuestError {
+    fn from(e: CommandError) -> GuestError {
+        GuestError::Command(e)
+    }
 }
 
 /// A command for the guest agent: argv plus environment.
@@ -35,6 +50,12 @@ pub struct GuestProfile {
     drivers_registry: Option<String>,
     content_dir: Option<String>,
     safe_mode_append: Option<String>,
+    /// Windows only: how drivers are installed and when service drivers load.
+    driver_kind: DriverKind,
+    service_start: ServiceStart,
+    /// Windows only: where the guest writes crash dumps (may hold %SystemRoot%).
+    minidump_dir: String,
+    memory_dump_path: String,
 }
 
 /// Registers a driver in the Linux demo guest's boot-start registry (one
@@ -64,6 +85,18 @@ impl GuestProfile {
             drivers_registry: manifest.guest.drivers_registry.clone(),
             content_dir: manifest.guest.content_dir.clone(),
             safe_mode_append: manifest.guest.safe_mode_append.clone(),
+            driver_kind: manifest.guest.driver_kind.unwrap_or_default(),
+            service_start: manifest.guest.service_start.unwrap_or_default(),
+            minidump_dir: manifest
+                .guest
+                .minidump_dir
+                .clone()
+                .unwrap_or_else(|| crate::windows::DEFAULT_MINIDUMP_DIR.into()),
+            memory_dump_path: manifest
+                .guest
+                .memory_dump_path
+                .clone()
+                .unwrap_or_else(|| crate::windows::DEFAULT_MEMORY_DUMP.into()),
         }
     }
 
@@ -78,13 +111,6 @@ impl GuestProfile {
             field,
             what,
         })
-    }
-
-    fn linux_only(&self) -> Result<(), GuestError> {
-        match self.os {
-            OsFamily::Linux => Ok(()),
-            OsFamily::Windows => Err(GuestError::Unsupported("windows")),
-        }
     }
 
     /// The argv the guest agent runs for an exec step: `argv` as given, or the shell
@@ -111,10 +137,40 @@ impl GuestProfile {
         }
     }
 
-    /// Where a driver's module goes on the system disk.
+    /// A Windows command: argv only (an `env` would replace the guest process's whole
+    /// environment, SystemRoot and PATH included).
+    fn windows(argv: Vec<String>) -> GuestCommand {
+        GuestCommand {
+            argv,
+            env: Vec::new(),
+        }
+    }
+
+    /// Where a driver's module goes on the system disk: Linux `DIR/NAME.ko`; Windows
+    /// `DIR\NAME.sys` for a service driver, `DIR\NAME.zip` (the driver package) for PnP.
     pub fn driver_path(&self, name: &str) -> Result<String, GuestError> {
         let dir = self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?;
-        Ok(format!("{dir}/{name}.ko"))
+        Ok(match (self.os, self.driver_kind) {
+            (OsFamily::Linux, _) => format!("{dir}/{name}.ko"),
+            (OsFamily::Windows, DriverKind::Service) => winpath::join(dir, &format!("{name}.sys")),
+            (OsFamily::Windows, DriverKind::Pnp) => winpath::join(dir, &format!("{name}.zip")),
+        })
+    }
+
+    /// Windows, PnP: the folder a driver package zip is expanded into.
+    fn package_dir(&self, name: &str) -> Result<String, GuestError> {
+        let dir = self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?;
+        Ok(winpath::join(dir, name))
+    }
+
+    /// Windows: the drives whose caches a command flushes (besides the system drive,
+    /// which every flush covers): those of the driver and content folders.
+    fn drives(&self) -> Vec<char> {
+        [&self.drivers_dir, &self.content_dir]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| winpath::drive_letter(p))
+            .collect()
     }
 
     /// The boot-start driver registry file in the guest.
@@ -127,13 +183,40 @@ impl GuestProfile {
     }
 
     /// Registers an installed driver to load at boot (and loads it now if asked).
+    /// Windows: a service driver is created (or reconfigured) with sc.exe and started
+    /// if `load_now`; a PnP package is expanded and added with pnputil, installed on
+    /// matching devices if `load_now` (otherwise only staged in the driver store).
     pub fn register_driver(
         &self,
         name: &str,
         params: &str,
         load_now: bool,
     ) -> Result<GuestCommand, GuestError> {
-        self.linux_only()?;
+        if self.os == OsFamily::Windows {
+            if !params.trim().is_empty() {
+                return Err(GuestError::WindowsParams {
+                    manifest: self.manifest.clone(),
+                    params: params.into(),
+                });
+            }
+            let file = self.driver_path(name)?;
+            let argv = match self.driver_kind {
+                DriverKind::Service => wincmd::install_service(
+                    name,
+                    &file,
+                    self.service_start,
+                    load_now,
+                    &self.drives(),
+                )?,
+                DriverKind::Pnp => wincmd::install_pnp_package(
+                    &file,
+                    &self.package_dir(name)?,
+                    load_now,
+                    &self.drives(),
+                )?,
+            };
+            return Ok(Self::windows(argv));
+        }
         let registry = self.registry()?;
         Ok(self.script(
             LINUX_REGISTER,
@@ -147,9 +230,20 @@ impl GuestProfile {
         ))
     }
 
-    /// Unloads, unregisters and deletes a driver.
+    /// Unloads, unregisters and deletes a driver. Windows: stops and deletes the
+    /// service and its file, or uninstalls the package's INFs with pnputil and deletes
+    /// the package.
     pub fn unregister_driver(&self, name: &str) -> Result<GuestCommand, GuestError> {
-        self.linux_only()?;
+        if self.os == OsFamily::Windows {
+            let file = self.driver_path(name)?;
+            let argv = match self.driver_kind {
+                DriverKind::Service => wincmd::uninstall_service(name, &file, &self.drives())?,
+                DriverKind::Pnp => {
+                    wincmd::uninstall_pnp_package(&file, &self.package_dir(name)?, &self.drives())?
+                }
+            };
+            return Ok(Self::windows(argv));
+        }
         let registry = self.registry()?;
         Ok(self.script(
             LINUX_UNREGISTER,
@@ -164,12 +258,17 @@ impl GuestProfile {
     /// Where a driver's content file goes.
     pub fn content_path(&self, content_file: &str) -> Result<String, GuestError> {
         let dir = self.need(&self.content_dir, "content_dir", "content files go")?;
-        Ok(format!("{dir}/{content_file}"))
+        Ok(match self.os {
+            OsFamily::Linux => format!("{dir}/{content_file}"),
+            OsFamily::Windows => winpath::join(dir, content_file),
+        })
     }
 
     /// Deletes a content file.
     pub fn remove_file(&self, path: &str) -> Result<GuestCommand, GuestError> {
-        self.linux_only()?;
+        if self.os == OsFamily::Windows {
+            return Ok(Self::windows(wincmd::remove_file(path, &self.drives())?));
+        }
         Ok(self.script(
             r#"rm -f "$BG_PATH" && sync"#,
             vec![format!("BG_PATH={path}")],
@@ -177,13 +276,33 @@ impl GuestProfile {
     }
 
     /// Flushes the guest's disk writes (before power-cycling it from outside).
+    /// Windows: the registry hives and the file system caches.
     pub fn sync_disks(&self) -> Result<GuestCommand, GuestError> {
-        self.linux_only()?;
+        if self.os == OsFamily::Windows {
+            return Ok(Self::windows(wincmd::flush_volumes(&self.drives())?));
+        }
         Ok(self.script("sync", Vec::new()))
+    }
+
+    /// Windows: lists the crash dumps the guest wrote (minidumps and the memory
+    /// dump); parse the output with [`wincmd::parse_crash_dump_listing`].
+    pub fn list_crash_dumps(&self) -> Result<GuestCommand, GuestError> {
+        match self.os {
+            OsFamily::Windows => Ok(Self::windows(wincmd::list_crash_dumps(
+                &self.minidump_dir,
+                &self.memory_dump_path,
+            )?)),
+            OsFamily::Linux => Err(GuestError::Unsupported("linux")),
+        }
     }
 
     /// Kernel parameters of the rescue boot that skips third-party drivers.
     pub fn safe_mode_append(&self) -> Result<&str, GuestError> {
+        // A Windows rescue boot is a bcdedit safeboot setting inside the guest, not
+        // kernel parameters; asking the manifest for them would be wrong advice.
+        if self.os == OsFamily::Windows {
+            return Err(GuestError::Unsupported("windows"));
+        }
         self.need(
             &self.safe_mode_append,
             "safe_mode_append",
@@ -206,6 +325,26 @@ mod tests {
             drivers_registry: Some("/system/etc/drivers.conf".into()),
             content_dir: None,
             safe_mode_append: Some("bootgate.safe=1".into()),
+            driver_kind: DriverKind::Service,
+            service_start: ServiceStart::Boot,
+            minidump_dir: String::new(),
+            memory_dump_path: String::new(),
+        }
+    }
+
+    fn windows_profile(kind: DriverKind) -> GuestProfile {
+        GuestProfile {
+            os: OsFamily::Windows,
+            manifest: "windows/image.toml".into(),
+            shell: wincmd::POWERSHELL.iter().map(|s| s.to_string()).collect(),
+            drivers_dir: Some(r"D:\Program Files\Vendor Ünïcode\drivers".into()),
+            drivers_registry: None,
+            content_dir: Some(r"C:\ProgramData\bootgate\content".into()),
+            safe_mode_append: None,
+            driver_kind: kind,
+            service_start: ServiceStart::System,
+            minidump_dir: crate::windows::DEFAULT_MINIDUMP_DIR.into(),
+            memory_dump_path: crate::windows::DEFAULT_MEMORY_DUMP.into(),
         }
     }
 
@@ -241,6 +380,154 @@ mod tests {
             .env
             .contains(&"BG_MODULE=/system/drivers/demo_sensor.ko".to_string()));
         assert!(cmd.env.contains(&"BG_LOAD=1".to_string()));
+    }
+
+    #[test]
+    fn linux_commands_are_unchanged() {
+        // The Linux side must not move when Windows support grows: exact argv and env.
+        let p = profile();
+        assert_eq!(
+            p.driver_path("demo_sensor").unwrap(),
+            "/system/drivers/demo_sensor.ko"
+        );
+        let cmd = p.unregister_driver("demo_sensor").unwrap();
+        assert_eq!(cmd.argv, ["/bin/sh", "-c", LINUX_UNREGISTER]);
+        assert_eq!(
+            cmd.env,
+            [
+                "BG_NAME=demo_sensor",
+                "BG_REGISTRY=/system/etc/drivers.conf",
+                "BG_MODULE=/system/drivers/demo_sensor.ko",
+            ]
+        );
+        let cmd = p.remove_file("/system/content/a b").unwrap();
+        assert_eq!(cmd.argv, ["/bin/sh", "-c", r#"rm -f "$BG_PATH" && sync"#]);
+        assert_eq!(cmd.env, ["BG_PATH=/system/content/a b"]);
+        assert_eq!(p.sync_disks().unwrap().argv, ["/bin/sh", "-c", "sync"]);
+        assert_eq!(p.safe_mode_append().unwrap(), "bootgate.safe=1");
+        assert!(matches!(
+            p.list_crash_dumps(),
+            Err(GuestError::Unsupported("linux"))
+        ));
+    }
+
+    #[test]
+    fn windows_service_driver_goes_through_sc_with_quoted_values() {
+        let p = windows_profile(DriverKind::Service);
+        let sys = r"D:\Program Files\Vendor Ünïcode\drivers\sensor.sys";
+        assert_eq!(p.driver_path("sensor").unwrap(), sys);
+        let cmd = p.register_driver("sensor", "", true).unwrap();
+        assert!(
+            cmd.env.is_empty(),
+            "an env would replace the whole windows environment"
+        );
+        assert_eq!(
+            cmd.argv,
+            wincmd::install_service("sensor", sys, ServiceStart::System, true, &['D', 'C'])
+                .unwrap()
+        );
+        assert!(
+            cmd.argv[6].contains(&format!("$bgSys = '{sys}'")),
+            "{}",
+            cmd.argv[6]
+        );
+        assert!(
+            cmd.argv[6].contains("$bgDrives = @('D', 'C')"),
+            "{}",
+            cmd.argv[6]
+        );
+        let cmd = p.unregister_driver("sensor").unwrap();
+        assert_eq!(
+            cmd.argv,
+            wincmd::uninstall_service("sensor", sys, &['D', 'C']).unwrap()
+        );
+        let err = p
+            .register_driver("sensor", "fixed=1", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("windows/image.toml") && err.contains("registry"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn windows_pnp_driver_is_a_package_zip_expanded_next_to_it() {
+        let p = windows_profile(DriverKind::Pnp);
+        let zip = r"D:\Program Files\Vendor Ünïcode\drivers\sensor.zip";
+        let dir = r"D:\Program Files\Vendor Ünïcode\drivers\sensor";
+        assert_eq!(p.driver_path("sensor").unwrap(), zip);
+        let cmd = p.register_driver("sensor", "  ", false).unwrap();
+        assert_eq!(
+            cmd.argv,
+            wincmd::install_pnp_package(zip, dir, false, &['D', 'C']).unwrap()
+        );
+        let cmd = p.unregister_driver("sensor").unwrap();
+        assert_eq!(
+            cmd.argv,
+            wincmd::uninstall_pnp_package(zip, dir, &['D', 'C']).unwrap()
+        );
+    }
+
+    #[test]
+    fn windows_content_sync_shell_and_dumps() {
+        let p = windows_profile(DriverKind::Service);
+        let path = p.content_path("C-00000291-00000000-00000032.sys").unwrap();
+        assert_eq!(
+            path,
+            r"C:\ProgramData\bootgate\content\C-00000291-00000000-00000032.sys"
+        );
+        let cmd = p.remove_file(&path).unwrap();
+        assert!(cmd.env.is_empty());
+        assert_eq!(cmd.argv, wincmd::remove_file(&path, &['D', 'C']).unwrap());
+        assert_eq!(
+            p.sync_disks().unwrap().argv,
+            wincmd::flush_volumes(&['D', 'C']).unwrap()
+        );
+        let line = r#"Get-Content 'C:\x y\log.txt' | Select-String "error""#;
+        assert_eq!(p.shell_argv(line), wincmd::powershell_argv(line));
+        let step = ExecStep {
+            run: Some(line.into()),
+            argv: None,
+            expect_exit: 0,
+            timeout: None,
+        };
+        assert_eq!(p.exec_argv(&step), wincmd::powershell_argv(line));
+        assert_eq!(
+            p.list_crash_dumps().unwrap().argv,
+            wincmd::list_crash_dumps(r"%SystemRoot%\Minidump", r"%SystemRoot%\MEMORY.DMP").unwrap()
+        );
+        assert!(matches!(
+            p.safe_mode_append(),
+            Err(GuestError::Unsupported("windows"))
+        ));
+    }
+
+    #[test]
+    fn windows_profile_from_the_template_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
+        let path = dir.path().join("image.toml");
+        std::fs::write(&path, include_str!("../../images/windows/image.toml")).unwrap();
+        let p = GuestProfile::for_manifest(&Manifest::load(&path).unwrap());
+        assert_eq!(p.os, OsFamily::Windows);
+        assert_eq!(
+            p.driver_path("sensor").unwrap(),
+            r"C:\Windows\System32\drivers\sensor.sys"
+        );
+        let cmd = p.register_driver("sensor", "", false).unwrap();
+        assert!(cmd.argv[6].contains("$bgStart = 'boot'"), "{}", cmd.argv[6]);
+        assert!(
+            cmd.argv[6].contains("$bgDrives = @('C')"),
+            "{}",
+            cmd.argv[6]
+        );
+        assert_eq!(
+            p.list_crash_dumps().unwrap().argv[6]
+                .matches("%SystemRoot%")
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -15,3 +15,4 @@ pub mod report;
 pub mod runner;
 pub mod suite;
 pub mod util;
+pub mod windows;

@@ -57,11 +57,10 @@ impl Report<'_> {
     }
 }
 
-/// An in-guest check: a command line for the guest's shell and how to read its
-/// output.
+/// An in-guest check: the argv the agent runs and how to read its output.
 struct GuestCheck {
     what: &'static str,
-    command: String,
+    argv: Vec<String>,
     judge: fn(i64, &str) -> (Level, String),
 }
 
@@ -254,10 +253,8 @@ fn boot_checks(manifest: &Manifest, tools: &QemuTools, accel: Accel, report: &mu
         Err(why) => report.line(Level::Fail, "agent commands", &why),
     }
     for check in guest_checks(manifest) {
-        let mut argv = manifest.guest.shell.clone();
-        argv.push(check.command.clone());
         let request = Request::Exec {
-            argv,
+            argv: check.argv.clone(),
             env: Vec::new(),
             timeout: CHECK_TIMEOUT,
         };
@@ -315,6 +312,12 @@ fn tail_of(path: &Path) -> String {
 /// The in-guest checks for the manifest's OS.
 fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
     let mut checks = Vec::new();
+    let shell = |line: String| {
+        let mut argv = manifest.guest.shell.clone();
+        argv.push(line);
+        argv
+    };
+    let program = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let dirs = [
         ("drivers_dir", manifest.guest.drivers_dir.clone()),
         ("content_dir", manifest.guest.content_dir.clone()),
@@ -323,7 +326,7 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
         OsFamily::Linux => {
             checks.push(GuestCheck {
                 what: "pvpanic",
-                command: "for d in /sys/bus/platform/drivers/pvpanic-mmio/QEMU0001:* /sys/bus/pci/drivers/pvpanic-pci/0000:*; do [ -e \"$d\" ] && echo \"$d\" && exit 0; done; exit 1".into(),
+                argv: shell("for d in /sys/bus/platform/drivers/pvpanic-mmio/QEMU0001:* /sys/bus/pci/drivers/pvpanic-pci/0000:*; do [ -e \"$d\" ] && echo \"$d\" && exit 0; done; exit 1".into()),
                 judge: |code, out| {
                     if code == 0 {
                         (Level::Ok, format!("driver bound ({out}): panics reach QEMU as events"))
@@ -334,7 +337,7 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
             });
             checks.push(GuestCheck {
                 what: "panic settings",
-                command: "cat /proc/cmdline".into(),
+                argv: program(&["/bin/cat", "/proc/cmdline"]),
                 judge: |_, out| {
                     let words: Vec<&str> = out.split_whitespace().collect();
                     if words.contains(&"oops=panic") {
@@ -348,10 +351,10 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
                 if let Some(dir) = dir {
                     checks.push(GuestCheck {
                         what: field,
-                        command: format!(
+                        argv: shell(format!(
                             "test -d '{0}' && test -w '{0}' && echo '{0}'",
                             dir.replace('\'', "'\\''")
-                        ),
+                        )),
                         judge: |code, out| {
                             if code == 0 {
                                 (Level::Ok, format!("{out} exists and is writable"))
@@ -365,10 +368,18 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
         }
         OsFamily::Windows => {
             // Unverified against a real Windows guest on this project's machines:
-            // these are the documented commands and their documented output.
+            // these are the documented commands and their documented output. Each
+            // runs as its own program (argv), never through the manifest's shell,
+            // so neither cmd's nor PowerShell's parsing gets a say.
             checks.push(GuestCheck {
                 what: "crash dumps",
-                command: r"reg query HKLM\SYSTEM\CurrentControlSet\Control\CrashControl /v CrashDumpEnabled".into(),
+                argv: program(&[
+                    "reg.exe",
+                    "query",
+                    r"HKLM\SYSTEM\CurrentControlSet\Control\CrashControl",
+                    "/v",
+                    "CrashDumpEnabled",
+                ]),
                 judge: |code, out| match out.split_whitespace().last() {
                     Some(v) if code == 0 && v != "0x0" => (Level::Ok, format!("CrashDumpEnabled = {v}")),
                     _ => (Level::Fail, "crash dumps are off: set HKLM\\SYSTEM\\CurrentControlSet\\Control\\CrashControl CrashDumpEnabled (see images/windows/GUIDE.md)".into()),
@@ -376,7 +387,7 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
             });
             checks.push(GuestCheck {
                 what: "test signing",
-                command: "bcdedit /enum {current}".into(),
+                argv: program(&["bcdedit.exe", "/enum", "{current}"]),
                 judge: |code, out| {
                     let on = out.lines().any(|l| {
                         let l = l.to_ascii_lowercase();
@@ -391,7 +402,7 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
             });
             checks.push(GuestCheck {
                 what: "recovery",
-                command: "bcdedit /enum {current}".into(),
+                argv: program(&["bcdedit.exe", "/enum", "{current}"]),
                 judge: |_, out| {
                     let off = out.lines().any(|l| {
                         let l = l.to_ascii_lowercase();
@@ -407,7 +418,7 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
             for (what, id) in [("pvpanic", "ACPI\\QEMU0001"), ("fwcfg", "ACPI\\QEMU0002")] {
                 checks.push(GuestCheck {
                     what,
-                    command: format!("pnputil /enum-devices /deviceid \"{id}\" /drivers"),
+                    argv: program(&["pnputil.exe", "/enum-devices", "/deviceid", id, "/drivers"]),
                     judge: |code, out| {
                         if code == 0 && out.contains("Started") {
                             (Level::Ok, "driver installed and started".into())
@@ -421,7 +432,10 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
                 if let Some(dir) = dir {
                     checks.push(GuestCheck {
                         what: field,
-                        command: format!("if exist \"{dir}\\\" (echo {dir}) else (exit 1)"),
+                        argv: crate::windows::command::powershell_argv(&format!(
+                            "if (Test-Path -LiteralPath {0} -PathType Container) {{ {0} }} else {{ exit 1 }}",
+                            crate::windows::command::ps_quote(&dir)
+                        )),
                         judge: |code, out| {
                             if code == 0 {
                                 (Level::Ok, format!("{out} exists"))
@@ -449,12 +463,14 @@ mod tests {
     #[test]
     fn windows_judges_read_documented_output() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
-            std::fs::write(dir.path().join(f), b"x").unwrap();
-        }
-        let text = include_str!("../../../images/demo/image.toml")
-            .replace("os = \"linux\"", "os = \"windows\"");
-        std::fs::write(dir.path().join("image.toml"), text).unwrap();
+        // The Windows template (a relabelled Linux manifest no longer loads: a
+        // Windows image's guest paths must be Windows paths).
+        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
+        std::fs::write(
+            dir.path().join("image.toml"),
+            include_str!("../../../images/windows/image.toml"),
+        )
+        .unwrap();
         let m = Manifest::load(&dir.path().join("image.toml")).unwrap();
         let checks = guest_checks(&m);
         let reg = "\r\nHKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Control\\CrashControl\r\n    CrashDumpEnabled    REG_DWORD    0x7\r\n";

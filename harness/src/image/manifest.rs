@@ -199,6 +199,15 @@ pub struct GuestPaths {
     /// or "win-dmp" (WinDbg; needs the guest's fwcfg driver).
     #[serde(default)]
     pub dump_format: DumpFormat,
+    /// Windows: how drivers are installed, "service" (sc.exe; the default) or "pnp"
+    /// (pnputil, from a driver package zip). See [`crate::windows::DriverKind`].
+    pub driver_kind: Option<crate::windows::DriverKind>,
+    /// Windows: when a service driver loads, "boot" (the default), "system" or "demand".
+    pub service_start: Option<crate::windows::ServiceStart>,
+    /// Windows: the guest's minidump folder (default `%SystemRoot%\Minidump`).
+    pub minidump_dir: Option<String>,
+    /// Windows: the guest's memory dump file (default `%SystemRoot%\MEMORY.DMP`).
+    pub memory_dump_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -279,6 +288,15 @@ impl Manifest {
             guest: raw.guest,
         };
         manifest.check_platform()?;
+        // Guest paths are the guest's: Windows paths for a Windows image, and no field
+        // of the other OS family (it would be ignored, hiding a mistake).
+        crate::windows::path::check_guest(manifest.os, &manifest.guest).map_err(|p| {
+            ManifestError::Inconsistent {
+                manifest: manifest.path.clone(),
+                field: p.field,
+                message: p.message,
+            }
+        })?;
         manifest.resolve_firmware();
         manifest.check_files()?;
         Ok(manifest)
@@ -476,6 +494,133 @@ mod tests {
         assert!(err.contains("boot.uefi_vars"), "{err}");
         let m = Manifest::load(&write_image(dir.path(), DEMO)).unwrap();
         assert!(m.supports_saved_state());
+    }
+
+    const WINDOWS: &str = include_str!("../../../images/windows/image.toml");
+
+    fn write_windows_image(dir: &Path, text: &str) -> PathBuf {
+        std::fs::write(dir.join("windows.qcow2"), b"x").unwrap();
+        let path = dir.join("image.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn windows_template_loads_with_its_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest::load(&write_windows_image(dir.path(), WINDOWS)).unwrap();
+        assert_eq!(m.os, OsFamily::Windows);
+        assert_eq!(m.disk.path, dir.path().join("windows.qcow2"));
+        assert_eq!(m.disk.format, DiskFormat::Qcow2);
+        assert_eq!(m.boot.kernel, None);
+        assert!(
+            m.machine.hyperv,
+            "hv-crash puts the bugcheck into the panic event"
+        );
+        assert!(m.ready.agent);
+        // The template's shell is exactly the prefix the Windows commands are built
+        // and tested with.
+        assert_eq!(m.guest.shell, crate::windows::command::POWERSHELL);
+        assert_eq!(
+            m.guest.drivers_dir.as_deref(),
+            Some(r"C:\Windows\System32\drivers")
+        );
+        assert_eq!(
+            m.guest.driver_kind,
+            Some(crate::windows::DriverKind::Service)
+        );
+        assert_eq!(
+            m.guest.service_start,
+            Some(crate::windows::ServiceStart::Boot)
+        );
+        assert_eq!(
+            m.guest.minidump_dir.as_deref(),
+            Some(crate::windows::DEFAULT_MINIDUMP_DIR)
+        );
+        assert_eq!(
+            m.guest.memory_dump_path.as_deref(),
+            Some(crate::windows::DEFAULT_MEMORY_DUMP)
+        );
+        assert_eq!(m.guest.drivers_registry, None);
+        std::fs::remove_file(dir.path().join("windows.qcow2")).unwrap();
+        let err = Manifest::load(&dir.path().join("image.toml")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::MissingFile {
+                    field: "disk.path",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn windows_manifest_with_unix_paths_names_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = WINDOWS.replace(
+            r"drivers_dir = 'C:\Windows\System32\drivers'",
+            r#"drivers_dir = "/system/drivers""#,
+        );
+        assert_ne!(text, WINDOWS, "the template's drivers_dir line changed");
+        let path = write_windows_image(dir.path(), &text);
+        let err = Manifest::load(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::Inconsistent {
+                    field: "guest.drivers_dir",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("{}: guest.drivers_dir: ", path.display()))
+                && message.contains("\"/system/drivers\" is not a windows path"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn windows_and_linux_only_fields_stay_on_their_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = DEMO.replace("[guest]\n", "[guest]\ndriver_kind = \"pnp\"\n");
+        assert_ne!(text, DEMO);
+        let err = Manifest::load(&write_image(dir.path(), &text)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("guest.driver_kind: only windows images take this field"),
+            "{err}"
+        );
+        let text = WINDOWS.replace("[guest]\n", "[guest]\nsafe_mode_append = \"x\"\n");
+        assert_ne!(text, WINDOWS);
+        let err = Manifest::load(&write_windows_image(dir.path(), &text)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::Inconsistent {
+                    field: "guest.safe_mode_append",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let text = WINDOWS.replace(
+            r"minidump_dir = '%SystemRoot%\Minidump'",
+            r"minidump_dir = 'Minidump'",
+        );
+        assert_ne!(text, WINDOWS);
+        let err = Manifest::load(&write_windows_image(dir.path(), &text)).unwrap_err();
+        assert!(err.to_string().contains("guest.minidump_dir"), "{err}");
+        let text = WINDOWS.replace("driver_kind = \"service\"", "driver_kind = \"wdm\"");
+        assert_ne!(text, WINDOWS);
+        assert!(matches!(
+            Manifest::load(&write_windows_image(dir.path(), &text)),
+            Err(ManifestError::Invalid { .. })
+        ));
     }
 
     #[test]

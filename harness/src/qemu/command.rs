@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::image::manifest::{Firmware, Manifest};
+use crate::image::manifest::{DumpFormat, Firmware, Manifest};
 use crate::qemu::accel::Accel;
 
 /// The guest-agent port name qemu-ga looks for (same on Linux and Windows).
@@ -195,6 +195,11 @@ pub fn build(
     // pvpanic reports guest panics as QMP events; pausing keeps the crashed guest
     // inspectable (screenshot, dump) until bootgate decides what to do.
     push(&["-device", "pvpanic"]);
+    if manifest.guest.dump_format == DumpFormat::WinDmp {
+        // QEMU writes a WinDbg dump from the guest's own kernel debugger data,
+        // which the guest's fwcfg driver hands over through this device.
+        push(&["-device", "vmcoreinfo"]);
+    }
     push(&["-action", "panic=pause"]);
     argv
 }
@@ -287,6 +292,10 @@ mod tests {
         assert!(!secure.contains("hv-crash"), "no Hyper-V flags under TCG");
         let kvm = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
         assert!(kvm.contains(&format!("-cpu host,{HYPERV_FLAGS}")), "{kvm}");
+        assert!(!kvm.contains("vmcoreinfo"));
+        m.guest.dump_format = DumpFormat::WinDmp;
+        let windbg = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
+        assert!(windbg.contains("-device vmcoreinfo"), "{windbg}");
     }
 
     #[test]

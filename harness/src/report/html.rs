@@ -1281,6 +1281,9 @@ mod tests {
             dump: None,
             dump_format: None,
             dump_note: Some("dump skipped: no disk space".into()),
+            bugcheck: None,
+            guest_dumps: Vec::new(),
+            guest_dumps_note: None,
             console: Some("console.log".into()),
         }
     }

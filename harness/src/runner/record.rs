@@ -286,8 +286,42 @@ pub struct CrashRecord {
     pub dump_format: Option<String>,
     /// Why no dump was taken, when none was.
     pub dump_note: Option<String>,
+    /// A Windows bugcheck: from the panic event (Hyper-V crash registers) or read
+    /// back from the WinDbg dump's header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bugcheck: Option<BugcheckRecord>,
+    /// Dumps the guest itself wrote (Windows: the minidump folder, MEMORY.DMP),
+    /// copied out through the agent after the next ready boot (paths in the run folder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_dumps: Vec<String>,
+    /// Why guest dumps are missing or incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_dumps_note: Option<String>,
     /// The console log this crash appears in (path in the run folder).
     pub console: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BugcheckRecord {
+    /// `0x50`.
+    pub code: String,
+    /// `PAGE_FAULT_IN_NONPAGED_AREA`, when the code is in bootgate's table.
+    pub name: Option<String>,
+    /// The four parameters, hex.
+    pub parameters: Vec<String>,
+    /// "hyperv" (the panic event) or "dump" (the dump header).
+    pub from: String,
+}
+
+impl BugcheckRecord {
+    pub fn of(bugcheck: &crate::windows::bugcheck::Bugcheck, from: &str) -> BugcheckRecord {
+        BugcheckRecord {
+            code: format!("0x{:X}", bugcheck.code),
+            name: bugcheck.name().map(str::to_string),
+            parameters: bugcheck.params.iter().map(|p| format!("{p:#x}")).collect(),
+            from: from.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,24 +10,29 @@ use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use crate::agent::worker::{Answer, JobError, Request, REQUEST_TIMEOUT};
+use crate::agent::worker::{Answer, JobError, Request, MAX_READ_BYTES, REQUEST_TIMEOUT};
 use crate::agent::{AgentError, ShutdownMode};
 use crate::detect::{ConsoleCrash, CrashClass, CrashDetector};
 use crate::driver::BuiltDriver;
 use crate::guest::{GuestCommand, GuestProfile};
-use crate::image::manifest::Manifest;
+use crate::image::manifest::{DumpFormat, Manifest, OsFamily};
 use crate::qemu::accel::Accel;
 use crate::qemu::qmp::QmpMessage;
 use crate::qemu::snapshot::SavedState;
 use crate::qemu::vm::{Signal, Vm, VmConfig, VmDir, QMP_COMMAND_TIMEOUT};
 use crate::qemu::QemuTools;
 use crate::runner::record::{
-    BootOutcome, BootRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord, Verdict,
+    BootOutcome, BootRecord, BugcheckRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord,
+    Verdict,
 };
 use crate::runner::verdict::{judge, Observed};
 use crate::runner::{interrupted, Emitter};
 use crate::suite::{DumpPolicy, Evidence, Scenario, Step, Suite};
 use crate::util::human_duration;
+use crate::windows::{self, bugcheck::Bugcheck};
+
+/// The code a dump of a live (not crashed) Windows guest carries.
+const LIVE_SYSTEM_DUMP: u32 = 0x161;
 
 /// Time from asking the guest to reboot to QEMU reporting the reset.
 pub const REBOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,6 +52,8 @@ const INTERRUPT_CHECK: Duration = Duration::from_millis(50);
 pub const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a memory dump may take (written by QEMU while the guest is stopped).
 pub const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time to list or copy out one of the dumps a Windows guest wrote itself.
+pub const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most bytes of a command's output quoted in a step's detail.
 const OUTPUT_QUOTE_BYTES: usize = 2048;
 /// Largest driver module or content file copied into a guest.
@@ -136,7 +143,7 @@ struct Machine<'a> {
     boot_ready: bool,
     pvpanic_at: Option<Instant>,
     /// Hyper-V crash parameters from the panic event (Windows bugcheck code first).
-    hyperv: Option<[u64; 5]>,
+    hyperv: Option<Bugcheck>,
     /// The guest reset itself without a panic event.
     unexpected_reset: bool,
     console_crash_at: Option<Instant>,
@@ -557,16 +564,8 @@ impl Machine<'_> {
                 Signal::Qmp(QmpMessage::Event(event)) => match event.name.as_str() {
                     "GUEST_PANICKED" | "GUEST_CRASHLOADED" => {
                         self.pvpanic_at.get_or_insert(event.received);
-                        let info = &event.data["info"];
-                        if info["type"] == "hyper-v" {
-                            let arg = |n: &str| info[n].as_u64().unwrap_or_default();
-                            self.hyperv = Some([
-                                arg("arg1"),
-                                arg("arg2"),
-                                arg("arg3"),
-                                arg("arg4"),
-                                arg("arg5"),
-                            ]);
+                        if let Some(bugcheck) = Bugcheck::from_hyperv(&event.data["info"]) {
+                            self.hyperv = Some(bugcheck);
                         }
                     }
                     "RESET" => {
@@ -661,14 +660,11 @@ impl Machine<'_> {
                 }),
                 _,
             ) => ("console", title, kind, excerpt),
-            (None, Some(args)) => (
+            (None, Some(bugcheck)) => (
                 "hyperv",
-                format!(
-                    "bugcheck 0x{:X} ({:#x}, {:#x}, {:#x}, {:#x})",
-                    args[0], args[1], args[2], args[3], args[4]
-                ),
+                bugcheck.title(None),
                 "bugcheck".to_string(),
-                Vec::new(),
+                vec![bugcheck_line(&bugcheck)],
             ),
             (None, None) if self.unexpected_reset => (
                 "reset",
@@ -696,6 +692,9 @@ impl Machine<'_> {
             dump: None,
             dump_format: None,
             dump_note: None,
+            bugcheck: self.hyperv.map(|b| BugcheckRecord::of(&b, "hyperv")),
+            guest_dumps: Vec::new(),
+            guest_dumps_note: None,
             console: self
                 .vm
                 .as_ref()
@@ -760,12 +759,36 @@ impl Machine<'_> {
                 ),
             )
         };
-        let format = self.manifest.guest.dump_format.as_str().to_string();
+        let format = self.manifest.guest.dump_format;
+        // A WinDbg dump records the bugcheck in its header: where the panic event
+        // carried none (no hv-crash, e.g. under TCG), it names the crash.
+        let from_dump = match (&dump, format) {
+            (Some(rel), DumpFormat::WinDmp) => {
+                let file = Path::new(rel).file_name().unwrap_or_default();
+                windows::dump::read_bugcheck(&self.artifacts.join(file))
+                    .ok()
+                    // 0x161 LIVE_SYSTEM_DUMP: the header of a dump of a running guest.
+                    .filter(|b| b.code != LIVE_SYSTEM_DUMP)
+            }
+            _ => None,
+        };
         if let Some(crash) = self.crashes.last_mut() {
             crash.screenshot = screenshot;
-            crash.dump_format = dump.as_ref().map(|_| format);
+            crash.dump_format = dump.as_ref().map(|_| format.as_str().to_string());
             crash.dump = dump;
             crash.dump_note = note;
+            if let Some(bugcheck) = from_dump {
+                crash.signals.push("dump".into());
+                if crash.bugcheck.is_none() {
+                    if crash.source != "console" {
+                        crash.title = bugcheck.title(None);
+                        crash.kind = "bugcheck".into();
+                        crash.source = "dump".into();
+                        crash.excerpt = vec![bugcheck_line(&bugcheck)];
+                    }
+                    crash.bugcheck = Some(BugcheckRecord::of(&bugcheck, "dump"));
+                }
+            }
         }
     }
 
@@ -883,6 +906,9 @@ impl Machine<'_> {
                         }
                         emitter.boot_ready(self.name, self.boot_index(), ready_ms);
                         self.note_recovery();
+                        if self.profile.os == OsFamily::Windows {
+                            self.collect_guest_dumps()?;
+                        }
                         return Ok(());
                     }
                     Err(e) => return Err(Stop::Infra(format!("waiting for the guest agent: {e}"))),
@@ -919,6 +945,126 @@ impl Machine<'_> {
     fn record_crash_like_reset(&mut self, at: Instant) -> Stop {
         self.unexpected_reset = true;
         self.record_crash(at)
+    }
+
+    /// After a crash, the next ready Windows boot has written its own dumps (the
+    /// minidump folder, MEMORY.DMP): copy them into the crash's evidence, and name
+    /// the crash from a dump's bugcheck when nothing else named it. Problems are
+    /// noted on the crash, never turned into a verdict; a crash or hang while
+    /// copying ends the wait as usual.
+    fn collect_guest_dumps(&mut self) -> Result<(), Stop> {
+        let Some(crash_index) = self
+            .crashes
+            .iter()
+            .rposition(|c| c.guest_dumps.is_empty() && c.guest_dumps_note.is_none())
+        else {
+            return Ok(());
+        };
+        let note = |this: &mut Self, text: String| {
+            this.crashes[crash_index].guest_dumps_note = Some(text);
+        };
+        let command = match self.profile.list_crash_dumps() {
+            Ok(command) => command,
+            Err(e) => {
+                note(self, format!("not collected: {e}"));
+                return Ok(());
+            }
+        };
+        let listing = match self.agent(
+            Request::Exec {
+                argv: command.argv,
+                env: command.env,
+                timeout: GUEST_DUMP_TIMEOUT,
+            },
+            GUEST_DUMP_TIMEOUT + REQUEST_TIMEOUT * 2,
+        ) {
+            Ok(Answer::Exited(status)) => String::from_utf8_lossy(&status.stdout).into_owned(),
+            Ok(other) => {
+                note(self, format!("listing the guest's dumps: {other:?}"));
+                return Ok(());
+            }
+            Err(StepError::Failed(_, why)) => {
+                note(self, format!("listing the guest's dumps: {why}"));
+                return Ok(());
+            }
+            Err(StepError::Stopped(stop)) => return Err(stop),
+        };
+        let files = match windows::command::parse_crash_dump_listing(&listing) {
+            Ok(files) => files,
+            Err(e) => {
+                note(self, format!("listing the guest's dumps: {e}"));
+                return Ok(());
+            }
+        };
+        let mut copied = Vec::new();
+        let mut skipped = Vec::new();
+        for (n, file) in files.iter().enumerate() {
+            if file.bytes > MAX_READ_BYTES {
+                skipped.push(format!(
+                    "{} ({} MiB, over the {} MiB copy limit)",
+                    file.path,
+                    file.bytes >> 20,
+                    MAX_READ_BYTES >> 20
+                ));
+                continue;
+            }
+            let data = match self.agent(
+                Request::ReadFile {
+                    path: file.path.clone(),
+                },
+                GUEST_DUMP_TIMEOUT,
+            ) {
+                Ok(Answer::Data(data)) => data,
+                Ok(_) | Err(StepError::Failed(..)) => {
+                    skipped.push(format!("{} (could not be read)", file.path));
+                    continue;
+                }
+                Err(StepError::Stopped(stop)) => return Err(stop),
+            };
+            let name = file.path.rsplit('\\').next().unwrap_or("dump.dmp");
+            let (path, rel) = self.evidence_path(&format!(
+                "guest-dump-{}-{}-{}",
+                crash_index + 1,
+                n + 1,
+                sanitize_file_name(name)
+            ));
+            if let Err(e) = crate::util::write_atomic(&path, &data) {
+                skipped.push(format!(
+                    "{} (cannot write {}: {e})",
+                    file.path,
+                    path.display()
+                ));
+                continue;
+            }
+            let crash = &mut self.crashes[crash_index];
+            if crash.bugcheck.is_none() {
+                if let Ok(header) = windows::dump::DumpHeader::parse(&data, &path) {
+                    let bugcheck = header.bugcheck;
+                    if crash.source != "console" {
+                        crash.title = bugcheck.title(None);
+                        crash.kind = "bugcheck".into();
+                        crash.source = "guest-dump".into();
+                        crash.excerpt = vec![bugcheck_line(&bugcheck)];
+                    }
+                    crash.signals.push("guest-dump".into());
+                    crash.bugcheck = Some(BugcheckRecord::of(&bugcheck, "guest-dump"));
+                }
+            }
+            copied.push(rel);
+        }
+        let crash = &mut self.crashes[crash_index];
+        crash.guest_dumps = copied;
+        crash.guest_dumps_note = if files.is_empty() {
+            Some(
+                "the guest wrote no dump (check its crash dump settings: bootgate doctor --image)"
+                    .into(),
+            )
+        } else if skipped.is_empty() {
+            None
+        } else {
+            Some(format!("not copied: {}", skipped.join("; ")))
+        };
+        Ok(())
     }
 
     /// A ready normal boot after a crash is the recovery.
@@ -1283,6 +1429,30 @@ impl Machine<'_> {
     }
 }
 
+/// A guest file name made safe as a host file name (no separators, no dot-dot).
+fn sanitize_file_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    cleaned.trim_start_matches('.').to_string()
+}
+
+/// A bugcheck with its parameters, for the crash excerpt.
+fn bugcheck_line(bugcheck: &Bugcheck) -> String {
+    let [p1, p2, p3, p4] = bugcheck.params;
+    format!(
+        "{} ({p1:#x}, {p2:#x}, {p3:#x}, {p4:#x})",
+        bugcheck.title(None)
+    )
+}
+
 fn quote_output(stdout: &[u8], stderr: &[u8]) -> String {
     let mut text = String::new();
     for (name, bytes) in [("stdout", stdout), ("stderr", stderr)] {
@@ -1301,4 +1471,32 @@ fn quote_output(stdout: &[u8], stderr: &[u8]) -> String {
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_dump_names_cannot_leave_the_evidence_folder() {
+        assert_eq!(
+            sanitize_file_name("112225-9234-01.dmp"),
+            "112225-9234-01.dmp"
+        );
+        assert_eq!(sanitize_file_name("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(sanitize_file_name("MEMORY.DMP"), "MEMORY.DMP");
+        assert_eq!(sanitize_file_name("a b\u{e9}.dmp"), "a_b_.dmp");
+    }
+
+    #[test]
+    fn bugcheck_excerpt_has_the_title_and_parameters() {
+        let b = Bugcheck {
+            code: 0x50,
+            params: [0xffff_d260_4009_6000, 0, 0xffff_f806_1234_5678, 2],
+        };
+        assert_eq!(
+            bugcheck_line(&b),
+            "0x50 PAGE_FAULT_IN_NONPAGED_AREA (0xffffd26040096000, 0x0, 0xfffff80612345678, 0x2)"
+        );
+    }
 }

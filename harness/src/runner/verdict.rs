@@ -159,6 +159,9 @@ mod tests {
             dump: None,
             dump_format: None,
             dump_note: None,
+            bugcheck: None,
+            guest_dumps: Vec::new(),
+            guest_dumps_note: None,
             console: None,
         }
     }

@@ -1,0 +1,380 @@
+//! Windows bugchecks: the stop code and its four parameters, their names, and a crash
+//! title that stays the same across runs.
+//!
+//! QEMU reports a bugcheck in GUEST_PANICKED (and GUEST_CRASHLOADED) when the guest
+//! runs with `-cpu ...,hv-crash` (KVM only): Windows writes the stop code and its
+//! parameters to the Hyper-V crash MSRs and QEMU puts them in the event's `data.info`
+//! as `{"type": "hyper-v", "arg1".."arg5"}`, arg1 the code (qapi/run-state.json,
+//! GuestPanicInformationHyperV). A WinDbg dump header holds the same five values
+//! (see [`crate::windows::dump`]).
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// A Windows stop: its code and the four parameters whose meaning depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bugcheck {
+    pub code: u32,
+    pub params: [u64; 4],
+}
+
+/// Bugcheck names, sorted by code. The names are bugcodes.h's; the set is the common
+/// ones plus those a faulty driver or content update tends to cause. A code not here
+/// is reported by number only: a guessed name would be worse than none.
+const NAMES: &[(u32, &str)] = &[
+    (0x01, "APC_INDEX_MISMATCH"),
+    (0x0A, "IRQL_NOT_LESS_OR_EQUAL"),
+    (0x12, "TRAP_CAUSE_UNKNOWN"),
+    (0x19, "BAD_POOL_HEADER"),
+    (0x1A, "MEMORY_MANAGEMENT"),
+    (0x1E, "KMODE_EXCEPTION_NOT_HANDLED"),
+    (0x24, "NTFS_FILE_SYSTEM"),
+    (0x3B, "SYSTEM_SERVICE_EXCEPTION"),
+    (0x3D, "INTERRUPT_EXCEPTION_NOT_HANDLED"),
+    (0x4E, "PFN_LIST_CORRUPT"),
+    (0x50, "PAGE_FAULT_IN_NONPAGED_AREA"),
+    (0x7A, "KERNEL_DATA_INPAGE_ERROR"),
+    (0x7B, "INACCESSIBLE_BOOT_DEVICE"),
+    (0x7E, "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"),
+    (0x7F, "UNEXPECTED_KERNEL_MODE_TRAP"),
+    (0x8E, "KERNEL_MODE_EXCEPTION_NOT_HANDLED"),
+    (0x9F, "DRIVER_POWER_STATE_FAILURE"),
+    (0xA5, "ACPI_BIOS_ERROR"),
+    (0xBE, "ATTEMPTED_WRITE_TO_READONLY_MEMORY"),
+    (0xC1, "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION"),
+    (0xC2, "BAD_POOL_CALLER"),
+    (0xC4, "DRIVER_VERIFIER_DETECTED_VIOLATION"),
+    (0xC5, "DRIVER_CORRUPTED_EXPOOL"),
+    (0xC9, "DRIVER_VERIFIER_IOMANAGER_VIOLATION"),
+    (
+        0xCE,
+        "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
+    ),
+    (0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL"),
+    (0xD5, "DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL"),
+    (0xD6, "DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION"),
+    (0xE2, "MANUALLY_INITIATED_CRASH"),
+    (0xEA, "THREAD_STUCK_IN_DEVICE_DRIVER"),
+    (0xED, "UNMOUNTABLE_BOOT_VOLUME"),
+    (0xEF, "CRITICAL_PROCESS_DIED"),
+    (0xF4, "CRITICAL_OBJECT_TERMINATION"),
+    (0xF7, "DRIVER_OVERRAN_STACK_BUFFER"),
+    (0xFC, "ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY"),
+    (0x101, "CLOCK_WATCHDOG_TIMEOUT"),
+    (0x109, "CRITICAL_STRUCTURE_CORRUPTION"),
+    (0x10D, "WDF_VIOLATION"),
+    (0x116, "VIDEO_TDR_FAILURE"),
+    (0x124, "WHEA_UNCORRECTABLE_ERROR"),
+    (0x133, "DPC_WATCHDOG_VIOLATION"),
+    (0x139, "KERNEL_SECURITY_CHECK_FAILURE"),
+    (0x13A, "KERNEL_MODE_HEAP_CORRUPTION"),
+    (0x154, "UNEXPECTED_STORE_EXCEPTION"),
+    // What QEMU's win-dmp writes when the guest has not crashed (a live dump).
+    (0x161, "LIVE_SYSTEM_DUMP"),
+    // The `_M` codes mean the same as 0x7E and 0x8E; Windows reports either.
+    (0x1000_007E, "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M"),
+    (0x1000_008E, "KERNEL_MODE_EXCEPTION_NOT_HANDLED_M"),
+];
+
+/// The name of a bugcheck code, if it is one this table knows.
+pub fn name_of(code: u32) -> Option<&'static str> {
+    NAMES
+        .binary_search_by_key(&code, |&(c, _)| c)
+        .ok()
+        .map(|i| NAMES[i].1)
+}
+
+/// Most bytes of a module name kept in a title: module file names are short, and a
+/// title must stay one readable line whatever the source hands us.
+const MAX_MODULE_BYTES: usize = 64;
+
+impl Bugcheck {
+    /// Decodes a GUEST_PANICKED or GUEST_CRASHLOADED event's `data.info`. Anything but
+    /// a complete Hyper-V record with a 32-bit code gives `None`: pvpanic events carry
+    /// no info, s390 info is not a bugcheck, and a half-read record must not become a
+    /// crash title.
+    pub fn from_hyperv(info: &Value) -> Option<Bugcheck> {
+        if info.get("type")?.as_str()? != "hyper-v" {
+            return None;
+        }
+        let arg = |name: &str| info.get(name)?.as_u64();
+        let code = u32::try_from(arg("arg1")?).ok()?;
+        Some(Bugcheck {
+            code,
+            params: [arg("arg2")?, arg("arg3")?, arg("arg4")?, arg("arg5")?],
+        })
+    }
+
+    /// Decodes a whole QMP event object (one line of the QMP stream): only
+    /// GUEST_PANICKED and GUEST_CRASHLOADED carry a bugcheck.
+    pub fn from_event(event: &Value) -> Option<Bugcheck> {
+        match event.get("event")?.as_str()? {
+            "GUEST_PANICKED" | "GUEST_CRASHLOADED" => {
+                Bugcheck::from_hyperv(event.get("data")?.get("info")?)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> Option<&'static str> {
+        name_of(self.code)
+    }
+
+    /// A title for de-duplication: `0x50 PAGE_FAULT_IN_NONPAGED_AREA in sensor.sys`.
+    /// The parameters are left out on purpose: they hold addresses, which change from
+    /// boot to boot, so the same bug would otherwise get a new title every run. The
+    /// module is reduced to its lowercased file name for the same reason (Windows
+    /// names are case-insensitive and paths vary).
+    pub fn title(&self, module: Option<&str>) -> String {
+        let mut title = match self.name() {
+            Some(name) => format!("0x{:X} {name}", self.code),
+            None => format!("0x{:X} (unknown bugcheck)", self.code),
+        };
+        if let Some(module) = module.and_then(module_file_name) {
+            title.push_str(" in ");
+            title.push_str(&module);
+        }
+        title
+    }
+}
+
+/// `\SystemRoot\System32\drivers\CSAgent.sys` -> `csagent.sys`; `None` when nothing
+/// printable is left.
+fn module_file_name(module: &str) -> Option<String> {
+    let file = module.rsplit(['\\', '/']).next().unwrap_or(module);
+    let mut name: String = file
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_lowercase();
+    if name.len() > MAX_MODULE_BYTES {
+        let mut end = MAX_MODULE_BYTES;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    (!name.is_empty()).then_some(name)
+}
+
+/// `0x50 PAGE_FAULT_IN_NONPAGED_AREA (0xffff840500000074, 0x0, 0xfffff8022ffd35b1, 0x2)`:
+/// the title with the parameters, for a report a person reads.
+impl fmt::Display for Bugcheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [p1, p2, p3, p4] = self.params;
+        write!(
+            f,
+            "{} ({p1:#x}, {p2:#x}, {p3:#x}, {p4:#x})",
+            self.title(None)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A QMP transcript as QEMU writes it: one JSON object per line, CRLF, keys in
+    /// QEMU's QDict hash order. The greeting and the capabilities reply were captured
+    /// from this machine's QEMU 7.2; the RESUME/GUEST_PANICKED/STOP lines follow the
+    /// same writer, the `info` key order computed with QEMU's own tdb_hash over 512
+    /// buckets (the model reproduces every captured line's key order). The bugcheck
+    /// values are illustrative, shaped like the July 2024 sensor crash.
+    const TRANSCRIPT: &[u8] = include_bytes!("testdata/guest_panicked_hyperv.qmp");
+
+    fn transcript_lines() -> Vec<&'static str> {
+        let text = std::str::from_utf8(TRANSCRIPT).unwrap();
+        let body = text
+            .strip_suffix("\r\n")
+            .expect("transcript ends with CRLF");
+        body.split("\r\n").collect()
+    }
+
+    #[test]
+    fn transcript_keeps_the_wire_format() {
+        // Guards the fixture itself: a checkout that rewrote CRLF to LF would let
+        // the decoding test pass on a format QEMU never sends.
+        let text = std::str::from_utf8(TRANSCRIPT).unwrap();
+        let lf = text.matches('\n').count();
+        let crlf = text.matches("\r\n").count();
+        assert!(crlf >= 5, "{crlf} CRLF line ends");
+        assert_eq!(lf, crlf, "every line must end in CRLF");
+        for line in transcript_lines() {
+            assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+            serde_json::from_str::<Value>(line).unwrap();
+        }
+        let panic_line = transcript_lines()
+            .into_iter()
+            .find(|l| l.contains("GUEST_PANICKED"))
+            .unwrap();
+        assert!(
+            panic_line.starts_with(r#"{"timestamp": {"seconds": "#),
+            "{panic_line}"
+        );
+        assert!(
+            panic_line.contains(r#""info": {"arg5": 2, "arg4": "#)
+                && panic_line.ends_with(r#""arg1": 80, "type": "hyper-v"}}}"#),
+            "{panic_line}"
+        );
+    }
+
+    #[test]
+    fn decodes_the_bugcheck_from_a_recorded_qmp_transcript() {
+        let found: Vec<Bugcheck> = transcript_lines()
+            .into_iter()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .filter_map(|event| Bugcheck::from_event(&event))
+            .collect();
+        assert_eq!(
+            found,
+            [Bugcheck {
+                code: 0x50,
+                params: [0xffff_8405_0000_0074, 0, 0xffff_f802_2ffd_35b1, 2],
+            }]
+        );
+        let bugcheck = found[0];
+        assert_eq!(bugcheck.name(), Some("PAGE_FAULT_IN_NONPAGED_AREA"));
+        assert_eq!(
+            bugcheck.title(Some(r"\SystemRoot\System32\drivers\CSAgent.sys")),
+            "0x50 PAGE_FAULT_IN_NONPAGED_AREA in csagent.sys"
+        );
+        assert_eq!(
+            bugcheck.to_string(),
+            "0x50 PAGE_FAULT_IN_NONPAGED_AREA (0xffff840500000074, 0x0, 0xfffff8022ffd35b1, 0x2)"
+        );
+    }
+
+    #[test]
+    fn crashloaded_carries_the_same_record() {
+        let event = json!({"event": "GUEST_CRASHLOADED", "data": {"action": "run",
+            "info": {"type": "hyper-v", "arg1": 0xD1, "arg2": 8, "arg3": 2, "arg4": 0, "arg5": 0x1234}}});
+        assert_eq!(
+            Bugcheck::from_event(&event).map(|b| b.title(None)),
+            Some("0xD1 DRIVER_IRQL_NOT_LESS_OR_EQUAL".to_string())
+        );
+    }
+
+    #[test]
+    fn anything_but_a_complete_hyperv_record_is_not_a_bugcheck() {
+        let full =
+            json!({"type": "hyper-v", "arg1": 80, "arg2": 1, "arg3": 2, "arg4": 3, "arg5": 4});
+        assert!(Bugcheck::from_hyperv(&full).is_some());
+        let rejected = [
+            // pvpanic events carry no info at all.
+            Value::Null,
+            json!({}),
+            json!({"type": "s390", "core": 0, "psw-mask": 0, "psw-addr": 0, "reason": "disabled-wait"}),
+            json!({"arg1": 80, "arg2": 1, "arg3": 2, "arg4": 3, "arg5": 4}),
+            json!({"type": "hyper-v", "arg1": 80, "arg2": 1, "arg3": 2, "arg4": 3}),
+            json!({"type": "hyper-v", "arg1": "80", "arg2": 1, "arg3": 2, "arg4": 3, "arg5": 4}),
+            json!({"type": "hyper-v", "arg1": -1, "arg2": 1, "arg3": 2, "arg4": 3, "arg5": 4}),
+            json!({"type": "hyper-v", "arg1": 80, "arg2": 1.5, "arg3": 2, "arg4": 3, "arg5": 4}),
+            // A stop code is 32 bits; a wider arg1 is not a Windows bugcheck.
+            json!({"type": "hyper-v", "arg1": 0x1_0000_0050_u64, "arg2": 1, "arg3": 2, "arg4": 3, "arg5": 4}),
+        ];
+        for info in rejected {
+            assert_eq!(Bugcheck::from_hyperv(&info), None, "{info}");
+        }
+        let not_a_panic = json!({"event": "STOP", "data": {"info": full}});
+        assert_eq!(Bugcheck::from_event(&not_a_panic), None);
+        let pvpanic = json!({"event": "GUEST_PANICKED", "data": {"action": "pause"}});
+        assert_eq!(Bugcheck::from_event(&pvpanic), None);
+    }
+
+    #[test]
+    fn table_is_sorted_unique_and_covers_the_common_codes() {
+        // binary_search needs the order; a duplicate would make a name ambiguous.
+        for pair in NAMES.windows(2) {
+            assert!(
+                pair[0].0 < pair[1].0,
+                "{:#x} !< {:#x}",
+                pair[0].0,
+                pair[1].0
+            );
+        }
+        let required = [
+            (0x0A, "IRQL_NOT_LESS_OR_EQUAL"),
+            (0x19, "BAD_POOL_HEADER"),
+            (0x1E, "KMODE_EXCEPTION_NOT_HANDLED"),
+            (0x3B, "SYSTEM_SERVICE_EXCEPTION"),
+            (0x50, "PAGE_FAULT_IN_NONPAGED_AREA"),
+            (0x7A, "KERNEL_DATA_INPAGE_ERROR"),
+            (0x7B, "INACCESSIBLE_BOOT_DEVICE"),
+            (0x7E, "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"),
+            (0x7F, "UNEXPECTED_KERNEL_MODE_TRAP"),
+            (0x8E, "KERNEL_MODE_EXCEPTION_NOT_HANDLED"),
+            (0x9F, "DRIVER_POWER_STATE_FAILURE"),
+            (0xBE, "ATTEMPTED_WRITE_TO_READONLY_MEMORY"),
+            (0xC2, "BAD_POOL_CALLER"),
+            (0xC4, "DRIVER_VERIFIER_DETECTED_VIOLATION"),
+            (0xC5, "DRIVER_CORRUPTED_EXPOOL"),
+            (
+                0xCE,
+                "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
+            ),
+            (0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL"),
+            (0xD5, "DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL"),
+            (0xD6, "DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION"),
+            (0xE2, "MANUALLY_INITIATED_CRASH"),
+            (0xED, "UNMOUNTABLE_BOOT_VOLUME"),
+            (0xEF, "CRITICAL_PROCESS_DIED"),
+            (0xF4, "CRITICAL_OBJECT_TERMINATION"),
+            (0xFC, "ATTEMPTED_EXECUTE_OF_NOEXECUTE_MEMORY"),
+            (0x101, "CLOCK_WATCHDOG_TIMEOUT"),
+            (0x10D, "WDF_VIOLATION"),
+            (0x124, "WHEA_UNCORRECTABLE_ERROR"),
+            (0x133, "DPC_WATCHDOG_VIOLATION"),
+            (0x139, "KERNEL_SECURITY_CHECK_FAILURE"),
+            (0x161, "LIVE_SYSTEM_DUMP"),
+        ];
+        for (code, name) in required {
+            assert_eq!(name_of(code), Some(name), "{code:#x}");
+        }
+    }
+
+    #[test]
+    fn unknown_codes_get_a_stable_numeric_title() {
+        let b = Bugcheck {
+            code: 0x1234,
+            params: [0; 4],
+        };
+        assert_eq!(b.name(), None);
+        assert_eq!(b.title(None), "0x1234 (unknown bugcheck)");
+        assert_eq!(
+            b.title(Some("Sensor.SYS")),
+            "0x1234 (unknown bugcheck) in sensor.sys"
+        );
+        assert_eq!(name_of(0), None);
+        assert_eq!(name_of(u32::MAX), None);
+    }
+
+    #[test]
+    fn module_names_are_reduced_to_one_clean_line() {
+        let b = Bugcheck {
+            code: 0x7E,
+            params: [0; 4],
+        };
+        assert_eq!(
+            b.title(Some("  ")),
+            "0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
+        );
+        assert_eq!(
+            b.title(Some(r"C:\x\")),
+            "0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED"
+        );
+        assert_eq!(
+            b.title(Some("evil\r\n.sys")),
+            "0x7E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED in evil.sys"
+        );
+        let long = "ü".repeat(100);
+        let title = b.title(Some(&long));
+        let module = title.rsplit(" in ").next().unwrap();
+        assert!(
+            module.len() <= MAX_MODULE_BYTES && !module.is_empty(),
+            "{title}"
+        );
+    }
+}

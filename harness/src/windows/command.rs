@@ -1,0 +1,1071 @@
+//! Windows guest commands, as argv for the guest agent's `guest-exec`.
+//!
+//! How argv reaches a Windows process: qemu-ga hands `path` and `arg` to glib's
+//! `g_spawn_async_with_pipes`, which on Windows writes them into ONE command line
+//! (`protect_argv`, reproduced by [`glib_quote`]): an item holding a space or tab is
+//! wrapped in `"`, a `"` becomes `\"`, backslashes before a `"` (and, since glib
+//! 2.59.1, before the closing quote) are doubled, and an empty item is written as
+//! nothing at all. The new process splits that line again by the MSVCRT /
+//! CommandLineToArgvW rules, which undo exactly that quoting. Three consequences shape
+//! this module:
+//!
+//! - Programs that parse their command line the C way (pnputil, sc.exe, shutdown.exe,
+//!   powershell.exe) get every argv item back as it was sent, so values travel as
+//!   argv items of their own wherever the program takes them that way.
+//! - cmd.exe does not parse that way: it reads the raw line, where glib's `\"` is a
+//!   backslash and a quote. A cmd line holding `"` cannot reach cmd.exe intact, so
+//!   [`cmd_argv`] refuses one, and nothing here builds cmd lines from values.
+//! - `env` replaces the child's whole environment (qemu-ga passes it to g_spawn as
+//!   envp, and searches PATH in it): SystemRoot, PATH and the rest would be gone, and
+//!   many Windows programs, PowerShell among them, fail without SystemRoot. So these
+//!   commands carry no environment. Where a step needs a script, the script is
+//!   constant PowerShell text after a prelude that assigns each value to a variable
+//!   as a single-quoted literal ([`ps_quote`]): values are data, never code.
+
+use super::ServiceStart;
+
+/// The argv prefix that runs a PowerShell command line (Windows PowerShell 5.1, in
+/// every Windows 10/11 and Server 2016+). No profile, no prompts (a prompt would hang
+/// the step), and no execution policy in the way of the modules the scripts load.
+pub const POWERSHELL: [&str; 6] = [
+    "powershell.exe",
+    "-NoProfile",
+    "-NonInteractive",
+    "-ExecutionPolicy",
+    "Bypass",
+    "-Command",
+];
+
+/// The argv prefix that runs a cmd.exe command line: `/d` skips AutoRun commands from
+/// the registry, `/v:off` keeps `!` literal, and `/s` makes cmd strip exactly the
+/// outer quotes glib adds around a line that holds spaces.
+pub const CMD: [&str; 5] = ["cmd.exe", "/d", "/v:off", "/s", "/c"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("the {what} is empty: glib writes an empty argument as nothing, so it would vanish from the windows command line")]
+    Empty { what: &'static str },
+    #[error(
+        "the {what} {value:?} holds a NUL character, which cannot reach a windows command line"
+    )]
+    Nul { what: &'static str, value: String },
+    #[error("the {what} {value:?} {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("cmd.exe cannot be given {line:?} through the guest agent: glib escapes '\"' as '\\\"', which cmd.exe does not undo; use the powershell shell, or put the command in a .cmd file in the image")]
+    CmdQuote { line: String },
+    #[error("cmd.exe cannot be given {line:?} through the guest agent: glib doubles a trailing backslash when it quotes a line with spaces; end the line with a space")]
+    CmdTrailingBackslash { line: String },
+    #[error("malformed crash dump listing line {line:?}: {why}")]
+    Listing { line: String, why: &'static str },
+}
+
+/// How glib (2.59.1 and later) writes one argv item into a Windows command line:
+/// `protect_argv_string` in glib/gspawn-win32.c.
+pub fn glib_quote(arg: &str) -> String {
+    let quote = arg.contains([' ', '\t']);
+    let mut out = String::with_capacity(arg.len() + 2);
+    if quote {
+        out.push('"');
+    }
+    let mut backslashes = 0;
+    for c in arg.chars() {
+        if c == '"' {
+            // One backslash for the quote, one more for each backslash before it.
+            out.extend(std::iter::repeat_n('\\', backslashes + 1));
+        }
+        backslashes = if c == '\\' { backslashes + 1 } else { 0 };
+        out.push(c);
+    }
+    if quote {
+        out.extend(std::iter::repeat_n('\\', backslashes));
+        out.push('"');
+    }
+    out
+}
+
+/// The command line a Windows guest process gets for `argv` (program first): what
+/// `GetCommandLineW` returns in the child. Useful in logs, where it shows exactly
+/// what the guest ran.
+pub fn glib_command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| glib_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A PowerShell single-quoted string literal holding exactly `value`. Inside single
+/// quotes PowerShell expands nothing; the only special characters are its single
+/// quotes, written twice. PowerShell counts the typographic quotes U+2018..U+201B as
+/// single quotes too, so they are doubled as well: a value holding `’` must not end
+/// the literal.
+pub fn ps_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if is_ps_single_quote(c) {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+fn is_ps_single_quote(c: char) -> bool {
+    matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}')
+}
+
+/// `@('a', 'b')`: a PowerShell array of single-quoted literals.
+fn ps_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| ps_quote(i)).collect();
+    format!("@({})", quoted.join(", "))
+}
+
+/// Runs a PowerShell command line (a script on one line, or several lines).
+pub fn powershell_argv(script: &str) -> Vec<String> {
+    let mut argv: Vec<String> = POWERSHELL.iter().map(|s| s.to_string()).collect();
+    argv.push(script.to_string());
+    argv
+}
+
+/// Runs a cmd.exe command line. Refuses what cannot reach cmd.exe intact (see the
+/// module documentation); `&`, `|`, `%` and `^` pass and mean what they mean in cmd.
+pub fn cmd_argv(line: &str) -> Result<Vec<String>, CommandError> {
+    let line = value("cmd line", line)?;
+    if line.contains('"') {
+        return Err(CommandError::CmdQuote { line: line.into() });
+    }
+    if line.contains([' ', '\t']) && line.ends_with('\\') {
+        return Err(CommandError::CmdTrailingBackslash { line: line.into() });
+    }
+    let mut argv: Vec<String> = CMD.iter().map(|s| s.to_string()).collect();
+    argv.push(line.to_string());
+    Ok(argv)
+}
+
+/// A value that must arrive as one argv item or literal: not empty (glib would drop
+/// it) and without NUL (the C strings on the way would cut it).
+fn value<'a>(what: &'static str, v: &'a str) -> Result<&'a str, CommandError> {
+    if v.is_empty() {
+        return Err(CommandError::Empty { what });
+    }
+    if v.contains('\0') {
+        return Err(CommandError::Nul {
+            what,
+            value: v.into(),
+        });
+    }
+    Ok(v)
+}
+
+/// A service (driver) name: it is also a registry key and a file name, so keep it to
+/// the characters every one of those takes.
+fn service_name(name: &str) -> Result<&str, CommandError> {
+    let name = value("service name", name)?;
+    if name.len() > 256
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(CommandError::Invalid {
+            what: "service name",
+            value: name.into(),
+            why: "must be at most 256 letters, digits, '_', '-' or '.' (it becomes a service name and a file name)",
+        });
+    }
+    Ok(name)
+}
+
+/// The drive letters whose caches a script flushes, as a PowerShell array.
+fn drive_list(drives: &[char]) -> Result<String, CommandError> {
+    let mut letters = Vec::new();
+    for &d in drives {
+        if !d.is_ascii_alphabetic() {
+            return Err(CommandError::Invalid {
+                what: "drive letter",
+                value: d.to_string(),
+                why: "is not a letter from A to Z",
+            });
+        }
+        let d = d.to_ascii_uppercase().to_string();
+        if !letters.contains(&d) {
+            letters.push(d);
+        }
+    }
+    Ok(ps_list(&letters))
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// `pnputil /add-driver INF [/install]`: adds a driver package to the driver store and,
+/// with `install`, installs it on the devices it matches.
+pub fn pnputil_add_driver(inf: &str, install: bool) -> Result<Vec<String>, CommandError> {
+    let inf = value("INF path", inf)?;
+    let mut argv = strings(&["pnputil.exe", "/add-driver", inf]);
+    if install {
+        argv.push("/install".into());
+    }
+    Ok(argv)
+}
+
+/// `pnputil /delete-driver oemNN.inf /uninstall /force`. Only a published name
+/// (`oem<number>.inf`) is accepted: an inbox driver's name here would remove part of
+/// Windows.
+pub fn pnputil_delete_driver(published: &str) -> Result<Vec<String>, CommandError> {
+    let published = value("published INF name", published)?;
+    let lower = published.to_ascii_lowercase();
+    let number = lower
+        .strip_prefix("oem")
+        .and_then(|rest| rest.strip_suffix(".inf"));
+    if !number.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(CommandError::Invalid {
+            what: "published INF name",
+            value: published.into(),
+            why: "is not a published name like oem12.inf (find it from the original INF name with uninstall_pnp_inf)",
+        });
+    }
+    Ok(strings(&[
+        "pnputil.exe",
+        "/delete-driver",
+        published,
+        "/uninstall",
+        "/force",
+    ]))
+}
+
+/// `sc.exe create NAME type= kernel start= START binpath= PATH`. sc.exe takes each
+/// option as `key=` followed by its value as the next argument (the space after `=`
+/// is required), so each is its own argv item.
+pub fn sc_create_kernel(
+    name: &str,
+    start: ServiceStart,
+    binpath: &str,
+) -> Result<Vec<String>, CommandError> {
+    let name = service_name(name)?;
+    let binpath = value("driver path", binpath)?;
+    Ok(strings(&[
+        "sc.exe",
+        "create",
+        name,
+        "type=",
+        "kernel",
+        "start=",
+        start.as_sc(),
+        "binpath=",
+        binpath,
+    ]))
+}
+
+/// `sc.exe start NAME`.
+pub fn sc_start(name: &str) -> Result<Vec<String>, CommandError> {
+    Ok(strings(&["sc.exe", "start", service_name(name)?]))
+}
+
+/// `sc.exe stop NAME`.
+pub fn sc_stop(name: &str) -> Result<Vec<String>, CommandError> {
+    Ok(strings(&["sc.exe", "stop", service_name(name)?]))
+}
+
+/// `sc.exe delete NAME`.
+pub fn sc_delete(name: &str) -> Result<Vec<String>, CommandError> {
+    Ok(strings(&["sc.exe", "delete", service_name(name)?]))
+}
+
+/// Reboots now. The harness itself reboots through `guest-shutdown`; this is for a
+/// suite step that must reboot from inside the guest.
+pub fn reboot() -> Vec<String> {
+    strings(&["shutdown.exe", "/r", "/t", "0"])
+}
+
+/// Every script starts like this: a failing cmdlet ends the script with exit code 1
+/// instead of carrying on, and no progress records (which PowerShell would write to
+/// stderr as CLIXML when its output is a pipe).
+const PRELUDE: &[&str] = &[
+    "$ErrorActionPreference = 'Stop'",
+    "$ProgressPreference = 'SilentlyContinue'",
+];
+
+/// Flushes what a power cut would lose: the registry (Windows writes hive changes to
+/// disk lazily, seconds later) and the file system caches of the touched drives and
+/// the system drive. Best effort, like `sync`: a flush that fails leaves a warning in
+/// the step's output rather than failing an install that succeeded.
+const FLUSH: &[&str] = &[
+    "try { $bgHive = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SYSTEM'); $bgHive.Flush(); $bgHive.Close() } catch { Write-Warning ('bootgate: registry flush failed: ' + $_.Exception.Message) }",
+    "try { Write-VolumeCache -DriveLetter (@($bgDrives) + $env:SystemDrive.Substring(0, 1) | Sort-Object -Unique) } catch { Write-Warning ('bootgate: volume flush failed: ' + $_.Exception.Message) }",
+];
+
+/// With `-Command`, PowerShell's exit code is 1 when the last statement failed, even
+/// one whose failure a script chose to accept; so every script ends explicitly.
+const DONE: &str = "exit 0";
+
+/// `powershell.exe ... -Command "<prelude>; <$name = 'value'>...; <body>"`.
+fn script(vars: &[(&str, String)], body: &[&[&str]]) -> Vec<String> {
+    let mut statements: Vec<String> = PRELUDE.iter().map(|s| s.to_string()).collect();
+    for (name, literal) in vars {
+        statements.push(format!("${name} = {literal}"));
+    }
+    for part in body {
+        statements.extend(part.iter().map(|s| s.to_string()));
+    }
+    statements.push(DONE.into());
+    powershell_argv(&statements.join("; "))
+}
+
+const SERVICE_INSTALL: &[&str] = &[
+    "& sc.exe create $bgName type= kernel start= $bgStart binpath= $bgSys",
+    // 1073 ERROR_SERVICE_EXISTS: a reinstall; point the service at the new file.
+    "if ($LASTEXITCODE -eq 1073) { & sc.exe config $bgName type= kernel start= $bgStart binpath= $bgSys }",
+    "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }",
+    // 1056 ERROR_SERVICE_ALREADY_RUNNING: the old image stays loaded until reboot.
+    "if ($bgLoad) { & sc.exe start $bgName; if ($LASTEXITCODE -notin 0, 1056) { exit $LASTEXITCODE } }",
+];
+
+/// Registers `sys` as a kernel service `name` loaded at `start` (created, or
+/// reconfigured if it exists), starts it now if `load_now`, then flushes.
+pub fn install_service(
+    name: &str,
+    sys: &str,
+    start: ServiceStart,
+    load_now: bool,
+    drives: &[char],
+) -> Result<Vec<String>, CommandError> {
+    let vars = [
+        ("bgName", ps_quote(service_name(name)?)),
+        ("bgSys", ps_quote(value("driver path", sys)?)),
+        ("bgStart", ps_quote(start.as_sc())),
+        ("bgLoad", if load_now { "$true" } else { "$false" }.into()),
+        ("bgDrives", drive_list(drives)?),
+    ];
+    Ok(script(&vars, &[SERVICE_INSTALL, FLUSH]))
+}
+
+const SERVICE_UNINSTALL: &[&str] = &[
+    // Stopping fails for a driver that is not running or refuses to unload; deleting
+    // the service still keeps it from loading at the next boot.
+    "& sc.exe stop $bgName | Out-Null",
+    "& sc.exe delete $bgName | Out-Null",
+    // 1060 ERROR_SERVICE_DOES_NOT_EXIST, 1072 ERROR_SERVICE_MARKED_FOR_DELETE: gone, or going.
+    "if ($LASTEXITCODE -notin 0, 1060, 1072) { exit $LASTEXITCODE }",
+    // A loaded driver's image cannot be deleted; it is harmless once the service is gone.
+    "if (Test-Path -LiteralPath $bgSys -PathType Leaf) { try { Remove-Item -LiteralPath $bgSys -Force } catch { Write-Warning ('bootgate: ' + $bgSys + ' stays until it is unloaded: ' + $_.Exception.Message) } }",
+];
+
+/// Stops and deletes the kernel service `name` and deletes its file, then flushes.
+pub fn uninstall_service(
+    name: &str,
+    sys: &str,
+    drives: &[char],
+) -> Result<Vec<String>, CommandError> {
+    let vars = [
+        ("bgName", ps_quote(service_name(name)?)),
+        ("bgSys", ps_quote(value("driver path", sys)?)),
+        ("bgDrives", drive_list(drives)?),
+    ];
+    Ok(script(&vars, &[SERVICE_UNINSTALL, FLUSH]))
+}
+
+const PNP_INSTALL: &[&str] = &[
+    "if (Test-Path -LiteralPath $bgDir) { Remove-Item -LiteralPath $bgDir -Recurse -Force }",
+    "Expand-Archive -LiteralPath $bgZip -DestinationPath $bgDir -Force",
+    "$bgInfs = @(Get-ChildItem -LiteralPath $bgDir -Filter '*.inf' -Recurse -File)",
+    "if ($bgInfs.Count -eq 0) { [Console]::Error.WriteLine('bootgate: no .inf file in ' + $bgZip); exit 2 }",
+    // One INF per pnputil call (Microsoft's advice), so each exit code has one cause.
+    // 3010: installed, reboot needed. 259: no device matches, or a better driver is in use.
+    "foreach ($bgInf in $bgInfs) { if ($bgInstall) { & pnputil.exe /add-driver $bgInf.FullName /install } else { & pnputil.exe /add-driver $bgInf.FullName }; if ($LASTEXITCODE -eq 259) { [Console]::Error.WriteLine('bootgate: pnputil 259: no device matches ' + $bgInf.Name + ', or a better driver is already installed') }; if ($LASTEXITCODE -notin 0, 3010) { exit $LASTEXITCODE } }",
+];
+
+/// Expands the driver package `zip` into `dir` (replacing what was there) and adds
+/// each INF in it with pnputil, installing on matching devices if `install`; flushes.
+pub fn install_pnp_package(
+    zip: &str,
+    dir: &str,
+    install: bool,
+    drives: &[char],
+) -> Result<Vec<String>, CommandError> {
+    let vars = [
+        ("bgZip", ps_quote(value("driver package", zip)?)),
+        ("bgDir", ps_quote(value("driver package folder", dir)?)),
+        ("bgInstall", if install { "$true" } else { "$false" }.into()),
+        ("bgDrives", drive_list(drives)?),
+    ];
+    Ok(script(&vars, &[PNP_INSTALL, FLUSH]))
+}
+
+/// Deletes, with pnputil, every third-party driver package whose original INF file
+/// name is in `$bgInfNames`. pnputil needs the published name (`oemNN.inf`) Windows
+/// gave the package; Get-WindowsDriver lists both (`Driver`, `OriginalFileName`).
+const PNP_REMOVE: &[&str] = &[
+    "$bgStore = @()",
+    "if (@($bgInfNames).Count -gt 0) { $bgStore = @(Get-WindowsDriver -Online) }",
+    "foreach ($bgInfName in $bgInfNames) { foreach ($bgDriver in @($bgStore | Where-Object { [IO.Path]::GetFileName($_.OriginalFileName) -ieq $bgInfName })) { & pnputil.exe /delete-driver $bgDriver.Driver /uninstall /force; if ($LASTEXITCODE -notin 0, 3010) { exit $LASTEXITCODE } } }",
+];
+
+/// Uninstalls the driver package whose original INF file name is `inf_name`
+/// (`sensor.inf`), found by that name among the published ones.
+pub fn uninstall_pnp_inf(inf_name: &str) -> Result<Vec<String>, CommandError> {
+    let inf_name = value("INF name", inf_name)?;
+    if inf_name.contains(['\\', '/']) || !inf_name.to_ascii_lowercase().ends_with(".inf") {
+        return Err(CommandError::Invalid {
+            what: "INF name",
+            value: inf_name.into(),
+            why: "is not an INF file name like sensor.inf",
+        });
+    }
+    let vars = [("bgInfNames", ps_list(&[inf_name.to_string()]))];
+    Ok(script(&vars, &[PNP_REMOVE]))
+}
+
+const PNP_UNINSTALL: &[&str] = &[
+    "$bgInfNames = @()",
+    "if (Test-Path -LiteralPath $bgDir) { $bgInfNames = @(Get-ChildItem -LiteralPath $bgDir -Filter '*.inf' -Recurse -File | ForEach-Object { $_.Name }) }",
+];
+
+const PNP_DELETE_FILES: &[&str] = &[
+    "if (Test-Path -LiteralPath $bgDir) { Remove-Item -LiteralPath $bgDir -Recurse -Force }",
+    "if (Test-Path -LiteralPath $bgZip -PathType Leaf) { Remove-Item -LiteralPath $bgZip -Force }",
+];
+
+/// Uninstalls every driver package whose INF is in the expanded package `dir`, then
+/// deletes `dir` and `zip`, then flushes. Nothing to do is not an error (like
+/// `rm -f`): the package may never have been installed.
+pub fn uninstall_pnp_package(
+    zip: &str,
+    dir: &str,
+    drives: &[char],
+) -> Result<Vec<String>, CommandError> {
+    let vars = [
+        ("bgZip", ps_quote(value("driver package", zip)?)),
+        ("bgDir", ps_quote(value("driver package folder", dir)?)),
+        ("bgDrives", drive_list(drives)?),
+    ];
+    Ok(script(
+        &vars,
+        &[PNP_UNINSTALL, PNP_REMOVE, PNP_DELETE_FILES, FLUSH],
+    ))
+}
+
+const REMOVE_FILE: &[&str] =
+    &["if (Test-Path -LiteralPath $bgPath -PathType Leaf) { Remove-Item -LiteralPath $bgPath -Force }"];
+
+/// Deletes a file if it is there (like `rm -f`), then flushes.
+pub fn remove_file(path: &str, drives: &[char]) -> Result<Vec<String>, CommandError> {
+    let vars = [
+        ("bgPath", ps_quote(value("file path", path)?)),
+        ("bgDrives", drive_list(drives)?),
+    ];
+    Ok(script(&vars, &[REMOVE_FILE, FLUSH]))
+}
+
+/// Flushes the registry and the file system caches of `drives` and the system drive
+/// (before the harness power-cycles the guest from outside).
+pub fn flush_volumes(drives: &[char]) -> Result<Vec<String>, CommandError> {
+    let vars = [("bgDrives", drive_list(drives)?)];
+    Ok(script(&vars, &[FLUSH]))
+}
+
+/// Lists crash dumps, one line per file: `dump<TAB>mini|memory<TAB>bytes<TAB>modified
+/// (UTC, ISO 8601)<TAB>path`. Written as UTF-8 bytes straight to stdout, because the
+/// console code page (used for text output when stdout is a pipe) would mangle a
+/// non-ASCII path. The `dump` tag keeps stray warnings out of the parse.
+const LIST_DUMPS: &[&str] = &[
+    "$bgOut = [Console]::OpenStandardOutput()",
+    "$bgTab = [string][char]9",
+    "function Write-BgDump($kind, $file) { $line = 'dump' + $bgTab + $kind + $bgTab + [string]$file.Length + $bgTab + $file.LastWriteTimeUtc.ToString('o') + $bgTab + $file.FullName + [char]10; $bytes = [Text.Encoding]::UTF8.GetBytes($line); $bgOut.Write($bytes, 0, $bytes.Length) }",
+    // The paths may hold %SystemRoot%, as the CrashControl registry values do.
+    "$bgMiniDir = [Environment]::ExpandEnvironmentVariables($bgMinidumps)",
+    "$bgFull = [Environment]::ExpandEnvironmentVariables($bgMemoryDump)",
+    "if (Test-Path -LiteralPath $bgMiniDir -PathType Container) { Get-ChildItem -LiteralPath $bgMiniDir -Filter '*.dmp' -File | Sort-Object LastWriteTimeUtc | ForEach-Object { Write-BgDump 'mini' $_ } }",
+    "if (Test-Path -LiteralPath $bgFull -PathType Leaf) { Write-BgDump 'memory' (Get-Item -LiteralPath $bgFull) }",
+    "$bgOut.Flush()",
+];
+
+/// Lists the minidumps in `minidump_dir` (`*.dmp`, oldest first) and the memory dump
+/// `memory_dump` if it exists; parse the output with [`parse_crash_dump_listing`].
+pub fn list_crash_dumps(
+    minidump_dir: &str,
+    memory_dump: &str,
+) -> Result<Vec<String>, CommandError> {
+    let vars = [
+        (
+            "bgMinidumps",
+            ps_quote(value("minidump folder", minidump_dir)?),
+        ),
+        (
+            "bgMemoryDump",
+            ps_quote(value("memory dump path", memory_dump)?),
+        ),
+    ];
+    Ok(script(&vars, &[LIST_DUMPS]))
+}
+
+/// Which dump file a listing line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestDumpKind {
+    /// A small dump in the minidump folder.
+    Minidump,
+    /// The kernel or complete memory dump (MEMORY.DMP).
+    Memory,
+}
+
+/// One crash dump file in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDumpFile {
+    pub kind: GuestDumpKind,
+    pub bytes: u64,
+    /// Last write time, UTC, as the guest printed it (ISO 8601).
+    pub modified_utc: String,
+    /// Full guest path (copy it out with guest-file-read).
+    pub path: String,
+}
+
+/// Parses the output of [`list_crash_dumps`]. Lines without the `dump` tag are
+/// ignored; a tagged line that does not parse is an error rather than a silent skip.
+pub fn parse_crash_dump_listing(stdout: &str) -> Result<Vec<GuestDumpFile>, CommandError> {
+    let mut files = Vec::new();
+    for line in stdout.lines() {
+        let line = line.trim_end_matches('\r');
+        let Some(rest) = line.strip_prefix("dump\t") else {
+            continue;
+        };
+        let bad = |why| CommandError::Listing {
+            line: line.to_string(),
+            why,
+        };
+        let mut fields = rest.splitn(4, '\t');
+        let (Some(kind), Some(bytes), Some(modified), Some(path)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(bad("expected 5 tab-separated fields"));
+        };
+        let kind = match kind {
+            "mini" => GuestDumpKind::Minidump,
+            "memory" => GuestDumpKind::Memory,
+            _ => return Err(bad("kind is neither mini nor memory")),
+        };
+        let bytes = bytes.parse().map_err(|_| bad("size is not a number"))?;
+        if modified.is_empty() || path.is_empty() {
+            return Err(bad("empty time or path"));
+        }
+        files.push(GuestDumpFile {
+            kind,
+            bytes,
+            modified_utc: modified.to_string(),
+            path: path.to_string(),
+        });
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The MSVCRT (2008 and later) / CommandLineToArgvW rules that split a command
+    /// line into argv, as Microsoft documents them ("Parsing C command-line
+    /// arguments"): test-only, to check that glib's quoting round-trips.
+    fn command_line_to_argv(line: &str) -> Vec<String> {
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        let mut argv = Vec::new();
+        // argv[0]: up to the next quote if it starts with one, else to whitespace;
+        // no backslash processing.
+        let mut program = String::new();
+        if chars.first() == Some(&'"') {
+            i = 1;
+            while i < chars.len() && chars[i] != '"' {
+                program.push(chars[i]);
+                i += 1;
+            }
+            i += 1;
+        } else {
+            while i < chars.len() && chars[i] != ' ' && chars[i] != '\t' {
+                program.push(chars[i]);
+                i += 1;
+            }
+        }
+        argv.push(program);
+        loop {
+            while i < chars.len() && (chars[i] == ' ' || chars[i] == '\t') {
+                i += 1;
+            }
+            if i >= chars.len() {
+                return argv;
+            }
+            let mut arg = String::new();
+            let mut quoted = false;
+            while i < chars.len() {
+                let c = chars[i];
+                if !quoted && (c == ' ' || c == '\t') {
+                    break;
+                }
+                if c == '\\' {
+                    let run = chars[i..].iter().take_while(|&&c| c == '\\').count();
+                    i += run;
+                    if chars.get(i) == Some(&'"') {
+                        arg.extend(std::iter::repeat_n('\\', run / 2));
+                        if run % 2 == 1 {
+                            arg.push('"');
+                            i += 1;
+                        }
+                    } else {
+                        arg.extend(std::iter::repeat_n('\\', run));
+                    }
+                    continue;
+                }
+                if c == '"' {
+                    if quoted && chars.get(i + 1) == Some(&'"') {
+                        arg.push('"');
+                        i += 2;
+                    } else {
+                        quoted = !quoted;
+                        i += 1;
+                    }
+                    continue;
+                }
+                arg.push(c);
+                i += 1;
+            }
+            argv.push(arg);
+        }
+    }
+
+    /// What cmd.exe runs for `... /s /c REST` (from `cmd /?`): with /s, if REST
+    /// starts with a quote, that quote and the last quote are removed; nothing else.
+    fn cmd_runs(command_line: &str) -> String {
+        let at = command_line.find(" /c ").unwrap() + " /c ".len();
+        let rest = command_line[at..].trim_start_matches([' ', '\t']);
+        match rest.strip_prefix('"') {
+            Some(inner) => match inner.rfind('"') {
+                Some(end) => format!("{}{}", &inner[..end], &inner[end + 1..]),
+                None => inner.to_string(),
+            },
+            None => rest.to_string(),
+        }
+    }
+
+    /// Reads one PowerShell single-quoted literal at the start of `text`: its value
+    /// and the rest. Test-only, to check [`ps_quote`] against the language's rule.
+    fn read_ps_literal(text: &str) -> (String, &str) {
+        let mut chars = text.char_indices().peekable();
+        assert_eq!(chars.next().map(|(_, c)| c), Some('\''), "{text}");
+        let mut value = String::new();
+        while let Some((i, c)) = chars.next() {
+            if is_ps_single_quote(c) {
+                match chars.peek() {
+                    Some(&(_, next)) if is_ps_single_quote(next) => {
+                        value.push(c);
+                        chars.next();
+                    }
+                    _ => return (value, &text[i + c.len_utf8()..]),
+                }
+            } else {
+                value.push(c);
+            }
+        }
+        panic!("unterminated literal in {text}");
+    }
+
+    /// The `$name = 'literal'` (or `@('literal', ...)`, first item) assignments a
+    /// script makes, read back with the language's quoting rule.
+    fn script_vars(script: &str) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        for statement in script.split("; $bg").skip(1) {
+            let Some((name, rhs)) = statement.split_once(" = ") else {
+                continue;
+            };
+            let literal = match rhs.strip_prefix("@(") {
+                Some(list) if list.starts_with('\'') => list,
+                Some(_) => continue,
+                None if rhs.starts_with('\'') => rhs,
+                None => continue,
+            };
+            let (value, _) = read_ps_literal(literal);
+            vars.push((format!("bg{name}"), value));
+        }
+        vars
+    }
+
+    const NASTY: &[&str] = &[
+        r"C:\Program Files\Vendor Ünïcode\sensor driver.inf",
+        r"C:\a&b|c>d<e^f%PATH%!x!\sensor.sys",
+        r#"C:\quote"inside\x"#,
+        r"C:\trailing space\",
+        r"C:\no_space_trailing\",
+        r#"C:\odd\\"quote"#,
+        "tab\there",
+        "new\nline",
+        "O'Brien’s ‘smart’ ‚quotes‛",
+        "$(Remove-Item C:\\ -Recurse); `whoami`",
+        "'; Remove-Item C:\\ -Recurse; '",
+        "日本語のパス",
+        "\"",
+        "\\",
+        " ",
+    ];
+
+    #[test]
+    fn glib_quoting_matches_its_source_on_the_edge_cases() {
+        let cases = [
+            ("plain", "plain"),
+            ("a b", r#""a b""#),
+            (r#"a"b"#, r#"a\"b"#),
+            (r#"a\"b"#, r#"a\\\"b"#),
+            (r"C:\dir\", r"C:\dir\"),
+            (r"C:\a dir\", r#""C:\a dir\\""#),
+            (r"C:\a dir\\", r#""C:\a dir\\\\""#),
+            (r"back\slash", r"back\slash"),
+            ("", ""),
+        ];
+        for (arg, quoted) in cases {
+            assert_eq!(glib_quote(arg), quoted, "{arg:?}");
+        }
+    }
+
+    #[test]
+    fn argv_round_trips_through_glib_and_commandlinetoargvw() {
+        let mut argv = vec!["C:\\Program Files\\prog.exe".to_string()];
+        argv.extend(NASTY.iter().map(|s| s.to_string()));
+        let line = glib_command_line(&argv);
+        assert_eq!(command_line_to_argv(&line), argv, "{line}");
+        for one in NASTY {
+            let argv = vec!["p".to_string(), one.to_string(), "next".to_string()];
+            assert_eq!(command_line_to_argv(&glib_command_line(&argv)), argv);
+        }
+    }
+
+    #[test]
+    fn an_empty_argument_vanishes_which_is_why_values_must_not_be_empty() {
+        let argv = strings(&["sc.exe", "config", "x", "binpath=", "", "start=", "boot"]);
+        let back = command_line_to_argv(&glib_command_line(&argv));
+        assert_eq!(
+            back,
+            ["sc.exe", "config", "x", "binpath=", "start=", "boot"]
+        );
+        assert_eq!(
+            sc_create_kernel("x", ServiceStart::Boot, ""),
+            Err(CommandError::Empty {
+                what: "driver path"
+            })
+        );
+        assert!(matches!(
+            pnputil_add_driver("a\0b", true),
+            Err(CommandError::Nul { .. })
+        ));
+    }
+
+    #[test]
+    fn pnputil_add_driver_passes_the_path_as_one_argument() {
+        let inf = r"C:\Program Files\Vendor Ünïcode\sensor driver.inf";
+        let argv = pnputil_add_driver(inf, true).unwrap();
+        assert_eq!(argv, ["pnputil.exe", "/add-driver", inf, "/install"]);
+        assert_eq!(
+            glib_command_line(&argv),
+            r#"pnputil.exe /add-driver "C:\Program Files\Vendor Ünïcode\sensor driver.inf" /install"#
+        );
+        assert_eq!(command_line_to_argv(&glib_command_line(&argv)), argv);
+        assert_eq!(
+            pnputil_add_driver(r"C:\d\x.inf", false).unwrap(),
+            ["pnputil.exe", "/add-driver", r"C:\d\x.inf"]
+        );
+    }
+
+    #[test]
+    fn pnputil_delete_driver_takes_only_published_names() {
+        assert_eq!(
+            pnputil_delete_driver("oem12.inf").unwrap(),
+            [
+                "pnputil.exe",
+                "/delete-driver",
+                "oem12.inf",
+                "/uninstall",
+                "/force"
+            ]
+        );
+        assert!(pnputil_delete_driver("OEM7.INF").is_ok());
+        for bad in [
+            "sensor.inf",
+            "oem.inf",
+            "oem1x.inf",
+            "oem12.inf & del",
+            r"C:\oem1.inf",
+        ] {
+            let err = pnputil_delete_driver(bad).unwrap_err();
+            assert!(err.to_string().contains("published name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn sc_create_uses_key_equals_space_value() {
+        let sys = r"C:\Program Files\Vendor Ünïcode\a&b %x% ^c\sensor.sys";
+        let argv = sc_create_kernel("sensor", ServiceStart::Boot, sys).unwrap();
+        assert_eq!(
+            argv,
+            ["sc.exe", "create", "sensor", "type=", "kernel", "start=", "boot", "binpath=", sys]
+        );
+        // What sc.exe sees: `key= value`, with the space after '=' sc.exe requires.
+        assert_eq!(
+            glib_command_line(&argv),
+            r#"sc.exe create sensor type= kernel start= boot binpath= "C:\Program Files\Vendor Ünïcode\a&b %x% ^c\sensor.sys""#
+        );
+        assert_eq!(command_line_to_argv(&glib_command_line(&argv)), argv);
+        assert_eq!(
+            sc_create_kernel("sensor", ServiceStart::Demand, r"C:\s.sys").unwrap()[6],
+            "demand"
+        );
+        assert_eq!(sc_start("sensor").unwrap(), ["sc.exe", "start", "sensor"]);
+        assert_eq!(sc_stop("sensor").unwrap(), ["sc.exe", "stop", "sensor"]);
+        assert_eq!(sc_delete("sensor").unwrap(), ["sc.exe", "delete", "sensor"]);
+        for bad in ["", "a b", "a&b", r"..\x", "x\"y", &"n".repeat(257)] {
+            assert!(sc_start(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reboot_is_shutdown_r_t_0() {
+        assert_eq!(reboot(), ["shutdown.exe", "/r", "/t", "0"]);
+    }
+
+    #[test]
+    fn ps_quote_doubles_every_kind_of_single_quote() {
+        assert_eq!(ps_quote("plain"), "'plain'");
+        assert_eq!(ps_quote("O'Brien"), "'O''Brien'");
+        assert_eq!(ps_quote("it’s"), "'it’’s'");
+        assert_eq!(ps_quote(""), "''");
+        assert_eq!(ps_quote(r#"$env:x "y" `z`"#), r#"'$env:x "y" `z`'"#);
+        for v in NASTY {
+            let quoted = ps_quote(v);
+            let (back, rest) = read_ps_literal(&quoted);
+            assert_eq!(&back, v);
+            assert_eq!(rest, "", "literal of {v:?} ended early");
+        }
+    }
+
+    #[test]
+    fn install_service_script_is_constant_text_after_quoted_values() {
+        let sys = r"C:\Program Files\Vendor Ünïcode\sensor driver.sys";
+        let argv =
+            install_service("sensor", sys, ServiceStart::Boot, true, &['c', 'D', 'C']).unwrap();
+        assert_eq!(&argv[..6], POWERSHELL);
+        assert_eq!(argv.len(), 7);
+        let expected = [
+            "$ErrorActionPreference = 'Stop'",
+            "$ProgressPreference = 'SilentlyContinue'",
+            "$bgName = 'sensor'",
+            r"$bgSys = 'C:\Program Files\Vendor Ünïcode\sensor driver.sys'",
+            "$bgStart = 'boot'",
+            "$bgLoad = $true",
+            "$bgDrives = @('C', 'D')",
+            "& sc.exe create $bgName type= kernel start= $bgStart binpath= $bgSys",
+            "if ($LASTEXITCODE -eq 1073) { & sc.exe config $bgName type= kernel start= $bgStart binpath= $bgSys }",
+            "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }",
+            "if ($bgLoad) { & sc.exe start $bgName; if ($LASTEXITCODE -notin 0, 1056) { exit $LASTEXITCODE } }",
+            "try { $bgHive = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SYSTEM'); $bgHive.Flush(); $bgHive.Close() } catch { Write-Warning ('bootgate: registry flush failed: ' + $_.Exception.Message) }",
+            "try { Write-VolumeCache -DriveLetter (@($bgDrives) + $env:SystemDrive.Substring(0, 1) | Sort-Object -Unique) } catch { Write-Warning ('bootgate: volume flush failed: ' + $_.Exception.Message) }",
+            "exit 0",
+        ]
+        .join("; ");
+        assert_eq!(argv[6], expected);
+        let line = glib_command_line(&argv);
+        assert!(line.starts_with("powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -Command \"$ErrorActionPreference"), "{line}");
+        // powershell.exe splits its command line the C way and joins what follows
+        // -Command with spaces: the script must come back exactly.
+        let back = command_line_to_argv(&line);
+        assert_eq!(back[6..].join(" "), argv[6]);
+    }
+
+    #[test]
+    fn hostile_values_stay_data_in_every_script() {
+        type Build = fn(&str) -> Vec<String>;
+        let builders: [(&str, Build); 6] = [
+            ("bgSys", |v| {
+                install_service("sensor", v, ServiceStart::System, false, &['C']).unwrap()
+            }),
+            ("bgSys", |v| uninstall_service("sensor", v, &['C']).unwrap()),
+            ("bgZip", |v| {
+                install_pnp_package(v, r"C:\d\sensor", true, &['C']).unwrap()
+            }),
+            ("bgDir", |v| {
+                uninstall_pnp_package(r"C:\d\sensor.zip", v, &['C']).unwrap()
+            }),
+            ("bgPath", |v| remove_file(v, &['C']).unwrap()),
+            ("bgMinidumps", |v| {
+                list_crash_dumps(v, r"%SystemRoot%\MEMORY.DMP").unwrap()
+            }),
+        ];
+        for v in NASTY {
+            for (var, build) in builders {
+                let argv = build(v);
+                let script = &argv[6];
+                // The value reads back from its literal...
+                assert!(
+                    script_vars(script)
+                        .iter()
+                        .any(|(n, value)| n == var && value == v),
+                    "{var} of {v:?} not read back from {script}"
+                );
+                // ...and is nowhere else: with its literal swapped for another
+                // value's, the script is that value's script, byte for byte.
+                assert_eq!(
+                    script.replacen(&ps_quote(v), &ps_quote("X"), 1),
+                    build("X")[6],
+                    "{v:?}"
+                );
+                // powershell.exe gets the script back exactly.
+                let back = command_line_to_argv(&glib_command_line(&argv));
+                assert_eq!(&back[..6], POWERSHELL);
+                assert_eq!(&back[6..].join(" "), script);
+            }
+        }
+    }
+
+    #[test]
+    fn other_scripts_keep_their_values_in_the_prelude() {
+        let argv = uninstall_pnp_inf("Sensor Driver’s.inf").unwrap();
+        assert_eq!(
+            script_vars(&argv[6]),
+            [("bgInfNames".to_string(), "Sensor Driver’s.inf".to_string())]
+        );
+        assert!(
+            argv[6].contains("$bgInfNames = @('Sensor Driver’’s.inf')"),
+            "{}",
+            argv[6]
+        );
+        assert!(argv[6].contains("pnputil.exe /delete-driver $bgDriver.Driver /uninstall /force"));
+        for bad in ["", r"C:\x\sensor.inf", "sensor.sys"] {
+            assert!(uninstall_pnp_inf(bad).is_err(), "{bad:?}");
+        }
+        let flush = flush_volumes(&['e']).unwrap();
+        assert!(flush[6].contains("$bgDrives = @('E')"), "{}", flush[6]);
+        assert!(
+            flush[6].ends_with("volume flush failed: ' + $_.Exception.Message) }; exit 0"),
+            "{}",
+            flush[6]
+        );
+        assert!(matches!(
+            flush_volumes(&['1']),
+            Err(CommandError::Invalid { .. })
+        ));
+        let install = install_pnp_package(r"C:\d\s.zip", r"C:\d\s", false, &[]).unwrap();
+        assert!(
+            install[6].contains("$bgInstall = $false; $bgDrives = @()"),
+            "{}",
+            install[6]
+        );
+    }
+
+    #[test]
+    fn cmd_lines_reach_cmd_exactly_or_are_refused() {
+        for line in [
+            r"dir C:\Program Files & echo 100%PATH% ^& done",
+            r"type C:\Vendor Ünïcode\log.txt | findstr error",
+            "ver",
+            r"dir C:\ /b",
+            r"C:\no_space_trailing\",
+        ] {
+            let argv = cmd_argv(line).unwrap();
+            assert_eq!(&argv[..5], CMD);
+            assert_eq!(cmd_runs(&glib_command_line(&argv)), line, "{line}");
+        }
+        // Why quotes are refused: glib's \" reaches cmd.exe as a backslash and a quote.
+        let line = r#"dir "C:\Program Files""#;
+        let mut unchecked = strings(&CMD);
+        unchecked.push(line.into());
+        assert_eq!(
+            cmd_runs(&glib_command_line(&unchecked)),
+            r#"dir \"C:\Program Files\""#
+        );
+        assert!(matches!(cmd_argv(line), Err(CommandError::CmdQuote { .. })));
+        assert!(cmd_argv(line)
+            .unwrap_err()
+            .to_string()
+            .contains("powershell"));
+        for line in [r"dir C:\Program Files\", r"dir C:\"] {
+            assert!(
+                matches!(
+                    cmd_argv(line),
+                    Err(CommandError::CmdTrailingBackslash { .. })
+                ),
+                "{line}"
+            );
+        }
+        assert!(matches!(cmd_argv(""), Err(CommandError::Empty { .. })));
+    }
+
+    #[test]
+    fn powershell_argv_is_the_prefix_and_the_line() {
+        let argv = powershell_argv("Get-Date; exit 3");
+        assert_eq!(argv.len(), 7);
+        assert_eq!(&argv[..6], POWERSHELL);
+        assert_eq!(argv[6], "Get-Date; exit 3");
+    }
+
+    #[test]
+    fn no_generated_argument_is_empty_or_ends_in_a_backslash() {
+        // glib before 2.59.1 did not double a trailing backslash inside quotes; an
+        // argument ending in one would have swallowed the next argument there.
+        let drives = ['C'];
+        let all = [
+            install_service("s", r"C:\x y\s.sys", ServiceStart::Boot, true, &drives).unwrap(),
+            uninstall_service("s", r"C:\x y\s.sys", &drives).unwrap(),
+            install_pnp_package(r"C:\x y\s.zip", r"C:\x y\s", true, &drives).unwrap(),
+            uninstall_pnp_package(r"C:\x y\s.zip", r"C:\x y\s", &drives).unwrap(),
+            uninstall_pnp_inf("s.inf").unwrap(),
+            remove_file(r"C:\x y\c.bin", &drives).unwrap(),
+            flush_volumes(&drives).unwrap(),
+            list_crash_dumps(r"%SystemRoot%\Minidump", r"%SystemRoot%\MEMORY.DMP").unwrap(),
+            reboot(),
+        ];
+        for argv in all {
+            for arg in &argv {
+                assert!(
+                    !arg.is_empty() && !arg.ends_with('\\'),
+                    "{arg:?} in {argv:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn crash_dump_listing_parses_and_rejects_malformed_lines() {
+        let out = "WARNING: something the host printed\r\n\
+                   dump\tmini\t2359296\t2024-07-19T04:09:12.1234567Z\tC:\\Windows\\Minidump\\071924-7000-01.dmp\n\
+                   dump\tmemory\t1073741824\t2024-07-19T04:09:40.0000000Z\tC:\\Windows\\MEMORY.DMP\r\n\
+                   dump\tmini\t1\t2024-07-19T04:10:00Z\tD:\\Ünïcode dumps\\a\tb.dmp\n";
+        let files = parse_crash_dump_listing(out).unwrap();
+        assert_eq!(files.len(), 3);
+        assert_eq!(
+            files[0],
+            GuestDumpFile {
+                kind: GuestDumpKind::Minidump,
+                bytes: 2_359_296,
+                modified_utc: "2024-07-19T04:09:12.1234567Z".into(),
+                path: r"C:\Windows\Minidump\071924-7000-01.dmp".into(),
+            }
+        );
+        assert_eq!(files[1].kind, GuestDumpKind::Memory);
+        assert_eq!(files[1].path, r"C:\Windows\MEMORY.DMP");
+        // The path is the last field: it keeps whatever follows.
+        assert_eq!(files[2].path, "D:\\Ünïcode dumps\\a\tb.dmp");
+        assert!(parse_crash_dump_listing("").unwrap().is_empty());
+        for bad in [
+            "dump\tmini\t12\tC:\\x.dmp",
+            "dump\tfull\t12\tt\tC:\\x.dmp",
+            "dump\tmini\ttwelve\tt\tC:\\x.dmp",
+            "dump\tmini\t12\t\tC:\\x.dmp",
+        ] {
+            assert!(
+                matches!(
+                    parse_crash_dump_listing(bad),
+                    Err(CommandError::Listing { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}
