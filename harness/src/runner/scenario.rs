@@ -144,6 +144,8 @@ struct Machine<'a> {
     pvpanic_at: Option<Instant>,
     /// Hyper-V crash parameters from the panic event (Windows bugcheck code first).
     hyperv: Option<Bugcheck>,
+    /// Why the boot after a crash never became ready, when that made the loop.
+    stalled_after_crash: Option<String>,
     /// The guest reset itself without a panic event.
     unexpected_reset: bool,
     console_crash_at: Option<Instant>,
@@ -221,6 +223,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         boot_ready: false,
         pvpanic_at: None,
         hyperv: None,
+        stalled_after_crash: None,
         unexpected_reset: false,
         console_crash_at: None,
         console_hang_at: None,
@@ -320,6 +323,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
             crashes: &m.crashes,
             hangs: &m.hangs,
             boot_loop: m.boot_loop,
+            stalled_after_crash: m.stalled_after_crash.as_deref(),
             recovery: m.recovery.as_ref(),
         };
         failure = failure.or_else(|| judge(&observed, scenario));
@@ -385,11 +389,15 @@ fn settle(
                 Ok(true) => record.detail.push_str("; the guest recovered"),
                 Ok(false) => {
                     state.guest_down = true;
-                    if m.boot_loop {
-                        record.detail.push_str(&format!(
+                    match (&m.stalled_after_crash, m.boot_loop) {
+                        (Some(why), _) => record
+                            .detail
+                            .push_str(&format!("; boot loop: the guest did not come back ({why})")),
+                        (None, true) => record.detail.push_str(&format!(
                             "; boot loop: {} consecutive boots crashed",
                             scenario.boot_loop_boots
-                        ));
+                        )),
+                        (None, false) => {}
                     }
                 }
                 Err(Stop::Infra(why)) => state.infra = Some(why),
@@ -928,6 +936,9 @@ impl Machine<'_> {
                         human_duration(timeout)
                     );
                     self.hangs.push(why.clone());
+                    // What the screen shows (a recovery screen, a stuck boot logo)
+                    // is often the only clue to why the agent never came.
+                    self.capture_hang_evidence();
                     return Err(Stop::Hang(why));
                 }
                 Err(stop) => {
@@ -1086,8 +1097,10 @@ impl Machine<'_> {
     }
 
     /// After a crash: resets the guest and watches up to `loop_boots` boots. Ok(true)
-    /// when a boot reached ready (recovered), Ok(false) on a boot loop or a boot that
-    /// hung.
+    /// when a boot reached ready (recovered), Ok(false) on a boot loop. A boot after
+    /// a crash that never reaches ready (stuck in a recovery screen, such as Windows'
+    /// Automatic Repair, or hung in a boot-start driver) is a boot loop too: the
+    /// machine does not come back. Its screenshot is kept with the hang evidence.
     fn watch_after_crash(&mut self, loop_boots: u32, emitter: &Emitter) -> Result<bool, Stop> {
         let mut consecutive = u32::from(
             self.boots
@@ -1103,7 +1116,16 @@ impl Machine<'_> {
             match self.wait_ready(self.boot_timeout, emitter) {
                 Ok(()) => return Ok(true),
                 Err(Stop::Crash) => consecutive += 1,
-                Err(Stop::Hang(_)) => return Ok(false),
+                Err(Stop::Hang(why)) => {
+                    // Counted as the loop it is, not as a separate hang: the
+                    // boots list shows the stalled boot (outcome timeout or hang).
+                    if self.hangs.last() == Some(&why) {
+                        self.hangs.pop();
+                    }
+                    self.stalled_after_crash = Some(why);
+                    self.boot_loop = true;
+                    return Ok(false);
+                }
                 Err(other) => return Err(other),
             }
         }

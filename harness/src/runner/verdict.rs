@@ -14,6 +14,8 @@ pub struct Observed<'a> {
     pub crashes: &'a [CrashRecord],
     pub hangs: &'a [String],
     pub boot_loop: bool,
+    /// Why the boot after a crash never became ready, when that made the loop.
+    pub stalled_after_crash: Option<&'a str>,
     pub recovery: Option<&'a RecoveryRecord>,
 }
 
@@ -68,11 +70,17 @@ pub fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
         }
     }
     if no_boot_loop && m.boot_loop {
-        return Some(format!(
-            "boot loop: {} consecutive boots crashed before ready: {}",
-            scenario.boot_loop_boots,
-            first_crash.unwrap_or("crash")
-        ));
+        return Some(match m.stalled_after_crash {
+            Some(why) => format!(
+                "boot loop: after the crash ({}) the guest did not come back: {why}",
+                first_crash.unwrap_or("crash")
+            ),
+            None => format!(
+                "boot loop: {} consecutive boots crashed before ready: {}",
+                scenario.boot_loop_boots,
+                first_crash.unwrap_or("crash")
+            ),
+        });
     }
     if no_crash {
         if let Some(title) = first_crash {
@@ -176,6 +184,7 @@ mod tests {
             crashes: &[],
             hangs: &[],
             boot_loop: false,
+            stalled_after_crash: None,
             recovery: None,
         };
         assert_eq!(judge(&clean, &scenario(None, Gates::default())), None);
@@ -186,6 +195,29 @@ mod tests {
         };
         let reason = judge(&crashed, &scenario(None, Gates::default())).unwrap();
         assert_eq!(reason, format!("crash: {TITLE}"));
+    }
+
+    #[test]
+    fn a_guest_stuck_after_a_crash_is_a_boot_loop() {
+        let boots = [boot(1, Some(4000)), boot(2, None)];
+        let crashes = [crash(TITLE)];
+        let stuck = Observed {
+            boots: &boots,
+            crashes: &crashes,
+            hangs: &[],
+            boot_loop: true,
+            stalled_after_crash: Some("boot 2 did not reach ready within 30s"),
+            recovery: None,
+        };
+        let reason = judge(&stuck, &scenario(None, Gates::default())).unwrap();
+        assert!(
+            reason.starts_with("boot loop: after the crash") && reason.contains("boot 2 did not"),
+            "{reason}"
+        );
+        assert_eq!(
+            judge(&stuck, &scenario(Some(Expect::BootLoop), Gates::default())),
+            None
+        );
     }
 
     #[test]
@@ -202,6 +234,7 @@ mod tests {
             crashes: &crashes,
             hangs: &[],
             boot_loop: true,
+            stalled_after_crash: None,
             recovery: None,
         };
         assert_eq!(
@@ -216,6 +249,7 @@ mod tests {
             crashes: &[],
             hangs: &[],
             boot_loop: false,
+            stalled_after_crash: None,
             recovery: None,
         };
         let reason = judge(&clean, &scenario(Some(Expect::Hang), Gates::default())).unwrap();
@@ -231,6 +265,7 @@ mod tests {
             crashes: &crashes,
             hangs: &[],
             boot_loop: false,
+            stalled_after_crash: None,
             recovery: None,
         };
         let mut s = scenario(Some(Expect::Crash), Gates::default());
@@ -263,6 +298,7 @@ mod tests {
             crashes: &crashes,
             hangs: &[],
             boot_loop: false,
+            stalled_after_crash: None,
             recovery: Some(&recovery),
         };
         assert_eq!(
@@ -293,6 +329,7 @@ mod tests {
             crashes: &[],
             hangs: &[],
             boot_loop: false,
+            stalled_after_crash: None,
             recovery: None,
         };
         let gates = Gates {
@@ -327,6 +364,7 @@ mod tests {
             crashes: &[],
             hangs: &hangs,
             boot_loop: false,
+            stalled_after_crash: None,
             recovery: None,
         };
         assert!(judge(&observed, &scenario(None, Gates::default()))

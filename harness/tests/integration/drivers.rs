@@ -189,3 +189,78 @@ fn unexpected_crash_fails_with_title_and_excerpt() {
     );
     assert_no_vm_left(&run);
 }
+
+/// A crash after which the machine never comes back (here a boot-start driver hangs
+/// the next boot; on Windows, Automatic Repair) is a boot loop: the stalled boot is
+/// in the boots list with a screenshot, and `expect = "boot_loop"` passes on it.
+#[test]
+fn guest_stuck_after_a_crash_is_a_boot_loop() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scenarios/demo/drivers/hang_init"
+    );
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        &format!(
+            r#"[suite]
+name = "stuck"
+image = "demo"
+boot_timeout = "20s"
+
+[driver.hang_init]
+source = {source:?}
+
+[[scenario]]
+name = "crash-then-stuck"
+steps = [
+  {{ install_driver = {{ driver = "hang_init" }} }},
+  {{ exec = {{ run = "echo c > /proc/sysrq-trigger" }} }},
+]
+
+[[scenario]]
+name = "expected"
+expect = "boot_loop"
+steps = [
+  {{ install_driver = {{ driver = "hang_init" }} }},
+  {{ exec = {{ run = "echo c > /proc/sysrq-trigger" }} }},
+]
+"#
+        ),
+    );
+    let out_dir = dir.path().join("results");
+    let out = run_tcg(&suite, &out_dir, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let run = run_json(&out_dir);
+    let s = scenario(&run, "stuck/crash-then-stuck");
+    assert_eq!(s["verdict"], "fail", "{s:#}");
+    assert_eq!(s["boot_loop"], true);
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("boot loop: after the crash (") && reason.contains("did not"),
+        "{reason}"
+    );
+    let outcomes: Vec<&str> = s["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    // The crash came after boot 1 was ready (the exec step), so boot 1 stays ready
+    // and carries the crash.
+    assert!(s["boots"][0]["crash"].is_string(), "{s:#}");
+    assert!(matches!(outcomes[1], "timeout" | "hang"), "{outcomes:?}");
+    assert!(
+        s["hangs"].as_array().unwrap().is_empty(),
+        "counted as the loop"
+    );
+    assert!(
+        !s["hang_screenshots"].as_array().unwrap().is_empty(),
+        "the stuck screen is kept"
+    );
+    assert_eq!(scenario(&run, "stuck/expected")["verdict"], "pass");
+    assert_no_vm_left(&run);
+}
