@@ -600,10 +600,10 @@ impl AgentClient {
     /// line breaks. On a syntax error the offending bytes stay in `buf` for
     /// the next sync to discard.
     fn read_value(&mut self, command: &str, budget: Budget) -> Result<Value, AgentError> {
-        // Re-parsing a large reply on every read would be quadratic; a JSON
-        // object can only complete on a '}' (never in base64 data), so parse
-        // only when one has arrived.
-        let mut worth_parsing = self.buf.contains(&b'}');
+        // Re-parsing a large reply on every read would be quadratic, so parse
+        // only once the scan says the object may be complete. Parsing whenever a
+        // '}' arrived was not enough: a hostile guest fills a string with them.
+        let mut frame = Frame::default();
         loop {
             let start = self
                 .buf
@@ -611,6 +611,9 @@ impl AgentClient {
                 .position(|b| !b.is_ascii_whitespace())
                 .unwrap_or(self.buf.len());
             self.buf.drain(..start);
+            if start > 0 {
+                frame = Frame::default();
+            }
             if let Some(&first) = self.buf.first() {
                 if first != b'{' {
                     return Err(protocol(format!(
@@ -618,7 +621,7 @@ impl AgentClient {
                     )));
                 }
             }
-            if worth_parsing && !self.buf.is_empty() {
+            if frame.worth_parsing(&self.buf) {
                 let mut values =
                     serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
                 match values.next() {
@@ -627,7 +630,9 @@ impl AgentClient {
                         self.buf.drain(..used);
                         return Ok(value);
                     }
-                    Some(Err(e)) if e.is_eof() => {}
+                    // The scan saw the object close (or break), so an error here,
+                    // even one about a missing end, is final: waiting for more
+                    // would only re-parse the same bytes.
                     Some(Err(e)) => return Err(protocol(format!("malformed json: {e}"))),
                     None => {}
                 }
@@ -637,10 +642,68 @@ impl AgentClient {
                     "reply longer than {MAX_REPLY_BYTES} bytes"
                 )));
             }
-            let before = self.buf.len();
             self.fill(command, budget)?;
-            worth_parsing = self.buf[before..].contains(&b'}');
         }
+    }
+}
+
+/// Scans a JSON object as it arrives, each byte once, to tell when it may be
+/// complete: when its outermost brace closes, or at a byte that cannot be in
+/// valid JSON there (so the parser reports the error without waiting). The
+/// scan only finds where to parse; the parser still judges what it finds.
+#[derive(Default)]
+struct Frame {
+    /// Bytes of the buffer already scanned.
+    scanned: usize,
+    /// Open braces and brackets.
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// The scan found the end of the object or a byte that ends its validity.
+    done: bool,
+}
+
+impl Frame {
+    /// Scans what arrived since the last call; true once the buffer is worth
+    /// parsing.
+    fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        for &byte in buf.get(self.scanned..).unwrap_or_default() {
+            if self.done {
+                break;
+            }
+            self.scanned += 1;
+            self.done = match byte {
+                // Never valid in UTF-8: a stray 0xFF (the sync delimiter) breaks
+                // the object, and the next sync must find it, not wait.
+                SENTINEL => true,
+                _ if self.in_string => {
+                    if self.escaped {
+                        self.escaped = false;
+                    } else if byte == b'\\' {
+                        self.escaped = true;
+                    } else if byte == b'"' {
+                        self.in_string = false;
+                    }
+                    // JSON strings hold no raw control characters.
+                    byte < 0x20
+                }
+                b'"' => {
+                    self.in_string = true;
+                    false
+                }
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    false
+                }
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    self.depth == 0
+                }
+                // Outside strings JSON is ASCII.
+                _ => !byte.is_ascii(),
+            };
+        }
+        self.done
     }
 }
 

@@ -20,7 +20,7 @@ pub const MAX_REPORTS: usize = 16;
 
 /// Longest excerpt line kept, in bytes: kernel lines are short; a longer one is noise
 /// (or a huge `Modules linked in:` list) and must not multiply memory use.
-const MAX_LINE_BYTES: usize = 1024;
+pub const MAX_LINE_BYTES: usize = 1024;
 
 /// Bytes of a console line looked at. The harness already caps lines at 4096 bytes;
 /// this keeps the detector's cost bounded even if a caller does not.
@@ -33,7 +33,7 @@ const MAX_SCAN_BYTES: usize = 8192;
 const MAX_QUIET_LINES: usize = 40;
 
 /// Longest title, in bytes: a panic message is free text.
-const MAX_TITLE_BYTES: usize = 200;
+pub const MAX_TITLE_BYTES: usize = 200;
 
 /// How bad a report is. `Crash` and `Hang` fail a scenario; a `Warning` alone is
 /// evidence, not a failure (unless the guest turns it into a panic, see

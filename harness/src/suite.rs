@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +18,15 @@ use crate::util::{line_col, snippet};
 
 /// Default time a single guest command may take.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest duration a suite (or image manifest) may give. The runner adds durations
+/// to the current time to make deadlines, which overflows (and panics) for values
+/// near `u64::MAX` seconds; no boot, command or soak needs more than a month.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Largest suite file read. Suites are a few KiB; the bound stops a wrong path (a
+/// device such as /dev/zero, a disk image) from being read into memory whole.
+pub const MAX_SUITE_BYTES: u64 = 16 << 20;
 
 /// An error in a suite, located in its file.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +47,8 @@ pub enum SuiteError {
     },
     #[error("no suite files (*.toml) in {0}: pass a suite file or a folder holding some")]
     EmptyFolder(PathBuf),
+    #[error("suite {path} is larger than {limit} bytes: is it really a suite file?")]
+    TooLarge { path: PathBuf, limit: u64 },
 }
 
 /// A parsed, validated suite.
@@ -381,9 +393,16 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
         format!("invalid duration {text:?} ({e}): write a number and a unit, like \"30s\", \"2m\" or \"500ms\"")
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than the longest allowed, {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
 }
 
 // ---- loading ---------------------------------------------------------------------
@@ -410,28 +429,55 @@ pub fn load_path(path: &Path) -> Result<Vec<Suite>, SuiteError> {
 }
 
 pub fn load_file(path: &Path) -> Result<Suite, SuiteError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_SUITE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|source| SuiteError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_SUITE_BYTES {
+        return Err(SuiteError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_SUITE_BYTES,
+        });
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(path, &text),
+        Err(e) => {
+            // Located like any other mistake; the lossy text keeps every byte before
+            // the bad one where it was, so the offset holds in it.
+            let offset = e.utf8_error().valid_up_to();
+            let byte = e.as_bytes().get(offset).copied().unwrap_or_default();
+            let text = String::from_utf8_lossy(e.as_bytes());
+            Err(located(
+                path,
+                &text,
+                offset,
+                format!("invalid UTF-8 (byte {byte:#04x}): a suite file must be UTF-8 text"),
+            ))
+        }
+    }
+}
+
+/// A suite error at byte `offset` of `text`.
+fn located(path: &Path, text: &str, offset: usize, message: String) -> SuiteError {
+    let (line, column) = line_col(text, offset);
+    SuiteError::Invalid {
         path: path.to_path_buf(),
-        source,
-    })?;
-    parse(path, &text)
+        line,
+        column,
+        message,
+        snippet: snippet(text, line, column),
+    }
 }
 
 /// Parses suite text; `path` is used for messages and to resolve relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
-    let at = |offset: usize, message: String| {
-        let (line, column) = line_col(text, offset);
-        SuiteError::Invalid {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message,
-            snippet: snippet(text, line, column),
-        }
-    };
+    let at = |offset: usize, message: String| located(path, text, offset, message);
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
-        at(offset, describe_toml_error(&e))
+        at(offset, describe_toml_error(&e, text.get(offset..)))
     })?;
 
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -634,11 +680,19 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// toml's own message, without its location header (we print ours) and with a hint
-/// for the mistakes people make most.
-fn describe_toml_error(e: &toml::de::Error) -> String {
+/// for the mistakes people make most. `rest` is the text from the error on.
+fn describe_toml_error(e: &toml::de::Error, rest: Option<&str>) -> String {
     let message = e.message().trim().to_string();
     if message.starts_with("missing field `suite`") {
         return "missing [suite] table: add `[suite]` with `image = \"demo\"`".into();
+    }
+    if message.is_empty() {
+        // toml says nothing for some characters no token starts with (a carriage
+        // return without its newline): name the character instead.
+        return match rest.and_then(|r| r.chars().next()) {
+            Some(c) => format!("unexpected character {c:?}"),
+            None => "invalid TOML".into(),
+        };
     }
     message
 }

@@ -100,11 +100,9 @@ fn capture(
         for &byte in chunk {
             match byte {
                 b'\n' => {
-                    let text = String::from_utf8_lossy(&line)
-                        .trim_end_matches('\r')
-                        .to_string();
+                    let text = String::from_utf8_lossy(&line);
                     on_line(ConsoleLine {
-                        text,
+                        text: clip(text.trim_end_matches('\r'), MAX_LINE_BYTES).to_string(),
                         at: Instant::now(),
                     });
                     line.clear();
@@ -116,7 +114,7 @@ fn capture(
     }
     if !line.is_empty() {
         on_line(ConsoleLine {
-            text: String::from_utf8_lossy(&line).into_owned(),
+            text: clip(&String::from_utf8_lossy(&line), MAX_LINE_BYTES).to_string(),
             at: Instant::now(),
         });
     }
@@ -134,6 +132,17 @@ fn capture(
     }
     out.flush()?;
     Ok(summary)
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary. Needed after decoding
+/// as well as before: each invalid byte becomes a 3-byte U+FFFD, so a line of
+/// `MAX_LINE_BYTES` raw bytes can decode to three times that.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
