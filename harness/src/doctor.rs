@@ -47,6 +47,21 @@ pub fn run(out: &mut dyn Write) -> bool {
             &format!("not found: install it (as root: `{INSTALL_HINT}`)"),
         ),
     };
+    if system.is_ok() {
+        if tools.sandbox {
+            line(
+                true,
+                "sandbox",
+                "QEMU confines itself with seccomp (-sandbox)",
+            );
+        } else {
+            line(
+                true,
+                "sandbox",
+                "this QEMU has no seccomp support: VMs run without -sandbox",
+            );
+        }
+    }
     ok &= if Path::new(SEABIOS).is_file() {
         line(true, "firmware", &format!("SeaBIOS at {SEABIOS}"))
     } else {

@@ -55,6 +55,14 @@ struct RunArgs {
     /// VMs to run at once (default: one per core, as free memory allows).
     #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     jobs: Option<u32>,
+    /// Retry a scenario that ended in `error` (infrastructure trouble) up to N more
+    /// times. Every attempt's evidence is kept (<scenario>.attempt-K folders).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+    /// With --retries, retry `fail` too. A pass after a failure is `flaky`, never a
+    /// plain pass: it is reported as such everywhere.
+    #[arg(long, requires = "retries")]
+    retry_failures: bool,
     /// Run only scenarios whose "suite/scenario" name contains this text (repeatable;
     /// like cargo test's FILTER).
     #[arg(long, value_name = "TEXT")]
@@ -257,6 +265,8 @@ fn run(args: RunArgs) -> u8 {
         jobs: args.jobs.map_or(0, |n| n as usize),
         accel: args.accel,
         keep: args.keep,
+        retries: args.retries,
+        retry_failures: args.retry_failures,
         only: args.only,
         skip: args.skip,
         exact: args.exact,
@@ -305,6 +315,8 @@ fn rerun(
         jobs: 0,
         accel: plan.accel,
         keep: plan.keep,
+        retries: 0,
+        retry_failures: false,
         only: plan.scenarios,
         skip: Vec::new(),
         exact: true,

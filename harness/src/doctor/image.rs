@@ -187,6 +187,7 @@ fn boot_checks(manifest: &Manifest, tools: &QemuTools, accel: Accel, report: &mu
         manifest,
         accel,
         extra_append: None,
+        sandbox: tools.sandbox,
         artifacts_dir: logs.path(),
         incoming: None,
         log_suffix: String::new(),

@@ -63,6 +63,37 @@ pub enum GuestRam {
     File { path: PathBuf, shared: bool },
 }
 
+/// seccomp confinement for QEMU running a guest under test (which is hostile by
+/// definition): no obsolete syscalls, no privilege changes, no forking or exec, no
+/// scheduler/affinity games.
+pub const SANDBOX_GUEST: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/// The same for the VM that saves a ready state of the unmodified base image: it
+/// streams its device state through `exec:cat`, so it may spawn.
+pub const SANDBOX_SAVER: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+
+/// How QEMU confines itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// This QEMU has no seccomp support.
+    Off,
+    /// [`SANDBOX_GUEST`].
+    Guest,
+    /// [`SANDBOX_SAVER`].
+    Saver,
+}
+
+impl Sandbox {
+    /// The guest confinement when QEMU supports it.
+    pub fn guest(supported: bool) -> Sandbox {
+        if supported {
+            Sandbox::Guest
+        } else {
+            Sandbox::Off
+        }
+    }
+}
+
 /// The memory backend's id; the RAM block of a saved state is named after it, so a
 /// save and its restores must use the same id.
 const RAM_BACKEND_ID: &str = "ram0";
@@ -80,6 +111,7 @@ pub fn build(
     layout: &VmLayout,
     extra_append: Option<&str>,
     ram: &GuestRam,
+    sandbox: Sandbox,
 ) -> Vec<String> {
     let mut argv: Vec<String> = vec![binary.into()];
     let mut push = |items: &[&str]| argv.extend(items.iter().map(|s| s.to_string()));
@@ -121,7 +153,13 @@ pub fn build(
     push(&["-m", &memory_mib.to_string()]);
     push(&["-smp", &manifest.machine.cpus.to_string()]);
     // No defaults, no user config, no display: the VM has exactly what is listed here.
+    // No network either: -nodefaults adds no NIC, and bootgate adds none.
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    match sandbox {
+        Sandbox::Off => {}
+        Sandbox::Guest => push(&["-sandbox", SANDBOX_GUEST]),
+        Sandbox::Saver => push(&["-sandbox", SANDBOX_SAVER]),
+    }
     // Start paused: bootgate connects QMP and the console first, then sends `cont`.
     push(&["-S"]);
     if manifest.boot.firmware == Firmware::Uefi {
@@ -229,6 +267,7 @@ mod tests {
             &layout,
             Some("bootgate.safe=1"),
             &GuestRam::Anonymous,
+            Sandbox::Guest,
         );
         let joined = argv.join(" ");
         assert_eq!(argv[0], "qemu-system-x86_64");
@@ -248,7 +287,24 @@ mod tests {
             "{append}"
         );
         assert!(!joined.contains("-cpu host"));
-        let kvm = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
+        assert!(
+            joined.contains(&format!("-sandbox {SANDBOX_GUEST}")),
+            "{joined}"
+        );
+        assert!(
+            !joined.contains("-netdev") && !joined.contains("-nic"),
+            "no network"
+        );
+        let kvm = build(
+            "q",
+            &m,
+            Accel::Kvm,
+            &layout,
+            None,
+            &GuestRam::Anonymous,
+            Sandbox::Off,
+        )
+        .join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));
         assert!(!joined.contains("memory-backend"), "{joined}");
     }
@@ -258,7 +314,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut m = manifest(dir.path());
         let layout = VmLayout::in_dir(&dir.path().join("vm"));
-        let plain = build("q", &m, Accel::Tcg, &layout, None, &GuestRam::Anonymous).join(" ");
+        let plain = build(
+            "q",
+            &m,
+            Accel::Tcg,
+            &layout,
+            None,
+            &GuestRam::Anonymous,
+            Sandbox::Off,
+        )
+        .join(" ");
         assert!(
             !plain.contains("pflash") && !plain.contains("tpm"),
             "{plain}"
@@ -266,7 +331,16 @@ mod tests {
         m.boot.firmware = Firmware::Uefi;
         m.boot.uefi_code = Some(PathBuf::from("/fw/CODE.fd"));
         m.boot.uefi_vars = Some(PathBuf::from("/fw/VARS.fd"));
-        let uefi = build("q", &m, Accel::Tcg, &layout, None, &GuestRam::Anonymous).join(" ");
+        let uefi = build(
+            "q",
+            &m,
+            Accel::Tcg,
+            &layout,
+            None,
+            &GuestRam::Anonymous,
+            Sandbox::Off,
+        )
+        .join(" ");
         assert!(
             uefi.contains("-drive if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd"),
             "{uefi}"
@@ -281,7 +355,16 @@ mod tests {
         m.machine.machine_type = "q35".into();
         m.machine.tpm = true;
         m.machine.hyperv = true;
-        let secure = build("q", &m, Accel::Tcg, &layout, None, &GuestRam::Anonymous).join(" ");
+        let secure = build(
+            "q",
+            &m,
+            Accel::Tcg,
+            &layout,
+            None,
+            &GuestRam::Anonymous,
+            Sandbox::Off,
+        )
+        .join(" ");
         assert!(secure.contains("-machine q35,smm=on"), "{secure}");
         assert!(secure.contains("driver=cfi.pflash01,property=secure,value=on"));
         let tpm = format!(
@@ -290,11 +373,29 @@ mod tests {
         );
         assert!(secure.contains(&tpm), "{secure}");
         assert!(!secure.contains("hv-crash"), "no Hyper-V flags under TCG");
-        let kvm = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
+        let kvm = build(
+            "q",
+            &m,
+            Accel::Kvm,
+            &layout,
+            None,
+            &GuestRam::Anonymous,
+            Sandbox::Off,
+        )
+        .join(" ");
         assert!(kvm.contains(&format!("-cpu host,{HYPERV_FLAGS}")), "{kvm}");
         assert!(!kvm.contains("vmcoreinfo"));
         m.guest.dump_format = DumpFormat::WinDmp;
-        let windbg = build("q", &m, Accel::Kvm, &layout, None, &GuestRam::Anonymous).join(" ");
+        let windbg = build(
+            "q",
+            &m,
+            Accel::Kvm,
+            &layout,
+            None,
+            &GuestRam::Anonymous,
+            Sandbox::Off,
+        )
+        .join(" ");
         assert!(windbg.contains("-device vmcoreinfo"), "{windbg}");
     }
 
@@ -307,7 +408,7 @@ mod tests {
             path: PathBuf::from("/cache/st,ate/ram.mem"),
             shared,
         };
-        let saving = build("q", &m, Accel::Tcg, &layout, None, &ram(true)).join(" ");
+        let saving = build("q", &m, Accel::Tcg, &layout, None, &ram(true), Sandbox::Off).join(" ");
         assert!(
             saving.contains("-machine pc,memory-backend=ram0"),
             "{saving}"
@@ -318,7 +419,16 @@ mod tests {
             ),
             "{saving}"
         );
-        let restoring = build("q", &m, Accel::Tcg, &layout, None, &ram(false)).join(" ");
+        let restoring = build(
+            "q",
+            &m,
+            Accel::Tcg,
+            &layout,
+            None,
+            &ram(false),
+            Sandbox::Off,
+        )
+        .join(" ");
         assert!(restoring.contains("share=off"), "{restoring}");
         assert!(!restoring.contains("share=on"), "{restoring}");
     }

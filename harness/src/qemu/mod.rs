@@ -25,6 +25,9 @@ pub const INSTALL_HINT: &str = "apt-get install qemu-system-x86 qemu-utils";
 pub struct QemuTools {
     pub system: String,
     pub img: String,
+    /// Whether `system` can confine itself with seccomp (`-sandbox`): builds without
+    /// seccomp reject the option, so it is probed rather than assumed.
+    pub sandbox: bool,
 }
 
 impl QemuTools {
@@ -35,11 +38,27 @@ impl QemuTools {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| default.to_string())
         };
+        let system = var("BOOTGATE_QEMU", DEFAULT_QEMU);
         QemuTools {
-            system: var("BOOTGATE_QEMU", DEFAULT_QEMU),
+            sandbox: sandbox_supported(&system),
             img: var("BOOTGATE_QEMU_IMG", DEFAULT_QEMU_IMG),
+            system,
         }
     }
+}
+
+/// True when `binary` accepts bootgate's `-sandbox` options (QEMU validates them,
+/// then `-version` exits at once).
+pub fn sandbox_supported(binary: &str) -> bool {
+    let mut args: Vec<&str> = vec!["-sandbox", command::SANDBOX_GUEST];
+    args.push("-version");
+    Command::new(binary)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -35,7 +35,7 @@ use crate::image::demo::cache_root;
 use crate::image::manifest::{DiskFormat, Manifest};
 use crate::image::{overlay, ImageError};
 use crate::qemu::accel::Accel;
-use crate::qemu::command::{self, GuestRam, VmLayout};
+use crate::qemu::command::{self, GuestRam, Sandbox, VmLayout};
 use crate::qemu::console::{ConsoleCapture, ConsoleLine};
 use crate::qemu::process::{ProcessError, ProcessGuard, QUIT_GRACE};
 use crate::qemu::qmp::{QmpClient, QmpError};
@@ -180,6 +180,7 @@ pub fn state_key(
     qemu_version: &str,
     accel: Accel,
     binary: &str,
+    sandbox: bool,
 ) -> Result<String, SnapshotError> {
     let mut material = String::new();
     // Contents, not names: a copy of the manifest elsewhere is the same machine.
@@ -199,7 +200,7 @@ pub fn state_key(
     // changes whenever command::build does.
     let layout = VmLayout::in_dir(Path::new(PLACEHOLDER_DIR));
     let placeholder = SavedState::in_dir(Path::new(PLACEHOLDER_STATE), "");
-    for arg in restore_argv(binary, manifest, accel, &layout, &placeholder) {
+    for arg in restore_argv(binary, manifest, accel, &layout, &placeholder, sandbox) {
         material.push_str("arg ");
         material.push_str(&arg);
         material.push('\n');
@@ -216,6 +217,7 @@ pub fn restore_argv(
     accel: Accel,
     layout: &VmLayout,
     state: &SavedState,
+    sandbox: bool,
 ) -> Vec<String> {
     let mut argv = command::build(
         binary,
@@ -224,6 +226,7 @@ pub fn restore_argv(
         layout,
         None,
         &state.ram_file(false),
+        Sandbox::guest(sandbox),
     );
     argv.extend(INCOMING_ARGS.iter().map(|s| s.to_string()));
     argv
@@ -296,7 +299,7 @@ pub fn ensure_saved(
     notify: &mut dyn FnMut(&str),
 ) -> Result<SavedState, SnapshotError> {
     let version = crate::qemu::version(&tools.system)?;
-    let key = state_key(manifest, &version, accel, &tools.system)?;
+    let key = state_key(manifest, &version, accel, &tools.system, tools.sandbox)?;
     let root = states_root();
     let target = root.join(&key);
     let state = SavedState::in_dir(&target, &key);
@@ -374,6 +377,11 @@ fn save(
         &layout,
         None,
         &state.ram_file(true),
+        if tools.sandbox {
+            Sandbox::Saver
+        } else {
+            Sandbox::Off
+        },
     );
     let mut vm = PausedVm::spawn(&argv, &layout, state.dir.as_path(), None)?;
     let fail = |vm: &PausedVm, message: String| {
@@ -591,7 +599,7 @@ impl RestoredVm {
         log_dir: &Path,
     ) -> Result<RestoredVm, SnapshotError> {
         state.create_overlay(&tools.img, &layout.overlay)?;
-        let argv = restore_argv(&tools.system, manifest, accel, layout, state);
+        let argv = restore_argv(&tools.system, manifest, accel, layout, state, tools.sandbox);
         let spawned = Instant::now();
         let devices = state.open_devices()?;
         let vm = PausedVm::spawn(&argv, layout, log_dir, Some(&devices))?;
@@ -712,8 +720,16 @@ mod tests {
         let m = Manifest::load(&dir.path().join("image.toml")).unwrap();
         let layout = VmLayout::in_dir(dir.path());
         let state = SavedState::in_dir(Path::new("/states/k"), "k");
-        let saving = command::build("q", &m, Accel::Tcg, &layout, None, &state.ram_file(true));
-        let restore = restore_argv("q", &m, Accel::Tcg, &layout, &state);
+        let saving = command::build(
+            "q",
+            &m,
+            Accel::Tcg,
+            &layout,
+            None,
+            &state.ram_file(true),
+            Sandbox::Off,
+        );
+        let restore = restore_argv("q", &m, Accel::Tcg, &layout, &state, false);
         let private: Vec<String> = saving
             .iter()
             .map(|a| a.replace("share=on", "share=off"))
@@ -725,9 +741,9 @@ mod tests {
             INCOMING_URI,
             format!("fd:{}", crate::qemu::process::PASSED_FD)
         );
-        let key = state_key(&m, "QEMU emulator version 7.2.22", Accel::Tcg, "q").unwrap();
+        let key = state_key(&m, "QEMU emulator version 7.2.22", Accel::Tcg, "q", true).unwrap();
         assert_eq!(key.len(), KEY_CHARS);
-        let other = state_key(&m, "QEMU emulator version 8.0.0", Accel::Tcg, "q").unwrap();
+        let other = state_key(&m, "QEMU emulator version 8.0.0", Accel::Tcg, "q", true).unwrap();
         assert_ne!(key, other, "a QEMU upgrade invalidates the state");
     }
 }

@@ -13,7 +13,7 @@ use crate::agent::{AgentClient, AgentError};
 use crate::image::manifest::Manifest;
 use crate::image::{overlay, ImageError};
 use crate::qemu::accel::Accel;
-use crate::qemu::command::{self, GuestRam, VmLayout};
+use crate::qemu::command::{self, GuestRam, Sandbox, VmLayout};
 use crate::qemu::console::{ConsoleCapture, ConsoleLine};
 use crate::qemu::process::{ProcessError, ProcessGuard, QUIT_GRACE};
 use crate::qemu::qmp::{QmpClient, QmpError, QmpMessage};
@@ -116,7 +116,7 @@ pub enum VmError {
     Overlay(#[from] ImageError),
     #[error("cannot start QEMU: {0} (is qemu-system-x86 installed? run `bootgate doctor`)")]
     Spawn(#[from] ProcessError),
-    #[error("QEMU exited on its own ({status}):\n{log}")]
+    #[error("QEMU exited before bootgate could connect to it ({status}); its output:\n{log}")]
     Exited { status: String, log: String },
     #[error("QMP: {0}")]
     Qmp(#[from] QmpError),
@@ -143,6 +143,8 @@ pub struct VmConfig<'a> {
     pub extra_append: Option<String>,
     /// Where the console and QEMU logs go (the scenario's results folder).
     pub artifacts_dir: &'a Path,
+    /// Confine QEMU with seccomp (`QemuTools::sandbox`).
+    pub sandbox: bool,
     /// Start from this saved state (RAM and devices) instead of booting. The overlay
     /// must sit on the state's frozen disk, and no extra kernel parameters apply.
     pub incoming: Option<&'a SavedState>,
@@ -175,6 +177,30 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU paused on `layout`'s overlay, connects QMP, console and agent, then
     /// starts the CPUs.
+    /// The command line [`Vm::start`] runs for `config` (recorded before the start,
+    /// so a QEMU that refuses it still leaves its command line in the evidence).
+    pub fn argv(config: &VmConfig, layout: &VmLayout) -> Vec<String> {
+        match config.incoming {
+            Some(state) => snapshot::restore_argv(
+                config.qemu_binary,
+                config.manifest,
+                config.accel,
+                layout,
+                state,
+                config.sandbox,
+            ),
+            None => command::build(
+                config.qemu_binary,
+                config.manifest,
+                config.accel,
+                layout,
+                config.extra_append.as_deref(),
+                &GuestRam::Anonymous,
+                Sandbox::guest(config.sandbox),
+            ),
+        }
+    }
+
     pub fn start(config: &VmConfig, layout: &VmLayout) -> Result<Vm, VmError> {
         for socket in [
             &layout.qmp_socket,
@@ -184,23 +210,7 @@ impl Vm {
             // Left over from an earlier QEMU of this scenario.
             let _ = std::fs::remove_file(socket);
         }
-        let argv = match config.incoming {
-            Some(state) => snapshot::restore_argv(
-                config.qemu_binary,
-                config.manifest,
-                config.accel,
-                layout,
-                state,
-            ),
-            None => command::build(
-                config.qemu_binary,
-                config.manifest,
-                config.accel,
-                layout,
-                config.extra_append.as_deref(),
-                &GuestRam::Anonymous,
-            ),
-        };
+        let argv = Vm::argv(config, layout);
         let qemu_log_path = config
             .artifacts_dir
             .join(format!("qemu{}.log", config.log_suffix));

@@ -173,6 +173,8 @@ struct ScenarioView {
     hang_shots: Vec<Shot>,
     boot_loop: Option<String>,
     recovery: Option<String>,
+    /// Earlier attempts (retries): "attempt 1: fail — reason (folder)".
+    attempts: Vec<String>,
     rerun: String,
     artifacts: Vec<ArtifactView>,
     folder: Link,
@@ -498,6 +500,19 @@ impl ScenarioView {
                 .map(|p| Shot::build(p, run_dir))
                 .collect(),
             boot_loop: boot_loop_line(sc),
+            attempts: sc
+                .attempts
+                .iter()
+                .map(|a| {
+                    clean(&format!(
+                        "attempt {}: {} — {} (evidence in {})",
+                        a.attempt,
+                        a.verdict.as_str(),
+                        a.reason.as_deref().unwrap_or("no reason given"),
+                        a.dir
+                    ))
+                })
+                .collect(),
             recovery: sc.recovery.as_ref().map(|r| {
                 format!(
                     "boot {} became ready {:.1} s after the first crash ({} boot{} from the crash to ready)",
@@ -1261,6 +1276,7 @@ mod tests {
             hang_screenshots: Vec::new(),
             queued_ms: 0,
             worker: 0,
+            attempts: Vec::new(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! junit.xml: one testsuite per suite, one testcase per scenario, for CI pages.
 
-use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
+};
 
 use crate::report::{ReportError, Sink};
 use crate::runner::record::{RunRecord, Verdict};
@@ -53,6 +55,24 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
             }
             status.set_description(text);
         }
+        // Earlier attempts: a flaky pass shows its failures as flakyFailure, a
+        // failure after retries its earlier failures as rerunFailure. A plain pass
+        // after infrastructure errors is not flaky: its attempts become a property.
+        let plain_pass = scenario.verdict == Verdict::Pass;
+        for earlier in scenario.attempts.iter().filter(|_| !plain_pass) {
+            let kind = match earlier.verdict {
+                Verdict::Fail => NonSuccessKind::Failure,
+                Verdict::Error => NonSuccessKind::Error,
+                Verdict::Pass | Verdict::Flaky => continue,
+            };
+            let mut rerun = TestRerun::new(kind);
+            rerun.set_message(format!(
+                "attempt {}: {}",
+                earlier.attempt,
+                earlier.reason.as_deref().unwrap_or_default()
+            ));
+            status.add_rerun(rerun);
+        }
         let mut case = TestCase::new(scenario.name.clone(), status);
         case.set_classname(scenario.suite.clone());
         case.set_time(std::time::Duration::from_millis(scenario.duration_ms));
@@ -63,6 +83,16 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
         ));
         if let Some(shot) = scenario.crashes.first().and_then(|c| c.screenshot.clone()) {
             case.add_property(Property::new("screenshot", shot));
+        }
+        for earlier in scenario.attempts.iter().filter(|_| plain_pass) {
+            case.add_property(Property::new(
+                format!("attempt-{}", earlier.attempt),
+                format!(
+                    "{}: {}",
+                    earlier.verdict.as_str(),
+                    earlier.reason.as_deref().unwrap_or_default()
+                ),
+            ));
         }
         case.add_property(Property::new(
             "rerun",
@@ -85,5 +115,31 @@ impl Sink for JunitSink {
         let path = dir.join(JUNIT_XML);
         let xml = render(run)?;
         write_atomic(&path, xml.as_bytes()).map_err(|source| ReportError::Write { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run.json (from a real run, edited) with a flaky scenario and a failure after
+    /// a retry.
+    const RETRIED: &str = include_str!("testdata/retried-run.json");
+
+    #[test]
+    fn retried_scenarios_show_their_earlier_attempts() {
+        let run: RunRecord = serde_json::from_str(RETRIED).unwrap();
+        let xml = render(&run).unwrap();
+        // The flaky one passed, with its failure as flakyFailure.
+        let flaky = &xml[xml.find("name=\"demo/flaky\"").unwrap()..];
+        let flaky = &flaky[..flaky.find("</testcase>").unwrap()];
+        assert!(flaky.contains("<flakyFailure"), "{flaky}");
+        assert!(flaky.contains("attempt 1: crash: BUG: unable"), "{flaky}");
+        assert!(!flaky.contains("<failure"), "{flaky}");
+        // The failing one failed, its earlier attempt a rerunFailure.
+        let failing = &xml[xml.find("name=\"demo/failing\"").unwrap()..];
+        let failing = &failing[..failing.find("</testcase>").unwrap()];
+        assert!(failing.contains("<failure"), "{failing}");
+        assert!(failing.contains("<rerunFailure"), "{failing}");
     }
 }

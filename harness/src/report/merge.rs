@@ -691,6 +691,7 @@ mod tests {
             hang_screenshots: Vec::new(),
             queued_ms: 0,
             worker: 0,
+            attempts: Vec::new(),
         }
     }
 

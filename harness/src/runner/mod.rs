@@ -25,8 +25,8 @@ use crate::suite::Suite;
 use crate::util::sha256_file;
 use folder::{absolute, FolderError};
 use record::{
-    FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, ScenarioRecord, StepRecord, Summary,
-    Verdict, VmArgv, SCHEMA_VERSION,
+    AttemptRecord, FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, ScenarioRecord,
+    StepRecord, Summary, Verdict, VmArgv, SCHEMA_VERSION,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -140,6 +140,10 @@ pub struct RunOptions {
     pub jobs: usize,
     pub accel: AccelChoice,
     pub keep: bool,
+    /// Extra attempts for a scenario that ends in `error` (and, with
+    /// `retry_failures`, in `fail`).
+    pub retries: u32,
+    pub retry_failures: bool,
     /// Run only scenarios whose `suite/scenario` name contains one of these (or, with
     /// `exact`, equals one of them).
     pub only: Vec<String>,
@@ -565,8 +569,9 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// Runs one scenario; returns its record, its VMs' command lines and whether it was
-    /// interrupted.
+    /// Runs one scenario, retrying it as the options allow; returns the final
+    /// attempt's record (earlier attempts listed in it), every VM's command line and
+    /// whether it was interrupted.
     fn run_one(
         &self,
         suite: &Suite,
@@ -583,7 +588,62 @@ impl Shared<'_> {
             index,
             total,
         });
-        let rel_dir = PathBuf::from(&suite.name).join(&scenario.name);
+        let mut attempts: Vec<AttemptRecord> = Vec::new();
+        let mut all_argvs = Vec::new();
+        let mut attempt = 1u32;
+        loop {
+            // The first attempt keeps the plain folder name; later ones sit beside it.
+            let rel_dir = match attempt {
+                1 => PathBuf::from(&suite.name).join(&scenario.name),
+                k => PathBuf::from(&suite.name).join(format!("{}.attempt-{k}", scenario.name)),
+            };
+            let (mut record, argvs, was_interrupted) =
+                self.attempt(suite, scenario_index, &rel_dir, worker);
+            all_argvs.extend(argvs);
+            let retry = !was_interrupted
+                && !interrupted()
+                && should_retry(record.verdict, attempt, opts.retries, opts.retry_failures);
+            if !retry {
+                if let Some(reason) = flaky_reason(record.verdict, attempt, &attempts) {
+                    record.verdict = Verdict::Flaky;
+                    record.reason = Some(reason);
+                }
+                for earlier in &attempts {
+                    record.artifacts.extend(earlier.artifacts.iter().cloned());
+                }
+                record.attempts = attempts;
+                return (record, all_argvs, was_interrupted);
+            }
+            self.emitter.notice(&format!(
+                "{full_name}: attempt {attempt} ended {} ({}); retrying",
+                record.verdict.as_str(),
+                record.reason.as_deref().unwrap_or("no reason given")
+            ));
+            attempts.push(AttemptRecord {
+                attempt,
+                verdict: record.verdict,
+                reason: record.reason.clone(),
+                duration_ms: record.duration_ms,
+                dir: record.dir.clone(),
+                crashes: record.crashes.iter().map(|c| c.title.clone()).collect(),
+                artifacts: record.artifacts.clone(),
+            });
+            attempt += 1;
+        }
+    }
+
+    /// One attempt at a scenario, its evidence in `rel_dir` below the run folder.
+    fn attempt(
+        &self,
+        suite: &Suite,
+        scenario_index: usize,
+        rel_dir: &Path,
+        worker: usize,
+    ) -> (ScenarioRecord, Vec<Vec<String>>, bool) {
+        let opts = self.opts;
+        let scenario = &suite.scenarios[scenario_index];
+        let full_name = format!("{}/{}", suite.name, scenario.name);
+        let rel_dir = rel_dir.to_path_buf();
         let dir = self.run_dir.join(&rel_dir);
         let started = Instant::now();
         let mut record = ScenarioRecord {
@@ -607,6 +667,7 @@ impl Shared<'_> {
             hang_screenshots: Vec::new(),
             queued_ms: self.started.elapsed().as_millis() as u64,
             worker,
+            attempts: Vec::new(),
         };
         let mut argvs = Vec::new();
         let mut was_interrupted = false;
@@ -653,6 +714,33 @@ impl Shared<'_> {
         record.artifacts = hash_artifacts(self.run_dir, &dir);
         (record, argvs, was_interrupted)
     }
+}
+
+/// Whether attempt number `attempt` (1-based), which ended `verdict`, gets another:
+/// infrastructure errors are retried by default, failures only when asked, and
+/// never more than `retries` extra attempts.
+fn should_retry(verdict: Verdict, attempt: u32, retries: u32, retry_failures: bool) -> bool {
+    attempt <= retries
+        && match verdict {
+            Verdict::Error => true,
+            Verdict::Fail => retry_failures,
+            Verdict::Pass | Verdict::Flaky => false,
+        }
+}
+
+/// A pass after an earlier attempt failed is flaky, never a plain pass; the reason
+/// names the failure. A pass after infrastructure errors only is a pass (the product
+/// was never seen failing), with the attempts still listed.
+fn flaky_reason(last: Verdict, attempt: u32, earlier: &[AttemptRecord]) -> Option<String> {
+    if last != Verdict::Pass {
+        return None;
+    }
+    let failed = earlier.iter().find(|a| a.verdict == Verdict::Fail)?;
+    Some(format!(
+        "passed on attempt {attempt} after failing attempt {}: {}",
+        failed.attempt,
+        failed.reason.as_deref().unwrap_or("failed")
+    ))
 }
 
 /// Memory a VM costs beyond its guest RAM (QEMU itself, TCG's translation cache).
@@ -729,4 +817,51 @@ fn hash_artifacts(run_dir: &Path, dir: &Path) -> Vec<FileHash> {
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(n: u32, verdict: Verdict, reason: &str) -> AttemptRecord {
+        AttemptRecord {
+            attempt: n,
+            verdict,
+            reason: Some(reason.into()),
+            duration_ms: 1,
+            dir: format!("s/a.attempt-{n}"),
+            crashes: Vec::new(),
+            artifacts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn errors_are_retried_failures_only_when_asked() {
+        assert!(should_retry(Verdict::Error, 1, 1, false));
+        assert!(
+            !should_retry(Verdict::Error, 2, 1, false),
+            "at most N extra"
+        );
+        assert!(!should_retry(Verdict::Fail, 1, 3, false));
+        assert!(should_retry(Verdict::Fail, 1, 3, true));
+        assert!(!should_retry(Verdict::Pass, 1, 3, true));
+        assert!(
+            !should_retry(Verdict::Error, 1, 0, true),
+            "no --retries, no retry"
+        );
+    }
+
+    #[test]
+    fn a_pass_after_a_failure_is_flaky_after_errors_a_pass() {
+        let failed = [attempt(1, Verdict::Fail, "crash: BUG")];
+        let reason = flaky_reason(Verdict::Pass, 2, &failed).unwrap();
+        assert_eq!(
+            reason,
+            "passed on attempt 2 after failing attempt 1: crash: BUG"
+        );
+        let errored = [attempt(1, Verdict::Error, "QEMU went away")];
+        assert_eq!(flaky_reason(Verdict::Pass, 2, &errored), None);
+        assert_eq!(flaky_reason(Verdict::Fail, 2, &failed), None);
+        assert_eq!(flaky_reason(Verdict::Pass, 1, &[]), None);
+    }
 }

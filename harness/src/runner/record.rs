@@ -233,6 +233,10 @@ pub struct ScenarioRecord {
     /// The worker (VM slot) that ran it, 0-based.
     #[serde(default)]
     pub worker: usize,
+    /// Earlier attempts of this scenario (with --retries), oldest first; this record
+    /// is the last attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,6 +303,22 @@ pub struct CrashRecord {
     pub guest_dumps_note: Option<String>,
     /// The console log this crash appears in (path in the run folder).
     pub console: Option<String>,
+}
+
+/// One earlier attempt at a scenario that was retried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub attempt: u32,
+    pub verdict: Verdict,
+    pub reason: Option<String>,
+    pub duration_ms: u64,
+    /// Its evidence folder (in the run folder).
+    pub dir: String,
+    /// Titles of its crashes.
+    pub crashes: Vec<String>,
+    /// Its files, hashed.
+    pub artifacts: Vec<FileHash>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -457,6 +457,7 @@ impl Machine<'_> {
             manifest: self.manifest,
             accel: self.accel,
             extra_append: extra_append.clone(),
+            sandbox: self.tools.sandbox,
             incoming: restore,
             artifacts_dir: self.artifacts,
             log_suffix: if self.qemu_runs == 1 {
@@ -465,9 +466,9 @@ impl Machine<'_> {
                 format!("-{}", self.qemu_runs)
             },
         };
+        self.argvs.push(Vm::argv(&config, &self.vmdir.layout));
         let vm = Vm::start(&config, &self.vmdir.layout)
             .map_err(|e| Stop::Infra(format!("could not start the VM: {e}")))?;
-        self.argvs.push(vm.argv.clone());
         // A restored guest's "boot" is QEMU's start through the state load to ready.
         let started = if restore.is_some() {
             vm.spawned

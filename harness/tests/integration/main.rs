@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod drivers;
 mod evidence;
+mod faults;
 mod image;
 mod platform;
 mod shards;

@@ -202,7 +202,7 @@ fn saved_state_key_changes_with_every_input() {
     const QEMU: &str = "QEMU emulator version 7.2.22";
     let key = |path: &Path, accel| {
         let manifest = Manifest::load(path).unwrap();
-        state_key(&manifest, QEMU, accel, "qemu-system-x86_64").unwrap()
+        state_key(&manifest, QEMU, accel, "qemu-system-x86_64", true).unwrap()
     };
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let same = manifest_copy(dirs[0].path(), |t| t);
@@ -243,6 +243,9 @@ fn saved_state_key_changes_with_every_input() {
         "QEMU emulator version 8.2.0",
         Accel::Tcg,
         "qemu-system-x86_64",
+        true,
     );
     assert_ne!(base, newer.unwrap(), "QEMU version");
+    let unconfined = state_key(&manifest, QEMU, Accel::Tcg, "qemu-system-x86_64", false);
+    assert_ne!(base, unconfined.unwrap(), "seccomp confinement");
 }
