@@ -229,7 +229,7 @@ def main():
     rows.append(("peak RSS of bootgate during the --jobs 2 runs (highest)", f"{peak / 1024:.1f} MiB", f"{peak / 1024:.1f} MiB", "<= 50 MiB", peak / 1024 <= 50))
 
     # 5. Panic-to-verdict latency: the runner records it per crash (detect_ms).
-    _, run, _ = run_suite(CRASH_SUITE, "--jobs", "1")
+    _, run, _ = run_suite(CRASH_SUITE, "--jobs", "1", "--allow-outside-paths")
     latencies = [c["detect_ms"] for s in run["scenarios"] for c in s["crashes"]]
     median = statistics.median(latencies)
     rows.append(("panic-to-verdict latency (median of %d crashes)" % len(latencies), f"{median:.0f} ms", f"{median:.0f} ms", "<= 100 ms", median <= 100))

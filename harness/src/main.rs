@@ -63,6 +63,11 @@ struct RunArgs {
     /// plain pass: it is reported as such everywhere.
     #[arg(long, requires = "retries")]
     retry_failures: bool,
+    /// Let the suite name driver and content files outside its own folder (by
+    /// default a suite reads only files in its folder, so a suite from elsewhere
+    /// cannot copy an arbitrary host file into the guest and the results).
+    #[arg(long)]
+    allow_outside_paths: bool,
     /// Run only scenarios whose "suite/scenario" name contains this text (repeatable;
     /// like cargo test's FILTER).
     #[arg(long, value_name = "TEXT")]
@@ -235,7 +240,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> u8 {
-    let suites = match suite::load_path(&args.path) {
+    let policy = if args.allow_outside_paths {
+        suite::PathPolicy::Anywhere
+    } else {
+        suite::PathPolicy::InsideSuite
+    };
+    let suites = match suite::load_path_with(&args.path, policy) {
         Ok(suites) => suites,
         Err(e) => {
             eprintln!("bootgate: error: {e}");
@@ -267,6 +277,7 @@ fn run(args: RunArgs) -> u8 {
         keep: args.keep,
         retries: args.retries,
         retry_failures: args.retry_failures,
+        path_policy: policy,
         only: args.only,
         skip: args.skip,
         exact: args.exact,
@@ -317,6 +328,7 @@ fn rerun(
         keep: plan.keep,
         retries: 0,
         retry_failures: false,
+        path_policy: plan.path_policy,
         only: plan.scenarios,
         skip: Vec::new(),
         exact: true,
@@ -475,7 +487,8 @@ fn report(run_dir: &std::path::Path) -> u8 {
 }
 
 fn list(path: PathBuf) -> u8 {
-    match suite::load_path(&path) {
+    // Listing reads no file into a guest: paths anywhere are fine here.
+    match suite::load_path_with(&path, suite::PathPolicy::Anywhere) {
         Ok(suites) => {
             for suite in suites {
                 for scenario in &suite.scenarios {

@@ -407,8 +407,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 // ---- loading ---------------------------------------------------------------------
 
-/// Loads one suite file, or every `*.toml` in a folder (sorted by name).
+/// Which host files a suite may name (driver sources and modules, content files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathPolicy {
+    /// Only files inside the suite's own folder (after `..` and symlinks): a suite
+    /// from elsewhere cannot copy an arbitrary host file into the guest and its
+    /// results. The default.
+    #[default]
+    InsideSuite,
+    /// Anywhere (`--allow-outside-paths`).
+    Anywhere,
+}
+
+/// Loads one suite file, or every `*.toml` in a folder (sorted by name), with
+/// paths confined to the suite's folder.
 pub fn load_path(path: &Path) -> Result<Vec<Suite>, SuiteError> {
+    load_path_with(path, PathPolicy::InsideSuite)
+}
+
+/// [`load_path`] with an explicit path policy.
+pub fn load_path_with(path: &Path, policy: PathPolicy) -> Result<Vec<Suite>, SuiteError> {
     if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|source| SuiteError::Read {
@@ -422,13 +440,19 @@ pub fn load_path(path: &Path) -> Result<Vec<Suite>, SuiteError> {
         if files.is_empty() {
             return Err(SuiteError::EmptyFolder(path.to_path_buf()));
         }
-        files.iter().map(|f| load_file(f)).collect()
+        files.iter().map(|f| load_file_with(f, policy)).collect()
     } else {
-        Ok(vec![load_file(path)?])
+        Ok(vec![load_file_with(path, policy)?])
     }
 }
 
+/// Loads one suite file with paths confined to its folder.
 pub fn load_file(path: &Path) -> Result<Suite, SuiteError> {
+    load_file_with(path, PathPolicy::InsideSuite)
+}
+
+/// [`load_file`] with an explicit path policy.
+pub fn load_file_with(path: &Path, policy: PathPolicy) -> Result<Suite, SuiteError> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(MAX_SUITE_BYTES + 1).read_to_end(&mut bytes))
@@ -443,7 +467,7 @@ pub fn load_file(path: &Path) -> Result<Suite, SuiteError> {
         });
     }
     match String::from_utf8(bytes) {
-        Ok(text) => parse(path, &text),
+        Ok(text) => parse_with(path, &text, policy),
         Err(e) => {
             // Located like any other mistake; the lossy text keeps every byte before
             // the bad one where it was, so the offset holds in it.
@@ -472,8 +496,14 @@ fn located(path: &Path, text: &str, offset: usize, message: String) -> SuiteErro
     }
 }
 
-/// Parses suite text; `path` is used for messages and to resolve relative paths.
+/// Parses suite text; `path` is used for messages and to resolve relative paths,
+/// which must stay inside its folder.
 pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
+    parse_with(path, text, PathPolicy::InsideSuite)
+}
+
+/// [`parse`] with an explicit path policy.
+pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, SuiteError> {
     let at = |offset: usize, message: String| located(path, text, offset, message);
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
@@ -485,7 +515,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
     for (name, driver) in raw.driver {
         let span = driver.span();
         let driver = driver.into_inner();
-        validate_driver(&name, &driver, dir).map_err(|m| at(span.start, m))?;
+        validate_driver(&name, &driver, dir, policy).map_err(|m| at(span.start, m))?;
         drivers.insert(name, driver);
     }
 
@@ -518,7 +548,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
         for (index, step) in scenario.steps.into_iter().enumerate() {
             let span = step.span();
             let step = step.into_inner();
-            validate_step(&step, index, &drivers, dir).map_err(|m| at(span.start, m))?;
+            validate_step(&step, index, &drivers, dir, policy).map_err(|m| at(span.start, m))?;
             steps.push(step);
         }
         if steps.is_empty() {
@@ -580,7 +610,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Suite, SuiteError> {
     })
 }
 
-fn validate_driver(name: &str, driver: &Driver, dir: &Path) -> Result<(), String> {
+/// Checks that `path` (named by `field`) lies inside the suite folder `dir` once
+/// `..` and symlinks are resolved, unless the policy allows anywhere. A path that
+/// does not exist is left to the existence checks, which say so.
+fn check_inside(dir: &Path, path: &Path, field: &str, policy: PathPolicy) -> Result<(), String> {
+    if policy == PathPolicy::Anywhere {
+        return Ok(());
+    }
+    let (Ok(real), Ok(folder)) = (path.canonicalize(), dir.canonicalize()) else {
+        return Ok(());
+    };
+    if real.starts_with(&folder) {
+        return Ok(());
+    }
+    Err(format!(
+        "{field} {} is outside the suite's folder {}: a suite reads only files in its own folder (so a suite from elsewhere cannot copy any host file into the guest); move the file there, or pass --allow-outside-paths",
+        real.display(),
+        folder.display()
+    ))
+}
+
+fn validate_driver(
+    name: &str,
+    driver: &Driver,
+    dir: &Path,
+    policy: PathPolicy,
+) -> Result<(), String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(
             "driver name {name:?} must use only letters, digits and '_' (it is the module's name)"
@@ -603,7 +658,7 @@ fn validate_driver(name: &str, driver: &Driver, dir: &Path) -> Result<(), String
                     path.display()
                 ));
             }
-            return Ok(());
+            return check_inside(dir, &path, &format!("driver {name:?}: `source`"), policy);
         }
         (None, Some(module)) => dir.join(module),
     };
@@ -613,7 +668,7 @@ fn validate_driver(name: &str, driver: &Driver, dir: &Path) -> Result<(), String
             file.display()
         ));
     }
-    Ok(())
+    check_inside(dir, &file, &format!("driver {name:?}: `module`"), policy)
 }
 
 fn validate_step(
@@ -621,6 +676,7 @@ fn validate_step(
     index: usize,
     drivers: &BTreeMap<String, Driver>,
     dir: &Path,
+    policy: PathPolicy,
 ) -> Result<(), String> {
     if let Some(name) = step.driver() {
         let Some(driver) = drivers.get(name) else {
@@ -650,6 +706,7 @@ fn validate_step(
             if !file.is_file() {
                 return Err(format!("content `file` {} does not exist", file.display()));
             }
+            check_inside(dir, &file, "content `file`", policy)?;
         }
     }
     match step {

@@ -33,6 +33,17 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes `bytes` to `path` so that readers see either the old file or the whole new
 /// one, never a prefix: write a temp file in the same folder, fsync, rename.
+/// A fresh folder in the temp dir that only its owner can enter (0700): VM folders
+/// hold QMP sockets, which are a root shell on the VM, and guest disks. (tempfile
+/// creates folders with the umask's mode, usually 0755.)
+pub fn private_tempdir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;

@@ -160,10 +160,7 @@ fn static_checks(manifest: &Manifest, report: &mut Report) {
 
 /// Boots the image on a throwaway overlay and runs the in-guest checks.
 fn boot_checks(manifest: &Manifest, tools: &QemuTools, accel: Accel, report: &mut Report) {
-    let logs = match tempfile::Builder::new()
-        .prefix("bootgate-doctor-")
-        .tempdir()
-    {
+    let logs = match crate::util::private_tempdir("bootgate-doctor-") {
         Ok(d) => d,
         Err(e) => {
             report.line(

@@ -83,9 +83,7 @@ pub fn probe_kvm(binary: &str, kernel: Option<&Path>) -> Result<(), String> {
         .write(true)
         .open("/dev/kvm")
         .map_err(|e| format!("/dev/kvm: {e}"))?;
-    let dir = tempfile::Builder::new()
-        .prefix("bootgate-kvm-probe-")
-        .tempdir()
+    let dir = crate::util::private_tempdir("bootgate-kvm-probe-")
         .map_err(|e| format!("temp dir: {e}"))?;
     let serial = dir.path().join("serial.log");
     let mut argv: Vec<String> = [

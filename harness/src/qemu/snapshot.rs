@@ -364,9 +364,7 @@ fn save(
     )?;
     // Sockets in a short /tmp path of their own: Unix socket paths are limited to
     // 108 bytes and the cache may be deep.
-    let sockets = tempfile::Builder::new()
-        .prefix("bootgate-save-")
-        .tempdir()
+    let sockets = crate::util::private_tempdir("bootgate-save-")
         .map_err(io_error(Path::new("/tmp"), "cannot create a temp folder"))?;
     let mut layout = VmLayout::in_dir(sockets.path());
     layout.overlay = state.disk.clone();

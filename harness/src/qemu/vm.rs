@@ -60,11 +60,8 @@ impl VmDir {
         saved: Option<&SavedState>,
         keep_overlay_in: Option<&Path>,
     ) -> Result<VmDir, VmError> {
-        // tempfile creates folders 0700: the QMP socket is a root shell on the VM.
-        let dir = tempfile::Builder::new()
-            .prefix("bootgate-vm-")
-            .tempdir()
-            .map_err(VmError::Folder)?;
+        // 0700: the QMP socket is a root shell on the VM.
+        let dir = crate::util::private_tempdir("bootgate-vm-").map_err(VmError::Folder)?;
         let mut layout = VmLayout::in_dir(dir.path());
         if let Some(keep) = keep_overlay_in {
             layout.overlay = keep.join("system.qcow2");
@@ -388,4 +385,45 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(QEMU_LOG_TAIL)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The VM folder holds the QMP socket (a root shell on the VM) and the overlay:
+    /// only its owner may enter it.
+    #[test]
+    fn vm_folder_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["vmlinuz", "initrd.img"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        let base = dir.path().join("system.qcow2");
+        let created = std::process::Command::new(crate::qemu::DEFAULT_QEMU_IMG)
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("16M")
+            .status()
+            .expect("qemu-img runs (tools/host-setup installs it)");
+        assert!(created.success());
+        std::fs::write(
+            dir.path().join("image.toml"),
+            include_str!("../../../images/demo/image.toml"),
+        )
+        .unwrap();
+        let manifest = Manifest::load(&dir.path().join("image.toml")).unwrap();
+        let vmdir = VmDir::create(crate::qemu::DEFAULT_QEMU_IMG, &manifest, None, None).unwrap();
+        let mode = std::fs::metadata(&vmdir.layout.dir)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{:o}", mode);
+        assert!(vmdir.layout.qmp_socket.starts_with(&vmdir.layout.dir));
+        assert!(vmdir.layout.overlay.starts_with(&vmdir.layout.dir));
+        let folder = vmdir.layout.dir.clone();
+        drop(vmdir);
+        assert!(!folder.exists(), "removed with the VM");
+    }
 }

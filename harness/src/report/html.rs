@@ -1401,6 +1401,7 @@ mod tests {
                 accel: "auto".into(),
                 keep: false,
                 suites: vec!["/work/scenarios/demo/suite.toml".into()],
+                allow_outside_paths: false,
             },
             host: HostInfo {
                 hostname: "ci-7".into(),

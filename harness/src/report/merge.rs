@@ -406,6 +406,7 @@ fn combine(shards: &[ShardRun], command: Vec<String>) -> Result<RunRecord, Merge
             accel: first.settings.accel.clone(),
             keep: records().any(|r| r.settings.keep),
             suites,
+            allow_outside_paths: records().any(|r| r.settings.allow_outside_paths),
         },
         host: HostInfo {
             hostname: distinct(records().map(|r| r.host.hostname.as_str()), ", "),
@@ -743,6 +744,7 @@ mod tests {
                         "/w/scenarios/alpha/suite.toml".into(),
                         "/w/scenarios/beta/suite.toml".into(),
                     ],
+                    allow_outside_paths: false,
                 },
                 host: HostInfo {
                     hostname: format!("ci-{name}"),

@@ -144,6 +144,8 @@ pub struct RunOptions {
     /// `retry_failures`, in `fail`).
     pub retries: u32,
     pub retry_failures: bool,
+    /// The suites were loaded with this policy (recorded so a rerun uses it too).
+    pub path_policy: crate::suite::PathPolicy,
     /// Run only scenarios whose `suite/scenario` name contains one of these (or, with
     /// `exact`, equals one of them).
     pub only: Vec<String>,
@@ -433,6 +435,7 @@ pub fn run(
             accel: format!("{:?}", opts.accel).to_lowercase(),
             keep: opts.keep,
             suites: suites.iter().map(|s| absolute(&s.path)).collect(),
+            allow_outside_paths: opts.path_policy == crate::suite::PathPolicy::Anywhere,
         },
         host: host_info(),
         qemu: qemu_info,

@@ -141,6 +141,9 @@ pub struct RunSettings {
     pub keep: bool,
     /// Absolute paths of the suite files run.
     pub suites: Vec<String>,
+    /// Whether the suites could name files outside their folders.
+    #[serde(default)]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

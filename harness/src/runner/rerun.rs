@@ -35,6 +35,7 @@ pub struct RerunPlan {
     pub scenarios: Vec<String>,
     pub accel: AccelChoice,
     pub keep: bool,
+    pub path_policy: suite::PathPolicy,
 }
 
 pub fn read_record(run_dir: &Path) -> Result<RunRecord, RerunError> {
@@ -73,11 +74,16 @@ pub fn plan(run_dir: &Path, wanted: &[String]) -> Result<RerunPlan, RerunError> 
             return Err(RerunError::InputChanged(input.path.clone()));
         }
     }
+    let path_policy = if record.settings.allow_outside_paths {
+        suite::PathPolicy::Anywhere
+    } else {
+        suite::PathPolicy::InsideSuite
+    };
     let suites = record
         .settings
         .suites
         .iter()
-        .map(|p| suite::load_file(Path::new(p)))
+        .map(|p| suite::load_file_with(Path::new(p), path_policy))
         .collect::<Result<Vec<_>, _>>()?;
     let accel = match record.settings.accel.as_str() {
         "kvm" => AccelChoice::Kvm,
@@ -91,6 +97,7 @@ pub fn plan(run_dir: &Path, wanted: &[String]) -> Result<RerunPlan, RerunError> 
             wanted.to_vec()
         },
         keep: record.settings.keep,
+        path_policy,
         suites,
         accel,
         record,

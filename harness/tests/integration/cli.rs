@@ -145,3 +145,47 @@ fn list_applies_cargo_test_style_filters() {
     assert_eq!(list(&["--include-ignored", "--skip", "boot"]), ["f/soak"]);
     assert_eq!(list(&["--include-ignored"]).len(), 4);
 }
+
+/// A suite that names a file outside its own folder is refused, naming the file,
+/// line and the flag that allows it; `..` and symlinks do not get around it.
+#[test]
+fn suite_paths_outside_the_suite_folder_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = write(outside.path(), "secret.content", "host secret");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::os::unix::fs::symlink(&secret, dir.path().join("link.content")).unwrap();
+    let relative_escape = format!(
+        "../{}/secret.content",
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
+    for (file, how) in [
+        (secret.display().to_string(), "absolute"),
+        (relative_escape, "dot-dot"),
+        ("link.content".to_string(), "symlink"),
+    ] {
+        let suite = write(
+            dir.path(),
+            "suite.toml",
+            &format!(
+                "[suite]\nimage = \"demo\"\n\n[driver.s]\nsource = \"src\"\ncontent_file = \"s.content\"\n\n[[scenario]]\nname = \"a\"\nsteps = [\n  {{ apply_content = {{ driver = \"s\", file = {file:?} }} }},\n]\n"
+            ),
+        );
+        let out = run(&[
+            "run",
+            suite.to_str().unwrap(),
+            "--out",
+            "/nonexistent-never-created",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{how}: {stderr}");
+        assert!(
+            stderr.contains("suite.toml:11:")
+                && stderr.contains("outside the suite's folder")
+                && stderr.contains("--allow-outside-paths")
+                && stderr.contains("secret.content"),
+            "{how}: {stderr}"
+        );
+    }
+    assert!(!std::path::Path::new("/nonexistent-never-created").exists());
+}

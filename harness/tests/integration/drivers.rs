@@ -168,7 +168,7 @@ fn unexpected_crash_fails_with_title_and_excerpt() {
         ),
     );
     let out_dir = dir.path().join("results");
-    let out = run_tcg(&suite, &out_dir, &[]);
+    let out = run_tcg(&suite, &out_dir, &["--allow-outside-paths"]);
     assert_eq!(out.status.code(), Some(1));
     let run = run_json(&out_dir);
     let s = scenario(&run, "bad/null-deref");
@@ -231,7 +231,7 @@ steps = [
         ),
     );
     let out_dir = dir.path().join("results");
-    let out = run_tcg(&suite, &out_dir, &[]);
+    let out = run_tcg(&suite, &out_dir, &["--allow-outside-paths"]);
     assert_eq!(out.status.code(), Some(1));
     let run = run_json(&out_dir);
     let s = scenario(&run, "stuck/crash-then-stuck");

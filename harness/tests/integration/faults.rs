@@ -475,3 +475,65 @@ fn an_error_is_retried_and_every_attempt_is_kept() {
     assert_eq!(verify.status.code(), Some(0));
     assert_no_vm_left(&run);
 }
+
+/// A guest that prints without end: bootgate's own memory stays bounded, the console
+/// log keeps its head and tail with a marker where output was dropped, and the
+/// scenario still ends on time.
+#[test]
+fn console_flood_keeps_bootgate_bounded() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        "[suite]\nname = \"flood\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"a\"\nsteps = [{ exec = { run = \"yes 'flood flood flood flood flood flood flood flood flood flood flood flood' > /dev/ttyS0 & p=$!; sleep 40; kill $p\", timeout = \"2m\" } }]\n",
+    );
+    let out_dir = dir.path().join("results");
+    let mut guard = spawn_run(&suite, &out_dir, &["--jobs", "1"]);
+    let child = &mut guard.0;
+    let pid = child.id();
+    let started = Instant::now();
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("VmHWM:") {
+                    let kib: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+                    peak_kib = peak_kib.max(kib);
+                }
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < GUEST_WAIT * 2,
+            "the flood run did not end"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(0));
+    let console = out_dir.join("latest/flood/a/console.log");
+    let size = std::fs::metadata(&console).unwrap().len();
+    eprintln!("peak RSS of bootgate {peak_kib} KiB; console.log {size} bytes");
+    assert!(peak_kib > 0, "sampled");
+    assert!(
+        peak_kib < 64 * 1024,
+        "bootgate's memory stays bounded under a flood: {peak_kib} KiB"
+    );
+    let cap = bootgate::qemu::console::CONSOLE_HEAD_BYTES
+        + bootgate::qemu::console::CONSOLE_TAIL_BYTES as u64;
+    assert!(size <= cap + 4096, "console.log capped: {size} bytes");
+    let text = std::fs::read(&console).unwrap();
+    let flood_lines = text.windows(5).filter(|w| w == b"flood").count();
+    assert!(
+        flood_lines > 1000,
+        "the guest did flood ({flood_lines} words)"
+    );
+    if size > bootgate::qemu::console::CONSOLE_HEAD_BYTES {
+        assert!(
+            String::from_utf8_lossy(&text).contains("bytes of console output dropped here"),
+            "the cut is marked"
+        );
+    }
+}
