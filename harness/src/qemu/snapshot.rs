@@ -66,6 +66,8 @@ pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// it to the runner). Short, because loading the device state takes about 10 ms and
 /// every poll is a cheap local round trip.
 pub const MIGRATION_POLL: Duration = Duration::from_millis(2);
+/// Time the agent gets to answer once a state's setup has run.
+pub const SETUP_SETTLE: Duration = Duration::from_secs(10);
 /// Time QEMU gets to exit after `quit` before the process group is killed.
 pub const SAVE_QUIT_TIMEOUT: Duration = QUIT_GRACE;
 
@@ -141,6 +143,8 @@ pub enum SnapshotError {
     },
     #[error("{manifest}: the image's readiness is not the guest agent (ready.agent = false), so there is no moment known to be safe to save")]
     NoAgentReadiness { manifest: PathBuf },
+    #[error("preparing the saved state ({label}) failed: {why}")]
+    Setup { label: String, why: String },
     #[error(transparent)]
     Save(Box<SaveFailure>),
     #[error("migration {direction} {file} {outcome}")]
@@ -290,6 +294,18 @@ impl SavedState {
     }
 }
 
+/// Work done in the guest between ready and the save, so that VMs start from a
+/// shared setup (a driver installed and loaded, say) instead of repeating it.
+pub struct StateSetup<'a> {
+    /// Everything the setup depends on (hashes of the files it copies in, its
+    /// commands): part of the state's cache key.
+    pub identity: String,
+    /// For messages: "demo_sensor loaded".
+    pub label: String,
+    /// Runs the setup through the guest agent; an Err says what went wrong.
+    pub run: &'a dyn Fn(&mut AgentClient) -> Result<(), String>,
+}
+
 /// Returns the saved state for this image, QEMU and accelerator, saving it first
 /// (one cold boot) if the cache has none.
 pub fn ensure_saved(
@@ -298,8 +314,23 @@ pub fn ensure_saved(
     accel: Accel,
     notify: &mut dyn FnMut(&str),
 ) -> Result<SavedState, SnapshotError> {
+    ensure_saved_with(manifest, tools, accel, None, notify)
+}
+
+/// [`ensure_saved`] after a setup: the state is taken once the setup has run.
+pub fn ensure_saved_with(
+    manifest: &Manifest,
+    tools: &QemuTools,
+    accel: Accel,
+    setup: Option<&StateSetup>,
+    notify: &mut dyn FnMut(&str),
+) -> Result<SavedState, SnapshotError> {
     let version = crate::qemu::version(&tools.system)?;
-    let key = state_key(manifest, &version, accel, &tools.system, tools.sandbox)?;
+    let mut key = state_key(manifest, &version, accel, &tools.system, tools.sandbox)?;
+    if let Some(setup) = setup {
+        key = sha256_bytes(format!("{key}\nsetup {}", setup.identity).as_bytes())[..KEY_CHARS]
+            .to_string();
+    }
     let root = states_root();
     let target = root.join(&key);
     let state = SavedState::in_dir(&target, &key);
@@ -323,7 +354,7 @@ pub fn ensure_saved(
         .tempdir_in(&root)
         .map_err(io_error(&root, "cannot create a temp folder"))?;
     let work_state = SavedState::in_dir(work.path(), &key);
-    save(manifest, tools, accel, &work_state)?;
+    save(manifest, tools, accel, &work_state, setup)?;
     for file in [&work_state.disk, &work_state.devices] {
         fs::set_permissions(file, fs::Permissions::from_mode(0o444))
             .map_err(io_error(file, "cannot make read-only"))?;
@@ -350,6 +381,7 @@ fn save(
     tools: &QemuTools,
     accel: Accel,
     state: &SavedState,
+    setup: Option<&StateSetup>,
 ) -> Result<(), SnapshotError> {
     if !manifest.ready.agent {
         return Err(SnapshotError::NoAgentReadiness {
@@ -400,6 +432,20 @@ fn save(
                 socket: layout.agent_socket.clone(),
                 source,
             })?;
+        if let Some(setup) = setup {
+            (setup.run)(&mut vm.agent).map_err(|why| SnapshotError::Setup {
+                label: setup.label.clone(),
+                why,
+            })?;
+            // The setup may have printed a crash report or panicked the guest:
+            // a state saved from a broken guest would poison every start from it.
+            vm.agent
+                .sync(SETUP_SETTLE)
+                .map_err(|source| SnapshotError::Setup {
+                    label: setup.label.clone(),
+                    why: format!("the guest agent stopped answering after the setup: {source}"),
+                })?;
+        }
         // Stopped first so the RAM does not change under the stream (no dirty-page
         // passes) and the disk is consistent with the RAM that is saved.
         vm.qmp_execute("stop", None)?;

@@ -697,6 +697,7 @@ impl Shared<'_> {
                         rel_dir: &rel_dir.display().to_string(),
                         drivers: self.built.get(&suite.path).unwrap_or(self.no_drivers),
                         saved: self.saved.get(&suite.path),
+                        watch_after_crash: true,
                     });
                     record.verdict = outcome.verdict;
                     record.reason = outcome.reason;

@@ -117,6 +117,9 @@ pub struct ScenarioContext<'a> {
     pub drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
     /// The image's saved ready state, when there is one for this run.
     pub saved: Option<&'a SavedState>,
+    /// After a crash, watch the next boots for a loop or a recovery (scenarios);
+    /// false stops at the crash (content fuzzing only needs its title).
+    pub watch_after_crash: bool,
 }
 
 /// The state of one scenario's machine across QEMU processes and boots.
@@ -163,6 +166,8 @@ struct Machine<'a> {
     boot_loop: bool,
     first_crash: Option<(Instant, u32)>,
     recovery: Option<RecoveryRecord>,
+    /// See `ScenarioContext::watch_after_crash`.
+    follow_crash: bool,
 }
 
 /// What `next` saw.
@@ -236,6 +241,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         boot_loop: false,
         first_crash: None,
         recovery: None,
+        follow_crash: ctx.watch_after_crash,
     };
     let scenario = ctx.scenario;
     let emitter = ctx.emitter;
@@ -385,7 +391,12 @@ fn settle(
                 .map_or_else(|| "crash".into(), |c| c.title.clone());
             record.detail = format!("crash: {title}");
             // Watch the next boots: does it loop, or come back?
-            match m.watch_after_crash(scenario.boot_loop_boots, emitter) {
+            let watched = if m.follow_crash {
+                m.watch_after_crash(scenario.boot_loop_boots, emitter)
+            } else {
+                Ok(false)
+            };
+            match watched {
                 Ok(true) => record.detail.push_str("; the guest recovered"),
                 Ok(false) => {
                     state.guest_down = true;

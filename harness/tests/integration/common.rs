@@ -191,3 +191,25 @@ pub fn assert_no_vm_left(run: &Value) {
 pub fn sha256(path: &Path) -> String {
     bootgate::util::sha256_file(path).unwrap()
 }
+
+/// The QEMU processes whose parent is `pid` and that run a VM (not a short
+/// `-version` probe).
+pub fn qemu_children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else {
+            continue;
+        };
+        let ppid: u32 = after.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let runs_a_vm = String::from_utf8_lossy(&cmdline).contains("qmp.sock");
+        if ppid == pid && stat.contains("(qemu-system-x86") && runs_a_vm {
+            found.push(entry.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    found
+}

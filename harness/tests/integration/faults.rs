@@ -60,28 +60,6 @@ fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
     }
 }
 
-/// The QEMU processes whose parent is `pid` and that run a VM (not a short
-/// `-version` probe).
-fn qemu_children(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else {
-            continue;
-        };
-        let ppid: u32 = after.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let runs_a_vm = String::from_utf8_lossy(&cmdline).contains("qmp.sock");
-        if ppid == pid && stat.contains("(qemu-system-x86") && runs_a_vm {
-            found.push(entry.file_name().to_string_lossy().parse().unwrap());
-        }
-    }
-    found
-}
-
 /// Starts a one-scenario run that boots cold and then sleeps in an exec step; waits
 /// until `ready_seen` says how far the guest must get; SIGKILLs its QEMU.
 fn kill_qemu_when(ready_seen: bool) -> (Option<i32>, PathBuf, tempfile::TempDir) {

@@ -56,32 +56,6 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
     assert_no_vm_left(&run);
 }
 
-/// The QEMU processes whose parent is `pid`.
-fn qemu_children(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces) start after ") ".
-        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-            continue;
-        };
-        let ppid: u32 = rest
-            .split(' ')
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if ppid == pid && stat.contains("(qemu-system-x86") {
-            found.push(child);
-        }
-    }
-    found
-}
-
 /// SIGKILL gives bootgate no chance to clean up: the parent-death signal must still
 /// take its QEMU down.
 #[test]
