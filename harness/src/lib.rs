@@ -5,6 +5,7 @@
 //! everything else lives here, one module per concern (see DESIGN.md).
 
 pub mod agent;
+pub mod content;
 pub mod detect;
 pub mod doctor;
 pub mod driver;

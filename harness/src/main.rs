@@ -124,6 +124,20 @@ impl OutputArgs {
 enum Command {
     /// Run a suite file, or every *.toml suite in a folder.
     Run(RunArgs),
+    /// Fuzz a driver's content file through the real load path in a booted guest.
+    ///
+    /// The driver is installed and loaded once and the VM saved; every execution
+    /// restores that state, writes a mutated content file (structure-aware, from the
+    /// format description, plus blind byte mutations) and runs the driver's reload.
+    /// Crashes are told apart by title, each minimized and saved with its evidence;
+    /// the output folder gets report.json and a regression suite for `bootgate run`.
+    /// Exit 1 when a crash was found, 0 when none.
+    ///
+    /// Example:
+    ///   bootgate fuzz-content scenarios/demo/suite.toml --driver demo_sensor \
+    ///     --format scenarios/demo/content/format.toml \
+    ///     --seed scenarios/demo/content/good.content --time 10m
+    FuzzContent(FuzzArgs),
     /// Rerun scenarios of a finished run with the same inputs and settings, into a new
     /// run. Refuses, naming the file, if any input changed since.
     Rerun {
@@ -214,6 +228,7 @@ fn main() -> ExitCode {
         } => rerun(run_dir, scenarios, out, output.verbosity()),
         Command::Verify { run_dir } => verify(&run_dir),
         Command::Merge { dirs, out } => merge(&dirs, &out),
+        Command::FuzzContent(args) => fuzz_content(args),
         Command::Show { run_dir } => show(&run_dir),
         Command::Report { run_dir } => report(&run_dir),
         Command::Image {
@@ -237,6 +252,122 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+#[derive(clap::Args)]
+struct FuzzArgs {
+    /// The suite file that defines the driver ([driver.NAME] with source or module,
+    /// content_file and reload).
+    suite: PathBuf,
+    /// The driver to fuzz (a [driver.NAME] of the suite).
+    #[arg(long, value_name = "NAME")]
+    driver: String,
+    /// Module parameters to load it with ("fixed=0").
+    #[arg(long, default_value = "", value_name = "PARAMS")]
+    params: String,
+    /// The content format description (fields, counts, lengths), e.g. format.toml.
+    #[arg(long, value_name = "FILE")]
+    format: PathBuf,
+    /// A starting input (repeatable); default: the format's [[seed]] files.
+    #[arg(long = "seed", value_name = "FILE")]
+    seeds: Vec<PathBuf>,
+    /// Stop after this long (30s, 10m, 2h).
+    #[arg(long, default_value = "10m", value_parser = suite::parse_duration, value_name = "DURATION")]
+    time: std::time::Duration,
+    /// Stop after this many executions (minimizing not counted).
+    #[arg(long, value_name = "N")]
+    execs: Option<u64>,
+    /// Stop once N unique crashes are found (CI: prove the bug is findable).
+    #[arg(long, value_name = "N")]
+    stop_after: Option<usize>,
+    /// VMs at once (default: one per core, as free memory allows).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// Output folder; each run lands in DIR/<run-id>, DIR/latest points at it.
+    #[arg(long, short, default_value = "results/fuzz", value_name = "DIR")]
+    out: PathBuf,
+    /// Seed of the mutator's random numbers (same seed, same inputs).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    rng_seed: u64,
+    /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Let the suite name files outside its own folder.
+    #[arg(long)]
+    allow_outside_paths: bool,
+}
+
+fn fuzz_content(args: FuzzArgs) -> u8 {
+    install_interrupt_handler();
+    let options = runner::fuzz::FuzzOptions {
+        suite: args.suite,
+        driver: args.driver,
+        params: args.params,
+        format: args.format,
+        seeds: args.seeds,
+        duration: args.time,
+        max_execs: args.execs,
+        stop_after_crashes: args.stop_after,
+        jobs: args.jobs.map_or(0, |n| n as usize),
+        out_dir: args.out,
+        rng_seed: args.rng_seed,
+        accel: args.accel,
+        tools: QemuTools::from_env(),
+        path_policy: if args.allow_outside_paths {
+            suite::PathPolicy::Anywhere
+        } else {
+            suite::PathPolicy::InsideSuite
+        },
+        progress: true,
+    };
+    match runner::fuzz::fuzz(&options, &mut |t: &str| eprintln!("bootgate: {t}")) {
+        Ok(report) => {
+            println!(
+                "fuzz-content: {} executions in {:.0} s ({:.0} per hour, {} minimizing), {} unique crash(es), corpus {}",
+                report.execs,
+                report.seconds,
+                report.execs_per_hour,
+                report.minimize_execs,
+                report.crashes.len(),
+                report.corpus
+            );
+            for crash in &report.crashes {
+                println!(
+                    "  {} (after {} executions, {:.0} s; input {} -> {} bytes: {})",
+                    crash.title,
+                    crash.found_at_exec,
+                    crash.seconds_to_find,
+                    crash.input_bytes,
+                    crash.minimized_bytes,
+                    crash.minimized
+                );
+            }
+            let latest = options.out_dir.join("latest");
+            println!(
+                "results: {}/report.json; replay the crashes: bootgate run {}/{}",
+                latest.display(),
+                latest.display(),
+                report.regression_suite
+            );
+            if report.interrupted {
+                EXIT_INTERRUPTED
+            } else if report.crashes.is_empty() {
+                EXIT_PASS
+            } else {
+                EXIT_FAIL
+            }
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            match e {
+                runner::fuzz::FuzzError::Suite(_)
+                | runner::fuzz::FuzzError::UnknownDriver { .. }
+                | runner::fuzz::FuzzError::DriverField { .. }
+                | runner::fuzz::FuzzError::Format(_) => EXIT_USAGE,
+                _ => EXIT_INFRA,
+            }
+        }
+    }
 }
 
 fn run(args: RunArgs) -> u8 {
@@ -345,9 +476,9 @@ fn rerun(
 }
 
 /// Runs suites with every sink, mapping the outcome to an exit code.
-fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) -> u8 {
-    // First Ctrl-C/SIGTERM: stop cleanly (VMs torn down, results written). The
-    // handler only sets a flag; the runner checks it at every wait.
+/// First Ctrl-C/SIGTERM: stop cleanly (VMs torn down, results written). The
+/// handler only sets a flag; the runner checks it at every wait.
+fn install_interrupt_handler() {
     if let Err(e) = ctrlc::set_handler(|| {
         if runner::interrupted() {
             eprintln!("bootgate: still stopping VMs, please wait");
@@ -358,6 +489,10 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
     }) {
         eprintln!("bootgate: warning: cannot install the Ctrl-C handler: {e}");
     }
+}
+
+fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) -> u8 {
+    install_interrupt_handler();
     // The manifest comes last: it hashes the files the other sinks wrote.
     // A terminal gets the live view; CI logs get one plain line per event.
     let terminal: Box<dyn Sink + Send> =

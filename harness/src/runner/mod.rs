@@ -3,6 +3,7 @@
 //! terminal, run.json, junit.xml) is a `Sink` that consumes the events.
 
 pub mod folder;
+pub mod fuzz;
 pub mod record;
 pub mod rerun;
 pub mod scenario;

@@ -7,6 +7,7 @@ mod common;
 mod drivers;
 mod evidence;
 mod faults;
+mod fuzz_content;
 mod image;
 mod platform;
 mod shards;
