@@ -138,6 +138,13 @@ enum Command {
     ///     --format scenarios/demo/content/format.toml \
     ///     --seed scenarios/demo/content/good.content --time 10m
     FuzzContent(FuzzArgs),
+    /// A staged-rollout gate: run a suite's scenarios ring by ring ([rollout] in the
+    /// suite), promoting a ring only when it is clean and halting at the first that
+    /// is not, with its evidence. Each target is a full run in OUT/<run-id>/<ring>/
+    /// <target>/; rollout.json has every ring's outcome and the total gate time.
+    /// Exit 0 when every ring promoted, 1 when the product halted it, 3 on
+    /// infrastructure trouble.
+    Rollout(RolloutArgs),
     /// Rerun scenarios of a finished run with the same inputs and settings, into a new
     /// run. Refuses, naming the file, if any input changed since.
     Rerun {
@@ -229,6 +236,7 @@ fn main() -> ExitCode {
         Command::Verify { run_dir } => verify(&run_dir),
         Command::Merge { dirs, out } => merge(&dirs, &out),
         Command::FuzzContent(args) => fuzz_content(args),
+        Command::Rollout(args) => rollout(args),
         Command::Show { run_dir } => show(&run_dir),
         Command::Report { run_dir } => report(&run_dir),
         Command::Image {
@@ -295,6 +303,124 @@ struct FuzzArgs {
     /// Let the suite name files outside its own folder.
     #[arg(long)]
     allow_outside_paths: bool,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// A suite file with a [rollout] section.
+    suite: PathBuf,
+    /// Results folder; each rollout lands in DIR/<run-id>, DIR/latest points at it.
+    #[arg(long, short, default_value = "results/rollout", value_name = "DIR")]
+    out: PathBuf,
+    /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// VMs at once within a target's run (default: one per core, as memory allows).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// Let the suite name files outside its own folder.
+    #[arg(long)]
+    allow_outside_paths: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn rollout(args: RolloutArgs) -> u8 {
+    install_interrupt_handler();
+    let policy = if args.allow_outside_paths {
+        suite::PathPolicy::Anywhere
+    } else {
+        suite::PathPolicy::InsideSuite
+    };
+    let suite = match suite::load_file_with(&args.suite, policy) {
+        Ok(suite) => suite,
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let (run_id, out) = match runner::folder::create_run_dir(&args.out) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("bootgate: error: {}: {}", e.path.display(), e.source);
+            return EXIT_INFRA;
+        }
+    };
+    let verbosity = args.output.verbosity();
+    let options = RunOptions {
+        out_dir: out.clone(),
+        jobs: args.jobs.map_or(0, |n| n as usize),
+        accel: args.accel,
+        keep: false,
+        retries: 0,
+        retry_failures: false,
+        path_policy: policy,
+        target: None,
+        only: Vec::new(),
+        skip: Vec::new(),
+        exact: false,
+        ignored: IgnoredPolicy::Skip,
+        required_inputs: None,
+        shard: None,
+        expected_ms: Default::default(),
+        timings_file: None,
+        tools: QemuTools::from_env(),
+        command: std::env::args().collect(),
+    };
+    let make_emitter = || Emitter::new(report_sinks(verbosity));
+    let result = runner::rollout::rollout(&suite, &options, &make_emitter, &mut |t: &str| {
+        eprintln!("bootgate: {t}")
+    });
+    let _ = runner::folder::point_latest(&args.out, &run_id);
+    match result {
+        Ok(report) => {
+            for ring in &report.rings {
+                println!(
+                    "ring {}: {} in {:.0} s{}",
+                    ring.ring,
+                    ring.outcome,
+                    ring.seconds,
+                    ring.reason
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(": {r}"))
+                );
+                for t in &ring.targets {
+                    println!(
+                        "  {}: {} pass, {} fail, {} error ({})",
+                        t.target, t.pass, t.fail, t.error, t.run_dir
+                    );
+                }
+            }
+            println!(
+                "rollout: {} in {:.0} s; promoted: {}; results: {}/rollout.json",
+                match (&report.halted_at, report.all_promoted()) {
+                    (_, true) => "every ring promoted".to_string(),
+                    (Some(ring), false) => format!("halted at ring {ring}"),
+                    (None, false) => "interrupted".to_string(),
+                },
+                report.total_seconds,
+                if report.promoted.is_empty() {
+                    "none".to_string()
+                } else {
+                    report.promoted.join(", ")
+                },
+                out.display()
+            );
+            if report.interrupted {
+                EXIT_INTERRUPTED
+            } else if report.infrastructure_error() {
+                EXIT_INFRA
+            } else if report.all_promoted() {
+                EXIT_PASS
+            } else {
+                EXIT_FAIL
+            }
+        }
+        Err(e) => {
+            eprintln!("bootgate: error: {e}");
+            EXIT_INFRA
+        }
+    }
 }
 
 fn fuzz_content(args: FuzzArgs) -> u8 {
@@ -409,6 +535,7 @@ fn run(args: RunArgs) -> u8 {
         retries: args.retries,
         retry_failures: args.retry_failures,
         path_policy: policy,
+        target: None,
         only: args.only,
         skip: args.skip,
         exact: args.exact,
@@ -460,6 +587,7 @@ fn rerun(
         retries: 0,
         retry_failures: false,
         path_policy: plan.path_policy,
+        target: plan.target.clone(),
         only: plan.scenarios,
         skip: Vec::new(),
         exact: true,
@@ -476,6 +604,24 @@ fn rerun(
 }
 
 /// Runs suites with every sink, mapping the outcome to an exit code.
+/// The report sinks of one run. The manifest comes last: it hashes the files the
+/// other sinks wrote. A terminal gets the live view; CI logs one plain line per event.
+fn report_sinks(verbosity: Verbosity) -> Vec<Box<dyn Sink + Send>> {
+    let terminal: Box<dyn Sink + Send> =
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && verbosity != Verbosity::Quiet {
+            Box::new(LiveSink::new(verbosity))
+        } else {
+            Box::new(TerminalSink::new(verbosity))
+        };
+    vec![
+        terminal,
+        Box::new(JsonSink::new()),
+        Box::new(JunitSink::new()),
+        Box::new(HtmlSink::new()),
+        Box::new(ManifestSink),
+    ]
+}
+
 /// First Ctrl-C/SIGTERM: stop cleanly (VMs torn down, results written). The
 /// handler only sets a flag; the runner checks it at every wait.
 fn install_interrupt_handler() {
@@ -493,22 +639,7 @@ fn install_interrupt_handler() {
 
 fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) -> u8 {
     install_interrupt_handler();
-    // The manifest comes last: it hashes the files the other sinks wrote.
-    // A terminal gets the live view; CI logs get one plain line per event.
-    let terminal: Box<dyn Sink + Send> =
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && verbosity != Verbosity::Quiet {
-            Box::new(LiveSink::new(verbosity))
-        } else {
-            Box::new(TerminalSink::new(verbosity))
-        };
-    let sinks: Vec<Box<dyn Sink + Send>> = vec![
-        terminal,
-        Box::new(JsonSink::new()),
-        Box::new(JunitSink::new()),
-        Box::new(HtmlSink::new()),
-        Box::new(ManifestSink),
-    ];
-    let emitter = Emitter::new(sinks);
+    let emitter = Emitter::new(report_sinks(verbosity));
     match runner::run(suites, options, &emitter) {
         Ok((record, _dir)) => exit_code(&record),
         Err(e) => {

@@ -65,6 +65,78 @@ pub struct Suite {
     /// Candidate drivers by name.
     pub drivers: BTreeMap<String, Driver>,
     pub scenarios: Vec<Scenario>,
+    /// A staged rollout of this suite's scenarios (`bootgate rollout`).
+    pub rollout: Option<Rollout>,
+}
+
+/// `[rollout]`: rings of targets the suite's scenarios run on, one ring after the
+/// other; a ring is promoted only when it is clean.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// Observation after the last step of every scenario (the soak), unless a ring
+    /// sets its own.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub soak: Option<Duration>,
+    #[serde(rename = "ring")]
+    pub rings: Vec<Ring>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ring {
+    pub name: String,
+    /// Machines of this ring: image and configuration variants.
+    pub targets: Vec<Target>,
+    /// Scenarios that may fail by crashing in this ring before it halts the
+    /// rollout (default 0: any crash halts).
+    #[serde(default)]
+    pub crash_threshold: u32,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub soak: Option<Duration>,
+}
+
+/// One machine configuration: an image (default: the suite's) with overrides.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Names the target in results (default: derived from the overrides).
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    /// Extra kernel parameters.
+    pub append: Option<String>,
+}
+
+impl Target {
+    /// A name for folders and reports: the given one, else built from the overrides.
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let mut parts = vec![self.image.clone().unwrap_or_else(|| "default".into())];
+        if let Some(c) = self.cpus {
+            parts.push(format!("{c}cpu"));
+        }
+        if let Some(m) = self.memory_mib {
+            parts.push(format!("{m}mib"));
+        }
+        if self.append.is_some() {
+            parts.push("append".into());
+        }
+        parts
+            .join("-")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
 }
 
 /// Which crashes get a memory dump.
@@ -350,6 +422,9 @@ struct RawFile {
     driver: BTreeMap<String, Spanned<Driver>>,
     #[serde(default)]
     scenario: Vec<Spanned<RawScenario>>,
+    // Not Spanned: the toml crate cannot span a table made only of dotted
+    // `[[rollout.ring]]` headers; its errors point at the first `[rollout` instead.
+    rollout: Option<Rollout>,
 }
 
 #[derive(Deserialize)]
@@ -440,7 +515,19 @@ pub fn load_path_with(path: &Path, policy: PathPolicy) -> Result<Vec<Suite>, Sui
         if files.is_empty() {
             return Err(SuiteError::EmptyFolder(path.to_path_buf()));
         }
-        files.iter().map(|f| load_file_with(f, policy)).collect()
+        // A folder is the plain suites in it: rollout suites are gates of their own,
+        // run by `bootgate rollout FILE`.
+        let mut suites = Vec::new();
+        for file in &files {
+            let suite = load_file_with(file, policy)?;
+            if suite.rollout.is_none() {
+                suites.push(suite);
+            }
+        }
+        if suites.is_empty() {
+            return Err(SuiteError::EmptyFolder(path.to_path_buf()));
+        }
+        Ok(suites)
     } else {
         Ok(vec![load_file_with(path, policy)?])
     }
@@ -599,6 +686,14 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         path.file_stem()
             .map_or_else(|| "suite".into(), |s| s.to_string_lossy().into_owned())
     });
+    if let Some(rollout) = &raw.rollout {
+        let offset = text
+            .find("[rollout")
+            .or_else(|| text.find("[[rollout"))
+            .unwrap_or(0);
+        validate_rollout(rollout).map_err(|m| at(offset, m))?;
+    }
+    let rollout = raw.rollout;
     Ok(Suite {
         path: path.to_path_buf(),
         name,
@@ -607,6 +702,7 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         evidence: raw.suite.evidence,
         drivers,
         scenarios,
+        rollout,
     })
 }
 
@@ -669,6 +765,47 @@ fn validate_driver(
         ));
     }
     check_inside(dir, &file, &format!("driver {name:?}: `module`"), policy)
+}
+
+fn validate_rollout(rollout: &Rollout) -> Result<(), String> {
+    if rollout.rings.is_empty() {
+        return Err("[rollout] has no rings: add [[rollout.ring]] tables (name, targets)".into());
+    }
+    let mut names = BTreeSet::new();
+    for ring in &rollout.rings {
+        if !valid_name(&ring.name) {
+            return Err(format!(
+                "ring `name` {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                ring.name
+            ));
+        }
+        if !names.insert(ring.name.clone()) {
+            return Err(format!("ring `name` {:?} is used twice", ring.name));
+        }
+        if ring.targets.is_empty() {
+            return Err(format!(
+                "ring {:?} has no `targets`: add at least one, e.g. targets = [{{}}] for the suite's image",
+                ring.name
+            ));
+        }
+        let mut labels = BTreeSet::new();
+        for target in &ring.targets {
+            if target.cpus == Some(0) || target.memory_mib == Some(0) {
+                return Err(format!(
+                    "ring {:?}: `cpus` and `memory_mib` must be at least 1",
+                    ring.name
+                ));
+            }
+            if !labels.insert(target.label()) {
+                return Err(format!(
+                    "ring {:?}: two targets are both named {:?}; give them a `name`",
+                    ring.name,
+                    target.label()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_step(
@@ -808,6 +945,31 @@ steps = [
 [scenario.gates]
 max_boot_time = "30s"
 "#;
+
+    #[test]
+    fn rollout_rings_parse_and_mistakes_are_located() {
+        let text = format!(
+            "{GOOD}\n[rollout]\nsoak = \"10s\"\n[[rollout.ring]]\nname = \"canary\"\ntargets = [{{}}]\n[[rollout.ring]]\nname = \"fleet\"\ncrash_threshold = 1\ntargets = [{{ cpus = 2 }}, {{ memory_mib = 384, append = \"quiet\" }}]\n"
+        );
+        let suite = parse_str(&text).unwrap();
+        let rollout = suite.rollout.unwrap();
+        assert_eq!(rollout.soak, Some(Duration::from_secs(10)));
+        assert_eq!(rollout.rings[1].crash_threshold, 1);
+        assert_eq!(rollout.rings[1].targets[0].label(), "default-2cpu");
+        assert_eq!(rollout.rings[1].targets[1].label(), "default-384mib-append");
+        for (bad, says) in [
+            ("[rollout]\nring = []\n", "no rings"),
+            (
+                "[[rollout.ring]]\nname = \"a\"\ntargets = [{}]\n[[rollout.ring]]\nname = \"a\"\ntargets = [{}]\n",
+                "used twice",
+            ),
+            ("[[rollout.ring]]\nname = \"a\"\ntargets = []\n", "no `targets`"),
+            ("[[rollout.ring]]\nname = \"a\"\ntargets = [{ cpu = 2 }]\n", "unknown field"),
+        ] {
+            let err = parse_str(&format!("{GOOD}\n{bad}")).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains("t/suite.toml:"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn parses_a_full_suite() {

@@ -1402,6 +1402,7 @@ mod tests {
                 keep: false,
                 suites: vec!["/work/scenarios/demo/suite.toml".into()],
                 allow_outside_paths: false,
+                target: None,
             },
             host: HostInfo {
                 hostname: "ci-7".into(),

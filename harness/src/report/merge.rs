@@ -407,6 +407,7 @@ fn combine(shards: &[ShardRun], command: Vec<String>) -> Result<RunRecord, Merge
             keep: records().any(|r| r.settings.keep),
             suites,
             allow_outside_paths: records().any(|r| r.settings.allow_outside_paths),
+            target: first.settings.target.clone(),
         },
         host: HostInfo {
             hostname: distinct(records().map(|r| r.host.hostname.as_str()), ", "),
@@ -745,6 +746,7 @@ mod tests {
                         "/w/scenarios/beta/suite.toml".into(),
                     ],
                     allow_outside_paths: false,
+                    target: None,
                 },
                 host: HostInfo {
                     hostname: format!("ci-{name}"),

@@ -6,6 +6,7 @@ pub mod folder;
 pub mod fuzz;
 pub mod record;
 pub mod rerun;
+pub mod rollout;
 pub mod scenario;
 pub mod shard;
 pub mod verdict;
@@ -135,6 +136,7 @@ impl Emitter {
     }
 }
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub out_dir: PathBuf,
     /// VMs run at once; 0 picks a default from cores and free memory.
@@ -147,6 +149,8 @@ pub struct RunOptions {
     pub retry_failures: bool,
     /// The suites were loaded with this policy (recorded so a rerun uses it too).
     pub path_policy: crate::suite::PathPolicy,
+    /// Run every suite on this machine instead of its own image (a rollout target).
+    pub target: Option<crate::suite::Target>,
     /// Run only scenarios whose `suite/scenario` name contains one of these (or, with
     /// `exact`, equals one of them).
     pub only: Vec<String>,
@@ -289,7 +293,12 @@ pub fn run(
                 continue;
             }
             let mut notices = Vec::new();
-            let manifest = image::resolve(&suite.image, suite.dir(), &mut |text: &str| {
+            let reference = opts
+                .target
+                .as_ref()
+                .and_then(|t| t.image.clone())
+                .unwrap_or_else(|| suite.image.clone());
+            let mut manifest = image::resolve(&reference, suite.dir(), &mut |text: &str| {
                 notices.push(text.to_string());
                 eprintln!("bootgate: {text}");
             })
@@ -297,6 +306,9 @@ pub fn run(
                 suite: suite.path.clone(),
                 source,
             })?;
+            if let Some(target) = &opts.target {
+                apply_target(&mut manifest, target);
+            }
             manifests.insert(suite.path.clone(), manifest);
         }
         let first_kernel = manifests
@@ -437,6 +449,7 @@ pub fn run(
             keep: opts.keep,
             suites: suites.iter().map(|s| absolute(&s.path)).collect(),
             allow_outside_paths: opts.path_policy == crate::suite::PathPolicy::Anywhere,
+            target: opts.target.clone(),
         },
         host: host_info(),
         qemu: qemu_info,
@@ -718,6 +731,22 @@ impl Shared<'_> {
         record.duration_ms = started.elapsed().as_millis() as u64;
         record.artifacts = hash_artifacts(self.run_dir, &dir);
         (record, argvs, was_interrupted)
+    }
+}
+
+/// A rollout target's machine overrides on a resolved image. The saved-state key
+/// covers the command line, so each variant gets a state of its own.
+fn apply_target(manifest: &mut Manifest, target: &crate::suite::Target) {
+    if let Some(cpus) = target.cpus {
+        manifest.machine.cpus = cpus;
+    }
+    if let Some(memory) = target.memory_mib {
+        manifest.machine.memory_mib = memory;
+    }
+    if let Some(extra) = &target.append {
+        manifest.boot.append = format!("{} {extra}", manifest.boot.append)
+            .trim()
+            .to_string();
     }
 }
 

@@ -144,6 +144,9 @@ pub struct RunSettings {
     /// Whether the suites could name files outside their folders.
     #[serde(default)]
     pub allow_outside_paths: bool,
+    /// The rollout target the suites ran on instead of their own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::suite::Target>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -36,6 +36,8 @@ pub struct RerunPlan {
     pub accel: AccelChoice,
     pub keep: bool,
     pub path_policy: suite::PathPolicy,
+    /// The rollout target the run was on, if any.
+    pub target: Option<suite::Target>,
 }
 
 pub fn read_record(run_dir: &Path) -> Result<RunRecord, RerunError> {
@@ -98,6 +100,7 @@ pub fn plan(run_dir: &Path, wanted: &[String]) -> Result<RerunPlan, RerunError> 
         },
         keep: record.settings.keep,
         path_policy,
+        target: record.settings.target.clone(),
         suites,
         accel,
         record,

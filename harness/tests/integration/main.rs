@@ -10,6 +10,7 @@ mod faults;
 mod fuzz_content;
 mod image;
 mod platform;
+mod rollout;
 mod shards;
 mod snapshot;
 mod teardown;
