@@ -138,12 +138,15 @@ enum Command {
     ///     --format scenarios/demo/content/format.toml \
     ///     --seed scenarios/demo/content/good.content --time 10m
     FuzzContent(FuzzArgs),
-    /// A staged-rollout gate: run a suite's scenarios ring by ring ([rollout] in the
-    /// suite), promoting a ring only when it is clean and halting at the first that
-    /// is not, with its evidence. Each target is a full run in OUT/<run-id>/<ring>/
-    /// <target>/; rollout.json has every ring's outcome and the total gate time.
-    /// Exit 0 when every ring promoted, 1 when the product halted it, 3 on
-    /// infrastructure trouble.
+    /// A staged-rollout gate over the rings of a suite's [rollout] section.
+    ///
+    /// The suite's scenarios run ring by ring (canary first); a ring is promoted only
+    /// when it is clean, and the first that is not halts the rollout with its
+    /// evidence. Each target is a full run in OUT/<run-id>/<ring>/<target>/;
+    /// rollout.json has every ring's outcome and the total gate time. Exit 0 when
+    /// every ring promoted, 1 when the product halted it, 3 on infrastructure trouble.
+    ///
+    /// Example: bootgate rollout scenarios/demo/rollout-good.toml
     Rollout(RolloutArgs),
     /// Rerun scenarios of a finished run with the same inputs and settings, into a new
     /// run. Refuses, naming the file, if any input changed since.
