@@ -61,7 +61,15 @@ impl VmDir {
         keep_overlay_in: Option<&Path>,
     ) -> Result<VmDir, VmError> {
         // 0700: the QMP socket is a root shell on the VM.
-        let dir = crate::util::private_tempdir("bootgate-vm-").map_err(VmError::Folder)?;
+        let dir = crate::util::private_tempdir(VM_DIR_PREFIX).map_err(VmError::Folder)?;
+        // Who made it: a bootgate killed with SIGKILL cannot remove its folders, and
+        // the next run removes those whose owner is gone (sweep_stale_vm_dirs).
+        let owner = dir.path().join(OWNER_FILE);
+        std::fs::write(
+            &owner,
+            process_identity(std::process::id()).unwrap_or_default(),
+        )
+        .map_err(VmError::Folder)?;
         let mut layout = VmLayout::in_dir(dir.path());
         if let Some(keep) = keep_overlay_in {
             layout.overlay = keep.join("system.qcow2");
@@ -94,6 +102,53 @@ fn copy_private(from: &Path, to: &Path) -> Result<(), VmError> {
     };
     std::fs::copy(from, to).map_err(copy_error)?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).map_err(copy_error)
+}
+
+/// Prefix of the per-VM folders in the temp dir.
+pub const VM_DIR_PREFIX: &str = "bootgate-vm-";
+/// File in a VM folder naming the bootgate process that owns it.
+const OWNER_FILE: &str = "owner";
+
+/// "PID STARTTIME" of a live process (start time in clock ticks since boot, from
+/// /proc: with it a reused PID is not mistaken for the owner).
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(") ")?.1;
+    // Fields after the name: state is field 3; starttime is field 22.
+    let start = after.split(' ').nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+/// Removes VM folders in the temp dir whose owning bootgate is gone (killed with
+/// SIGKILL, say: its QEMUs died with it, its folders did not). Folders without an
+/// owner file, or whose owner still runs, are left alone. Returns how many went.
+pub fn sweep_stale_vm_dirs() -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_vm_dir = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(VM_DIR_PREFIX));
+        if !is_vm_dir {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        let Some(pid) = owner.split(' ').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if process_identity(pid).as_deref() != Some(owner.trim())
+            && std::fs::remove_dir_all(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 #[derive(Debug, thiserror::Error)]

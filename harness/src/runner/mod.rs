@@ -273,6 +273,13 @@ pub fn run(
     opts: &RunOptions,
     emitter: &Emitter,
 ) -> Result<(RunRecord, PathBuf), RunError> {
+    // Folders left by a bootgate that was killed outright (its QEMUs died with it).
+    let swept = crate::qemu::vm::sweep_stale_vm_dirs();
+    if swept > 0 {
+        emitter.notice(&format!(
+            "removed {swept} VM folder(s) left by a bootgate that was killed"
+        ));
+    }
     let selected = select(suites, opts);
     if selected.is_empty() && opts.shard.is_none() {
         return Err(RunError::NoMatch(opts.only.clone()));

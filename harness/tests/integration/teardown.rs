@@ -1,6 +1,7 @@
 //! Nothing outlives a run: Ctrl-C in the middle tears every VM down and still writes
 //! complete results.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -81,6 +82,18 @@ fn sigkill_of_bootgate_takes_qemu_down() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    let vm_dir = std::fs::read_to_string(format!("/proc/{qemu}/cmdline"))
+        .unwrap()
+        .split('\0')
+        .find_map(|a| {
+            a.strip_prefix("socket,id=qmp0,path=")
+                .map(|p| p.to_string())
+        })
+        .and_then(|p| {
+            p.strip_suffix("/qmp.sock,server=on,wait=off")
+                .map(str::to_string)
+        })
+        .expect("the QMP socket path in QEMU's command line");
     guard.0.kill().unwrap();
     guard.0.wait().unwrap();
     let killed = Instant::now();
@@ -96,4 +109,20 @@ fn sigkill_of_bootgate_takes_qemu_down() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The killed bootgate could not remove its VM folder; the next run does.
+    assert!(Path::new(&vm_dir).is_dir(), "{vm_dir} was left by the kill");
+    let quick = write(
+        dir.path(),
+        "quick.toml",
+        "[suite]\nname = \"quick\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"a\"\nsteps = [{ exec = { run = \"true\" } }]\n",
+    );
+    let next = run_tcg(&quick, &dir.path().join("next"), &[]);
+    assert_eq!(next.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&next.stderr)
+            .contains("VM folder(s) left by a bootgate that was killed"),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    assert!(!Path::new(&vm_dir).exists(), "{vm_dir} swept");
 }
