@@ -90,6 +90,13 @@ pub fn prepare(
     let Some(source) = &driver.source else {
         return Err(io("neither `source` nor `module` given".into()));
     };
+    if manifest.os == crate::image::manifest::OsFamily::Windows {
+        // bootgate builds Linux modules only; a Windows driver comes signed and built.
+        return Err(io(format!(
+            "the image {} is Windows: give the built driver, `module = \"path/{name}.sys\"` (or a .zip of its INF/SYS/CAT package for driver_kind = \"pnp\"), not `source`",
+            manifest.path.display()
+        )));
+    }
     let source = suite_dir.join(source);
     let (kernel, headers) = headers_of(manifest).map_err(|why| DriverError::NoHeaders {
         name: name.to_string(),
@@ -166,4 +173,31 @@ pub fn prepare(
         sha256,
         sources,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_drivers_must_come_built() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
+        std::fs::write(
+            dir.path().join("image.toml"),
+            include_str!("../../images/windows/image.toml"),
+        )
+        .unwrap();
+        let manifest = Manifest::load(&dir.path().join("image.toml")).unwrap();
+        let driver = Driver {
+            source: Some(PathBuf::from("src")),
+            module: None,
+            content_file: None,
+            reload: None,
+        };
+        let err = prepare("sensor", &driver, dir.path(), &manifest)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("module = \"path/sensor.sys\""), "{err}");
+    }
 }
