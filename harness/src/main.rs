@@ -330,11 +330,7 @@ struct RolloutArgs {
 
 fn rollout(args: RolloutArgs) -> u8 {
     install_interrupt_handler();
-    let policy = if args.allow_outside_paths {
-        suite::PathPolicy::Anywhere
-    } else {
-        suite::PathPolicy::InsideSuite
-    };
+    let policy = suite::PathPolicy::allowing_outside(args.allow_outside_paths);
     let suite = match suite::load_file_with(&args.suite, policy) {
         Ok(suite) => suite,
         Err(e) => {
@@ -442,11 +438,7 @@ fn fuzz_content(args: FuzzArgs) -> u8 {
         rng_seed: args.rng_seed,
         accel: args.accel,
         tools: QemuTools::from_env(),
-        path_policy: if args.allow_outside_paths {
-            suite::PathPolicy::Anywhere
-        } else {
-            suite::PathPolicy::InsideSuite
-        },
+        path_policy: suite::PathPolicy::allowing_outside(args.allow_outside_paths),
         progress: true,
     };
     match runner::fuzz::fuzz(&options, &mut |t: &str| eprintln!("bootgate: {t}")) {
@@ -500,11 +492,7 @@ fn fuzz_content(args: FuzzArgs) -> u8 {
 }
 
 fn run(args: RunArgs) -> u8 {
-    let policy = if args.allow_outside_paths {
-        suite::PathPolicy::Anywhere
-    } else {
-        suite::PathPolicy::InsideSuite
-    };
+    let policy = suite::PathPolicy::allowing_outside(args.allow_outside_paths);
     let suites = match suite::load_path_with(&args.path, policy) {
         Ok(suites) => suites,
         Err(e) => {

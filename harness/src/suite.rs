@@ -494,6 +494,17 @@ pub enum PathPolicy {
     Anywhere,
 }
 
+impl PathPolicy {
+    /// The policy `--allow-outside-paths` (or a run's recorded choice) asks for.
+    pub fn allowing_outside(allow: bool) -> PathPolicy {
+        if allow {
+            PathPolicy::Anywhere
+        } else {
+            PathPolicy::InsideSuite
+        }
+    }
+}
+
 /// Loads one suite file, or every `*.toml` in a folder (sorted by name), with
 /// paths confined to the suite's folder.
 pub fn load_path(path: &Path) -> Result<Vec<Suite>, SuiteError> {

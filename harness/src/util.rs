@@ -33,6 +33,14 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes `bytes` to `path` so that readers see either the old file or the whole new
 /// one, never a prefix: write a temp file in the same folder, fsync, rename.
+/// The last `lines` lines of a text file (empty when it cannot be read): log tails
+/// quoted in error messages.
+pub fn tail_lines(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// A fresh folder in the temp dir that only its owner can enter (0700): VM folders
 /// hold QMP sockets, which are a root shell on the VM, and guest disks. (tempfile
 /// creates folders with the umask's mode, usually 0755.)

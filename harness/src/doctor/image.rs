@@ -18,6 +18,8 @@ use crate::qemu::qmp::QmpMessage;
 use crate::qemu::vm::{Signal, Vm, VmConfig, VmDir};
 use crate::qemu::{self, QemuTools};
 
+/// Console lines quoted when the agent never answers.
+const CONSOLE_TAIL_LINES: usize = 10;
 /// Time one in-guest check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Agent commands bootgate's steps use.
@@ -196,7 +198,7 @@ fn boot_checks(manifest: &Manifest, tools: &QemuTools, accel: Accel, report: &mu
             return;
         }
     };
-    let console_tail = |vm: &Vm| tail_of(&vm.console_path);
+    let console_tail = |vm: &Vm| crate::util::tail_lines(&vm.console_path, CONSOLE_TAIL_LINES);
     let started = Instant::now();
     match ask(&mut vm, Request::WaitReady, manifest.ready.timeout) {
         Ok(_) => report.line(
@@ -299,12 +301,6 @@ fn ask(vm: &mut Vm, request: Request, timeout: Duration) -> Result<Answer, Strin
             Ok(_) | Err(RecvTimeoutError::Timeout) => {}
         }
     }
-}
-
-fn tail_of(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// The in-guest checks for the manifest's OS.

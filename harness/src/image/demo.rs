@@ -3,7 +3,6 @@
 //! hash of the recipe and the exact Debian package versions it resolves to.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -216,7 +215,7 @@ pub fn build(force: bool, notify: Notify) -> Result<PathBuf, ImageError> {
         return Err(build_error(format!(
             "build.sh exited with {status}; full log: {}\n{}",
             log_path.display(),
-            tail(&log_path, LOG_TAIL_LINES)
+            crate::util::tail_lines(&log_path, LOG_TAIL_LINES)
         )));
     }
     for name in BASE_FILES {
@@ -251,15 +250,6 @@ pub fn build_info(manifest: &Path) -> Option<serde_json::Value> {
     let dir = manifest.parent()?;
     let text = fs::read_to_string(dir.join("build-info.json")).ok()?;
     serde_json::from_str(&text).ok()
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = fs::File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// An exclusive advisory lock held until dropped.

@@ -711,9 +711,7 @@ fn shell_quote(path: &Path) -> String {
 }
 
 fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    crate::util::tail_lines(path, LOG_TAIL_LINES)
 }
 
 /// An exclusive advisory lock (flock) held until dropped: closing the file releases

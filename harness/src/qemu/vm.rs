@@ -437,9 +437,7 @@ fn connect_socket(what: &'static str, path: &Path) -> Result<UnixStream, VmError
 }
 
 fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(QEMU_LOG_TAIL)..].join("\n")
+    crate::util::tail_lines(path, QEMU_LOG_TAIL)
 }
 
 #[cfg(test)]

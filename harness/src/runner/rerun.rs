@@ -76,11 +76,7 @@ pub fn plan(run_dir: &Path, wanted: &[String]) -> Result<RerunPlan, RerunError> 
             return Err(RerunError::InputChanged(input.path.clone()));
         }
     }
-    let path_policy = if record.settings.allow_outside_paths {
-        suite::PathPolicy::Anywhere
-    } else {
-        suite::PathPolicy::InsideSuite
-    };
+    let path_policy = suite::PathPolicy::allowing_outside(record.settings.allow_outside_paths);
     let suites = record
         .settings
         .suites
