@@ -19,6 +19,18 @@ pub enum GuestError {
         field: &'static str,
         what: &'static str,
     },
+    #[error("the image manifest {manifest} has no guest.{field}, which offline recovery needs: add {what} (images/demo/image.toml shows all four offline fields)")]
+    MissingOfflineField {
+        manifest: String,
+        field: &'static str,
+        what: &'static str,
+    },
+    #[error("{manifest}: {path} is not under guest.system_root {root:?}, so it is not on the system disk a helper VM can mount")]
+    OutsideSystemRoot {
+        manifest: String,
+        path: String,
+        root: String,
+    },
     #[error("{0} images do not support this step yet")]
     Unsupported(&'static str),
     #[error("{manifest}: windows drivers take no load parameters (got {params:?}): a windows driver reads its settings from its registry key, so write them there with an exec step")]
@@ -50,6 +62,11 @@ pub struct GuestProfile {
     drivers_registry: Option<String>,
     content_dir: Option<String>,
     safe_mode_append: Option<String>,
+    /// Offline recovery through a helper VM (see the manifest's `offline_*` fields).
+    system_root: Option<String>,
+    offline_mount: Option<String>,
+    offline_root: Option<String>,
+    offline_unmount: Option<String>,
     /// Windows only: how drivers are installed and when service drivers load.
     driver_kind: DriverKind,
     service_start: ServiceStart,
@@ -85,6 +102,10 @@ impl GuestProfile {
             drivers_registry: manifest.guest.drivers_registry.clone(),
             content_dir: manifest.guest.content_dir.clone(),
             safe_mode_append: manifest.guest.safe_mode_append.clone(),
+            system_root: manifest.guest.system_root.clone(),
+            offline_mount: manifest.guest.offline_mount.clone(),
+            offline_root: manifest.guest.offline_root.clone(),
+            offline_unmount: manifest.guest.offline_unmount.clone(),
             driver_kind: manifest.guest.driver_kind.unwrap_or_default(),
             service_start: manifest.guest.service_start.unwrap_or_default(),
             minidump_dir: manifest
@@ -309,6 +330,83 @@ impl GuestProfile {
             "the rescue boot is selected",
         )
     }
+
+    /// Offline recovery: the helper VM's command that mounts the stopped VM's disk.
+    pub fn offline_mount(&self) -> Result<GuestCommand, GuestError> {
+        let line = self.offline_field(
+            &self.offline_mount,
+            "offline_mount",
+            "the command line a helper VM of this image runs to mount a stopped VM's system disk (its second disk)",
+        )?;
+        Ok(self.shell_command(line))
+    }
+
+    /// Offline recovery: the helper VM's command that unmounts it again.
+    pub fn offline_unmount(&self) -> Result<GuestCommand, GuestError> {
+        let line = self.offline_field(
+            &self.offline_unmount,
+            "offline_unmount",
+            "the command line that unmounts it again",
+        )?;
+        Ok(self.shell_command(line))
+    }
+
+    /// Where the helper VM mounts the stopped VM's disk.
+    pub fn offline_root(&self) -> Result<&str, GuestError> {
+        self.offline_field(
+            &self.offline_root,
+            "offline_root",
+            "the folder offline_mount mounts the stopped VM's disk on",
+        )
+    }
+
+    fn shell_command(&self, line: &str) -> GuestCommand {
+        GuestCommand {
+            argv: self.shell_argv(line),
+            env: Vec::new(),
+        }
+    }
+
+    /// A field offline recovery needs; Linux guests only.
+    fn offline_field<'a>(
+        &self,
+        value: &'a Option<String>,
+        field: &'static str,
+        what: &'static str,
+    ) -> Result<&'a str, GuestError> {
+        if self.os == OsFamily::Windows {
+            return Err(GuestError::Unsupported("windows"));
+        }
+        value
+            .as_deref()
+            .ok_or_else(|| GuestError::MissingOfflineField {
+                manifest: self.manifest.clone(),
+                field,
+                what,
+            })
+    }
+
+    /// Where a path of the stopped VM (one under `system_root`) is in the helper VM
+    /// that mounted its disk: `/system/content/x` becomes `/target/content/x`.
+    pub fn offline_path(&self, guest_path: &str) -> Result<String, GuestError> {
+        let root = self.offline_field(
+            &self.system_root,
+            "system_root",
+            "the folder a normal boot mounts the system disk on",
+        )?;
+        let offline = self.offline_root()?;
+        let root = root.trim_end_matches('/');
+        match guest_path.strip_prefix(root) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                Ok(format!("{}{rest}", offline.trim_end_matches('/')))
+            }
+            _ => Err(GuestError::OutsideSystemRoot {
+                manifest: self.manifest.clone(),
+                path: guest_path.to_string(),
+                root: root.to_string(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +423,10 @@ mod tests {
             drivers_registry: Some("/system/etc/drivers.conf".into()),
             content_dir: None,
             safe_mode_append: Some("bootgate.safe=1".into()),
+            system_root: Some("/system".into()),
+            offline_mount: Some("mount /dev/vdb /target".into()),
+            offline_root: Some("/target/".into()),
+            offline_unmount: Some("umount /target".into()),
             driver_kind: DriverKind::Service,
             service_start: ServiceStart::Boot,
             minidump_dir: String::new(),
@@ -341,11 +443,41 @@ mod tests {
             drivers_registry: None,
             content_dir: Some(r"C:\ProgramData\bootgate\content".into()),
             safe_mode_append: None,
+            system_root: None,
+            offline_mount: None,
+            offline_root: None,
+            offline_unmount: None,
             driver_kind: kind,
             service_start: ServiceStart::System,
             minidump_dir: crate::windows::DEFAULT_MINIDUMP_DIR.into(),
             memory_dump_path: crate::windows::DEFAULT_MEMORY_DUMP.into(),
         }
+    }
+
+    #[test]
+    fn offline_paths_map_the_system_root_onto_the_helper_mount() {
+        let p = profile();
+        assert_eq!(
+            p.offline_path("/system/content/demo_sensor.content")
+                .unwrap(),
+            "/target/content/demo_sensor.content"
+        );
+        assert_eq!(p.offline_path("/system").unwrap(), "/target");
+        // A sibling that merely starts with the same letters is not on the disk.
+        let err = p.offline_path("/systemd/x").unwrap_err().to_string();
+        assert!(err.contains("not under guest.system_root"), "{err}");
+        assert!(p.offline_path("/etc/passwd").is_err());
+        assert_eq!(
+            p.offline_mount().unwrap().argv,
+            ["/bin/sh", "-c", "mount /dev/vdb /target"]
+        );
+        let mut bare = profile();
+        bare.offline_unmount = None;
+        let err = bare.offline_unmount().unwrap_err().to_string();
+        assert!(err.contains("guest.offline_unmount"), "{err}");
+        assert!(windows_profile(DriverKind::Service)
+            .offline_path(r"C:\x")
+            .is_err());
     }
 
     #[test]

@@ -123,6 +123,15 @@ impl OutputArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run a suite file, or every *.toml suite in a folder.
+    ///
+    /// A suite with a [drill] section is a recovery drill: one scenario per recovery
+    /// path it names (the driver's boot-loop guard, a rescue boot, removal from the
+    /// stopped VM's disk through a helper VM, a rollback through the agent), each
+    /// gated by recovers_within, and a table of boots and seconds per path at the
+    /// end (also in report.html and run.json). Folders leave drill and rollout suites
+    /// out: name the file.
+    ///
+    /// Example: bootgate run scenarios/demo/drill-cf291.toml --jobs 2
     Run(RunArgs),
     /// Fuzz a driver's content file through the real load path in a booted guest.
     ///

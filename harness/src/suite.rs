@@ -16,6 +16,9 @@ use toml::Spanned;
 
 use crate::util::{line_col, snippet};
 
+pub mod drill;
+pub use drill::Drill;
+
 /// Default time a single guest command may take.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -67,6 +70,8 @@ pub struct Suite {
     pub scenarios: Vec<Scenario>,
     /// A staged rollout of this suite's scenarios (`bootgate rollout`).
     pub rollout: Option<Rollout>,
+    /// A recovery drill; its scenarios (one per path) are in `scenarios`.
+    pub drill: Option<Drill>,
 }
 
 /// `[rollout]`: rings of targets the suite's scenarios run on, one ring after the
@@ -268,9 +273,13 @@ pub enum Step {
     RemoveContent(DriverRef),
     /// Stay up for a while, watching for crashes and hangs.
     Observe(ObserveStep),
-    /// A rescue boot that skips third-party drivers, running the given commands, then a
-    /// normal boot.
+    /// Bring a crashed or looping guest back from outside: a rescue boot that skips
+    /// third-party drivers, or a helper VM that edits its stopped disk; then a normal
+    /// boot.
     Recover(RecoverStep),
+    /// Put the previous content back (or remove the update) through the agent as soon
+    /// as the guest answers, on every boot until one stays up.
+    RollbackContent(RollbackContentStep),
 }
 
 impl Step {
@@ -285,6 +294,7 @@ impl Step {
             Step::RemoveContent(_) => "remove_content",
             Step::Observe(_) => "observe",
             Step::Recover(_) => "recover",
+            Step::RollbackContent(_) => "rollback_content",
         }
     }
 
@@ -294,6 +304,8 @@ impl Step {
             Step::InstallDriver(s) => Some(&s.driver),
             Step::UninstallDriver(s) | Step::RemoveContent(s) => Some(&s.driver),
             Step::ApplyContent(s) => Some(&s.driver),
+            Step::RollbackContent(s) => Some(&s.driver),
+            Step::Recover(s) => s.remove_content.as_deref(),
             _ => None,
         }
     }
@@ -338,9 +350,68 @@ pub struct ObserveStep {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverStep {
-    /// Shell command lines run during the rescue boot, each expected to exit 0.
+    /// How the guest is brought back.
+    #[serde(default)]
+    pub via: RecoverVia,
+    /// Delete this driver's content file from the guest's disk.
+    pub remove_content: Option<String>,
+    /// Shell command lines run in the rescue boot (or in the helper VM, after the
+    /// stopped VM's disk is mounted at `$BOOTGATE_OFFLINE_ROOT`), each expected to
+    /// exit 0.
     #[serde(default)]
     pub run: Vec<String>,
+}
+
+/// How a `recover` step reaches the broken guest's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoverVia {
+    /// Boot the guest itself with third-party drivers skipped (the image's
+    /// `safe_mode_append`), the way an administrator uses safe mode.
+    #[default]
+    RescueBoot,
+    /// Stop the guest and boot a helper VM of the same image with the guest's disk
+    /// attached as a second disk (the image's `offline_*` fields): the disk is edited
+    /// offline, the way a cloud operator attaches a broken VM's disk to a rescue VM.
+    HelperVm,
+}
+
+impl RecoverVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoverVia::RescueBoot => "rescue boot",
+            RecoverVia::HelperVm => "helper VM",
+        }
+    }
+}
+
+/// Default time a rolled-back guest must stay up to count as back.
+pub const DEFAULT_ROLLBACK_SETTLE: Duration = Duration::from_secs(10);
+/// Default number of boots a rollback is tried on.
+pub const DEFAULT_ROLLBACK_BOOTS: u32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackContentStep {
+    pub driver: String,
+    /// The content to put back, relative to the suite file; without it the driver's
+    /// content file is removed.
+    pub file: Option<PathBuf>,
+    /// The guest must stay up this long after the rollback.
+    #[serde(default = "default_rollback_settle", deserialize_with = "duration")]
+    pub settle: Duration,
+    /// Boots to try on: a boot that crashes before or right after the rollback is
+    /// followed by the next, which is tried again.
+    #[serde(default = "default_rollback_boots")]
+    pub boots: u32,
+}
+
+fn default_rollback_settle() -> Duration {
+    DEFAULT_ROLLBACK_SETTLE
+}
+
+fn default_rollback_boots() -> u32 {
+    DEFAULT_ROLLBACK_BOOTS
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -425,6 +496,7 @@ struct RawFile {
     // Not Spanned: the toml crate cannot span a table made only of dotted
     // `[[rollout.ring]]` headers; its errors point at the first `[rollout` instead.
     rollout: Option<Rollout>,
+    drill: Option<Drill>,
 }
 
 #[derive(Deserialize)]
@@ -527,11 +599,12 @@ pub fn load_path_with(path: &Path, policy: PathPolicy) -> Result<Vec<Suite>, Sui
             return Err(SuiteError::EmptyFolder(path.to_path_buf()));
         }
         // A folder is the plain suites in it: rollout suites are gates of their own,
-        // run by `bootgate rollout FILE`.
+        // run by `bootgate rollout FILE`, and recovery drills (minutes of crashing
+        // boots per path) run when named: `bootgate run DRILL.toml`.
         let mut suites = Vec::new();
         for file in &files {
             let suite = load_file_with(file, policy)?;
-            if suite.rollout.is_none() {
+            if suite.rollout.is_none() && suite.drill.is_none() {
                 suites.push(suite);
             }
         }
@@ -619,10 +692,10 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
 
     let mut names = BTreeSet::new();
     let mut scenarios = Vec::new();
-    if raw.scenario.is_empty() {
+    if raw.scenario.is_empty() && raw.drill.is_none() {
         return Err(at(
             0,
-            "the suite has no scenarios: add a [[scenario]] table with a name and steps".into(),
+            "the suite has no scenarios: add a [[scenario]] table with a name and steps (or a [drill])".into(),
         ));
     }
     for scenario in raw.scenario {
@@ -704,6 +777,40 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
             .unwrap_or(0);
         validate_rollout(rollout).map_err(|m| at(offset, m))?;
     }
+    if let Some(drill) = &raw.drill {
+        let offset = text.find("[drill").unwrap_or(0);
+        drill.validate().map_err(|m| at(offset, m))?;
+        if drivers
+            .get(&drill.driver)
+            .is_some_and(|d| d.reload.is_none())
+        {
+            return Err(at(
+                offset,
+                format!(
+                    "[drill] driver {:?} has no `reload` command: the drill applies the update with a live reload",
+                    drill.driver
+                ),
+            ));
+        }
+        for scenario in drill.scenarios() {
+            // Generated steps get the same checks as written ones (driver defined,
+            // content files present and inside the suite's folder).
+            for (index, step) in scenario.steps.iter().enumerate() {
+                validate_step(step, index, &drivers, dir, policy)
+                    .map_err(|m| at(offset, format!("[drill]: {m}")))?;
+            }
+            if !names.insert(scenario.name.clone()) {
+                return Err(at(
+                    offset,
+                    format!(
+                        "[drill] makes a scenario named {:?}, and the suite already has one: rename yours",
+                        scenario.name
+                    ),
+                ));
+            }
+            scenarios.push(scenario);
+        }
+    }
     let rollout = raw.rollout;
     Ok(Suite {
         path: path.to_path_buf(),
@@ -714,6 +821,7 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         drivers,
         scenarios,
         rollout,
+        drill: raw.drill,
     })
 }
 
@@ -838,7 +946,13 @@ fn validate_step(
                 }
             ));
         };
-        let needs_content = matches!(step, Step::ApplyContent(_) | Step::RemoveContent(_));
+        let needs_content = matches!(
+            step,
+            Step::ApplyContent(_)
+                | Step::RemoveContent(_)
+                | Step::RollbackContent(_)
+                | Step::Recover(_)
+        );
         if needs_content && driver.content_file.is_none() {
             return Err(format!(
                 "driver {name:?} has no `content_file`: say which file in the content folder it reads"
@@ -856,6 +970,16 @@ fn validate_step(
             }
             check_inside(dir, &file, "content `file`", policy)?;
         }
+        if let Step::RollbackContent(RollbackContentStep {
+            file: Some(file), ..
+        }) = step
+        {
+            let file = dir.join(file);
+            if !file.is_file() {
+                return Err(format!("content `file` {} does not exist", file.display()));
+            }
+            check_inside(dir, &file, "content `file`", policy)?;
+        }
     }
     match step {
         Step::Boot(_) if index != 0 => Err(
@@ -864,6 +988,16 @@ fn validate_step(
         ),
         Step::Reboot(r) if r.times == 0 => {
             Err("`times` in a reboot step must be at least 1".into())
+        }
+        Step::RollbackContent(r) if r.boots == 0 => {
+            Err("`boots` in a rollback_content step must be at least 1".into())
+        }
+        // A rescue boot with nothing to run still proves the machine comes back
+        // through safe mode; a helper VM with nothing to do is a mistake.
+        Step::Recover(r)
+            if r.via == RecoverVia::HelperVm && r.run.is_empty() && r.remove_content.is_none() =>
+        {
+            Err("a recover step with `via = \"helper_vm\"` needs something to do: `remove_content = \"DRIVER\"` or `run = [...]`".into())
         }
         Step::Exec(e) => match (&e.run, &e.argv) {
             (Some(_), Some(_)) => Err("an exec step takes `run` or `argv`, not both".into()),
@@ -926,7 +1060,20 @@ impl fmt::Display for Step {
             ),
             Step::RemoveContent(s) => write!(f, "remove_content {}", s.driver),
             Step::Observe(s) => write!(f, "observe {}", crate::util::human_duration(s.duration)),
-            Step::Recover(s) => write!(f, "recover (rescue boot, {} command(s))", s.run.len()),
+            Step::Recover(s) => {
+                write!(f, "recover ({}", s.via.as_str())?;
+                if let Some(driver) = &s.remove_content {
+                    write!(f, ", remove {driver}'s content")?;
+                }
+                if !s.run.is_empty() {
+                    write!(f, ", {} command(s)", s.run.len())?;
+                }
+                write!(f, ")")
+            }
+            Step::RollbackContent(s) => match &s.file {
+                Some(file) => write!(f, "rollback_content {} -> {}", file.display(), s.driver),
+                None => write!(f, "rollback_content {} (remove)", s.driver),
+            },
         }
     }
 }
@@ -1103,6 +1250,150 @@ max_boot_time = "30s"
             }
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    /// A suite folder with a driver source and two content files, and the drill
+    /// suite text `drill` appended to a suite with that driver.
+    fn drill_suite(drill: &str) -> (tempfile::TempDir, Result<Suite, SuiteError>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("good.content"), b"x").unwrap();
+        std::fs::write(dir.path().join("bad.content"), b"y").unwrap();
+        let path = dir.path().join("drill.toml");
+        let text = format!("[suite]\nimage = \"demo\"\n\n[driver.sensor]\nsource = \"src\"\ncontent_file = \"s.content\"\nreload = \"echo 1 > /r\"\n\n{drill}");
+        let suite = parse(&path, &text);
+        (dir, suite)
+    }
+
+    const DRILL: &str = "[drill]\ndriver = \"sensor\"\nupdate = \"bad.content\"\nprevious = \"good.content\"\nparams = \"a=1\"\nrecovers_within = 4\nexpect_title = \"match\"\n\n[drill.path.guard]\nparams = \"loop_guard=2\"\n[drill.path.rescue_boot]\n[drill.path.offline]\n[drill.path.agent_rollback]\nparams = \"boot_delay_ms=5000\"\n";
+
+    #[test]
+    fn a_drill_becomes_one_scenario_per_recovery_path() {
+        let (_dir, suite) = drill_suite(DRILL);
+        let suite = suite.unwrap();
+        let names: Vec<&str> = suite.scenarios.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "recover-by-guard",
+                "recover-by-rescue-boot",
+                "recover-by-offline-removal",
+                "recover-by-agent-rollback"
+            ]
+        );
+        for scenario in &suite.scenarios {
+            // The same start everywhere: install, the previous content live, the
+            // update live (the crash); judged as a crash with the recovery gate.
+            assert_eq!(scenario.expect, Some(Expect::Crash));
+            assert_eq!(scenario.expect_title.as_deref(), Some("match"));
+            assert_eq!(scenario.gates.recovers_within, Some(4));
+            assert_eq!(scenario.gates.no_boot_loop, Some(false));
+            let Step::ApplyContent(update) = &scenario.steps[2] else {
+                panic!("{:?}", scenario.steps)
+            };
+            assert!(update.reload && update.file == Path::new("bad.content"));
+        }
+        let params = |i: usize| match &suite.scenarios[i].steps[0] {
+            Step::InstallDriver(s) => s.params.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(params(0), "a=1 loop_guard=2");
+        assert_eq!(params(1), "a=1");
+        assert_eq!(params(3), "a=1 boot_delay_ms=5000");
+        // The guard and the rollback are watched past the limit; the outside paths
+        // step in after one crashed reboot.
+        let loops: Vec<u32> = suite.scenarios.iter().map(|s| s.boot_loop_boots).collect();
+        assert_eq!(loops, [5, 1, 1, 5]);
+        let last = |i: usize| suite.scenarios[i].steps.last().unwrap().clone();
+        assert!(matches!(last(0), Step::Observe(_)));
+        assert!(matches!(
+            &suite.scenarios[2].steps[3],
+            Step::Recover(RecoverStep { via: RecoverVia::HelperVm, remove_content: Some(d), .. }) if d == "sensor"
+        ));
+        assert!(matches!(
+            &suite.scenarios[1].steps[3],
+            Step::Recover(RecoverStep {
+                via: RecoverVia::RescueBoot,
+                ..
+            })
+        ));
+        match last(3) {
+            Step::RollbackContent(r) => {
+                assert_eq!(r.file.as_deref(), Some(Path::new("good.content")));
+                assert_eq!(r.boots, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(suite.drill.is_some());
+    }
+
+    #[test]
+    fn drill_mistakes_are_located_and_say_what_to_do() {
+        let message = |drill: &str| match drill_suite(drill).1 {
+            Err(SuiteError::Invalid { line, message, .. }) => (line, message),
+            other => panic!("expected Invalid for {drill:?}, got {other:?}"),
+        };
+        let (line, m) = message(&DRILL.replace("[drill.path.offline]", "[drill.path.ofline]"));
+        assert!(m.contains("ofline") && m.contains("offline"), "{m}");
+        assert_eq!(line, 20, "the line of [drill.path.ofline]");
+        let (_, m) = message(&DRILL.replace("bad.content", "gone.content"));
+        assert!(m.contains("[drill]") && m.contains("gone.content"), "{m}");
+        let (_, m) = message(&DRILL.replace("driver = \"sensor\"", "driver = \"sensr\""));
+        assert!(m.contains("unknown driver \"sensr\""), "{m}");
+        let (_, m) = message(
+            "[drill]\ndriver = \"sensor\"\nupdate = \"bad.content\"\nrecovers_within = 2\n",
+        );
+        assert!(
+            m.contains("no recovery path") && m.contains("[drill.path.guard]"),
+            "{m}"
+        );
+        let (_, m) = message(&DRILL.replace("recovers_within = 4", "recovers_within = 0"));
+        assert!(m.contains("at least 1"), "{m}");
+        let (_, m) = message(&format!(
+            "[[scenario]]\nname = \"recover-by-guard\"\nsteps = [{{ boot = {{}} }}]\n{DRILL}"
+        ));
+        assert!(m.contains("already has one"), "{m}");
+        let (_, m) =
+            message(&DRILL.replace("recovers_within = 4", "recovers_within = 4\nreload = true"));
+        assert!(m.contains("unknown field `reload`"), "{m}");
+        let (_, m) = message(&DRILL.replace(
+            "recovers_within = 4",
+            "recovers_within = 4\nsettle = \"soon\"",
+        ));
+        assert!(m.contains("invalid duration"), "{m}");
+    }
+
+    #[test]
+    fn recover_and_rollback_steps_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        let path = dir.path().join("suite.toml");
+        let base = "[suite]\nimage = \"demo\"\n\n[driver.sensor]\nsource = \"src\"\ncontent_file = \"s.content\"\n\n[[scenario]]\nname = \"a\"\n";
+        let check = |steps: &str| parse(&path, &format!("{base}steps = [{steps}]\n"));
+        let suite = check("{ recover = { via = \"helper_vm\", remove_content = \"sensor\" } }, { rollback_content = { driver = \"sensor\", settle = \"3s\" } }").unwrap();
+        assert_eq!(
+            suite.scenarios[0].steps[0].to_string(),
+            "recover (helper VM, remove sensor's content)"
+        );
+        assert_eq!(
+            suite.scenarios[0].steps[1].to_string(),
+            "rollback_content sensor (remove)"
+        );
+        let err = |steps: &str| check(steps).unwrap_err().to_string();
+        assert!(err("{ recover = { via = \"helper_vm\" } }").contains("needs something to do"));
+        assert!(
+            check("{ recover = {} }").is_ok(),
+            "a bare rescue boot is fine"
+        );
+        assert!(err("{ recover = { via = \"safe_mode\", run = [\"x\"] } }").contains("helper_vm"));
+        assert!(err("{ recover = { remove_content = \"nope\" } }").contains("unknown driver"));
+        assert!(
+            err("{ rollback_content = { driver = \"sensor\", file = \"none.content\" } }")
+                .contains("none.content")
+        );
+        assert!(
+            err("{ rollback_content = { driver = \"sensor\", boots = 0 } }").contains("at least 1")
+        );
     }
 
     #[test]

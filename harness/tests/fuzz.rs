@@ -488,13 +488,34 @@ mod suite {
                 vec![("driver", Some(toml_str("sensor")))]
             )),
             duration().prop_map(move |d| with("observe", vec![("duration", Some(toml_str(&d)))])),
-            prop::collection::vec(".{0,20}", 0..3).prop_map(move |run| {
-                let run: Vec<String> = run.iter().map(|r| toml_str(r)).collect();
-                with(
-                    "recover",
-                    vec![("run", Some(format!("[{}]", run.join(", "))))],
-                )
-            }),
+            (prop::collection::vec(".{0,20}", 0..3), any::<bool>()).prop_map(
+                move |(run, rescue)| {
+                    let run: Vec<String> = run.iter().map(|r| toml_str(r)).collect();
+                    // A helper VM always has something to do (an empty one is refused).
+                    let (via, remove) = if rescue {
+                        (toml_str("rescue_boot"), None)
+                    } else {
+                        (toml_str("helper_vm"), Some(toml_str("sensor")))
+                    };
+                    with(
+                        "recover",
+                        vec![
+                            ("via", Some(via)),
+                            ("remove_content", remove),
+                            ("run", Some(format!("[{}]", run.join(", ")))),
+                        ],
+                    )
+                }
+            ),
+            (any::<bool>(), duration(), 1u32..5).prop_map(move |(file, settle, boots)| with(
+                "rollback_content",
+                vec![
+                    ("driver", Some(toml_str("sensor"))),
+                    ("file", file.then(|| toml_str("good.content"))),
+                    ("settle", Some(toml_str(&settle))),
+                    ("boots", Some(boots.to_string()))
+                ]
+            )),
         ]
     }
 

@@ -181,6 +181,7 @@ fn boot_checks(manifest: &Manifest, tools: &QemuTools, accel: Accel, report: &mu
         }
     };
     let config = VmConfig {
+        data_disk: None,
         qemu_binary: &tools.system,
         qemu_img: &tools.img,
         manifest,

@@ -195,6 +195,16 @@ pub struct GuestPaths {
     pub boot_count_file: Option<String>,
     /// Kernel parameters that select the rescue boot (skip third-party drivers).
     pub safe_mode_append: Option<String>,
+    /// Offline recovery: where a normal boot mounts the system disk (the prefix of
+    /// the guest paths above that live on it, such as content_dir).
+    pub system_root: Option<String>,
+    /// Offline recovery: the command line a helper VM of this image runs to mount a
+    /// stopped VM's system disk, attached to the helper as its second disk.
+    pub offline_mount: Option<String>,
+    /// Where `offline_mount` puts that disk: the stopped VM's `system_root` there.
+    pub offline_root: Option<String>,
+    /// The command line that unmounts it again (flushing every write).
+    pub offline_unmount: Option<String>,
     /// Memory dump format QEMU writes for this guest: "elf" (gdb, crash; the default)
     /// or "win-dmp" (WinDbg; needs the guest's fwcfg driver).
     #[serde(default)]

@@ -242,6 +242,20 @@ pub fn build(
     argv
 }
 
+/// Options that attach `path` (a qcow2 file) as a second virtio disk, after the
+/// system disk so the guest names it second (/dev/vdb).
+pub fn data_disk(path: &Path) -> Vec<String> {
+    vec![
+        "-blockdev".into(),
+        format!(
+            "driver=qcow2,node-name=data0,file.driver=file,file.filename={}",
+            opt_path(path)
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=data0".into(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,6 +203,9 @@ pub struct VmConfig<'a> {
     /// Distinguishes the logs of successive QEMU processes of one scenario
     /// ("" for the first: console.log; "-2" for the second: console-2.log).
     pub log_suffix: String,
+    /// A second disk (a qcow2 file) for a helper VM that edits another, stopped VM's
+    /// system disk offline. Cold boots only: a saved state has no such device.
+    pub data_disk: Option<&'a Path>,
 }
 
 pub struct Vm {
@@ -241,15 +244,21 @@ impl Vm {
                 state,
                 config.sandbox,
             ),
-            None => command::build(
-                config.qemu_binary,
-                config.manifest,
-                config.accel,
-                layout,
-                config.extra_append.as_deref(),
-                &GuestRam::Anonymous,
-                Sandbox::guest(config.sandbox),
-            ),
+            None => {
+                let mut argv = command::build(
+                    config.qemu_binary,
+                    config.manifest,
+                    config.accel,
+                    layout,
+                    config.extra_append.as_deref(),
+                    &GuestRam::Anonymous,
+                    Sandbox::guest(config.sandbox),
+                );
+                if let Some(disk) = config.data_disk {
+                    argv.extend(command::data_disk(disk));
+                }
+                argv
+            }
         }
     }
 

@@ -105,8 +105,46 @@ struct RunView {
     images: Vec<String>,
     identities: Vec<InputView>,
     scenarios: Vec<ScenarioView>,
+    /// The recovery table (a drill's paths side by side).
+    recovery: Vec<RecoveryView>,
     env: EnvView,
     inputs: Vec<InputView>,
+}
+
+#[derive(Serialize)]
+struct RecoveryView {
+    anchor: Option<String>,
+    scenario: String,
+    crash: String,
+    how: String,
+    boots: String,
+    seconds: String,
+    limit: String,
+    verdict: &'static str,
+    vclass: &'static str,
+}
+
+impl RecoveryView {
+    fn rows(run: &RunRecord) -> Vec<RecoveryView> {
+        super::recovery::rows(run)
+            .into_iter()
+            .map(|r| RecoveryView {
+                anchor: run
+                    .scenarios
+                    .iter()
+                    .position(|s| s.name == r.scenario)
+                    .map(anchor),
+                scenario: clean(&r.scenario),
+                crash: clean(&r.crash),
+                how: clean(&r.how),
+                boots: r.boots.map_or_else(|| "—".into(), |b| b.to_string()),
+                seconds: r.seconds.map_or_else(|| "—".into(), |s| format!("{s:.1}")),
+                limit: r.limit.map_or_else(|| "—".into(), |l| format!("{l} boots")),
+                verdict: r.verdict.as_str(),
+                vclass: verdict_class(r.verdict),
+            })
+            .collect()
+    }
 }
 
 #[derive(Serialize)]
@@ -364,6 +402,7 @@ impl RunView {
             images: images.into_iter().collect(),
             identities,
             scenarios,
+            recovery: RecoveryView::rows(run),
             env: EnvView {
                 qemu_version: run
                     .qemu
@@ -515,11 +554,16 @@ impl ScenarioView {
                 .collect(),
             recovery: sc.recovery.as_ref().map(|r| {
                 format!(
-                    "boot {} became ready {:.1} s after the first crash ({} boot{} from the crash to ready)",
+                    "boot {} became ready {:.1} s after the first crash ({} boot{} from the crash to ready){}",
                     r.ready_boot,
                     r.seconds,
                     r.boots,
-                    if r.boots == 1 { "" } else { "s" }
+                    if r.boots == 1 { "" } else { "s" },
+                    if r.how.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", brought back by: {}", clean(&r.how))
+                    }
                 )
             }),
             rerun: shell_command(&sc.rerun),
@@ -1264,6 +1308,7 @@ mod tests {
             hangs: Vec::new(),
             boot_loop: false,
             recovery: None,
+            recovers_within: None,
             expect: None,
             artifacts: Vec::new(),
             dir: format!("demo/{name}"),
@@ -1374,6 +1419,7 @@ mod tests {
             boots: 4,
             seconds: 18.5,
             ready_boot: 5,
+            how: "rescue boot".into(),
         });
         looping.hangs = vec![format!("agent stopped answering {HOSTILE_SCRIPT}")];
 
@@ -1460,6 +1506,70 @@ mod tests {
         assert!(html.contains("426ff49716c116b15894298918cfa3598a9770b3ce3029a9543c90c81072fb97"));
         assert!(html.contains("QEMU emulator version 7.2.22"));
         assert!(html.contains("KVM never got past the BIOS"));
+    }
+
+    #[test]
+    fn recovery_table_puts_scenarios_side_by_side() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut run = sample(dir.path());
+        // A second recovering scenario, with a gate it misses, and one that never came
+        // back: three rows, in run order.
+        let mut slow = run.scenarios[1].clone();
+        slow.name = "demo/slow-guard".into();
+        slow.verdict = Verdict::Fail;
+        slow.recovers_within = Some(2);
+        if let Some(r) = slow.recovery.as_mut() {
+            r.how = "its own boots <script>".into();
+        }
+        let mut gone = run.scenarios[1].clone();
+        gone.name = "demo/never-back".into();
+        gone.verdict = Verdict::Fail;
+        gone.recovery = None;
+        gone.recovers_within = Some(3);
+        run.scenarios.push(slow);
+        run.scenarios.push(gone);
+        let rows = crate::report::recovery::rows(&run);
+        let names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "demo/cf291-crashes-then-boot-loops",
+                "demo/slow-guard",
+                "demo/never-back"
+            ]
+        );
+        assert_eq!(rows[1].within, Some(false));
+        assert_eq!(rows[2].how, "did not come back");
+        let text = crate::report::recovery::text(&rows).unwrap();
+        let line = text.lines().find(|l| l.contains("slow-guard")).unwrap();
+        assert!(
+            line.contains("18.5") && line.contains("2 boots") && line.contains("fail"),
+            "{line}"
+        );
+        let line = text.lines().find(|l| l.contains("never-back")).unwrap();
+        assert!(
+            line.contains("did not come back") && line.contains(" - "),
+            "{line}"
+        );
+
+        let html = render(&run, dir.path()).expect("render");
+        let section = &html[html.find("<section id=\"recovery\"").expect("section")..];
+        let section = &section[..section.find("</section>").unwrap()];
+        assert_eq!(section.matches("<tr>").count(), 4, "{section}");
+        assert!(section.contains("rescue boot"), "{section}");
+        assert!(
+            section.contains("its own boots &lt;script&gt;"),
+            "{section}"
+        );
+        assert!(!section.contains("<script>"), "{section}");
+        // Without a recovery anywhere, no section.
+        let mut plain = sample(dir.path());
+        for sc in &mut plain.scenarios {
+            sc.recovery = None;
+        }
+        let html = render(&plain, dir.path()).expect("render");
+        assert!(!html.contains("id=\"recovery\""));
+        assert!(crate::report::recovery::text(&crate::report::recovery::rows(&plain)).is_none());
     }
 
     #[test]

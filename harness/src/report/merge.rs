@@ -676,6 +676,7 @@ mod tests {
             hangs: Vec::new(),
             boot_loop: false,
             recovery: None,
+            recovers_within: None,
             expect: None,
             artifacts: vec![FileHash {
                 path: format!("{full}/console.log"),

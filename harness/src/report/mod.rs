@@ -7,6 +7,7 @@ pub mod junit;
 pub mod live;
 pub mod manifest;
 pub mod merge;
+pub mod recovery;
 pub mod terminal;
 
 use std::path::PathBuf;

@@ -79,8 +79,10 @@ pub fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         }
         Event::RunFinished { run, dir } => {
             let s = &run.summary;
+            let recovery = super::recovery::text(&super::recovery::rows(run))
+                .map_or_else(String::new, |table| format!("\n{table}\n"));
             Some(format!(
-                "\n{}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  report:    {}\n  run.json:  {}\n  junit.xml: {}",
+                "{recovery}\n{}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  report:    {}\n  run.json:  {}\n  junit.xml: {}",
                 run.banner(),
                 s.pass,
                 s.fail,
@@ -219,6 +221,9 @@ pub fn summary_text(run: &crate::runner::record::RunRecord) -> String {
             "      rerun: {}",
             crate::util::shell_join(&scenario.rerun)
         );
+    }
+    if let Some(table) = super::recovery::text(&super::recovery::rows(run)) {
+        let _ = writeln!(out, "{table}");
     }
     out
 }

@@ -684,6 +684,7 @@ impl Shared<'_> {
             hangs: Vec::new(),
             boot_loop: false,
             recovery: None,
+            recovers_within: scenario.gates.recovers_within,
             expect: scenario.expect.map(|e| e.as_str().to_string()),
             artifacts: Vec::new(),
             dir: rel_dir.display().to_string(),

@@ -222,6 +222,9 @@ pub struct ScenarioRecord {
     pub boot_loop: bool,
     /// How the guest got back to a ready normal boot after its first crash.
     pub recovery: Option<RecoveryRecord>,
+    /// The scenario's `recovers_within` gate (boots), when it has one.
+    #[serde(default)]
+    pub recovers_within: Option<u32>,
     /// The failure a negative test expected (crash, hang, boot_loop).
     pub expect: Option<String>,
     /// Files in the run folder that belong to this scenario (paths relative to it).
@@ -350,6 +353,10 @@ impl BugcheckRecord {
     }
 }
 
+/// [`RecoveryRecord::how`] when no recovery step acted: the guest's own boots brought
+/// it back (a boot-loop guard, a crash that does not repeat).
+pub const RECOVERED_BY_ITSELF: &str = "its own boots";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecoveryRecord {
     /// Boots from the first crash to the first ready normal boot, that boot included.
@@ -358,4 +365,8 @@ pub struct RecoveryRecord {
     pub seconds: f64,
     /// The boot index that was ready.
     pub ready_boot: u32,
+    /// What brought it back: "its own boots" (a guard, a transient crash),
+    /// "rescue boot", "offline removal (helper VM)" or "agent rollback".
+    #[serde(default)]
+    pub how: String,
 }

@@ -27,9 +27,11 @@ use crate::runner::record::{
 };
 use crate::runner::verdict::{judge, Observed};
 use crate::runner::{interrupted, Emitter};
-use crate::suite::{DumpPolicy, Evidence, Scenario, Step, Suite};
+use crate::suite::{DumpPolicy, Evidence, RecoverVia, Scenario, Step, Suite};
 use crate::util::human_duration;
 use crate::windows::{self, bugcheck::Bugcheck};
+
+mod recovery;
 
 /// The code a dump of a live (not crashed) Windows guest carries.
 const LIVE_SYSTEM_DUMP: u32 = 0x161;
@@ -168,6 +170,65 @@ struct Machine<'a> {
     recovery: Option<RecoveryRecord>,
     /// See `ScenarioContext::watch_after_crash`.
     follow_crash: bool,
+    /// A second disk for every QEMU of this machine (a helper VM's patient).
+    data_disk: Option<std::path::PathBuf>,
+    /// The recovery step under way, named in the recovery it brings.
+    recovering_by: Option<&'static str>,
+}
+
+/// What a [`Machine`] is made from, besides its VM folder.
+struct MachineSetup<'a> {
+    tools: &'a QemuTools,
+    manifest: &'a Manifest,
+    accel: Accel,
+    artifacts: &'a Path,
+    rel_dir: &'a str,
+    evidence: Evidence,
+    name: &'a str,
+    boot_timeout: Duration,
+    follow_crash: bool,
+}
+
+impl<'a> Machine<'a> {
+    fn new(setup: MachineSetup<'a>, vmdir: VmDir) -> Machine<'a> {
+        Machine {
+            tools: setup.tools,
+            manifest: setup.manifest,
+            accel: setup.accel,
+            artifacts: setup.artifacts,
+            rel_dir: setup.rel_dir,
+            evidence: setup.evidence,
+            profile: GuestProfile::for_manifest(setup.manifest),
+            name: setup.name,
+            boot_timeout: setup.boot_timeout,
+            t0: Instant::now(),
+            vm: None,
+            vmdir,
+            qemu_runs: 0,
+            argvs: Vec::new(),
+            detector: CrashDetector::new(),
+            boot_started: Instant::now(),
+            boot_ready: false,
+            pvpanic_at: None,
+            hyperv: None,
+            stalled_after_crash: None,
+            unexpected_reset: false,
+            console_crash_at: None,
+            console_hang_at: None,
+            expect_reset: false,
+            last_reset: None,
+            boots: Vec::new(),
+            crashes: Vec::new(),
+            hangs: Vec::new(),
+            hang_screenshots: Vec::new(),
+            boot_loop: false,
+            first_crash: None,
+            recovery: None,
+            follow_crash: setup.follow_crash,
+            data_disk: None,
+            recovering_by: None,
+        }
+    }
 }
 
 /// What `next` saw.
@@ -208,41 +269,20 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     }
     .or(ctx.suite.boot_timeout)
     .unwrap_or(ctx.manifest.ready.timeout);
-    let mut m = Machine {
-        tools: ctx.tools,
-        manifest: ctx.manifest,
-        accel: ctx.accel,
-        artifacts: ctx.dir,
-        rel_dir: ctx.rel_dir,
-        evidence: ctx.suite.evidence.clone(),
-        profile: GuestProfile::for_manifest(ctx.manifest),
-        name: ctx.full_name,
-        boot_timeout,
-        t0: Instant::now(),
-        vm: None,
+    let mut m = Machine::new(
+        MachineSetup {
+            tools: ctx.tools,
+            manifest: ctx.manifest,
+            accel: ctx.accel,
+            artifacts: ctx.dir,
+            rel_dir: ctx.rel_dir,
+            evidence: ctx.suite.evidence.clone(),
+            name: ctx.full_name,
+            boot_timeout,
+            follow_crash: ctx.watch_after_crash,
+        },
         vmdir,
-        qemu_runs: 0,
-        argvs: Vec::new(),
-        detector: CrashDetector::new(),
-        boot_started: Instant::now(),
-        boot_ready: false,
-        pvpanic_at: None,
-        hyperv: None,
-        stalled_after_crash: None,
-        unexpected_reset: false,
-        console_crash_at: None,
-        console_hang_at: None,
-        expect_reset: false,
-        last_reset: None,
-        boots: Vec::new(),
-        crashes: Vec::new(),
-        hangs: Vec::new(),
-        hang_screenshots: Vec::new(),
-        boot_loop: false,
-        first_crash: None,
-        recovery: None,
-        follow_crash: ctx.watch_after_crash,
-    };
+    );
     let scenario = ctx.scenario;
     let emitter = ctx.emitter;
 
@@ -404,6 +444,9 @@ fn settle(
                         (Some(why), _) => record
                             .detail
                             .push_str(&format!("; boot loop: the guest did not come back ({why})")),
+                        (None, true) if scenario.boot_loop_boots == 1 => record
+                            .detail
+                            .push_str("; boot loop: the reboot crashed too"),
                         (None, true) => record.detail.push_str(&format!(
                             "; boot loop: {} consecutive boots crashed",
                             scenario.boot_loop_boots
@@ -463,6 +506,7 @@ impl Machine<'_> {
         }
         self.qemu_runs += 1;
         let config = VmConfig {
+            data_disk: self.data_disk.as_deref(),
             qemu_binary: &self.tools.system,
             qemu_img: &self.tools.img,
             manifest: self.manifest,
@@ -652,6 +696,14 @@ impl Machine<'_> {
     }
 
     fn record_crash(&mut self, seen_at: Instant) -> Stop {
+        // A boot that came back and then crashed did not bring the machine back.
+        if self
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.ready_boot == self.boot_index())
+        {
+            self.recovery = None;
+        }
         let console = self
             .detector
             .crash()
@@ -1103,6 +1155,10 @@ impl Machine<'_> {
                     boots: index - crash_boot,
                     seconds: (at.elapsed().as_millis() as f64 / 1000.0),
                     ready_boot: index,
+                    how: self
+                        .recovering_by
+                        .unwrap_or(crate::runner::record::RECOVERED_BY_ITSELF)
+                        .into(),
                 });
             }
         }
@@ -1386,44 +1442,41 @@ impl Machine<'_> {
                 Ok(format!("{path} removed"))
             }
             Step::Observe(s) => {
-                let deadline = Instant::now() + s.duration;
-                loop {
-                    match self.next(deadline)? {
-                        Happening::Deadline => {
-                            return Ok(format!("no crash in {}", human_duration(s.duration)))
-                        }
-                        Happening::Reset(at) => {
-                            return Err(self.record_crash_like_reset(at).into())
-                        }
-                        Happening::Agent(..) => {}
-                    }
-                }
+                self.observe(s.duration)?;
+                Ok(format!("no crash in {}", human_duration(s.duration)))
             }
             Step::Recover(s) => {
-                let append = self
-                    .guest_command(self.profile.safe_mode_append())?
-                    .to_string();
-                // Rescue boot: a fresh power-on of the same disk, drivers skipped.
-                self.power_on(Some(append.clone()), None)?;
-                self.wait_ready(self.boot_timeout, emitter)?;
-                let mut done = Vec::new();
-                for line in &s.run {
-                    let command = GuestCommand {
-                        argv: self.profile.shell_argv(line),
-                        env: Vec::new(),
-                    };
-                    self.exec(command, 0, REQUEST_TIMEOUT * 6)?;
-                    done.push(line.clone());
+                let content = match &s.remove_content {
+                    Some(name) => {
+                        let (_, def) = driver(name)?;
+                        let file = def.content_file.unwrap_or_default();
+                        Some(self.guest_command(self.profile.content_path(&file))?)
+                    }
+                    None => None,
+                };
+                match s.via {
+                    RecoverVia::RescueBoot => self.rescue_boot(s, content, emitter),
+                    RecoverVia::HelperVm => self.helper_vm(s, content, emitter),
                 }
-                let sync = self.guest_command(self.profile.sync_disks())?;
-                self.exec(sync, 0, REQUEST_TIMEOUT)?;
-                // Then a normal boot.
-                self.power_on(None, None)?;
-                self.wait_ready(self.boot_timeout, emitter)?;
-                Ok(format!(
-                    "rescue boot ({append}) ran {} command(s); the next normal boot reached ready",
-                    done.len()
-                ))
+            }
+            Step::RollbackContent(s) => {
+                let (_, def) = driver(&s.driver)?;
+                let file = def.content_file.unwrap_or_default();
+                let path = self.guest_command(self.profile.content_path(&file))?;
+                let host = s.file.as_ref().map(|f| suite.dir().join(f));
+                self.rollback_content(s, path, host, emitter)
+            }
+        }
+    }
+
+    /// Stays with the running guest for `duration`; a crash or hang ends it early.
+    fn observe(&mut self, duration: Duration) -> Result<(), Stop> {
+        let deadline = Instant::now() + duration;
+        loop {
+            match self.next(deadline)? {
+                Happening::Deadline => return Ok(()),
+                Happening::Reset(at) => return Err(self.record_crash_like_reset(at)),
+                Happening::Agent(..) => {}
             }
         }
     }

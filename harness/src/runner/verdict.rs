@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+#[cfg(test)]
+use crate::runner::record::RECOVERED_BY_ITSELF;
 use crate::runner::record::{BootRecord, CrashRecord, RecoveryRecord};
 use crate::suite::{Expect, Scenario};
 use crate::util::human_duration;
@@ -288,6 +290,7 @@ mod tests {
             boots: 3,
             seconds: 12.0,
             ready_boot: 4,
+            how: RECOVERED_BY_ITSELF.into(),
         };
         let gates = Gates {
             recovers_within: Some(3),

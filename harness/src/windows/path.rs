@@ -127,6 +127,14 @@ pub fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldProblem>
                     guest.safe_mode_append.is_some(),
                     "a linux kernel command line; bootgate has no rescue boot for windows images yet, so remove it",
                 ),
+                (
+                    "guest.offline_mount",
+                    guest.offline_mount.is_some()
+                        || guest.offline_unmount.is_some()
+                        || guest.offline_root.is_some()
+                        || guest.system_root.is_some(),
+                    "offline recovery (a helper VM mounting the stopped VM's disk) is built for linux guests only; bootgate has no windows helper yet, so remove the system_root and offline_* fields",
+                ),
             ];
             for (field, set, why) in linux_only {
                 if set {

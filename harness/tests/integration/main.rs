@@ -4,6 +4,7 @@
 mod boot;
 mod cli;
 mod common;
+mod drill;
 mod drivers;
 mod evidence;
 mod faults;

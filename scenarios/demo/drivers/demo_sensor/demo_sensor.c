@@ -25,6 +25,12 @@
  * content) and clears it once interpretation returns. A crash leaves the count raised;
  * once K boots in a row have crashed on the same content, later boots skip the content
  * until it changes (a different CRC-32 resets the count) or a live reload succeeds.
+ *
+ * boot_delay_ms=N: interpret the boot's content N ms after the module loads (from a
+ * work item) instead of in init, the way a real sensor first processes content when
+ * its event sources come up rather than at load. The guest's services (its agent)
+ * then start before the crash, which leaves a window for a rollback through the
+ * agent; that window is what the agent-rollback recovery drill measures.
  */
 #define pr_fmt(fmt) "demo_sensor: " fmt
 
@@ -38,6 +44,7 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/vmalloc.h>
+#include <linux/workqueue.h>
 #include <asm/unaligned.h>
 
 #define SENSOR_INPUTS		20
@@ -63,6 +70,10 @@ MODULE_PARM_DESC(fixed, "1: reject templates declaring more fields than the 20 i
 static int loop_guard;
 module_param(loop_guard, int, 0444);
 MODULE_PARM_DESC(loop_guard, "K>0: skip content after K unclean boots in a row (0: off)");
+
+static int boot_delay_ms;
+module_param(boot_delay_ms, int, 0444);
+MODULE_PARM_DESC(boot_delay_ms, "N>0: interpret the boot's content N ms after load (0: in init)");
 
 static char *state = "/system/var/demo_sensor.unclean";
 module_param(state, charp, 0444);
@@ -409,6 +420,12 @@ static const struct kernel_param_ops reload_ops = {
 module_param_cb(reload, &reload_ops, NULL, 0600);
 MODULE_PARM_DESC(reload, "write 1: reload the content file now (live update)");
 
+static void boot_load_fn(struct work_struct *work)
+{
+	sensor_load(true);
+}
+static DECLARE_DELAYED_WORK(boot_load_work, boot_load_fn);
+
 static int __init demo_sensor_init(void)
 {
 	unsigned int i;
@@ -423,14 +440,19 @@ static int __init demo_sensor_init(void)
 		in[i] = SENSOR_INPUT_BASE + i;
 	inputs = in;
 
-	pr_info("%d inputs, %s interpreter, loop guard %d\n", SENSOR_INPUTS,
-		fixed ? "bounds-checked" : "unchecked", loop_guard);
-	sensor_load(true);	/* no or bad content is not fatal: wait for a reload */
+	pr_info("%d inputs, %s interpreter, loop guard %d, boot delay %d ms\n", SENSOR_INPUTS,
+		fixed ? "bounds-checked" : "unchecked", loop_guard, boot_delay_ms);
+	/* No or bad content is not fatal: wait for a reload. */
+	if (boot_delay_ms > 0)
+		schedule_delayed_work(&boot_load_work, msecs_to_jiffies(boot_delay_ms));
+	else
+		sensor_load(true);
 	return 0;
 }
 
 static void __exit demo_sensor_exit(void)
 {
+	cancel_delayed_work_sync(&boot_load_work);
 	mutex_lock(&sensor_lock);
 	inputs = NULL;		/* stops reloads: sysfs outlives exit() briefly */
 	dsc_free(loaded);
