@@ -147,13 +147,15 @@ name = "boot"
 steps = [{ boot = {} }]
 """
 
+# With --jobs 1 the first scenario restores into a QEMU it starts itself; each later
+# one takes the standby QEMU its predecessor started while it ran.
 RESTORE_SUITE = """[suite]
 name = "restore"
 image = "demo"
-[[scenario]]
-name = "restore"
-steps = [{ exec = { run = "true" } }]
-"""
+""" + "".join(f"""[[scenario]]
+name = "restore{i}"
+steps = [{{ exec = {{ run = "true" }} }}]
+""" for i in range(4))
 
 PARALLEL_SUITE = """[suite]
 name = "par"
@@ -202,21 +204,31 @@ def main():
         rows.append(("cold boot-to-ready, bootgate / minimal script", f"{statistics.median(ours):.2f} s / {statistics.median(minimal):.2f} s",
                    f"{ratio:.3f}", "<= 1.05", ratio <= 1.05))
 
-    # 2. Restore from the saved ready state vs a cold boot, both from QEMU's start to
-    #    an answering agent (the restored "boot" records exactly that span).
-    restored, cold = [], []
+    # 2. Restore from the saved ready state vs a cold boot, both from the moment the
+    #    scenario asks for its VM to an answering agent (a restored "boot" records
+    #    exactly that span). Two restore figures: a QEMU started on demand (the
+    #    first scenario of a worker), and a standby QEMU started while the worker's
+    #    previous scenario ran (every later scenario): what scenarios wait in a run.
+    on_demand, standby, cold = [], [], []
     for _ in range(ROUNDS if wanted("restore") else 0):
         _, run, _ = run_suite(RESTORE_SUITE, "--jobs", "1")
-        boot = run["scenarios"][0]["boots"][0]
-        if not boot.get("restored"):
-            sys.exit("the restore suite did not start from a saved state")
-        restored.append(boot["ready_ms"] / 1000)
+        for scenario in run["scenarios"]:
+            boot = scenario["boots"][0]
+            if not boot.get("restored"):
+                sys.exit("the restore suite did not start from a saved state")
+            (standby if boot.get("standby") else on_demand).append(boot["ready_ms"] / 1000)
         _, run, _ = run_suite(BOOT_SUITE, "--jobs", "1")
         cold.append(run["scenarios"][0]["steps"][0]["duration_ms"] / 1000)
-    if restored:
-        ratio = statistics.median(cold) / statistics.median(restored)
-        rows.append(("restore-to-ready vs cold boot-to-ready", f"{statistics.median(restored):.2f} s / {statistics.median(cold):.2f} s",
-                   f"{ratio:.1f}x", ">= 30x", ratio >= 30))
+    if cold:
+        c = statistics.median(cold)
+        if standby:
+            ratio = c / statistics.median(standby)
+            rows.append((f"restore-to-ready (standby QEMU, {len(standby)} restores) vs cold boot-to-ready",
+                         f"{statistics.median(standby):.3f} s / {c:.2f} s", f"{ratio:.1f}x", ">= 30x", ratio >= 30))
+        if on_demand:
+            ratio = c / statistics.median(on_demand)
+            rows.append((f"restore-to-ready (QEMU started on demand, {len(on_demand)} restores) vs cold boot-to-ready",
+                         f"{statistics.median(on_demand):.3f} s / {c:.2f} s", f"{ratio:.1f}x", ">= 30x", ratio >= 30))
 
     # 3. Parallel efficiency: the same suite with --jobs 1 and --jobs 2, alternated
     #    round by round (this machine is shared: a single pair moved between 81% and

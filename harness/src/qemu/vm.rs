@@ -183,6 +183,8 @@ pub enum VmError {
     Agent(#[from] AgentError),
     #[error("saved state: {0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("a standby VM restores a saved state, and none was given")]
+    StandbyNeedsState,
 }
 
 /// What a VM needs to start.
@@ -227,6 +229,116 @@ pub struct Vm {
     qmp: Option<QmpClient>,
     console: Option<ConsoleCapture>,
     stopped: bool,
+    /// Taken from a [`Standby`]: QEMU was started before the scenario asked for it.
+    pub standby: bool,
+    /// Where QEMU's own log is copied when the VM stops (a standby's log starts in
+    /// its private folder, before anyone knows which scenario will take it).
+    qemu_log_copy: Option<PathBuf>,
+}
+
+/// A QEMU process started paused, not yet connected to.
+struct Launched {
+    argv: Vec<String>,
+    process: ProcessGuard,
+    tpm: Option<SoftTpm>,
+    spawned: Instant,
+    qemu_log_path: PathBuf,
+}
+
+impl Launched {
+    fn start(
+        config: &VmConfig,
+        layout: &VmLayout,
+        qemu_log_path: PathBuf,
+    ) -> Result<Launched, VmError> {
+        for socket in [
+            &layout.qmp_socket,
+            &layout.serial_socket,
+            &layout.agent_socket,
+        ] {
+            // Left over from an earlier QEMU of this scenario.
+            let _ = std::fs::remove_file(socket);
+        }
+        let argv = Vm::argv(config, layout);
+        // A restore reads the saved device state from the file passed as descriptor 3.
+        let state_file = config.incoming.map(SavedState::open_devices).transpose()?;
+        let spawned = Instant::now();
+        let tpm = if config.manifest.machine.tpm {
+            let log = config
+                .artifacts_dir
+                .join(format!("swtpm{}.log", config.log_suffix));
+            Some(SoftTpm::start(&layout.tpm_state, &layout.tpm_socket, &log)?)
+        } else {
+            None
+        };
+        let process = ProcessGuard::spawn_passing(&argv, &qemu_log_path, state_file.as_ref())?;
+        Ok(Launched {
+            argv,
+            process,
+            tpm,
+            spawned,
+            qemu_log_path,
+        })
+    }
+}
+
+/// A VM started ahead of need: a QEMU paused before restoring a saved state, on its
+/// own folder and overlay. A worker starts one while its current scenario runs, so
+/// the next scenario that restores the same state skips QEMU's start-up (about
+/// 50-60 ms of a ~150 ms restore here) and only connects, loads the device state
+/// and runs. Dropping it kills the QEMU and removes the folder.
+pub struct Standby {
+    /// Declared first: QEMU stops before its folder goes.
+    launched: Launched,
+    dir: VmDir,
+    /// The saved state it will restore (its folder identifies it).
+    state_dir: PathBuf,
+}
+
+impl Standby {
+    /// Starts a standby for `config` (which must restore a state: `incoming`).
+    pub fn start(config: &VmConfig) -> Result<Standby, VmError> {
+        let state = config.incoming.ok_or(VmError::StandbyNeedsState)?;
+        let dir = VmDir::create(config.qemu_img, config.manifest, Some(state), None)?;
+        let log = dir.layout.dir.join("qemu.log");
+        let launched = Launched::start(config, &dir.layout, log)?;
+        Ok(Standby {
+            launched,
+            dir,
+            state_dir: state.dir.clone(),
+        })
+    }
+
+    /// Whether it restores `state`.
+    pub fn restores(&self, state: &SavedState) -> bool {
+        self.state_dir == state.dir
+    }
+
+    /// Splits off the folder (the scenario's VM folder from now on) and what
+    /// [`Standby::connect`] takes.
+    pub fn into_parts(self) -> (VmDir, WaitingQemu) {
+        (self.dir, WaitingQemu(self.launched))
+    }
+}
+
+/// The QEMU of a [`Standby`] whose folder the scenario has taken.
+pub struct WaitingQemu(Launched);
+
+impl WaitingQemu {
+    /// Connects and restores, as [`Vm::start`] would after its launch. The boot's
+    /// zero (`spawned`) is now, when the scenario asked for its VM.
+    pub fn connect(self, config: &VmConfig, layout: &VmLayout) -> Result<Vm, VmError> {
+        let mut launched = self.0;
+        launched.spawned = Instant::now();
+        let mut vm = Vm::connect(config, layout, launched)?;
+        vm.standby = true;
+        vm.qemu_log_copy = Some(
+            config
+                .artifacts_dir
+                .join(format!("qemu{}.log", config.log_suffix)),
+        );
+        Ok(vm)
+    }
 }
 
 impl Vm {
@@ -263,34 +375,26 @@ impl Vm {
     }
 
     pub fn start(config: &VmConfig, layout: &VmLayout) -> Result<Vm, VmError> {
-        for socket in [
-            &layout.qmp_socket,
-            &layout.serial_socket,
-            &layout.agent_socket,
-        ] {
-            // Left over from an earlier QEMU of this scenario.
-            let _ = std::fs::remove_file(socket);
-        }
-        let argv = Vm::argv(config, layout);
         let qemu_log_path = config
             .artifacts_dir
             .join(format!("qemu{}.log", config.log_suffix));
+        let launched = Launched::start(config, layout, qemu_log_path)?;
+        Vm::connect(config, layout, launched)
+    }
+
+    /// Connects to a launched (paused) QEMU, restores the saved state if any, and
+    /// starts the CPUs.
+    fn connect(config: &VmConfig, layout: &VmLayout, launched: Launched) -> Result<Vm, VmError> {
+        let Launched {
+            argv,
+            mut process,
+            tpm,
+            spawned,
+            qemu_log_path,
+        } = launched;
         let console_path = config
             .artifacts_dir
             .join(format!("console{}.log", config.log_suffix));
-        // A restore reads the saved device state from the file passed as descriptor 3.
-        let state_file = config.incoming.map(SavedState::open_devices).transpose()?;
-        let spawned = Instant::now();
-        let tpm = if config.manifest.machine.tpm {
-            let log = config
-                .artifacts_dir
-                .join(format!("swtpm{}.log", config.log_suffix));
-            Some(SoftTpm::start(&layout.tpm_state, &layout.tpm_socket, &log)?)
-        } else {
-            None
-        };
-        let mut process = ProcessGuard::spawn_passing(&argv, &qemu_log_path, state_file.as_ref())?;
-
         let (qmp, events) = match QmpClient::connect(&layout.qmp_socket, QMP_CONNECT_TIMEOUT) {
             Ok(pair) => pair,
             Err(e) => {
@@ -346,6 +450,8 @@ impl Vm {
             qmp: Some(qmp),
             console: Some(console),
             stopped: false,
+            standby: false,
+            qemu_log_copy: None,
         })
     }
 
@@ -397,6 +503,10 @@ impl Vm {
         if let Some(console) = self.console.take() {
             // A console that cannot be flushed loses evidence but must not stop teardown.
             let _ = console.finish();
+        }
+        if let Some(to) = self.qemu_log_copy.take() {
+            // Like the console: evidence lost, teardown goes on.
+            let _ = std::fs::copy(&self.qemu_log_path, to);
         }
     }
 }

@@ -1290,6 +1290,7 @@ mod tests {
             extra_append: None,
             crash: None,
             restored: false,
+            standby: false,
         }
     }
 

@@ -189,7 +189,7 @@ struct Rig<'a> {
 impl Rig<'_> {
     /// Restores the driver-loaded VM, applies `bytes` through the driver's reload and
     /// says what happened. The evidence folder is removed unless it shows a crash.
-    fn execute(&self, bytes: &[u8]) -> Outcome {
+    fn execute(&self, bytes: &[u8], standby: Option<&scenario::StandbySlot>) -> Outcome {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         let dir = self.work.join(format!("exec-{n}"));
         if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -229,6 +229,7 @@ impl Rig<'_> {
             drivers: self.drivers,
             saved: Some(self.state),
             watch_after_crash: false,
+            standby,
         });
         let result = if let Some(crash) = outcome.crashes.first() {
             Outcome::Crash {
@@ -473,7 +474,11 @@ pub fn fuzz(opts: &FuzzOptions, notify: &mut dyn FnMut(&str)) -> Result<FuzzRepo
     };
     std::thread::scope(|scope| {
         for _ in 0..jobs {
-            scope.spawn(|| loop {
+            scope.spawn(|| {
+                // This worker's standby VM: the next execution's QEMU, started while
+                // the current one runs.
+                let standby = scenario::StandbySlot::default();
+                loop {
                 let (bytes, description) = {
                     let mut p = lock(&progress);
                     if done(&p) || lock(&fatal).is_some() {
@@ -482,7 +487,7 @@ pub fn fuzz(opts: &FuzzOptions, notify: &mut dyn FnMut(&str)) -> Result<FuzzRepo
                     p.execs += 1;
                     p.next_input(&format)
                 };
-                let outcome = rig.execute(&bytes);
+                let outcome = rig.execute(&bytes, Some(&standby));
                 {
                 let mut p = lock(&progress);
                 match outcome {
@@ -561,6 +566,7 @@ pub fn fuzz(opts: &FuzzOptions, notify: &mut dyn FnMut(&str)) -> Result<FuzzRepo
                             p.errors
                         );
                     }
+                }
                 }
             });
         }
@@ -645,7 +651,7 @@ fn save_crash(
                 continue;
             }
             spent += 1;
-            match rig.execute(&candidate.bytes) {
+            match rig.execute(&candidate.bytes, None) {
                 Outcome::Crash {
                     title: t,
                     evidence: e,

@@ -509,9 +509,10 @@ pub fn run(
     });
     let next = AtomicUsize::new(0);
     let positions: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-    // Each worker owns one VM at a time for that VM's whole life (the parent-death
-    // signal is tied to the thread that spawned QEMU).
-    let worker = |slot: usize| loop {
+    // Each worker owns its VMs for their whole lives (the parent-death signal is
+    // tied to the thread that spawned QEMU): the running one, and a standby for the
+    // next scenario, stopped when the worker ends.
+    let worker_loop = |slot: usize, standby: &scenario::StandbySlot| loop {
         if interrupted() {
             break;
         }
@@ -520,7 +521,7 @@ pub fn run(
         };
         let (suite, scenario_index) = &selected[index];
         let (scenario_record, argvs, was_interrupted) =
-            shared.run_one(suite, *scenario_index, index, total, slot);
+            shared.run_one(suite, *scenario_index, index, total, slot, standby);
         let mut record = record_cell.lock().unwrap_or_else(|p| p.into_inner());
         for argv in argvs {
             record.qemu.argv.push(VmArgv {
@@ -541,6 +542,10 @@ pub fn run(
                 run: &record,
             });
         }
+    };
+    let worker = |slot: usize| {
+        let standby = scenario::StandbySlot::default();
+        worker_loop(slot, &standby);
     };
     std::thread::scope(|scope| {
         for n in 0..jobs.max(1).min(total) {
@@ -603,6 +608,7 @@ impl Shared<'_> {
         index: usize,
         total: usize,
         worker: usize,
+        standby: &scenario::StandbySlot,
     ) -> (ScenarioRecord, Vec<Vec<String>>, bool) {
         let opts = self.opts;
         let scenario = &suite.scenarios[scenario_index];
@@ -622,7 +628,7 @@ impl Shared<'_> {
                 k => PathBuf::from(&suite.name).join(format!("{}.attempt-{k}", scenario.name)),
             };
             let (mut record, argvs, was_interrupted) =
-                self.attempt(suite, scenario_index, &rel_dir, worker);
+                self.attempt(suite, scenario_index, &rel_dir, worker, standby);
             all_argvs.extend(argvs);
             let retry = !was_interrupted
                 && !interrupted()
@@ -663,6 +669,7 @@ impl Shared<'_> {
         scenario_index: usize,
         rel_dir: &Path,
         worker: usize,
+        standby: &scenario::StandbySlot,
     ) -> (ScenarioRecord, Vec<Vec<String>>, bool) {
         let opts = self.opts;
         let scenario = &suite.scenarios[scenario_index];
@@ -720,6 +727,7 @@ impl Shared<'_> {
                         drivers: self.built.get(&suite.path).unwrap_or(self.no_drivers),
                         saved: self.saved.get(&suite.path),
                         watch_after_crash: true,
+                        standby: Some(standby),
                     });
                     record.verdict = outcome.verdict;
                     record.reason = outcome.reason;

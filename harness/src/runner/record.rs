@@ -265,6 +265,10 @@ pub struct BootRecord {
     /// `ready_ms` then counts from QEMU's start.
     #[serde(default)]
     pub restored: bool,
+    /// The restore used a standby QEMU, started while the worker's previous
+    /// scenario ran; `ready_ms` then counts from the moment the scenario took it.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

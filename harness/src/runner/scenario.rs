@@ -19,7 +19,7 @@ use crate::image::manifest::{DumpFormat, Manifest, OsFamily};
 use crate::qemu::accel::Accel;
 use crate::qemu::qmp::QmpMessage;
 use crate::qemu::snapshot::SavedState;
-use crate::qemu::vm::{Signal, Vm, VmConfig, VmDir, QMP_COMMAND_TIMEOUT};
+use crate::qemu::vm::{Signal, Standby, Vm, VmConfig, VmDir, WaitingQemu, QMP_COMMAND_TIMEOUT};
 use crate::qemu::QemuTools;
 use crate::runner::record::{
     BootOutcome, BootRecord, BugcheckRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord,
@@ -56,6 +56,9 @@ pub const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time to list or copy out one of the dumps a Windows guest wrote itself.
 pub const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the agent's connection failed, how long QEMU gets to show that it exited
+/// (which is then the reason given).
+const AGENT_LOSS_GRACE: Duration = Duration::from_millis(300);
 /// Most bytes of a command's output quoted in a step's detail.
 const OUTPUT_QUOTE_BYTES: usize = 2048;
 /// Largest driver module or content file copied into a guest.
@@ -122,7 +125,13 @@ pub struct ScenarioContext<'a> {
     /// After a crash, watch the next boots for a loop or a recovery (scenarios);
     /// false stops at the crash (content fuzzing only needs its title).
     pub watch_after_crash: bool,
+    /// The worker's standby VM: taken when it restores this scenario's saved
+    /// state, and refilled once this scenario's VM is up (None: no standbys).
+    pub standby: Option<&'a StandbySlot>,
 }
+
+/// A worker's standby VM, if it has one.
+pub type StandbySlot = std::cell::RefCell<Option<Standby>>;
 
 /// The state of one scenario's machine across QEMU processes and boots.
 struct Machine<'a> {
@@ -174,6 +183,8 @@ struct Machine<'a> {
     data_disk: Option<std::path::PathBuf>,
     /// The recovery step under way, named in the recovery it brings.
     recovering_by: Option<&'static str>,
+    /// A standby's QEMU, for the first restore.
+    waiting: Option<WaitingQemu>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -227,6 +238,7 @@ impl<'a> Machine<'a> {
             follow_crash: setup.follow_crash,
             data_disk: None,
             recovering_by: None,
+            waiting: None,
         }
     }
 }
@@ -256,12 +268,27 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     let keep = ctx.keep_overlay.then_some(ctx.dir);
     // Start from the image's saved ready state unless the scenario is about booting.
     let restore = ctx.saved.filter(|_| !ctx.scenario.cold_boot);
-    let vmdir = match VmDir::create(&ctx.tools.img, ctx.manifest, restore, keep) {
-        Ok(dir) => dir,
-        Err(e) => {
-            outcome.reason = Some(format!("could not prepare the VM: {e}"));
-            return outcome;
+    // The worker's standby, when it restores this state (a kept overlay must live in
+    // the results, so it cannot come from a standby's folder). One that does not
+    // fit is dropped here, which stops it.
+    let standby = match (restore, ctx.standby) {
+        (Some(state), Some(slot)) if keep.is_none() => {
+            slot.borrow_mut().take().filter(|s| s.restores(state))
         }
+        _ => None,
+    };
+    let (vmdir, waiting) = match standby {
+        Some(standby) => {
+            let (dir, waiting) = standby.into_parts();
+            (dir, Some(waiting))
+        }
+        None => match VmDir::create(&ctx.tools.img, ctx.manifest, restore, keep) {
+            Ok(dir) => (dir, None),
+            Err(e) => {
+                outcome.reason = Some(format!("could not prepare the VM: {e}"));
+                return outcome;
+            }
+        },
     };
     let boot_timeout = match ctx.scenario.steps.first() {
         Some(Step::Boot(b)) => b.timeout,
@@ -283,6 +310,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         },
         vmdir,
     );
+    m.waiting = waiting;
     let scenario = ctx.scenario;
     let emitter = ctx.emitter;
 
@@ -312,6 +340,13 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     );
     emitter.step_finished(ctx.full_name, &boot_step);
     outcome.steps.push(boot_step);
+    // With this scenario's VM up, start the next one's while this one runs.
+    if let (Some(state), Some(slot)) = (restore, ctx.standby) {
+        if keep.is_none() && !interrupted() {
+            // No standby is no loss: the next scenario starts its QEMU itself.
+            *slot.borrow_mut() = m.start_standby(state).ok();
+        }
+    }
 
     for step in scenario
         .steps
@@ -521,9 +556,14 @@ impl Machine<'_> {
                 format!("-{}", self.qemu_runs)
             },
         };
+        let waiting = self.waiting.take().filter(|_| restore.is_some());
         self.argvs.push(Vm::argv(&config, &self.vmdir.layout));
-        let vm = Vm::start(&config, &self.vmdir.layout)
-            .map_err(|e| Stop::Infra(format!("could not start the VM: {e}")))?;
+        let vm = match waiting {
+            Some(waiting) => waiting.connect(&config, &self.vmdir.layout),
+            None => Vm::start(&config, &self.vmdir.layout),
+        }
+        .map_err(|e| Stop::Infra(format!("could not start the VM: {e}")))?;
+        let standby = vm.standby;
         // A restored guest's "boot" is QEMU's start through the state load to ready.
         let started = if restore.is_some() {
             vm.spawned
@@ -534,8 +574,26 @@ impl Machine<'_> {
         self.begin_boot(started, extra_append);
         if let Some(boot) = self.boots.last_mut() {
             boot.restored = restore.is_some();
+            boot.standby = standby;
         }
         Ok(())
+    }
+
+    /// Starts a standby VM that restores `state` (the same command line this
+    /// machine's restores use, its log in its own folder until a scenario takes it).
+    fn start_standby(&self, state: &SavedState) -> Result<Standby, crate::qemu::vm::VmError> {
+        Standby::start(&VmConfig {
+            data_disk: None,
+            qemu_binary: &self.tools.system,
+            qemu_img: &self.tools.img,
+            manifest: self.manifest,
+            accel: self.accel,
+            extra_append: None,
+            sandbox: self.tools.sandbox,
+            incoming: Some(state),
+            artifacts_dir: self.artifacts,
+            log_suffix: String::new(),
+        })
     }
 
     fn begin_boot(&mut self, at: Instant, extra_append: Option<String>) {
@@ -556,6 +614,7 @@ impl Machine<'_> {
             extra_append,
             crash: None,
             restored: false,
+            standby: false,
         });
     }
 
@@ -1251,7 +1310,17 @@ impl Machine<'_> {
                             ))
                         }
                         Err(JobError::Agent(e)) => {
-                            Err(Stop::Infra(format!("guest agent {what}: {e}")).into())
+                            // The agent's socket closing is most often QEMU dying, and
+                            // may be noticed before QMP's end: say which it was.
+                            let why = format!("guest agent {what}: {e}");
+                            let gone = self
+                                .vm
+                                .as_mut()
+                                .is_some_and(|vm| vm.wait_exit(AGENT_LOSS_GRACE).is_some());
+                            if gone {
+                                return Err(self.qemu_gone(&why).into());
+                            }
+                            Err(Stop::Infra(why).into())
                         }
                     };
                 }

@@ -153,6 +153,7 @@ mod tests {
             extra_append: None,
             crash: None,
             restored: false,
+            standby: false,
         }
     }
 

@@ -249,3 +249,61 @@ fn saved_state_key_changes_with_every_input() {
     let unconfined = state_key(&manifest, QEMU, Accel::Tcg, "qemu-system-x86_64", false);
     assert_ne!(base, unconfined.unwrap(), "seccomp confinement");
 }
+
+/// A worker starts the next scenario's QEMU while the current one runs; the next
+/// scenario that restores the same state takes it, and none outlives the run.
+#[test]
+fn the_next_scenario_restores_into_a_standby_and_none_outlives_the_run() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    // A private temp folder: every VM folder of this run, standbys included, is in it.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        "[suite]\nname = \"standby\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"a\"\nsteps = [{ exec = { run = \"true\" } }]\n\n[[scenario]]\nname = \"b\"\nsteps = [{ exec = { run = \"echo b > /system/var/b\" } }]\n\n[[scenario]]\nname = \"c\"\nsteps = [{ exec = { run = \"! test -e /system/var/b\" } }]\n",
+    );
+    let out = dir.path().join("out");
+    let output = bootgate()
+        .args([
+            "run",
+            suite.to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--jobs",
+            "1",
+            "--out",
+        ])
+        .arg(&out)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let run = run_json(&out);
+    let first_boot = |name: &str| scenario(&run, name)["boots"][0].clone();
+    // The first scenario had no standby yet; each later one took the one its
+    // predecessor started (and c does not see b's write: its own fresh overlay).
+    assert_eq!(first_boot("standby/a")["standby"], false);
+    for name in ["standby/b", "standby/c"] {
+        let boot = first_boot(name);
+        assert_eq!(boot["restored"], true, "{boot}");
+        assert_eq!(boot["standby"], true, "{boot}");
+        let folder = out
+            .join("latest")
+            .join(scenario(&run, name)["dir"].as_str().unwrap());
+        for log in ["qemu.log", "console.log"] {
+            assert!(folder.join(log).is_file(), "{log} in {}", folder.display());
+        }
+    }
+    // The standby started during c was never taken: stopped with its worker.
+    let left = processes_mentioning(tmp.to_str().unwrap());
+    assert!(left.is_empty(), "QEMU left running: {left:?}");
+    let folders: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(folders.is_empty(), "VM folders left in TMPDIR: {folders:?}");
+}
