@@ -230,6 +230,7 @@ impl Rig<'_> {
             saved: Some(self.state),
             watch_after_crash: false,
             standby,
+            refill_standby: true,
         });
         let result = if let Some(crash) = outcome.crashes.first() {
             Outcome::Crash {

@@ -486,6 +486,7 @@ pub fn run(
         n => n,
     };
     let no_drivers = BTreeMap::new();
+    let next = AtomicUsize::new(0);
     let shared = Shared {
         opts,
         run_dir: &run_dir,
@@ -497,6 +498,8 @@ pub fn run(
         saved: &saved,
         emitter,
         started: Instant::now(),
+        next: &next,
+        scheduled: selected.len(),
     };
     let record_cell = Mutex::new(record);
     // Longest first when durations are known (fewer idle workers at the end); the
@@ -507,7 +510,6 @@ pub fn run(
         let name = format!("{}/{}", suite.name, suite.scenarios[n].name);
         std::cmp::Reverse(opts.expected_ms.get(&name).copied().unwrap_or(0))
     });
-    let next = AtomicUsize::new(0);
     let positions: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     // Each worker owns its VMs for their whole lives (the parent-death signal is
     // tied to the thread that spawned QEMU): the running one, and a standby for the
@@ -595,6 +597,9 @@ struct Shared<'a> {
     emitter: &'a Emitter,
     /// When the scenarios began to be scheduled: the zero of `queued_ms`.
     started: Instant,
+    /// The schedule's next position, and its length.
+    next: &'a AtomicUsize,
+    scheduled: usize,
 }
 
 impl Shared<'_> {
@@ -728,6 +733,8 @@ impl Shared<'_> {
                         saved: self.saved.get(&suite.path),
                         watch_after_crash: true,
                         standby: Some(standby),
+                        // Another scenario left in the queue may take it.
+                        refill_standby: self.next.load(Ordering::SeqCst) < self.scheduled,
                     });
                     record.verdict = outcome.verdict;
                     record.reason = outcome.reason;

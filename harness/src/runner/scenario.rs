@@ -126,8 +126,11 @@ pub struct ScenarioContext<'a> {
     /// false stops at the crash (content fuzzing only needs its title).
     pub watch_after_crash: bool,
     /// The worker's standby VM: taken when it restores this scenario's saved
-    /// state, and refilled once this scenario's VM is up (None: no standbys).
+    /// state (None: no standbys).
     pub standby: Option<&'a StandbySlot>,
+    /// Refill the standby once this scenario's VM is up: false when no scenario is
+    /// left to take it.
+    pub refill_standby: bool,
 }
 
 /// A worker's standby VM, if it has one.
@@ -342,7 +345,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     outcome.steps.push(boot_step);
     // With this scenario's VM up, start the next one's while this one runs.
     if let (Some(state), Some(slot)) = (restore, ctx.standby) {
-        if keep.is_none() && !interrupted() {
+        if ctx.refill_standby && keep.is_none() && !interrupted() {
             // No standby is no loss: the next scenario starts its QEMU itself.
             *slot.borrow_mut() = m.start_standby(state).ok();
         }
@@ -540,29 +543,21 @@ impl Machine<'_> {
             vm.stop();
         }
         self.qemu_runs += 1;
-        let config = VmConfig {
-            data_disk: self.data_disk.as_deref(),
-            qemu_binary: &self.tools.system,
-            qemu_img: &self.tools.img,
-            manifest: self.manifest,
-            accel: self.accel,
-            extra_append: extra_append.clone(),
-            sandbox: self.tools.sandbox,
-            incoming: restore,
-            artifacts_dir: self.artifacts,
-            log_suffix: if self.qemu_runs == 1 {
-                String::new()
-            } else {
-                format!("-{}", self.qemu_runs)
-            },
+        let log_suffix = if self.qemu_runs == 1 {
+            String::new()
+        } else {
+            format!("-{}", self.qemu_runs)
         };
         let waiting = self.waiting.take().filter(|_| restore.is_some());
-        self.argvs.push(Vm::argv(&config, &self.vmdir.layout));
-        let vm = match waiting {
+        let config = self.vm_config(extra_append.clone(), restore, log_suffix);
+        let argv = Vm::argv(&config, &self.vmdir.layout);
+        let started = match waiting {
             Some(waiting) => waiting.connect(&config, &self.vmdir.layout),
             None => Vm::start(&config, &self.vmdir.layout),
-        }
-        .map_err(|e| Stop::Infra(format!("could not start the VM: {e}")))?;
+        };
+        // Recorded whatever happened: a QEMU that refused it leaves its command line.
+        self.argvs.push(argv);
+        let vm = started.map_err(|e| Stop::Infra(format!("could not start the VM: {e}")))?;
         let standby = vm.standby;
         // A restored guest's "boot" is QEMU's start through the state load to ready.
         let started = if restore.is_some() {
@@ -582,18 +577,28 @@ impl Machine<'_> {
     /// Starts a standby VM that restores `state` (the same command line this
     /// machine's restores use, its log in its own folder until a scenario takes it).
     fn start_standby(&self, state: &SavedState) -> Result<Standby, crate::qemu::vm::VmError> {
-        Standby::start(&VmConfig {
-            data_disk: None,
+        Standby::start(&self.vm_config(None, Some(state), String::new()))
+    }
+
+    /// This machine's VM configuration for one QEMU.
+    fn vm_config<'s>(
+        &'s self,
+        extra_append: Option<String>,
+        restore: Option<&'s SavedState>,
+        log_suffix: String,
+    ) -> VmConfig<'s> {
+        VmConfig {
+            data_disk: self.data_disk.as_deref(),
             qemu_binary: &self.tools.system,
             qemu_img: &self.tools.img,
             manifest: self.manifest,
             accel: self.accel,
-            extra_append: None,
+            extra_append,
             sandbox: self.tools.sandbox,
-            incoming: Some(state),
+            incoming: restore,
             artifacts_dir: self.artifacts,
-            log_suffix: String::new(),
-        })
+            log_suffix,
+        }
     }
 
     fn begin_boot(&mut self, at: Instant, extra_append: Option<String>) {
