@@ -151,6 +151,15 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// Locks `mutex` even if a thread panicked while holding it: a poisoned lock only
+/// means that, and every critical section in bootgate leaves its data consistent
+/// (results still count, teardown still runs).
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

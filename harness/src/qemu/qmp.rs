@@ -13,12 +13,14 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::util::lock;
 
 /// Longest line accepted from QEMU. Real replies are far smaller; the bound
 /// turns a runaway or hostile peer into a protocol error instead of an OOM.
@@ -290,7 +292,7 @@ impl Drop for QmpClient {
         let writer = self
             .writer
             .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Shutting down makes the reader's blocking read return end-of-file,
         // so joining cannot hang even if QEMU keeps the connection open.
         let _ = writer.shutdown(Shutdown::Both);
@@ -298,12 +300,6 @@ impl Drop for QmpClient {
             let _ = reader.join();
         }
     }
-}
-
-/// A poisoned lock only means another thread panicked mid-operation; every
-/// critical section here leaves the data consistent, so keep going.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn protocol(detail: impl Into<String>) -> QmpError {

@@ -36,7 +36,7 @@ use crate::suite::{
     self, ApplyContentStep, DumpPolicy, Evidence, Gates, PathPolicy, Scenario, Step, Suite,
     DEFAULT_BOOT_LOOP_BOOTS,
 };
-use crate::util::write_atomic;
+use crate::util::{lock, write_atomic};
 
 /// How often progress is printed.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -602,10 +602,6 @@ pub fn fuzz(opts: &FuzzOptions, notify: &mut dyn FnMut(&str)) -> Result<FuzzRepo
     write_atomic(&path, &json).map_err(io(&path))?;
     let _ = crate::runner::folder::point_latest(&opts.out_dir, &run_id);
     Ok(report)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A folder-safe name for a crash title.

@@ -14,7 +14,7 @@ pub mod verdict;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::driver::{self, BuiltDriver};
@@ -24,7 +24,7 @@ use crate::qemu::snapshot::{self, SavedState};
 use crate::qemu::{self, QemuTools};
 use crate::report::{ReportError, Sink};
 use crate::suite::Suite;
-use crate::util::sha256_file;
+use crate::util::{lock, sha256_file};
 use folder::{absolute, FolderError};
 use record::{
     AttemptRecord, FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, ScenarioRecord,
@@ -97,13 +97,10 @@ impl Emitter {
 
     pub fn emit(&self, event: &Event) {
         // A worker that panicked mid-event leaves the sinks usable: results still count.
-        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sinks = lock(&self.sinks);
         for sink in sinks.iter_mut() {
             if let Err(e) = sink.event(event) {
-                self.failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
+                lock(&self.failure).get_or_insert(e);
             }
         }
     }
@@ -129,10 +126,7 @@ impl Emitter {
     }
 
     pub fn take_failure(&self) -> Option<ReportError> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        lock(&self.failure).take()
     }
 }
 
@@ -524,7 +518,7 @@ pub fn run(
         let (suite, scenario_index) = &selected[index];
         let (scenario_record, argvs, was_interrupted) =
             shared.run_one(suite, *scenario_index, index, total, slot, standby);
-        let mut record = record_cell.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = lock(&record_cell);
         for argv in argvs {
             record.qemu.argv.push(VmArgv {
                 scenario: scenario_record.name.clone(),
@@ -533,10 +527,7 @@ pub fn run(
         }
         record.interrupted |= was_interrupted;
         record.scenarios.push(scenario_record);
-        positions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(index);
+        lock(&positions).push(index);
         record.summary = Summary::of(&record.scenarios);
         if let Some(last) = record.scenarios.last() {
             emitter.emit(&Event::ScenarioFinished {
@@ -560,9 +551,13 @@ pub fn run(
             }
         }
     });
-    let mut record = record_cell.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut record = record_cell
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
     // Results in suite order, whatever order the workers finished in.
-    let positions = positions.into_inner().unwrap_or_else(|p| p.into_inner());
+    let positions = positions
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
     let mut ordered: Vec<(usize, ScenarioRecord)> = positions
         .into_iter()
         .zip(record.scenarios.drain(..))
