@@ -138,15 +138,8 @@ pub type StandbySlot = std::cell::RefCell<Option<Standby>>;
 
 /// The state of one scenario's machine across QEMU processes and boots.
 struct Machine<'a> {
-    tools: &'a QemuTools,
-    manifest: &'a Manifest,
-    accel: Accel,
-    artifacts: &'a Path,
-    rel_dir: &'a str,
-    evidence: Evidence,
+    setup: MachineSetup<'a>,
     profile: GuestProfile,
-    name: &'a str,
-    boot_timeout: Duration,
     /// The scenario's start: the zero of every `start_ms`.
     t0: Instant,
     /// Declared before `vmdir` so QEMU is stopped before its folder is removed.
@@ -180,8 +173,6 @@ struct Machine<'a> {
     boot_loop: bool,
     first_crash: Option<(Instant, u32)>,
     recovery: Option<RecoveryRecord>,
-    /// See `ScenarioContext::watch_after_crash`.
-    follow_crash: bool,
     /// A second disk for every QEMU of this machine (a helper VM's patient).
     data_disk: Option<std::path::PathBuf>,
     /// The recovery step under way, named in the recovery it brings.
@@ -200,21 +191,15 @@ struct MachineSetup<'a> {
     evidence: Evidence,
     name: &'a str,
     boot_timeout: Duration,
+    /// See `ScenarioContext::watch_after_crash`.
     follow_crash: bool,
 }
 
 impl<'a> Machine<'a> {
     fn new(setup: MachineSetup<'a>, vmdir: VmDir) -> Machine<'a> {
         Machine {
-            tools: setup.tools,
-            manifest: setup.manifest,
-            accel: setup.accel,
-            artifacts: setup.artifacts,
-            rel_dir: setup.rel_dir,
-            evidence: setup.evidence,
             profile: GuestProfile::for_manifest(setup.manifest),
-            name: setup.name,
-            boot_timeout: setup.boot_timeout,
+            setup,
             t0: Instant::now(),
             vm: None,
             vmdir,
@@ -238,7 +223,6 @@ impl<'a> Machine<'a> {
             boot_loop: false,
             first_crash: None,
             recovery: None,
-            follow_crash: setup.follow_crash,
             data_disk: None,
             recovering_by: None,
             waiting: None,
@@ -323,7 +307,7 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
     let first = Instant::now();
     let first_result = m
         .power_on(None, restore)
-        .and_then(|()| m.wait_ready(m.boot_timeout, emitter));
+        .and_then(|()| m.wait_ready(m.setup.boot_timeout, emitter));
     let boot_step = StepRecord {
         kind: "boot".into(),
         start_ms: m.offset(first),
@@ -469,7 +453,7 @@ fn settle(
                 .map_or_else(|| "crash".into(), |c| c.title.clone());
             record.detail = format!("crash: {title}");
             // Watch the next boots: does it loop, or come back?
-            let watched = if m.follow_crash {
+            let watched = if m.setup.follow_crash {
                 m.watch_after_crash(scenario.boot_loop_boots, emitter)
             } else {
                 Ok(false)
@@ -589,14 +573,14 @@ impl Machine<'_> {
     ) -> VmConfig<'s> {
         VmConfig {
             data_disk: self.data_disk.as_deref(),
-            qemu_binary: &self.tools.system,
-            qemu_img: &self.tools.img,
-            manifest: self.manifest,
-            accel: self.accel,
+            qemu_binary: &self.setup.tools.system,
+            qemu_img: &self.setup.tools.img,
+            manifest: self.setup.manifest,
+            accel: self.setup.accel,
             extra_append,
-            sandbox: self.tools.sandbox,
+            sandbox: self.setup.tools.sandbox,
             incoming: restore,
-            artifacts_dir: self.artifacts,
+            artifacts_dir: self.setup.artifacts,
             log_suffix,
         }
     }
@@ -865,8 +849,8 @@ impl Machine<'_> {
     /// A path in the scenario's folder, and the same path relative to the run folder.
     fn evidence_path(&self, name: &str) -> (std::path::PathBuf, String) {
         (
-            self.artifacts.join(name),
-            format!("{}/{name}", self.rel_dir),
+            self.setup.artifacts.join(name),
+            format!("{}/{name}", self.setup.rel_dir),
         )
     }
 
@@ -876,7 +860,7 @@ impl Machine<'_> {
     fn capture_crash_evidence(&mut self) {
         let n = self.crashes.len();
         let screenshot = self.screenshot(&format!("crash-{n}.png"));
-        let wanted = match self.evidence.memory_dumps {
+        let wanted = match self.setup.evidence.memory_dumps {
             DumpPolicy::All => true,
             DumpPolicy::First => n == 1,
             DumpPolicy::None => false,
@@ -889,19 +873,19 @@ impl Machine<'_> {
                 Some(
                     format!(
                         "not dumped: memory_dumps = {:?}",
-                        self.evidence.memory_dumps
+                        self.setup.evidence.memory_dumps
                     )
                     .to_lowercase(),
                 ),
             )
         };
-        let format = self.manifest.guest.dump_format;
+        let format = self.setup.manifest.guest.dump_format;
         // A WinDbg dump records the bugcheck in its header: where the panic event
         // carried none (no hv-crash, e.g. under TCG), it names the crash.
         let from_dump = match (&dump, format) {
             (Some(rel), DumpFormat::WinDmp) => {
                 let file = Path::new(rel).file_name().unwrap_or_default();
-                windows::dump::read_bugcheck(&self.artifacts.join(file))
+                windows::dump::read_bugcheck(&self.setup.artifacts.join(file))
                     .ok()
                     // 0x161 LIVE_SYSTEM_DUMP: the header of a dump of a running guest.
                     .filter(|b| b.code != LIVE_SYSTEM_DUMP)
@@ -933,7 +917,7 @@ impl Machine<'_> {
         if let Some(shot) = self.screenshot(&format!("hang-{n}.png")) {
             self.hang_screenshots.push(shot);
         }
-        if self.evidence.dump_on_hang {
+        if self.setup.evidence.dump_on_hang {
             // A hung guest is still running: stop it first so the dump is consistent.
             if let Some(qmp) = self.vm.as_ref().and_then(|vm| vm.qmp()) {
                 let _ = qmp.execute("stop", None, QMP_COMMAND_TIMEOUT);
@@ -959,17 +943,17 @@ impl Machine<'_> {
 
     /// dump-guest-memory in the background (`detach`), waiting for DUMP_COMPLETED.
     fn dump(&mut self, stem: &str) -> (Option<String>, Option<String>) {
-        let memory = self.manifest.machine.memory_mib;
-        if memory > self.evidence.dump_max_mib {
+        let memory = self.setup.manifest.machine.memory_mib;
+        if memory > self.setup.evidence.dump_max_mib {
             return (
                 None,
                 Some(format!(
                     "not dumped: the guest has {memory} MiB, over dump_max_mib = {}",
-                    self.evidence.dump_max_mib
+                    self.setup.evidence.dump_max_mib
                 )),
             );
         }
-        let format = self.manifest.guest.dump_format;
+        let format = self.setup.manifest.guest.dump_format;
         let (path, rel) = self.evidence_path(&format!("{stem}.{}", format.extension()));
         let Some(qmp) = self.vm.as_ref().and_then(|vm| vm.qmp()) else {
             return (None, Some("not dumped: QMP is not connected".into()));
@@ -1040,7 +1024,7 @@ impl Machine<'_> {
                             boot.outcome = BootOutcome::Ready;
                             boot.ready_ms = Some(ready_ms);
                         }
-                        emitter.boot_ready(self.name, self.boot_index(), ready_ms);
+                        emitter.boot_ready(self.setup.name, self.boot_index(), ready_ms);
                         self.note_recovery();
                         if self.profile.os == OsFamily::Windows {
                             self.collect_guest_dumps()?;
@@ -1245,7 +1229,7 @@ impl Machine<'_> {
                 return Ok(false);
             }
             self.reset()?;
-            match self.wait_ready(self.boot_timeout, emitter) {
+            match self.wait_ready(self.setup.boot_timeout, emitter) {
                 Ok(()) => return Ok(true),
                 Err(Stop::Crash) => consecutive += 1,
                 Err(Stop::Hang(why)) => {
@@ -1434,7 +1418,7 @@ impl Machine<'_> {
         match step {
             Step::Boot(_) => Ok("ready".into()),
             Step::Reboot(r) => {
-                let timeout = r.timeout.unwrap_or(self.boot_timeout);
+                let timeout = r.timeout.unwrap_or(self.setup.boot_timeout);
                 let mut ready = Vec::new();
                 for _ in 0..r.times {
                     self.reboot(timeout, emitter)?;

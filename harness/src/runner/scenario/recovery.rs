@@ -36,7 +36,7 @@ impl Machine<'_> {
             .to_string();
         // A fresh power-on of the same disk, drivers skipped.
         self.power_on(Some(append.clone()), None)?;
-        self.wait_ready(self.boot_timeout, emitter)?;
+        self.wait_ready(self.setup.boot_timeout, emitter)?;
         let mut done = Vec::new();
         if let Some(path) = &content {
             let command = self.guest_command(self.profile.remove_file(path))?;
@@ -57,7 +57,7 @@ impl Machine<'_> {
         self.exec(sync, 0, REQUEST_TIMEOUT)?;
         self.recovering_by = Some("rescue boot");
         self.power_on(None, None)?;
-        self.wait_ready(self.boot_timeout, emitter)?;
+        self.wait_ready(self.setup.boot_timeout, emitter)?;
         Ok(format!(
             "rescue boot ({append}): {}; the next normal boot reached ready",
             done.join(", ")
@@ -90,23 +90,23 @@ impl Machine<'_> {
             vm.stop();
         }
         let infra = |what: String| StepError::from(Stop::Infra(what));
-        let dir = self.artifacts.join(HELPER_DIR);
+        let dir = self.setup.artifacts.join(HELPER_DIR);
         std::fs::create_dir_all(&dir)
             .map_err(|e| infra(format!("cannot create {}: {e}", dir.display())))?;
-        let vmdir = VmDir::create(&self.tools.img, self.manifest, None, None)
+        let vmdir = VmDir::create(&self.setup.tools.img, self.setup.manifest, None, None)
             .map_err(|e| infra(format!("could not prepare the helper VM: {e}")))?;
-        let rel_dir = format!("{}/{HELPER_DIR}", self.rel_dir);
-        let name = format!("{} helper VM", self.name);
+        let rel_dir = format!("{}/{HELPER_DIR}", self.setup.rel_dir);
+        let name = format!("{} helper VM", self.setup.name);
         let mut helper = Machine::new(
             MachineSetup {
-                tools: self.tools,
-                manifest: self.manifest,
-                accel: self.accel,
+                tools: self.setup.tools,
+                manifest: self.setup.manifest,
+                accel: self.setup.accel,
                 artifacts: &dir,
                 rel_dir: &rel_dir,
-                evidence: self.evidence.clone(),
+                evidence: self.setup.evidence.clone(),
                 name: &name,
-                boot_timeout: self.boot_timeout,
+                boot_timeout: self.setup.boot_timeout,
                 follow_crash: false,
             },
             vmdir,
@@ -129,7 +129,7 @@ impl Machine<'_> {
         let helper_time = started.elapsed();
         self.recovering_by = Some("offline removal (helper VM)");
         self.power_on(None, None)?;
-        self.wait_ready(self.boot_timeout, emitter)?;
+        self.wait_ready(self.setup.boot_timeout, emitter)?;
         Ok(format!(
             "helper VM ({} from stopping the guest to the helper's unmount): {}; the next normal boot reached ready",
             human_duration(helper_time),
@@ -151,7 +151,7 @@ impl Machine<'_> {
         let said = |what: &str, e: StepError| format!("{what}: {}", step_error_text(e));
         self.power_on(None, None)
             .map_err(|e| said("did not start", e.into()))?;
-        self.wait_ready(self.boot_timeout, emitter)
+        self.wait_ready(self.setup.boot_timeout, emitter)
             .map_err(|e| said("did not become ready", e.into()))?;
         self.exec(mount.clone(), 0, RECOVERY_COMMAND_TIMEOUT)
             .map_err(|e| said("could not mount the stopped guest's disk", e))?;
@@ -195,7 +195,7 @@ impl Machine<'_> {
         for _ in 0..s.boots {
             if !up {
                 self.reset()?;
-                match self.wait_ready(self.boot_timeout, emitter) {
+                match self.wait_ready(self.setup.boot_timeout, emitter) {
                     Ok(()) => {}
                     Err(Stop::Crash) => {
                         lost.push(format!("boot {} crashed before ready", self.boot_index()));
