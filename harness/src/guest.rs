@@ -360,7 +360,8 @@ impl GuestProfile {
         )
     }
 
-    fn shell_command(&self, line: &str) -> GuestCommand {
+    /// A command line run by the guest's shell, with no environment of its own.
+    pub fn shell_command(&self, line: &str) -> GuestCommand {
         GuestCommand {
             argv: self.shell_argv(line),
             env: Vec::new(),

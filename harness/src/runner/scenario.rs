@@ -1477,10 +1477,7 @@ impl Machine<'_> {
                 self.exec(sync, 0, REQUEST_TIMEOUT)?;
                 if s.reload {
                     let reload = def.reload.unwrap_or_default();
-                    let command = GuestCommand {
-                        argv: self.profile.shell_argv(&reload),
-                        env: Vec::new(),
-                    };
+                    let command = self.profile.shell_command(&reload);
                     let detail = self.exec(command, 0, REQUEST_TIMEOUT)?;
                     return Ok(format!(
                         "{} -> {path}, live reload: {detail}",

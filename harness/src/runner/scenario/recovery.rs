@@ -44,10 +44,7 @@ impl Machine<'_> {
             done.push(format!("removed {path}"));
         }
         for line in &s.run {
-            let command = GuestCommand {
-                argv: self.profile.shell_argv(line),
-                env: Vec::new(),
-            };
+            let command = self.profile.shell_command(line);
             self.exec(command, 0, RECOVERY_COMMAND_TIMEOUT)?;
         }
         if !s.run.is_empty() {
@@ -164,8 +161,8 @@ impl Machine<'_> {
         }
         for line in run {
             let command = GuestCommand {
-                argv: self.profile.shell_argv(line),
                 env: vec![format!("BOOTGATE_OFFLINE_ROOT={root}")],
+                ..self.profile.shell_command(line)
             };
             self.exec(command, 0, RECOVERY_COMMAND_TIMEOUT)
                 .map_err(|e| said(&format!("command {line:?} failed"), e))?;
