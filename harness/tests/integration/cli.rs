@@ -101,10 +101,7 @@ fn qemu_missing_from_path_is_an_infrastructure_error() {
 
 #[test]
 fn list_prints_scenario_names() {
-    let out = run(&[
-        "list",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"),
-    ]);
+    let out = run(&["list", DEMO_SUITES]);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("demo/boots-and-reboots"), "{text}");

@@ -7,6 +7,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+/// The demo suites folder (suites, drivers, content) of this repository.
+pub const DEMO_SUITES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo");
+
 /// The bootgate binary built by cargo for these tests.
 pub fn bootgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bootgate"))

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::common::*;
 
 fn demo_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"))
+    Path::new(DEMO_SUITES)
 }
 
 fn recovery(run: &Value, name: &str) -> Value {

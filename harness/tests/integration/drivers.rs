@@ -22,7 +22,7 @@ fn demo_suite_every_verdict_as_described() {
     demo_manifest();
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("results");
-    let suite = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"));
+    let suite = std::path::Path::new(DEMO_SUITES);
     let out = run_tcg(suite, &out_dir, &[]);
     let run = run_json(&out_dir);
     let summary = verdicts(&run);

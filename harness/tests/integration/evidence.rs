@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::common::*;
 
 fn suite_text() -> String {
-    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo");
+    let demo = DEMO_SUITES;
     format!(
         r#"[suite]
 name = "ev"

@@ -13,7 +13,7 @@ const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
 #[test]
 fn fuzzing_from_the_good_seed_finds_the_21_field_crash() {
     demo_manifest();
-    let demo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"));
+    let demo = Path::new(DEMO_SUITES);
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("fuzz");
     let out = run(&[

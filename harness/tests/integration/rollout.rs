@@ -16,7 +16,7 @@ fn rollout_json(out: &Path) -> Value {
 #[test]
 fn the_21_field_content_halts_at_the_canary() {
     demo_manifest();
-    let demo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"));
+    let demo = Path::new(DEMO_SUITES);
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("rollout");
     let out = run(&[
@@ -50,7 +50,7 @@ fn the_21_field_content_halts_at_the_canary() {
 #[test]
 fn good_content_is_promoted_through_both_rings() {
     demo_manifest();
-    let demo = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo"));
+    let demo = Path::new(DEMO_SUITES);
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("rollout");
     let out = run(&[

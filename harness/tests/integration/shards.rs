@@ -11,7 +11,7 @@ fn names(output: &std::process::Output) -> Vec<String> {
 
 #[test]
 fn shards_cover_every_scenario_exactly_once() {
-    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/demo");
+    let suite = DEMO_SUITES;
     let all = names(&run(&["run", suite, "--list"]));
     assert_eq!(all.len(), 8);
     for n in 1..=5 {
