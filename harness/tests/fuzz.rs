@@ -1462,11 +1462,34 @@ mod console {
 
 // ---- QMP -------------------------------------------------------------------------
 
+/// The listening end of a fake peer (QEMU's QMP, the guest agent): a socket in a
+/// folder of its own; one connection per case.
+mod fake_peer {
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    pub struct Server {
+        _dir: tempfile::TempDir,
+        pub path: PathBuf,
+        pub listener: UnixListener,
+    }
+
+    pub fn server(socket: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(socket);
+        let listener = UnixListener::bind(&path).expect("bind");
+        Server {
+            _dir: dir,
+            path,
+            listener,
+        }
+    }
+}
+
 mod qmp {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::Shutdown;
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::PathBuf;
+    use std::os::unix::net::UnixStream;
     use std::sync::mpsc::RecvTimeoutError;
     use std::thread;
     use std::time::{Duration, Instant};
@@ -1477,6 +1500,7 @@ mod qmp {
     use serde_json::{json, Value};
 
     use crate::engine::fuzz;
+    use crate::fake_peer::{server, Server};
     use crate::gen::{self, Edit};
 
     const TARGET: &str = "qmp";
@@ -1489,24 +1513,6 @@ mod qmp {
     const CASE_TIME_LIMIT: Duration = Duration::from_secs(4);
     /// Timeout of the one command a case may issue.
     const EXECUTE_TIMEOUT: Duration = Duration::from_secs(1);
-
-    /// A fake QEMU listening on a socket; one connection per case.
-    struct Server {
-        _dir: tempfile::TempDir,
-        path: PathBuf,
-        listener: UnixListener,
-    }
-
-    fn server() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("qmp.sock");
-        let listener = UnixListener::bind(&path).expect("bind");
-        Server {
-            _dir: dir,
-            path,
-            listener,
-        }
-    }
 
     /// What the fake QEMU sends: a greeting, the reply to `qmp_capabilities` (the
     /// right one when `None`), then messages, each followed by a line end.
@@ -1806,7 +1812,7 @@ mod qmp {
 
     #[test]
     fn client_survives_any_qmp_stream() {
-        let server = server();
+        let server = server("qmp.sock");
         fuzz(
             TARGET,
             "client_survives_any_qmp_stream",
@@ -1818,7 +1824,7 @@ mod qmp {
 
     #[test]
     fn client_survives_raw_bytes() {
-        let server = server();
+        let server = server("qmp.sock");
         let strategy = (
             prop_oneof![
                 Just(greeting().to_string().into_bytes()),
@@ -1849,8 +1855,7 @@ mod qmp {
 
 mod agent {
     use std::io::{Read, Write};
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::PathBuf;
+    use std::os::unix::net::UnixStream;
     use std::thread;
     use std::time::{Duration, Instant};
 
@@ -1862,6 +1867,7 @@ mod agent {
     use serde_json::{json, Value};
 
     use crate::engine::fuzz;
+    use crate::fake_peer::{server, Server};
     use crate::gen;
 
     const TARGET: &str = "agent";
@@ -1881,23 +1887,6 @@ mod agent {
     const CASE_TIME_LIMIT: Duration = Duration::from_secs(2);
     /// Largest file a case reads back.
     const READ_LIMIT: u64 = 1 << 20;
-
-    struct Server {
-        _dir: tempfile::TempDir,
-        path: PathBuf,
-        listener: UnixListener,
-    }
-
-    fn server() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("qga.sock");
-        let listener = UnixListener::bind(&path).expect("bind");
-        Server {
-            _dir: dir,
-            path,
-            listener,
-        }
-    }
 
     /// One part of the fake agent's answer to `guest-sync-delimited`.
     #[derive(Debug, Clone)]
@@ -2311,7 +2300,7 @@ mod agent {
 
     #[test]
     fn client_decodes_what_a_correct_agent_sends() {
-        let server = server();
+        let server = server("qga.sock");
         fuzz(
             TARGET,
             "client_decodes_what_a_correct_agent_sends",
@@ -2323,7 +2312,7 @@ mod agent {
 
     #[test]
     fn client_survives_a_hostile_agent() {
-        let server = server();
+        let server = server("qga.sock");
         fuzz(
             TARGET,
             "client_survives_a_hostile_agent",
@@ -2339,7 +2328,7 @@ mod agent {
     fn after_sync(
         rest: impl FnOnce(&mut UnixStream) + Send + 'static,
     ) -> (Server, thread::JoinHandle<()>) {
-        let server = server();
+        let server = server("qga.sock");
         let listener = server.listener.try_clone().expect("listener");
         let peer = thread::spawn(move || {
             let (stream, _) = listener.accept().expect("accept");
@@ -2446,7 +2435,7 @@ mod agent {
 
     #[test]
     fn stray_sentinel_inside_an_unfinished_reply_still_resyncs() {
-        let server = server();
+        let server = server("qga.sock");
         let listener = server.listener.try_clone().expect("listener");
         let peer = thread::spawn(move || {
             let (stream, _) = listener.accept().expect("accept");
