@@ -7,7 +7,6 @@ use std::ffi::CString;
 use std::io::Write;
 use std::path::Path;
 
-use crate::image::demo;
 use crate::qemu::{self, accel, QemuTools, INSTALL_HINT};
 
 /// Free space below which a results or cache folder is reported as a problem.
@@ -97,7 +96,7 @@ pub fn run(out: &mut dyn Write) -> bool {
             )
         };
     }
-    let cache = demo::cache_root();
+    let cache = crate::cache::cache_root();
     for (what, dir) in [
         ("cache disk", cache.as_path()),
         ("results disk", Path::new(".")),
@@ -149,7 +148,7 @@ pub fn run(out: &mut dyn Write) -> bool {
 
 /// The newest complete demo image in the cache, whatever its key.
 fn built_demo_manifest() -> Option<std::path::PathBuf> {
-    let images = demo::cache_root().join("images");
+    let images = crate::cache::cache_root().join("images");
     let mut built: Vec<_> = std::fs::read_dir(images)
         .ok()?
         .filter_map(Result::ok)

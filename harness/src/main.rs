@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use bootgate::model::Emitter;
+use bootgate::model::Sink;
 use bootgate::qemu::accel::AccelChoice;
 use bootgate::qemu::QemuTools;
 use bootgate::report::html::{self, HtmlSink};
@@ -14,9 +16,8 @@ use bootgate::report::junit::JunitSink;
 use bootgate::report::live::LiveSink;
 use bootgate::report::manifest::{self, ManifestSink};
 use bootgate::report::terminal::{TerminalSink, Verbosity};
-use bootgate::report::Sink;
 use bootgate::runner::shard::{self, Shard};
-use bootgate::runner::{self, Emitter, IgnoredPolicy, RunOptions};
+use bootgate::runner::{self, IgnoredPolicy, RunOptions};
 use bootgate::{doctor, image, suite};
 
 /// Exit codes (also listed in `bootgate --help`).
@@ -433,7 +434,7 @@ fn rollout(args: RolloutArgs) -> u8 {
 
 fn fuzz_content(args: FuzzArgs) -> u8 {
     install_interrupt_handler();
-    let options = runner::fuzz::FuzzOptions {
+    let options = bootgate::fuzz::campaign::FuzzOptions {
         suite: args.suite,
         driver: args.driver,
         params: args.params,
@@ -450,7 +451,7 @@ fn fuzz_content(args: FuzzArgs) -> u8 {
         path_policy: suite::PathPolicy::allowing_outside(args.allow_outside_paths),
         progress: true,
     };
-    match runner::fuzz::fuzz(&options, &mut |t: &str| eprintln!("bootgate: {t}")) {
+    match bootgate::fuzz::campaign::fuzz(&options, &mut |t: &str| eprintln!("bootgate: {t}")) {
         Ok(report) => {
             println!(
                 "fuzz-content: {} executions in {:.0} s ({:.0} per hour, {} minimizing), {} unique crash(es), corpus {}",
@@ -490,10 +491,10 @@ fn fuzz_content(args: FuzzArgs) -> u8 {
         Err(e) => {
             eprintln!("bootgate: error: {e}");
             match e {
-                runner::fuzz::FuzzError::Suite(_)
-                | runner::fuzz::FuzzError::UnknownDriver { .. }
-                | runner::fuzz::FuzzError::DriverField { .. }
-                | runner::fuzz::FuzzError::Format(_) => EXIT_USAGE,
+                bootgate::fuzz::campaign::FuzzError::Suite(_)
+                | bootgate::fuzz::campaign::FuzzError::UnknownDriver { .. }
+                | bootgate::fuzz::campaign::FuzzError::DriverField { .. }
+                | bootgate::fuzz::campaign::FuzzError::Format(_) => EXIT_USAGE,
                 _ => EXIT_INFRA,
             }
         }
@@ -655,7 +656,7 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
 }
 
 fn merge(dirs: &[PathBuf], out: &std::path::Path) -> u8 {
-    match bootgate::report::merge::merge(dirs, out, std::env::args().collect()) {
+    match bootgate::runner::merge::merge(dirs, out, std::env::args().collect()) {
         Ok((record, dir)) => {
             print!("{}", bootgate::report::terminal::summary_text(&record));
             println!("merged into {}", dir.display());
@@ -673,8 +674,8 @@ fn merge(dirs: &[PathBuf], out: &std::path::Path) -> u8 {
 }
 
 /// The exit code a finished run stands for.
-fn exit_code(record: &bootgate::runner::record::RunRecord) -> u8 {
-    use bootgate::runner::record::RunOutcome;
+fn exit_code(record: &bootgate::model::record::RunRecord) -> u8 {
+    use bootgate::model::record::RunOutcome;
     match record.outcome() {
         RunOutcome::Interrupted => EXIT_INTERRUPTED,
         RunOutcome::Fail => EXIT_FAIL,
@@ -732,7 +733,7 @@ fn report(run_dir: &std::path::Path) -> u8 {
     let path = run_dir.join(html::REPORT_HTML);
     let written = html::render(&record, run_dir).and_then(|text| {
         bootgate::util::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            bootgate::report::ReportError::Write {
+            bootgate::model::ReportError::Write {
                 path: path.clone(),
                 source,
             }

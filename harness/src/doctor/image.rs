@@ -12,7 +12,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crate::agent::worker::{Answer, Request};
-use crate::image::manifest::{DumpFormat, Firmware, Manifest, OsFamily};
+use crate::guest::{DumpFormat, OsFamily};
+use crate::image::manifest::{Firmware, Manifest};
 use crate::qemu::accel::{self, Accel, AccelChoice};
 use crate::qemu::qmp::QmpMessage;
 use crate::qemu::vm::{Signal, Vm, VmConfig, VmDir};
@@ -427,9 +428,9 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
                 if let Some(dir) = dir {
                     checks.push(GuestCheck {
                         what: field,
-                        argv: crate::windows::command::powershell_argv(&format!(
+                        argv: crate::guest::windows::command::powershell_argv(&format!(
                             "if (Test-Path -LiteralPath {0} -PathType Container) {{ {0} }} else {{ exit 1 }}",
-                            crate::windows::command::ps_quote(&dir)
+                            crate::guest::windows::command::ps_quote(&dir)
                         )),
                         judge: |code, out| {
                             if code == 0 {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{ImageError, Notify};
+use crate::cache::cache_root;
 use crate::util::sha256_bytes;
 
 /// The recipe, embedded: (file name, contents).
@@ -27,19 +28,6 @@ const COMPLETE_MARKER: &str = ".complete";
 const BASE_FILES: &[&str] = &["system.qcow2", "vmlinuz", "initrd.img", "image.toml"];
 /// Lines of the build log quoted in an error.
 const LOG_TAIL_LINES: usize = 25;
-
-/// The per-user cache: `$BOOTGATE_CACHE`, else `$XDG_CACHE_HOME/bootgate`, else
-/// `~/.cache/bootgate`.
-pub fn cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("BOOTGATE_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("bootgate");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    home.join(".cache").join("bootgate")
-}
 
 fn build_error(message: impl Into<String>) -> ImageError {
     ImageError::Build {

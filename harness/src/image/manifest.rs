@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::guest::{windows, GuestProfile};
+pub use crate::guest::{DumpFormat, GuestPaths, OsFamily};
 use crate::image::firmware;
 use crate::util::{line_col, snippet};
 
@@ -55,13 +57,6 @@ pub enum ManifestError {
         field: &'static str,
         path: PathBuf,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OsFamily {
-    Linux,
-    Windows,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -184,72 +179,6 @@ fn default_ready_timeout() -> Duration {
     DEFAULT_READY_TIMEOUT
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GuestPaths {
-    /// How the guest runs a command line: the shell's argv prefix.
-    pub shell: Vec<String>,
-    pub drivers_dir: Option<String>,
-    pub drivers_registry: Option<String>,
-    pub content_dir: Option<String>,
-    pub boot_count_file: Option<String>,
-    /// Kernel parameters that select the rescue boot (skip third-party drivers).
-    pub safe_mode_append: Option<String>,
-    /// Offline recovery: where a normal boot mounts the system disk (the prefix of
-    /// the guest paths above that live on it, such as content_dir).
-    pub system_root: Option<String>,
-    /// Offline recovery: the command line a helper VM of this image runs to mount a
-    /// stopped VM's system disk, attached to the helper as its second disk.
-    pub offline_mount: Option<String>,
-    /// Where `offline_mount` puts that disk: the stopped VM's `system_root` there.
-    pub offline_root: Option<String>,
-    /// The command line that unmounts it again (flushing every write).
-    pub offline_unmount: Option<String>,
-    /// Memory dump format QEMU writes for this guest: "elf" (gdb, crash; the default)
-    /// or "win-dmp" (WinDbg; needs the guest's fwcfg driver).
-    #[serde(default)]
-    pub dump_format: DumpFormat,
-    /// Windows: how drivers are installed, "service" (sc.exe; the default) or "pnp"
-    /// (pnputil, from a driver package zip). See [`crate::windows::DriverKind`].
-    pub driver_kind: Option<crate::windows::DriverKind>,
-    /// Windows: when a service driver loads, "boot" (the default), "system" or "demand".
-    pub service_start: Option<crate::windows::ServiceStart>,
-    /// Windows: the guest's minidump folder (default `%SystemRoot%\Minidump`).
-    pub minidump_dir: Option<String>,
-    /// Windows: the guest's memory dump file (default `%SystemRoot%\MEMORY.DMP`).
-    pub memory_dump_path: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum DumpFormat {
-    #[default]
-    #[serde(rename = "elf")]
-    Elf,
-    #[serde(rename = "win-dmp")]
-    WinDmp,
-    #[serde(rename = "kdump-zlib")]
-    KdumpZlib,
-}
-
-impl DumpFormat {
-    /// The name QMP's dump-guest-memory takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DumpFormat::Elf => "elf",
-            DumpFormat::WinDmp => "win-dmp",
-            DumpFormat::KdumpZlib => "kdump-zlib",
-        }
-    }
-
-    pub fn extension(self) -> &'static str {
-        match self {
-            DumpFormat::Elf => "elf",
-            DumpFormat::WinDmp => "dmp",
-            DumpFormat::KdumpZlib => "kdump",
-        }
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
@@ -263,6 +192,11 @@ struct RawManifest {
 }
 
 impl Manifest {
+    /// What the steps of a suite mean in this image's guest.
+    pub fn guest_profile(&self) -> GuestProfile {
+        GuestProfile::new(self.os, &self.path, &self.guest)
+    }
+
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.to_path_buf(),
@@ -300,7 +234,7 @@ impl Manifest {
         manifest.check_platform()?;
         // Guest paths are the guest's: Windows paths for a Windows image, and no field
         // of the other OS family (it would be ignored, hiding a mistake).
-        crate::windows::path::check_guest(manifest.os, &manifest.guest).map_err(|p| {
+        windows::path::check_guest(manifest.os, &manifest.guest).map_err(|p| {
             ManifestError::Inconsistent {
                 manifest: manifest.path.clone(),
                 field: p.field,
@@ -516,6 +450,33 @@ mod tests {
     }
 
     #[test]
+    fn windows_profile_from_the_template_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
+        let path = dir.path().join("image.toml");
+        std::fs::write(&path, include_str!("../../../images/windows/image.toml")).unwrap();
+        let p = Manifest::load(&path).unwrap().guest_profile();
+        assert_eq!(p.os, OsFamily::Windows);
+        assert_eq!(
+            p.driver_path("sensor").unwrap(),
+            r"C:\Windows\System32\drivers\sensor.sys"
+        );
+        let cmd = p.register_driver("sensor", "", false).unwrap();
+        assert!(cmd.argv[6].contains("$bgStart = 'boot'"), "{}", cmd.argv[6]);
+        assert!(
+            cmd.argv[6].contains("$bgDrives = @('C')"),
+            "{}",
+            cmd.argv[6]
+        );
+        assert_eq!(
+            p.list_crash_dumps().unwrap().argv[6]
+                .matches("%SystemRoot%")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
     fn windows_template_loads_with_its_disk() {
         let dir = tempfile::tempdir().unwrap();
         let m = Manifest::load(&write_windows_image(dir.path(), WINDOWS)).unwrap();
@@ -530,26 +491,20 @@ mod tests {
         assert!(m.ready.agent);
         // The template's shell is exactly the prefix the Windows commands are built
         // and tested with.
-        assert_eq!(m.guest.shell, crate::windows::command::POWERSHELL);
+        assert_eq!(m.guest.shell, windows::command::POWERSHELL);
         assert_eq!(
             m.guest.drivers_dir.as_deref(),
             Some(r"C:\Windows\System32\drivers")
         );
-        assert_eq!(
-            m.guest.driver_kind,
-            Some(crate::windows::DriverKind::Service)
-        );
-        assert_eq!(
-            m.guest.service_start,
-            Some(crate::windows::ServiceStart::Boot)
-        );
+        assert_eq!(m.guest.driver_kind, Some(windows::DriverKind::Service));
+        assert_eq!(m.guest.service_start, Some(windows::ServiceStart::Boot));
         assert_eq!(
             m.guest.minidump_dir.as_deref(),
-            Some(crate::windows::DEFAULT_MINIDUMP_DIR)
+            Some(windows::DEFAULT_MINIDUMP_DIR)
         );
         assert_eq!(
             m.guest.memory_dump_path.as_deref(),
-            Some(crate::windows::DEFAULT_MEMORY_DUMP)
+            Some(windows::DEFAULT_MEMORY_DUMP)
         );
         assert_eq!(m.guest.drivers_registry, None);
         std::fs::remove_file(dir.path().join("windows.qcow2")).unwrap();

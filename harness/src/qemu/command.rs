@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::image::manifest::{DumpFormat, Firmware, Manifest};
+use crate::guest::DumpFormat;
+use crate::image::manifest::{Firmware, Manifest};
 use crate::qemu::accel::Accel;
 
 /// The guest-agent port name qemu-ga looks for (same on Linux and Windows).

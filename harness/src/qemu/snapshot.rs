@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::agent::{AgentClient, AgentError};
-use crate::image::demo::cache_root;
+use crate::cache::cache_root;
 use crate::image::manifest::{DiskFormat, Manifest};
 use crate::image::{overlay, ImageError};
 use crate::qemu::accel::Accel;

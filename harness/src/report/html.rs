@@ -8,6 +8,7 @@
 //! value; the only values marked safe are built here from a fixed alphabet (base64
 //! data URIs and percent-encoded relative links).
 
+pub use crate::model::run_file::REPORT_HTML;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Component, Path};
@@ -17,15 +18,13 @@ use base64::Engine as _;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
-use crate::report::{ReportError, Sink};
-use crate::runner::record::{
+use crate::model::record::{
     BootOutcome, BootRecord, CrashRecord, RunOutcome, RunRecord, ScenarioRecord, StepOutcome,
     Verdict,
 };
-use crate::runner::Event;
+use crate::model::Event;
+use crate::model::{ReportError, Sink};
 use crate::util::{human_duration, write_atomic};
-
-pub const REPORT_HTML: &str = "report.html";
 
 /// The name ends in `.html` so that even minijinja's default callback would escape;
 /// `render` also forces HTML escaping explicitly.
@@ -1256,7 +1255,7 @@ fn shell_command_lines(argv: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::record::{
+    use crate::model::record::{
         FileHash, HostInfo, QemuInfo, RecoveryRecord, RunSettings, StepRecord, Summary, VmArgv,
     };
 

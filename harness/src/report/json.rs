@@ -3,12 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::report::{ReportError, Sink};
-use crate::runner::record::RunRecord;
-use crate::runner::Event;
-use crate::util::write_atomic;
-
-pub const RUN_JSON: &str = "run.json";
+use crate::model::run_file::write_run_json;
+use crate::model::{Event, ReportError, Sink};
 
 #[derive(Default)]
 pub struct JsonSink {
@@ -19,31 +15,21 @@ impl JsonSink {
     pub fn new() -> JsonSink {
         JsonSink::default()
     }
-
-    fn write(&self, run: &RunRecord) -> Result<(), ReportError> {
-        let Some(dir) = &self.dir else {
-            return Ok(());
-        };
-        let path = dir.join(RUN_JSON);
-        let mut text = serde_json::to_vec_pretty(run).map_err(|e| ReportError::Encode {
-            what: RUN_JSON,
-            message: e.to_string(),
-        })?;
-        text.push(b'\n');
-        write_atomic(&path, &text).map_err(|source| ReportError::Write { path, source })
-    }
 }
 
 impl Sink for JsonSink {
     fn event(&mut self, event: &Event) -> Result<(), ReportError> {
-        match event {
+        let run = match event {
             Event::RunStarted { run, dir, .. } => {
                 self.dir = Some(dir.to_path_buf());
-                self.write(run)
+                run
             }
-            Event::ScenarioFinished { run, .. } => self.write(run),
-            Event::RunFinished { run, .. } => self.write(run),
-            _ => Ok(()),
+            Event::ScenarioFinished { run, .. } | Event::RunFinished { run, .. } => run,
+            _ => return Ok(()),
+        };
+        match &self.dir {
+            Some(dir) => write_run_json(dir, run),
+            None => Ok(()),
         }
     }
 }

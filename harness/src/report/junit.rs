@@ -1,15 +1,14 @@
 //! junit.xml: one testsuite per suite, one testcase per scenario, for CI pages.
 
+pub use crate::model::run_file::JUNIT_XML;
 use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
 
-use crate::report::{ReportError, Sink};
-use crate::runner::record::{RunRecord, Verdict};
-use crate::runner::Event;
+use crate::model::record::{RunRecord, Verdict};
+use crate::model::Event;
+use crate::model::{ReportError, Sink};
 use crate::util::write_atomic;
-
-pub const JUNIT_XML: &str = "junit.xml";
 
 #[derive(Default)]
 pub struct JunitSink;

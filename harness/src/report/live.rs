@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::model::Event;
+use crate::model::{ReportError, Sink};
 use crate::report::terminal::{text_for, Verbosity};
-use crate::report::{ReportError, Sink};
-use crate::runner::Event;
 
 /// How often the spinners and elapsed times redraw.
 const TICK: Duration = Duration::from_millis(200);

@@ -2,16 +2,16 @@
 //! run wrote, so a reviewer can check that nothing was altered (`bootgate verify`).
 //! Written last, after every other result file.
 
+pub use crate::model::run_file::MANIFEST_JSON;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{ReportError, Sink};
-use crate::runner::record::{FileHash, RunRecord};
-use crate::runner::Event;
+use crate::model::record::{FileHash, RunRecord};
+use crate::model::Event;
+use crate::model::{ReportError, Sink};
 use crate::util::{sha256_file, write_atomic};
 
-pub const MANIFEST_JSON: &str = "manifest.json";
 pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,7 +211,7 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::record::{HostInfo, QemuInfo, RunSettings, Summary};
+    use crate::model::record::{HostInfo, QemuInfo, RunSettings, Summary};
 
     fn run(input: &Path) -> RunRecord {
         RunRecord {

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::runner::record::{RunRecord, ScenarioRecord, Verdict};
+use crate::model::record::{RunRecord, ScenarioRecord, Verdict};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RecoveryRow {

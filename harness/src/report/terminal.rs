@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use crate::report::{ReportError, Sink};
-use crate::runner::record::{StepOutcome, Verdict};
-use crate::runner::Event;
+use crate::model::record::{StepOutcome, Verdict};
+use crate::model::Event;
+use crate::model::{ReportError, Sink};
 use crate::util::human_duration;
 
 /// How much the terminal sink prints.
@@ -100,7 +100,7 @@ pub fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
 
 /// A finished scenario: its verdict line, then what was seen (crash, loop, hang,
 /// recovery) and why it failed.
-fn scenario_text(scenario: &crate::runner::record::ScenarioRecord) -> String {
+fn scenario_text(scenario: &crate::model::record::ScenarioRecord) -> String {
     let boots: Vec<String> = scenario
         .boots
         .iter()
@@ -169,7 +169,7 @@ const SHOW_EXCERPT_LINES: usize = 20;
 
 /// The text of `bootgate show`: the run's summary, one line per scenario, and for
 /// each failing scenario its reason, crash title and the end of the excerpt.
-pub fn summary_text(run: &crate::runner::record::RunRecord) -> String {
+pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let s = &run.summary;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::record::RunRecord;
 use crate::qemu::accel::AccelChoice;
-use crate::runner::record::RunRecord;
 use crate::suite::{self, Suite, SuiteError};
 
 #[derive(Debug, thiserror::Error)]

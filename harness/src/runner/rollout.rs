@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::runner::record::{RunRecord, Verdict};
-use crate::runner::{interrupted, run, Emitter, RunError, RunOptions};
+use crate::model::record::{RunRecord, Verdict};
+use crate::model::Emitter;
+use crate::runner::{interrupted, run, RunError, RunOptions};
 use crate::suite::{ObserveStep, Ring, Step, Suite, Target};
 use crate::util::write_atomic;
 

@@ -12,24 +12,27 @@ use std::time::{Duration, Instant};
 
 use crate::agent::worker::{Answer, JobError, Request, MAX_READ_BYTES, REQUEST_TIMEOUT};
 use crate::agent::{AgentError, ShutdownMode};
+use crate::detect::{self, bugcheck::Bugcheck};
 use crate::detect::{ConsoleCrash, CrashClass, CrashDetector};
-use crate::driver::BuiltDriver;
+use crate::guest::windows;
+use crate::guest::{DumpFormat, OsFamily};
 use crate::guest::{GuestCommand, GuestProfile};
-use crate::image::manifest::{DumpFormat, Manifest, OsFamily};
+use crate::image::manifest::Manifest;
+use crate::model::record::{
+    BootOutcome, BootRecord, BugcheckRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord,
+    Verdict,
+};
+use crate::model::Emitter;
 use crate::qemu::accel::Accel;
 use crate::qemu::qmp::QmpMessage;
 use crate::qemu::snapshot::SavedState;
 use crate::qemu::vm::{Signal, Standby, Vm, VmConfig, VmDir, WaitingQemu, QMP_COMMAND_TIMEOUT};
 use crate::qemu::QemuTools;
-use crate::runner::record::{
-    BootOutcome, BootRecord, BugcheckRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord,
-    Verdict,
-};
+use crate::runner::driver::BuiltDriver;
+use crate::runner::interrupted;
 use crate::runner::verdict::{judge, Observed};
-use crate::runner::{interrupted, Emitter};
 use crate::suite::{DumpPolicy, Evidence, RecoverVia, Scenario, Step, Suite};
 use crate::util::human_duration;
-use crate::windows::{self, bugcheck::Bugcheck};
 
 mod recovery;
 
@@ -198,7 +201,7 @@ struct MachineSetup<'a> {
 impl<'a> Machine<'a> {
     fn new(setup: MachineSetup<'a>, vmdir: VmDir) -> Machine<'a> {
         Machine {
-            profile: GuestProfile::for_manifest(setup.manifest),
+            profile: setup.manifest.guest_profile(),
             setup,
             t0: Instant::now(),
             vm: None,
@@ -885,7 +888,7 @@ impl Machine<'_> {
         let from_dump = match (&dump, format) {
             (Some(rel), DumpFormat::WinDmp) => {
                 let file = Path::new(rel).file_name().unwrap_or_default();
-                windows::dump::read_bugcheck(&self.setup.artifacts.join(file))
+                detect::win_dump::read_bugcheck(&self.setup.artifacts.join(file))
                     .ok()
                     // 0x161 LIVE_SYSTEM_DUMP: the header of a dump of a running guest.
                     .filter(|b| b.code != LIVE_SYSTEM_DUMP)
@@ -1161,7 +1164,7 @@ impl Machine<'_> {
             }
             let crash = &mut self.crashes[crash_index];
             if crash.bugcheck.is_none() {
-                if let Ok(header) = windows::dump::DumpHeader::parse(&data, &path) {
+                if let Ok(header) = detect::win_dump::DumpHeader::parse(&data, &path) {
                     let bugcheck = header.bugcheck;
                     if crash.source != "console" {
                         crash.title = bugcheck.title(None);
@@ -1205,7 +1208,7 @@ impl Machine<'_> {
                     ready_boot: index,
                     how: self
                         .recovering_by
-                        .unwrap_or(crate::runner::record::RECOVERED_BY_ITSELF)
+                        .unwrap_or(crate::model::record::RECOVERED_BY_ITSELF)
                         .into(),
                 });
             }

@@ -175,7 +175,7 @@ struct TimingsScenario {
 /// about how long they take, and they count as the median instead.
 pub fn durations_from_run(run_json: &Path) -> Result<BTreeMap<String, u64>, ShardError> {
     let path = if run_json.is_dir() {
-        run_json.join(crate::report::json::RUN_JSON)
+        run_json.join(crate::model::run_file::RUN_JSON)
     } else {
         run_json.to_path_buf()
     };

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 #[cfg(test)]
-use crate::runner::record::RECOVERED_BY_ITSELF;
-use crate::runner::record::{BootRecord, CrashRecord, RecoveryRecord};
+use crate::model::record::RECOVERED_BY_ITSELF;
+use crate::model::record::{BootRecord, CrashRecord, RecoveryRecord};
 use crate::suite::{Expect, Scenario};
 use crate::util::human_duration;
 
@@ -123,7 +123,7 @@ pub fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::record::BootOutcome;
+    use crate::model::record::BootOutcome;
     use crate::suite::{Gates, Scenario, DEFAULT_BOOT_LOOP_BOOTS};
 
     fn scenario(expect: Option<Expect>, gates: Gates) -> Scenario {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use super::{Machine, MachineSetup, StepError, Stop};
 use crate::agent::worker::REQUEST_TIMEOUT;
 use crate::guest::GuestCommand;
+use crate::model::record::StepOutcome;
+use crate::model::Emitter;
 use crate::qemu::vm::VmDir;
-use crate::runner::record::StepOutcome;
-use crate::runner::Emitter;
 use crate::suite::{RecoverStep, RollbackContentStep};
 use crate::util::human_duration;
 

@@ -1,9 +1,6 @@
-//! Windows guests: the parts that need no Windows machine to build and test.
+//! Windows guests: the parts that need no Windows machine to build and test (the
+//! bugcheck and dump-header decoders are detectors: `crate::detect`).
 //!
-//! - [`bugcheck`]: bugcheck codes, names and stable crash titles, decoded from the
-//!   Hyper-V crash parameters QEMU puts in GUEST_PANICKED.
-//! - [`dump`]: the header of a WinDbg kernel dump (QEMU's `win-dmp`, a guest's
-//!   MEMORY.DMP or minidump): which bugcheck it records.
 //! - [`command`]: argv for the guest agent's `guest-exec` that install and remove
 //!   drivers, delete content, flush disks, reboot and list crash dumps, quoted for the
 //!   way qemu-ga on Windows turns argv into a command line.
@@ -13,9 +10,7 @@
 //! formats and rules come from QEMU's, glib's and Microsoft's sources and documents
 //! (see images/windows/GUIDE.md for what is confirmed and what is not).
 
-pub mod bugcheck;
 pub mod command;
-pub mod dump;
 pub mod path;
 
 use serde::Deserialize;

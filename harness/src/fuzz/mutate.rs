@@ -965,7 +965,7 @@ fn fill_value(rng: &mut Rng, format: &ContentFormat, spec: &FieldSpec, index: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::testing::{demo_format, demo_format_path, fixed0, seed_bytes, Outcome};
+    use crate::fuzz::testing::{demo_format, demo_format_path, fixed0, seed_bytes, Outcome};
 
     #[test]
     fn same_seed_same_mutations_other_seed_others() {

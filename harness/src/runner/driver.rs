@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::image::demo::cache_root;
+use crate::cache::cache_root;
 use crate::image::manifest::Manifest;
 use crate::suite::Driver;
 use crate::util::{sha256_bytes, sha256_file};
@@ -90,7 +90,7 @@ pub fn prepare(
     let Some(source) = &driver.source else {
         return Err(io("neither `source` nor `module` given".into()));
     };
-    if manifest.os == crate::image::manifest::OsFamily::Windows {
+    if manifest.os == crate::guest::OsFamily::Windows {
         // bootgate builds Linux modules only; a Windows driver comes signed and built.
         return Err(io(format!(
             "the image {} is Windows: give the built driver, `module = \"path/{name}.sys\"` (or a .zip of its INF/SYS/CAT package for driver_kind = \"pnp\"), not `source`",
@@ -185,7 +185,7 @@ mod tests {
         std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
         std::fs::write(
             dir.path().join("image.toml"),
-            include_str!("../../images/windows/image.toml"),
+            include_str!("../../../images/windows/image.toml"),
         )
         .unwrap();
         let manifest = Manifest::load(&dir.path().join("image.toml")).unwrap();

@@ -14,15 +14,16 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::report::html::REPORT_HTML;
-use crate::report::json::RUN_JSON;
-use crate::report::junit::JUNIT_XML;
-use crate::report::manifest::{Manifest, MANIFEST_JSON};
-use crate::report::{html, junit, manifest, ReportError};
-use crate::runner::folder::{self, absolute, FolderError};
-use crate::runner::record::{
+use crate::model::record::{
     FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
 };
+use crate::model::run_file::RUN_JSON;
+use crate::model::ReportError;
+use crate::report::html::REPORT_HTML;
+use crate::report::junit::JUNIT_XML;
+use crate::report::manifest::{Manifest, MANIFEST_JSON};
+use crate::report::{html, junit, manifest};
+use crate::runner::folder::{self, absolute, FolderError};
 use crate::runner::shard::Shard;
 use crate::util::write_atomic;
 
@@ -658,7 +659,7 @@ fn non_empty(text: String) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::record::{ScenarioRecord, Verdict, VmArgv};
+    use crate::model::record::{ScenarioRecord, Verdict, VmArgv};
 
     fn scenario(suite: &str, name: &str, verdict: Verdict) -> ScenarioRecord {
         let full = format!("{suite}/{name}");

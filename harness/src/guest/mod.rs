@@ -4,12 +4,18 @@
 //! strings are never code: Linux scripts get them through the environment; Windows
 //! commands take them as argv items or as quoted PowerShell literals ahead of
 //! constant script text, because on Windows the agent's `env` would replace the whole
-//! environment (see [`crate::windows::command`]).
+//! environment (see [`windows::command`]).
 
-use crate::image::manifest::{Manifest, OsFamily};
+pub mod paths;
+pub mod windows;
+
+use std::path::Path;
+
+pub use paths::{DumpFormat, GuestPaths, OsFamily};
+
 use crate::suite::ExecStep;
-use crate::windows::command::{self as wincmd, CommandError};
-use crate::windows::{path as winpath, DriverKind, ServiceStart};
+use windows::command::{self as wincmd, CommandError};
+use windows::{path as winpath, DriverKind, ServiceStart};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -93,31 +99,30 @@ grep -v "^$BG_NAME\( \|\$\)" "$BG_REGISTRY" > "$BG_REGISTRY.tmp"
 mv "$BG_REGISTRY.tmp" "$BG_REGISTRY" && rm -f "$BG_MODULE" && sync"#;
 
 impl GuestProfile {
-    pub fn for_manifest(manifest: &Manifest) -> GuestProfile {
+    /// The profile of an image whose manifest is `manifest` (named in errors).
+    pub fn new(os: OsFamily, manifest: &Path, guest: &GuestPaths) -> GuestProfile {
         GuestProfile {
-            os: manifest.os,
-            manifest: manifest.path.display().to_string(),
-            shell: manifest.guest.shell.clone(),
-            drivers_dir: manifest.guest.drivers_dir.clone(),
-            drivers_registry: manifest.guest.drivers_registry.clone(),
-            content_dir: manifest.guest.content_dir.clone(),
-            safe_mode_append: manifest.guest.safe_mode_append.clone(),
-            system_root: manifest.guest.system_root.clone(),
-            offline_mount: manifest.guest.offline_mount.clone(),
-            offline_root: manifest.guest.offline_root.clone(),
-            offline_unmount: manifest.guest.offline_unmount.clone(),
-            driver_kind: manifest.guest.driver_kind.unwrap_or_default(),
-            service_start: manifest.guest.service_start.unwrap_or_default(),
-            minidump_dir: manifest
-                .guest
+            os,
+            manifest: manifest.display().to_string(),
+            shell: guest.shell.clone(),
+            drivers_dir: guest.drivers_dir.clone(),
+            drivers_registry: guest.drivers_registry.clone(),
+            content_dir: guest.content_dir.clone(),
+            safe_mode_append: guest.safe_mode_append.clone(),
+            system_root: guest.system_root.clone(),
+            offline_mount: guest.offline_mount.clone(),
+            offline_root: guest.offline_root.clone(),
+            offline_unmount: guest.offline_unmount.clone(),
+            driver_kind: guest.driver_kind.unwrap_or_default(),
+            service_start: guest.service_start.unwrap_or_default(),
+            minidump_dir: guest
                 .minidump_dir
                 .clone()
-                .unwrap_or_else(|| crate::windows::DEFAULT_MINIDUMP_DIR.into()),
-            memory_dump_path: manifest
-                .guest
+                .unwrap_or_else(|| windows::DEFAULT_MINIDUMP_DIR.into()),
+            memory_dump_path: guest
                 .memory_dump_path
                 .clone()
-                .unwrap_or_else(|| crate::windows::DEFAULT_MEMORY_DUMP.into()),
+                .unwrap_or_else(|| windows::DEFAULT_MEMORY_DUMP.into()),
         }
     }
 
@@ -413,7 +418,7 @@ impl GuestProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::manifest::OsFamily;
+    use crate::guest::OsFamily;
 
     fn profile() -> GuestProfile {
         GuestProfile {
@@ -450,8 +455,8 @@ mod tests {
             offline_unmount: None,
             driver_kind: kind,
             service_start: ServiceStart::System,
-            minidump_dir: crate::windows::DEFAULT_MINIDUMP_DIR.into(),
-            memory_dump_path: crate::windows::DEFAULT_MEMORY_DUMP.into(),
+            minidump_dir: windows::DEFAULT_MINIDUMP_DIR.into(),
+            memory_dump_path: windows::DEFAULT_MEMORY_DUMP.into(),
         }
     }
 
@@ -634,33 +639,6 @@ mod tests {
             p.safe_mode_append(),
             Err(GuestError::Unsupported("windows"))
         ));
-    }
-
-    #[test]
-    fn windows_profile_from_the_template_manifest() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
-        let path = dir.path().join("image.toml");
-        std::fs::write(&path, include_str!("../../images/windows/image.toml")).unwrap();
-        let p = GuestProfile::for_manifest(&Manifest::load(&path).unwrap());
-        assert_eq!(p.os, OsFamily::Windows);
-        assert_eq!(
-            p.driver_path("sensor").unwrap(),
-            r"C:\Windows\System32\drivers\sensor.sys"
-        );
-        let cmd = p.register_driver("sensor", "", false).unwrap();
-        assert!(cmd.argv[6].contains("$bgStart = 'boot'"), "{}", cmd.argv[6]);
-        assert!(
-            cmd.argv[6].contains("$bgDrives = @('C')"),
-            "{}",
-            cmd.argv[6]
-        );
-        assert_eq!(
-            p.list_crash_dumps().unwrap().argv[6]
-                .matches("%SystemRoot%")
-                .count(),
-            2
-        );
     }
 
     #[test]

@@ -347,7 +347,7 @@ pub struct BugcheckRecord {
 }
 
 impl BugcheckRecord {
-    pub fn of(bugcheck: &crate::windows::bugcheck::Bugcheck, from: &str) -> BugcheckRecord {
+    pub fn of(bugcheck: &crate::detect::bugcheck::Bugcheck, from: &str) -> BugcheckRecord {
         BugcheckRecord {
             code: format!("0x{:X}", bugcheck.code),
             name: bugcheck.name().map(str::to_string),

@@ -20,18 +20,18 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::agent::AgentClient;
-use crate::content::format::ContentFormat;
-use crate::content::minimize;
-use crate::content::mutate::Mutator;
-use crate::driver::{self, BuiltDriver};
-use crate::guest::GuestProfile;
+use crate::fuzz::format::ContentFormat;
+use crate::fuzz::minimize;
+use crate::fuzz::mutate::Mutator;
 use crate::image::{self, Manifest};
+use crate::model::record::Verdict;
+use crate::model::Emitter;
 use crate::qemu::accel::{self, Accel, AccelChoice};
 use crate::qemu::snapshot::{self, SavedState, StateSetup};
 use crate::qemu::QemuTools;
-use crate::runner::record::Verdict;
+use crate::runner::driver::{self, BuiltDriver};
+use crate::runner::interrupted;
 use crate::runner::scenario::{self, ScenarioContext};
-use crate::runner::{interrupted, Emitter};
 use crate::suite::{
     self, ApplyContentStep, DumpPolicy, Evidence, Gates, PathPolicy, Scenario, Step, Suite,
     DEFAULT_BOOT_LOOP_BOOTS,
@@ -362,7 +362,7 @@ pub fn fuzz(opts: &FuzzOptions, notify: &mut dyn FnMut(&str)) -> Result<FuzzRepo
         0 => crate::runner::default_jobs(manifest.machine.memory_mib),
         n => n,
     };
-    let profile = GuestProfile::for_manifest(&manifest);
+    let profile = manifest.guest_profile();
     let module_path = profile.driver_path(&opts.driver)?;
     let register = profile.register_driver(&opts.driver, &opts.params, true)?;
     let module = std::fs::read(&built.module).map_err(io(&built.module))?;

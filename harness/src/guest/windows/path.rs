@@ -5,7 +5,7 @@
 //! where Windows itself writes the file, an environment variable such as
 //! `%SystemRoot%`), backslashes only, and none of the characters Windows forbids.
 
-use crate::image::manifest::{GuestPaths, OsFamily};
+use crate::guest::{GuestPaths, OsFamily};
 
 /// A guest path field that is wrong for the image's OS.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! parameters to the Hyper-V crash MSRs and QEMU puts them in the event's `data.info`
 //! as `{"type": "hyper-v", "arg1".."arg5"}`, arg1 the code (qapi/run-state.json,
 //! GuestPanicInformationHyperV). A WinDbg dump header holds the same five values
-//! (see [`crate::windows::dump`]).
+//! (see [`crate::detect::win_dump`]).
 
 use std::fmt;
 

@@ -1,7 +1,8 @@
-//! The host-side half of a structure-aware content fuzzer: format descriptions
-//! (`format.toml`), a mutator that knows the layout, and a minimizer for crashing
-//! inputs. Nothing here boots a guest: the engine that applies inputs in a VM and
-//! reads crash titles lives elsewhere and calls these.
+//! The structure-aware content fuzzer (`bootgate fuzz-content`): format descriptions
+//! (`format.toml`, [`format`]), a mutator that knows the layout ([`mutate`]), a
+//! minimizer for crashing inputs ([`minimize`]), and the campaign that applies inputs
+//! in VMs restored from a saved state and tells crashes apart by title
+//! ([`campaign`]). Only the campaign boots guests; the rest is pure and unit-tested.
 //!
 //! Why structure-aware: the July 2024 content update was well-formed (every length
 //! added up) and crashed only because a template declared one more field than the
@@ -9,6 +10,7 @@
 //! changing a count without growing what it counts gets rejected by the validator;
 //! growing a count together with its dependents is one mutation here.
 
+pub mod campaign;
 pub mod format;
 pub mod minimize;
 pub mod mutate;

@@ -1439,7 +1439,7 @@ fn resolve_trailer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::testing::{demo_format, demo_format_path, seed_bytes};
+    use crate::fuzz::testing::{demo_format, demo_format_path, seed_bytes};
 
     #[test]
     fn demo_format_loads_with_its_relations() {
@@ -1590,7 +1590,7 @@ mod tests {
     #[test]
     fn garbage_never_panics_the_parser() {
         let f = demo_format();
-        let mut rng = crate::content::mutate::Rng::new(7);
+        let mut rng = crate::fuzz::mutate::Rng::new(7);
         let good = seed_bytes("good.content");
         for round in 0..20_000 {
             let len = rng.below(400);

@@ -444,8 +444,8 @@ fn byte_cuts(input: &[u8]) -> Vec<Mutation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::mutate::Rng;
-    use crate::content::testing::{demo_format, fixed0, seed_bytes};
+    use crate::fuzz::mutate::Rng;
+    use crate::fuzz::testing::{demo_format, fixed0, seed_bytes};
 
     /// Applies candidates as the engine will: keep the first that still crashes,
     /// ask again, stop when none does. Returns the result and the steps kept.

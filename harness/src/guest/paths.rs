@@ -1,0 +1,81 @@
+//! What a guest is, as an image manifest describes it: its OS family, the paths and
+//! commands bootgate uses inside it, and the memory dump format QEMU writes for it.
+//! These live with the guest profiles (not the manifest parser) so that the guest
+//! layer needs nothing from the image layer.
+
+use serde::Deserialize;
+
+use super::windows;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OsFamily {
+    Linux,
+    Windows,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestPaths {
+    /// How the guest runs a command line: the shell's argv prefix.
+    pub shell: Vec<String>,
+    pub drivers_dir: Option<String>,
+    pub drivers_registry: Option<String>,
+    pub content_dir: Option<String>,
+    pub boot_count_file: Option<String>,
+    /// Kernel parameters that select the rescue boot (skip third-party drivers).
+    pub safe_mode_append: Option<String>,
+    /// Offline recovery: where a normal boot mounts the system disk (the prefix of
+    /// the guest paths above that live on it, such as content_dir).
+    pub system_root: Option<String>,
+    /// Offline recovery: the command line a helper VM of this image runs to mount a
+    /// stopped VM's system disk, attached to the helper as its second disk.
+    pub offline_mount: Option<String>,
+    /// Where `offline_mount` puts that disk: the stopped VM's `system_root` there.
+    pub offline_root: Option<String>,
+    /// The command line that unmounts it again (flushing every write).
+    pub offline_unmount: Option<String>,
+    /// Memory dump format QEMU writes for this guest: "elf" (gdb, crash; the default)
+    /// or "win-dmp" (WinDbg; needs the guest's fwcfg driver).
+    #[serde(default)]
+    pub dump_format: DumpFormat,
+    /// Windows: how drivers are installed, "service" (sc.exe; the default) or "pnp"
+    /// (pnputil, from a driver package zip). See [`windows::DriverKind`].
+    pub driver_kind: Option<windows::DriverKind>,
+    /// Windows: when a service driver loads, "boot" (the default), "system" or "demand".
+    pub service_start: Option<windows::ServiceStart>,
+    /// Windows: the guest's minidump folder (default `%SystemRoot%\Minidump`).
+    pub minidump_dir: Option<String>,
+    /// Windows: the guest's memory dump file (default `%SystemRoot%\MEMORY.DMP`).
+    pub memory_dump_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum DumpFormat {
+    #[default]
+    #[serde(rename = "elf")]
+    Elf,
+    #[serde(rename = "win-dmp")]
+    WinDmp,
+    #[serde(rename = "kdump-zlib")]
+    KdumpZlib,
+}
+
+impl DumpFormat {
+    /// The name QMP's dump-guest-memory takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DumpFormat::Elf => "elf",
+            DumpFormat::WinDmp => "win-dmp",
+            DumpFormat::KdumpZlib => "kdump-zlib",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            DumpFormat::Elf => "elf",
+            DumpFormat::WinDmp => "dmp",
+            DumpFormat::KdumpZlib => "kdump",
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! What every layer shares: the run records (the run.json schema), the events the
+//! runner emits, the Sink trait the report formats implement, and the names of the
+//! files in a run folder. Nothing here imports anything above it.
+
+pub mod event;
+pub mod record;
+pub mod run_file;
+pub mod sink;
+
+pub use event::{Emitter, Event};
+pub use sink::{ReportError, Sink};
