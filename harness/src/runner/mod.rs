@@ -26,7 +26,7 @@ use crate::model::record::{
 use crate::model::{Emitter, Event, ReportError};
 use crate::qemu::accel::{self, AccelDecision};
 use crate::qemu::snapshot::{self, SavedState};
-use crate::qemu::{self, QemuTools};
+use crate::qemu;
 use crate::suite::Suite;
 use crate::util::{lock, sha256_file};
 use driver::BuiltDriver;
