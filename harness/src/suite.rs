@@ -17,6 +17,8 @@ use toml::Spanned;
 use crate::util::{line_col, snippet};
 
 pub mod drill;
+/// A rollout target is recorded in run.json as written, so its type is the model's.
+pub use crate::model::target::Target;
 pub use drill::Drill;
 
 /// Default time a single guest command may take.
@@ -99,49 +101,6 @@ pub struct Ring {
     pub crash_threshold: u32,
     #[serde(default, deserialize_with = "opt_duration")]
     pub soak: Option<Duration>,
-}
-
-/// One machine configuration: an image (default: the suite's) with overrides.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Target {
-    /// Names the target in results (default: derived from the overrides).
-    pub name: Option<String>,
-    pub image: Option<String>,
-    pub cpus: Option<u32>,
-    pub memory_mib: Option<u32>,
-    /// Extra kernel parameters.
-    pub append: Option<String>,
-}
-
-impl Target {
-    /// A name for folders and reports: the given one, else built from the overrides.
-    pub fn label(&self) -> String {
-        if let Some(name) = &self.name {
-            return name.clone();
-        }
-        let mut parts = vec![self.image.clone().unwrap_or_else(|| "default".into())];
-        if let Some(c) = self.cpus {
-            parts.push(format!("{c}cpu"));
-        }
-        if let Some(m) = self.memory_mib {
-            parts.push(format!("{m}mib"));
-        }
-        if self.append.is_some() {
-            parts.push("append".into());
-        }
-        parts
-            .join("-")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    }
 }
 
 /// Which crashes get a memory dump.

@@ -12,6 +12,8 @@ use std::fmt;
 
 use serde_json::Value;
 
+use crate::model::record::BugcheckRecord;
+
 /// A Windows stop: its code and the four parameters whose meaning depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Bugcheck {
@@ -169,6 +171,19 @@ impl fmt::Display for Bugcheck {
             "{} ({p1:#x}, {p2:#x}, {p3:#x}, {p4:#x})",
             self.title(None)
         )
+    }
+}
+
+// The record lives in the model (below this layer); making one from a decoded
+// bugcheck is the decoder's business.
+impl BugcheckRecord {
+    pub fn of(bugcheck: &Bugcheck, from: &str) -> BugcheckRecord {
+        BugcheckRecord {
+            code: format!("0x{:X}", bugcheck.code),
+            name: bugcheck.name().map(str::to_string),
+            parameters: bugcheck.params.iter().map(|p| format!("{p:#x}")).collect(),
+            from: from.to_string(),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod event;
 pub mod record;
 pub mod run_file;
 pub mod sink;
+pub mod target;
 
 pub use event::{Emitter, Event};
 pub use sink::{ReportError, Sink};

@@ -146,7 +146,7 @@ pub struct RunSettings {
     pub allow_outside_paths: bool,
     /// The rollout target the suites ran on instead of their own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<crate::suite::Target>,
+    pub target: Option<super::target::Target>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -344,17 +344,6 @@ pub struct BugcheckRecord {
     pub parameters: Vec<String>,
     /// "hyperv" (the panic event) or "dump" (the dump header).
     pub from: String,
-}
-
-impl BugcheckRecord {
-    pub fn of(bugcheck: &crate::detect::bugcheck::Bugcheck, from: &str) -> BugcheckRecord {
-        BugcheckRecord {
-            code: format!("0x{:X}", bugcheck.code),
-            name: bugcheck.name().map(str::to_string),
-            parameters: bugcheck.params.iter().map(|p| format!("{p:#x}")).collect(),
-            from: from.to_string(),
-        }
-    }
 }
 
 /// [`RecoveryRecord::how`] when no recovery step acted: the guest's own boots brought

@@ -24,9 +24,9 @@ use crate::model::record::{
     Verdict, VmArgv, SCHEMA_VERSION,
 };
 use crate::model::{Emitter, Event, ReportError};
+use crate::qemu;
 use crate::qemu::accel::{self, AccelDecision};
 use crate::qemu::snapshot::{self, SavedState};
-use crate::qemu;
 use crate::suite::Suite;
 use crate::util::{lock, sha256_file};
 use driver::BuiltDriver;

@@ -1,6 +1,7 @@
 //! Integration tests: the real `bootgate` binary booting the real demo guest under
 //! real QEMU (TCG). One test binary, a module per area (cargo's testsuite style).
 
+mod architecture;
 mod boot;
 mod cli;
 mod common;
