@@ -121,22 +121,50 @@ pub fn snippet(text: &str, line: usize, column: usize) -> String {
     )
 }
 
+/// Quotes one word for a POSIX shell: words of only safe characters stay as they
+/// are (so commands stay readable), anything else goes in single quotes.
+pub fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
 /// Joins an argv into one line a POSIX shell reads back as the same argv.
 pub fn shell_join(argv: &[String]) -> String {
     argv.iter()
-        .map(|arg| {
-            let plain = !arg.is_empty()
-                && arg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-            if plain {
-                arg.clone()
-            } else {
-                format!("'{}'", arg.replace('\'', "'\\''"))
-            }
-        })
+        .map(|arg| shell_quote(arg))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// An exclusive advisory lock (flock) held until dropped: closing the file releases
+/// it, and so does the kernel if the process dies, so a crashed holder never blocks
+/// the next one.
+pub struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    /// Waits for the lock on `path` (created if missing).
+    pub fn acquire(path: &Path) -> io::Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: flock on a descriptor we own; released when the file closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileLock { _file: file })
+    }
 }
 
 /// Formats a duration for humans: "850 ms", "9.3 s", "2 m 05 s".
@@ -195,6 +223,12 @@ mod tests {
             (n == 3).then_some(n)
         });
         assert_eq!(r, Waited::Done(3));
+    }
+
+    #[test]
+    fn shell_quote_keeps_one_word() {
+        // An `exec:` migration URI names its file through `/bin/sh -c`.
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
     }
 
     #[test]

@@ -348,8 +348,8 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
                     checks.push(GuestCheck {
                         what: field,
                         argv: shell(format!(
-                            "test -d '{0}' && test -w '{0}' && echo '{0}'",
-                            dir.replace('\'', "'\\''")
+                            "test -d {0} && test -w {0} && echo {0}",
+                            crate::util::shell_quote(&dir)
                         )),
                         judge: |code, out| {
                             if code == 0 {

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use super::{ImageError, Notify};
 use crate::cache::cache_root;
-use crate::util::sha256_bytes;
+use crate::util::{sha256_bytes, FileLock};
 
 /// The recipe, embedded: (file name, contents).
 const RECIPE: &[(&str, &str)] = &[
@@ -171,7 +171,9 @@ pub fn build(force: bool, notify: Notify) -> Result<PathBuf, ImageError> {
     fs::create_dir_all(&images)
         .map_err(|e| build_error(format!("cannot create cache {}: {e}", images.display())))?;
     // One build at a time per cache: a second bootgate waits, then reuses the result.
-    let _lock = lock_file(&images.join(".demo.lock"))?;
+    let lock = images.join(".demo.lock");
+    let _lock = FileLock::acquire(&lock)
+        .map_err(|e| build_error(format!("cannot lock {}: {e}", lock.display())))?;
     if !force && target.join(COMPLETE_MARKER).is_file() {
         return Ok(manifest);
     }
@@ -238,39 +240,6 @@ pub fn build_info(manifest: &Path) -> Option<serde_json::Value> {
     let dir = manifest.parent()?;
     let text = fs::read_to_string(dir.join("build-info.json")).ok()?;
     serde_json::from_str(&text).ok()
-}
-
-/// An exclusive advisory lock held until dropped.
-struct FileLock(fs::File);
-
-fn lock_file(path: &Path) -> Result<FileLock, ImageError> {
-    use std::os::fd::AsRawFd;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| build_error(format!("cannot open lock {}: {e}", path.display())))?;
-    // SAFETY: flock on a descriptor we own; released when the file closes.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    if rc != 0 {
-        return Err(build_error(format!(
-            "cannot lock {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(FileLock(file))
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: unlocking our own descriptor.
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use crate::qemu::console::{ConsoleCapture, ConsoleLine};
 use crate::qemu::process::{ProcessError, ProcessGuard, QUIT_GRACE};
 use crate::qemu::qmp::{QmpClient, QmpError};
 use crate::qemu::{QemuTools, ToolError};
-use crate::util::{sha256_bytes, sha256_file, wait_until, Waited};
+use crate::util::{sha256_bytes, sha256_file, shell_quote, wait_until, FileLock, Waited};
 
 /// Arguments that make QEMU wait for a state instead of booting. `defer`, because
 /// the `x-ignore-shared` capability must be set before the stream is read and QEMU
@@ -339,7 +339,8 @@ pub fn ensure_saved_with(
     }
     fs::create_dir_all(&root).map_err(io_error(&root, "cannot create the state cache"))?;
     // One saver per key: a second bootgate waits here, then finds the state done.
-    let _lock = FileLock::acquire(&root.join(format!(".{key}.lock")))?;
+    let lock = root.join(format!(".{key}.lock"));
+    let _lock = FileLock::acquire(&lock).map_err(io_error(&lock, "cannot lock"))?;
     if target.join(COMPLETE_MARKER).is_file() {
         return Ok(state);
     }
@@ -452,7 +453,7 @@ fn save(
         vm.qmp_execute("migrate-set-capabilities", Some(ignore_shared()))?;
         vm.qmp_execute(
             "migrate",
-            Some(json!({"uri": format!("exec:cat > {}", shell_quote(&state.devices))})),
+            Some(json!({"uri": format!("exec:cat > {}", shell_quote(&state.devices.display().to_string()))})),
         )?;
         wait_for_migration(&vm.qmp, &layout.qmp_socket, "to", &state.devices)
     })();
@@ -705,51 +706,13 @@ fn connect_socket(what: &'static str, path: &Path) -> Result<UnixStream, Snapsho
     }
 }
 
-/// `exec:` URIs run through `/bin/sh -c`: quote the path as one word.
-fn shell_quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
-}
-
 fn tail(path: &Path) -> String {
     crate::util::tail_lines(path, LOG_TAIL_LINES)
-}
-
-/// An exclusive advisory lock (flock) held until dropped: closing the file releases
-/// it, and so does the kernel if the process dies, so a crashed saver never blocks
-/// the next one.
-struct FileLock {
-    _file: fs::File,
-}
-
-impl FileLock {
-    fn acquire(path: &Path) -> Result<FileLock, SnapshotError> {
-        use std::os::fd::AsRawFd;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_error(path, "cannot open lock"))?;
-        // SAFETY: flock on a descriptor we own; released when the file closes.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(SnapshotError::Io {
-                path: path.to_path_buf(),
-                action: "cannot lock",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(FileLock { _file: file })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shell_quote_keeps_one_word() {
-        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
-    }
 
     #[test]
     fn restore_argv_is_the_saving_line_with_private_ram_plus_incoming() {

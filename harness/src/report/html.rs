@@ -24,7 +24,7 @@ use crate::model::record::{
 };
 use crate::model::Event;
 use crate::model::{ReportError, Sink};
-use crate::util::{human_duration, write_atomic};
+use crate::util::{human_duration, shell_quote, write_atomic};
 
 /// The name ends in `.html` so that even minijinja's default callback would escape;
 /// `render` also forces HTML escaping explicitly.
@@ -1210,19 +1210,6 @@ fn clean(text: &str) -> String {
             }
         })
         .collect()
-}
-
-/// POSIX shell quoting, so a command copies into a terminal as one piece.
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(&b));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }
 
 fn shell_command(argv: &[String]) -> String {
