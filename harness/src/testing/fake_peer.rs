@@ -126,34 +126,6 @@ impl AgentPeer {
         }
     }
 
-    /// The next request, or `None` once the client hangs up (or, with a read
-    /// timeout set on the stream, goes quiet).
-    pub fn next(&mut self) -> Option<Request> {
-        loop {
-            let skip = self
-                .buf
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            self.buf.drain(..skip);
-            if self.buf.first() == Some(&SENTINEL) {
-                self.buf.remove(0);
-                return Some(Request::Sentinel);
-            }
-            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            if let Some(Ok(value)) = values.next() {
-                let used = values.byte_offset();
-                self.buf.drain(..used);
-                return Some(Request::Command(value));
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
@@ -179,6 +151,39 @@ impl AgentPeer {
                     self.reply(id);
                 }
                 Request::Command(cmd) => return Some(cmd),
+            }
+        }
+    }
+}
+
+/// The client's requests, in order, until it hangs up.
+impl Iterator for AgentPeer {
+    type Item = Request;
+
+    /// The next request, or `None` once the client hangs up (or, with a read
+    /// timeout set on the stream, goes quiet).
+    fn next(&mut self) -> Option<Request> {
+        loop {
+            let skip = self
+                .buf
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(self.buf.len());
+            self.buf.drain(..skip);
+            if self.buf.first() == Some(&SENTINEL) {
+                self.buf.remove(0);
+                return Some(Request::Sentinel);
+            }
+            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            if let Some(Ok(value)) = values.next() {
+                let used = values.byte_offset();
+                self.buf.drain(..used);
+                return Some(Request::Command(value));
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
     }
