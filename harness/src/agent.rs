@@ -55,7 +55,7 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The byte that delimits a `guest-sync-delimited` reply. Invalid in UTF-8,
 /// so it also resets the agent's JSON parser when we send it.
-const SENTINEL: u8 = 0xFF;
+pub const SENTINEL: u8 = 0xFF;
 
 /// Errors from the guest agent client.
 #[derive(Debug, thiserror::Error)]
@@ -769,99 +769,19 @@ mod tests {
     //! stale replies or garbage, or answer a sync only after old junk.
 
     use super::*;
-    use std::os::unix::net::UnixListener;
+    use crate::testing::fake_peer::{AgentPeer, FakePeer, Request, AGENT_PARSE_ERROR};
     use std::sync::mpsc;
     use std::thread::JoinHandle;
 
-    const TEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-    enum Request {
-        /// The raw 0xFF byte.
-        Sentinel,
-        Command(Value),
-    }
-
-    struct FakeAgent {
-        stream: UnixStream,
-        buf: Vec<u8>,
-    }
-
-    impl FakeAgent {
-        /// The next request, or `None` once the client hangs up.
-        fn next(&mut self) -> Option<Request> {
-            loop {
-                let skip = self
-                    .buf
-                    .iter()
-                    .position(|b| !b.is_ascii_whitespace())
-                    .unwrap_or(self.buf.len());
-                self.buf.drain(..skip);
-                if self.buf.first() == Some(&SENTINEL) {
-                    self.buf.remove(0);
-                    return Some(Request::Sentinel);
-                }
-                let mut values =
-                    serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-                if let Some(Ok(value)) = values.next() {
-                    let used = values.byte_offset();
-                    self.buf.drain(..used);
-                    return Some(Request::Command(value));
-                }
-                let mut chunk = [0u8; 65536];
-                let n = self.stream.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    return None;
-                }
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
-        }
-
-        fn send(&mut self, bytes: &[u8]) {
-            self.stream.write_all(bytes).unwrap();
-        }
-
-        fn reply(&mut self, value: Value) {
-            self.send(format!("{}\n", json!({ "return": value })).as_bytes());
-        }
-
-        /// Answers the sentinel and a sync as qemu-ga does; returns the next
-        /// other command. Panics if the client hangs up first.
-        fn command(&mut self) -> Value {
-            self.try_command().unwrap()
-        }
-
-        fn try_command(&mut self) -> Option<Value> {
-            loop {
-                match self.next()? {
-                    Request::Sentinel => self.send(
-                        b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"Invalid JSON syntax\"}}\n",
-                    ),
-                    Request::Command(cmd) if cmd["execute"] == "guest-sync-delimited" => {
-                        let id = cmd["arguments"]["id"].clone();
-                        self.send(&[SENTINEL]);
-                        self.reply(id);
-                    }
-                    Request::Command(cmd) => return Some(cmd),
-                }
-            }
-        }
-    }
+    const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
     fn fake(
-        script: impl FnOnce(FakeAgent) + Send + 'static,
-    ) -> (tempfile::TempDir, AgentClient, JoinHandle<()>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qga.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let handle = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            script(FakeAgent {
-                stream,
-                buf: Vec::new(),
-            });
-        });
-        let client = AgentClient::connect(&path, TEST_TIMEOUT).unwrap();
-        (dir, client, handle)
+        script: impl FnOnce(AgentPeer) + Send + 'static,
+    ) -> (FakePeer, AgentClient, JoinHandle<()>) {
+        let server = FakePeer::bind("qga.sock");
+        let handle = server.serve(|stream| script(AgentPeer::new(stream)));
+        let client = AgentClient::connect(server.path(), TEST_TIMEOUT).unwrap();
+        (server, client, handle)
     }
 
     #[test]
@@ -872,9 +792,7 @@ mod tests {
             let Some(Request::Sentinel) = agent.next() else {
                 panic!("expected the sentinel first")
             };
-            agent.send(
-                b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"Invalid JSON syntax\"}}\n",
-            );
+            agent.send(AGENT_PARSE_ERROR);
             let Some(Request::Command(sync)) = agent.next() else {
                 panic!("expected a sync")
             };
@@ -1052,7 +970,7 @@ mod tests {
     }
 
     /// Serves a read of `content` in 3-byte pieces, whatever count is asked.
-    fn serve_read(agent: &mut FakeAgent, content: &[u8]) -> (usize, bool) {
+    fn serve_read(agent: &mut AgentPeer, content: &[u8]) -> (usize, bool) {
         assert_eq!(
             agent.command()["arguments"],
             json!({"path": "/etc/f", "mode": "r"})

@@ -21,4 +21,7 @@ pub mod qemu;
 pub mod report;
 pub mod runner;
 pub mod suite;
+/// Test support: fakes and builders for bootgate's own tests; not a stable API.
+#[doc(hidden)]
+pub mod testing;
 pub mod util;

@@ -625,59 +625,20 @@ mod tests {
     //! client against the real thing.
 
     use super::*;
+    use crate::testing::fake_peer::{FakePeer, QmpPeer};
     use serde_json::json;
     use std::io::Read;
     use std::os::unix::net::UnixListener;
     use std::process::{Command, Stdio};
 
-    const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 3, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}}"#;
     const TEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-    struct Peer {
-        reader: BufReader<UnixStream>,
-        writer: UnixStream,
-    }
-
-    impl Peer {
-        fn line(&mut self, text: &str) {
-            self.writer.write_all(text.as_bytes()).unwrap();
-            self.writer.write_all(b"\r\n").unwrap();
-        }
-
-        fn command(&mut self) -> Value {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            serde_json::from_str(&line).unwrap()
-        }
-
-        fn handshake(&mut self) {
-            self.line(GREETING);
-            let caps = self.command();
-            assert_eq!(caps["execute"], "qmp_capabilities");
-            self.line(&json!({"return": {}, "id": caps["id"]}).to_string());
-        }
-
-        fn reply(&mut self, id: &Value, value: Value) {
-            self.line(&json!({"return": value, "id": id}).to_string());
-        }
-    }
-
     /// Listens on a fresh socket and runs `script` against the first client.
-    fn fake(
-        script: impl FnOnce(Peer) + Send + 'static,
-    ) -> (tempfile::TempDir, PathBuf, JoinHandle<()>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qmp.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let handle = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let peer = Peer {
-                reader: BufReader::new(stream.try_clone().unwrap()),
-                writer: stream,
-            };
-            script(peer);
-        });
-        (dir, path, handle)
+    fn fake(script: impl FnOnce(QmpPeer) + Send + 'static) -> (FakePeer, PathBuf, JoinHandle<()>) {
+        let server = FakePeer::bind("qmp.sock");
+        let handle = server.serve(|stream| script(QmpPeer::new(stream)));
+        let path = server.path().to_path_buf();
+        (server, path, handle)
     }
 
     fn next_message(rx: &Receiver<QmpMessage>) -> QmpMessage {
@@ -1001,11 +962,7 @@ mod tests {
             thread::sleep(Duration::from_millis(300));
             let listener = UnixListener::bind(&bind_path).unwrap();
             let (stream, _) = listener.accept().unwrap();
-            let mut peer = Peer {
-                reader: BufReader::new(stream.try_clone().unwrap()),
-                writer: stream,
-            };
-            peer.handshake();
+            QmpPeer::new(stream).handshake();
         });
         let (client, _rx) = QmpClient::connect(&path, TEST_TIMEOUT).unwrap();
         assert_eq!(client.greeting().major, 7);

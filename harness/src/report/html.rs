@@ -1242,9 +1242,8 @@ fn shell_command_lines(argv: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::record::{
-        FileHash, HostInfo, QemuInfo, RecoveryRecord, RunSettings, StepRecord, Summary, VmArgv,
-    };
+    use crate::model::record::{FileHash, HostInfo, RecoveryRecord, StepRecord, VmArgv};
+    use crate::testing::records;
 
     const HOSTILE_SCRIPT: &str = "<script>alert(1)</script>";
     const HOSTILE_IMG: &str = "\"><img src=x onerror=alert(1)>";
@@ -1259,80 +1258,39 @@ mod tests {
         detail: &str,
     ) -> StepRecord {
         StepRecord {
-            kind: kind.into(),
             start_ms,
-            outcome,
             duration_ms,
-            detail: detail.into(),
+            ..records::step(kind, outcome, detail)
         }
     }
 
     fn boot(index: u32, start_ms: u64, outcome: BootOutcome, ready_ms: Option<u64>) -> BootRecord {
         BootRecord {
-            index,
             start_ms,
-            outcome,
-            ready_ms,
-            extra_append: None,
-            crash: None,
-            restored: false,
-            standby: false,
+            ..records::boot(index, outcome, ready_ms)
         }
     }
 
     fn scenario(name: &str, verdict: Verdict) -> ScenarioRecord {
         ScenarioRecord {
-            name: format!("demo/{name}"),
-            suite: "demo".into(),
-            suite_file: "scenarios/demo/suite.toml".into(),
-            image: "demo".into(),
-            verdict,
-            reason: None,
             duration_ms: 10_000,
-            boots: Vec::new(),
-            steps: Vec::new(),
-            crashes: Vec::new(),
-            hangs: Vec::new(),
-            boot_loop: false,
-            recovery: None,
-            recovers_within: None,
-            expect: None,
-            artifacts: Vec::new(),
-            dir: format!("demo/{name}"),
-            rerun: vec![
-                "bootgate".into(),
-                "rerun".into(),
-                "/results/run 1".into(),
-                format!("demo/{name}"),
-            ],
-            hang_screenshots: Vec::new(),
-            queued_ms: 0,
-            worker: 0,
-            attempts: Vec::new(),
+            rerun: records::rerun("/results/run 1", &format!("demo/{name}")),
+            ..records::scenario("demo", name, verdict)
         }
     }
 
     fn crash(boot_index: u32, title: &str) -> CrashRecord {
         CrashRecord {
-            title: title.into(),
             kind: "BUG: unable to handle page fault".into(),
-            source: "console".into(),
-            signals: vec!["pvpanic".into(), "console".into()],
-            boot_index,
             excerpt: vec![
                 "[    3.1] BUG: unable to handle page fault for address: ffffd26040096000".into(),
                 format!("[    3.2] {HOSTILE_SCRIPT}"),
                 format!("[    3.3] {HOSTILE_IMG}"),
             ],
             detect_ms: 26,
-            screenshot: None,
-            dump: None,
-            dump_format: None,
             dump_note: Some("dump skipped: no disk space".into()),
-            bugcheck: None,
-            guest_dumps: Vec::new(),
-            guest_dumps_note: None,
             console: Some("console.log".into()),
+            ..records::crash(boot_index, title)
         }
     }
 
@@ -1422,54 +1380,38 @@ mod tests {
         std::fs::write(shot_dir.join("crash-1.png"), png).expect("write png");
 
         let scenarios = vec![pass, looping, error];
-        RunRecord {
-            schema_version: 1,
-            run_id: "20260101T000000Z-abcd".into(),
-            started_at: "2026-01-01T00:00:00Z".into(),
-            finished_at: Some("2026-01-01T00:01:05.5Z".into()),
-            interrupted: false,
-            bootgate_version: "0.1.0".into(),
-            command: vec!["bootgate".into(), "run".into(), "scenarios/demo".into()],
-            settings: RunSettings {
-                accel: "auto".into(),
-                keep: false,
-                suites: vec!["/work/scenarios/demo/suite.toml".into()],
-                allow_outside_paths: false,
-                target: None,
-            },
-            host: HostInfo {
-                hostname: "ci-7".into(),
-                kernel: "Linux 6.1.0 x86_64".into(),
-                cpus: 8,
-            },
-            qemu: QemuInfo {
-                version: Some("QEMU emulator version 7.2.22".into()),
-                accel: Some("tcg".into()),
-                accel_notice: Some("KVM never got past the BIOS; using TCG".into()),
-                argv: vec![VmArgv {
-                    scenario: "demo/boots-and-reboots".into(),
-                    argv: vec![
-                        "qemu-system-x86_64".into(),
-                        "-append".into(),
-                        "console=ttyS0 oops=panic".into(),
-                    ],
-                }],
-            },
-            inputs: vec![
-                FileHash {
-                    path: "/cache/drivers/demo_sensor.ko".into(),
-                    sha256: "4a375f511eb84caeb7810e2e88ada09ecaa349ebaf8ad381d22719a803b48dd4"
-                        .into(),
-                },
-                FileHash {
-                    path: "scenarios/demo/content/cf291-21-fields.content".into(),
-                    sha256: "426ff49716c116b15894298918cfa3598a9770b3ce3029a9543c90c81072fb97"
-                        .into(),
-                },
+        let mut run = records::run(scenarios);
+        run.run_id = "20260101T000000Z-abcd".into();
+        run.started_at = "2026-01-01T00:00:00Z".into();
+        run.finished_at = Some("2026-01-01T00:01:05.5Z".into());
+        run.command = vec!["bootgate".into(), "run".into(), "scenarios/demo".into()];
+        run.settings.suites = vec!["/work/scenarios/demo/suite.toml".into()];
+        run.host = HostInfo {
+            hostname: "ci-7".into(),
+            kernel: "Linux 6.1.0 x86_64".into(),
+            cpus: 8,
+        };
+        run.qemu.version = Some("QEMU emulator version 7.2.22".into());
+        run.qemu.accel_notice = Some("KVM never got past the BIOS; using TCG".into());
+        run.qemu.argv = vec![VmArgv {
+            scenario: "demo/boots-and-reboots".into(),
+            argv: vec![
+                "qemu-system-x86_64".into(),
+                "-append".into(),
+                "console=ttyS0 oops=panic".into(),
             ],
-            summary: Summary::of(&scenarios),
-            scenarios,
-        }
+        }];
+        run.inputs = vec![
+            FileHash {
+                path: "/cache/drivers/demo_sensor.ko".into(),
+                sha256: "4a375f511eb84caeb7810e2e88ada09ecaa349ebaf8ad381d22719a803b48dd4".into(),
+            },
+            FileHash {
+                path: "scenarios/demo/content/cf291-21-fields.content".into(),
+                sha256: "426ff49716c116b15894298918cfa3598a9770b3ce3029a9543c90c81072fb97".into(),
+            },
+        ];
+        run
     }
 
     fn rendered() -> String {

@@ -211,26 +211,15 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::record::{HostInfo, QemuInfo, RunSettings, Summary};
+    use crate::testing::records;
 
     fn run(input: &Path) -> RunRecord {
         RunRecord {
-            schema_version: 1,
-            run_id: "r".into(),
-            started_at: String::new(),
-            finished_at: None,
-            interrupted: false,
-            bootgate_version: "0".into(),
-            command: Vec::new(),
-            settings: RunSettings::default(),
-            host: HostInfo::default(),
-            qemu: QemuInfo::default(),
             inputs: vec![FileHash {
                 path: input.display().to_string(),
                 sha256: sha256_file(input).unwrap(),
             }],
-            scenarios: Vec::new(),
-            summary: Summary::default(),
+            ..records::run(Vec::new())
         }
     }
 

@@ -660,42 +660,21 @@ fn non_empty(text: String) -> Option<String> {
 mod tests {
     use super::*;
     use crate::model::record::{ScenarioRecord, Verdict, VmArgv};
+    use crate::testing::records;
 
     fn scenario(suite: &str, name: &str, verdict: Verdict) -> ScenarioRecord {
         let full = format!("{suite}/{name}");
+        let mut rerun = records::rerun("/ci/elsewhere/results/run", &full);
+        rerun.extend(["--out".into(), "/ci/elsewhere/results".into()]);
         ScenarioRecord {
-            name: full.clone(),
-            suite: suite.into(),
-            suite_file: format!("scenarios/{suite}/suite.toml"),
-            image: "demo".into(),
-            verdict,
             reason: (verdict != Verdict::Pass).then(|| "it crashed".into()),
             duration_ms: 1000,
-            boots: Vec::new(),
-            steps: Vec::new(),
-            crashes: Vec::new(),
-            hangs: Vec::new(),
-            boot_loop: false,
-            recovery: None,
-            recovers_within: None,
-            expect: None,
             artifacts: vec![FileHash {
                 path: format!("{full}/console.log"),
                 sha256: crate::util::sha256_bytes(full.as_bytes()),
             }],
-            dir: full.clone(),
-            rerun: vec![
-                "bootgate".into(),
-                "rerun".into(),
-                "/ci/elsewhere/results/run".into(),
-                full,
-                "--out".into(),
-                "/ci/elsewhere/results".into(),
-            ],
-            hang_screenshots: Vec::new(),
-            queued_ms: 0,
-            worker: 0,
-            attempts: Vec::new(),
+            rerun,
+            ..records::scenario(suite, name, verdict)
         }
     }
 
@@ -732,45 +711,25 @@ mod tests {
             if let Some(spec) = spec {
                 command.extend(["--shard".to_string(), spec.to_string()]);
             }
-            let record = RunRecord {
-                schema_version: SCHEMA_VERSION,
-                run_id: format!("run-{name}"),
-                started_at: started.into(),
-                finished_at: Some(finished.into()),
-                interrupted: false,
-                bootgate_version: "0.1.0".into(),
-                command,
-                settings: RunSettings {
-                    accel: "auto".into(),
-                    keep: false,
-                    suites: vec![
-                        "/w/scenarios/alpha/suite.toml".into(),
-                        "/w/scenarios/beta/suite.toml".into(),
-                    ],
-                    allow_outside_paths: false,
-                    target: None,
-                },
-                host: HostInfo {
-                    hostname: format!("ci-{name}"),
-                    kernel: "Linux 6.1 x86_64".into(),
-                    cpus: 4,
-                },
-                qemu: QemuInfo {
-                    version: Some("QEMU emulator version 7.2.0".into()),
-                    accel: Some("tcg".into()),
-                    accel_notice: None,
-                    argv: scenarios
-                        .iter()
-                        .map(|s| VmArgv {
-                            scenario: s.name.clone(),
-                            argv: vec!["qemu-system-x86_64".into()],
-                        })
-                        .collect(),
-                },
-                inputs,
-                summary: Summary::of(&scenarios),
-                scenarios,
-            };
+            let mut record = records::run(scenarios);
+            record.run_id = format!("run-{name}");
+            record.started_at = started.into();
+            record.finished_at = Some(finished.into());
+            record.command = command;
+            record.settings.suites = vec![
+                "/w/scenarios/alpha/suite.toml".into(),
+                "/w/scenarios/beta/suite.toml".into(),
+            ];
+            record.host.hostname = format!("ci-{name}");
+            record.qemu.argv = record
+                .scenarios
+                .iter()
+                .map(|s| VmArgv {
+                    scenario: s.name.clone(),
+                    argv: vec!["qemu-system-x86_64".into()],
+                })
+                .collect();
+            record.inputs = inputs;
             fs::write(
                 dir.join(RUN_JSON),
                 serde_json::to_vec_pretty(&record).unwrap(),

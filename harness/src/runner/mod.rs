@@ -739,18 +739,7 @@ fn hash_artifacts(run_dir: &Path, dir: &Path) -> Vec<FileHash> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attempt(n: u32, verdict: Verdict, reason: &str) -> AttemptRecord {
-        AttemptRecord {
-            attempt: n,
-            verdict,
-            reason: Some(reason.into()),
-            duration_ms: 1,
-            dir: format!("s/a.attempt-{n}"),
-            crashes: Vec::new(),
-            artifacts: Vec::new(),
-        }
-    }
+    use crate::testing::records::attempt;
 
     #[test]
     fn errors_are_retried_failures_only_when_asked() {

@@ -125,6 +125,7 @@ mod tests {
     use super::*;
     use crate::model::record::BootOutcome;
     use crate::suite::{Gates, Scenario, DEFAULT_BOOT_LOOP_BOOTS};
+    use crate::testing::records;
 
     fn scenario(expect: Option<Expect>, gates: Gates) -> Scenario {
         Scenario {
@@ -141,40 +142,16 @@ mod tests {
     }
 
     fn boot(index: u32, ready_ms: Option<u64>) -> BootRecord {
-        BootRecord {
-            index,
-            start_ms: 0,
-            outcome: if ready_ms.is_some() {
-                BootOutcome::Ready
-            } else {
-                BootOutcome::Crash
-            },
-            ready_ms,
-            extra_append: None,
-            crash: None,
-            restored: false,
-            standby: false,
-        }
+        let outcome = if ready_ms.is_some() {
+            BootOutcome::Ready
+        } else {
+            BootOutcome::Crash
+        };
+        records::boot(index, outcome, ready_ms)
     }
 
     fn crash(title: &str) -> CrashRecord {
-        CrashRecord {
-            title: title.into(),
-            kind: "BUG".into(),
-            source: "console".into(),
-            signals: vec!["pvpanic".into(), "console".into()],
-            boot_index: 1,
-            excerpt: Vec::new(),
-            detect_ms: 1,
-            screenshot: None,
-            dump: None,
-            dump_format: None,
-            dump_note: None,
-            bugcheck: None,
-            guest_dumps: Vec::new(),
-            guest_dumps_note: None,
-            console: None,
-        }
+        records::crash(1, title)
     }
 
     const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
