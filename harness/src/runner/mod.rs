@@ -19,14 +19,15 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::image::{self, ImageError, Manifest};
+use crate::model::exit::Exit;
 use crate::model::record::{
     AttemptRecord, FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, ScenarioRecord, Summary,
     Verdict, VmArgv, SCHEMA_VERSION,
 };
 use crate::model::{Emitter, Event, ReportError};
+use crate::qemu;
 use crate::qemu::accel::{self, AccelDecision};
 use crate::qemu::snapshot::{self, SavedState};
-use crate::qemu;
 use crate::suite::Suite;
 use crate::util::{lock, sha256_file};
 use driver::BuiltDriver;
@@ -81,6 +82,14 @@ impl RunError {
             }
             RunError::InputChanged(_) | RunError::InputNew(_) => true,
             RunError::Results { .. } | RunError::Report(_) => false,
+        }
+    }
+
+    pub fn exit_code(&self) -> Exit {
+        if self.is_usage() {
+            Exit::Usage
+        } else {
+            Exit::Infra
         }
     }
 }
