@@ -24,6 +24,7 @@ use crate::fuzz::format::ContentFormat;
 use crate::fuzz::minimize;
 use crate::fuzz::mutate::Mutator;
 use crate::image::{self, Manifest};
+use crate::model::exit::Exit;
 use crate::model::record::Verdict;
 use crate::model::Emitter;
 use crate::qemu::accel::{self, Accel, AccelChoice};
@@ -115,6 +116,26 @@ pub enum FuzzError {
     Infrastructure { count: u32, last: String },
 }
 
+impl FuzzError {
+    /// A wrong suite, driver or format description is the user's to fix (exit 2);
+    /// everything else is the host's or the guest image's (exit 3).
+    pub fn exit_code(&self) -> Exit {
+        match self {
+            FuzzError::Suite(_)
+            | FuzzError::UnknownDriver { .. }
+            | FuzzError::DriverField { .. }
+            | FuzzError::Format(_) => Exit::Usage,
+            FuzzError::Seed { .. }
+            | FuzzError::Image(_)
+            | FuzzError::Driver(_)
+            | FuzzError::Guest(_)
+            | FuzzError::Snapshot(_)
+            | FuzzError::Io { .. }
+            | FuzzError::Infrastructure { .. } => Exit::Infra,
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FuzzError + '_ {
     move |source| FuzzError::Io {
         path: path.to_path_buf(),
@@ -158,6 +179,20 @@ pub struct FuzzReport {
     /// `bootgate run` replays these (relative to the output folder).
     pub regression_suite: String,
     pub interrupted: bool,
+}
+
+impl FuzzReport {
+    /// A found crash is the product failing; an interrupted campaign proves nothing
+    /// either way.
+    pub fn exit_code(&self) -> Exit {
+        if self.interrupted {
+            Exit::Interrupted
+        } else if self.crashes.is_empty() {
+            Exit::Pass
+        } else {
+            Exit::Fail
+        }
+    }
 }
 
 /// What one execution showed.

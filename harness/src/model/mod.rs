@@ -3,6 +3,7 @@
 //! files in a run folder. Nothing here imports anything above it.
 
 pub mod event;
+pub mod exit;
 pub mod record;
 pub mod run_file;
 pub mod sink;

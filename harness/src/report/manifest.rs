@@ -169,6 +169,15 @@ pub enum VerifyError {
     Hash(#[from] ReportError),
 }
 
+impl VerifyError {
+    /// A folder that cannot be checked is one the user named wrongly or one that is no
+    /// run folder: theirs to fix. An unreadable file inside it counts the same way:
+    /// the folder, not the host, is what is wrong.
+    pub fn exit_code(&self) -> crate::model::exit::Exit {
+        crate::model::exit::Exit::Usage
+    }
+}
+
 /// Rechecks a run folder against its manifest.json.
 pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
     let path = run_dir.join(MANIFEST_JSON);

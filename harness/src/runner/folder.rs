@@ -11,6 +11,13 @@ pub struct FolderError {
     pub source: std::io::Error,
 }
 
+impl FolderError {
+    /// The results folder cannot be written: the host's trouble, not the suite's.
+    pub fn exit_code(&self) -> crate::model::exit::Exit {
+        crate::model::exit::Exit::Infra
+    }
+}
+
 /// Creates `out/<run-id>`; returns the id and the folder.
 pub fn create_run_dir(out: &Path) -> Result<(String, PathBuf), FolderError> {
     let fail = |path: &Path, source| FolderError {

@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::model::exit::Exit;
 use crate::model::record::{
     FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
 };
@@ -124,6 +125,14 @@ impl MergeError {
             self,
             MergeError::Copy { .. } | MergeError::Results { .. } | MergeError::Report(_)
         )
+    }
+
+    pub fn exit_code(&self) -> Exit {
+        if self.is_usage() {
+            Exit::Usage
+        } else {
+            Exit::Infra
+        }
     }
 }
 

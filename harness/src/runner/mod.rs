@@ -19,6 +19,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::image::{self, ImageError, Manifest};
+use crate::model::exit::Exit;
 use crate::model::record::{
     AttemptRecord, FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, ScenarioRecord, Summary,
     Verdict, VmArgv, SCHEMA_VERSION,
@@ -81,6 +82,14 @@ impl RunError {
             }
             RunError::InputChanged(_) | RunError::InputNew(_) => true,
             RunError::Results { .. } | RunError::Report(_) => false,
+        }
+    }
+
+    pub fn exit_code(&self) -> Exit {
+        if self.is_usage() {
+            Exit::Usage
+        } else {
+            Exit::Infra
         }
     }
 }

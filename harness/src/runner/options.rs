@@ -1,5 +1,7 @@
 //! What a run is asked to do: everything `bootgate run` (and rerun, rollout, the
-//! scenario tests) can set.
+//! scenario tests) can set. Callers set what they need and take the rest from
+//! `RunOptions::default()` (`RunOptions { jobs: 2, ..RunOptions::default() }`), so a
+//! new setting is one field and one default, not an edit at every call site.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -46,6 +48,37 @@ pub struct RunOptions {
     /// bootgate's own command line, recorded in run.json.
     pub command: Vec<String>,
 }
+
+impl Default for RunOptions {
+    /// What `bootgate run PATH` does with no flags. `tools` come from the environment
+    /// (`BOOTGATE_QEMU`, `BOOTGATE_QEMU_IMG`), which probes QEMU once for `-sandbox`.
+    /// `command` is empty: only the binary knows its own command line.
+    fn default() -> Self {
+        RunOptions {
+            out_dir: PathBuf::from(DEFAULT_OUT_DIR),
+            jobs: 0,
+            accel: AccelChoice::Auto,
+            keep: false,
+            retries: 0,
+            retry_failures: false,
+            path_policy: crate::suite::PathPolicy::default(),
+            target: None,
+            only: Vec::new(),
+            skip: Vec::new(),
+            exact: false,
+            ignored: IgnoredPolicy::default(),
+            required_inputs: None,
+            shard: None,
+            expected_ms: BTreeMap::new(),
+            timings_file: None,
+            tools: QemuTools::from_env(),
+            command: Vec::new(),
+        }
+    }
+}
+
+/// The results folder when none is given (`bootgate run --out`'s default).
+pub const DEFAULT_OUT_DIR: &str = "results";
 
 /// How scenarios marked `ignore = true` are treated, as cargo test treats #[ignore].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

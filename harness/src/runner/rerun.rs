@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::exit::Exit;
 use crate::model::record::RunRecord;
 use crate::qemu::accel::AccelChoice;
 use crate::suite::{self, Suite, SuiteError};
@@ -25,6 +26,14 @@ pub enum RerunError {
     InputChanged(String),
     #[error(transparent)]
     Suite(#[from] SuiteError),
+}
+
+impl RerunError {
+    /// Every refusal is about what the user pointed at (a folder that is no run, a
+    /// scenario it lacks, inputs that changed), never about the host.
+    pub fn exit_code(&self) -> Exit {
+        Exit::Usage
+    }
 }
 
 /// What to run again.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::model::exit::Exit;
 use crate::model::record::{RunRecord, Verdict};
 use crate::model::Emitter;
 use crate::runner::{interrupted, run, RunError, RunOptions};
@@ -83,6 +84,31 @@ impl RolloutReport {
     /// Did a ring stop on infrastructure trouble rather than the product?
     pub fn infrastructure_error(&self) -> bool {
         self.rings.iter().any(|r| r.outcome == "error")
+    }
+
+    /// Interrupted first (the rest is incomplete), then infrastructure (no verdict on
+    /// the product), then whether the product let every ring promote.
+    pub fn exit_code(&self) -> Exit {
+        if self.interrupted {
+            Exit::Interrupted
+        } else if self.infrastructure_error() {
+            Exit::Infra
+        } else if self.all_promoted() {
+            Exit::Pass
+        } else {
+            Exit::Fail
+        }
+    }
+}
+
+impl RolloutError {
+    pub fn exit_code(&self) -> Exit {
+        match self {
+            // The suite is wrong for this command: a suite error, as `--help` says.
+            RolloutError::NoRollout(_) => Exit::Usage,
+            RolloutError::Run { source, .. } => source.exit_code(),
+            RolloutError::Io { .. } => Exit::Infra,
+        }
     }
 }
 
@@ -256,6 +282,14 @@ pub fn rollout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 13): this was exit 3, while `--help` promises 2 for a suite
+    /// the command cannot use.
+    #[test]
+    fn a_suite_without_rollout_is_a_usage_error() {
+        let e = RolloutError::NoRollout(PathBuf::from("suite.toml"));
+        assert_eq!(e.exit_code(), Exit::Usage);
+    }
 
     fn target_result(pass: usize, fail: usize, error: usize, crashed: &[&str]) -> TargetResult {
         TargetResult {

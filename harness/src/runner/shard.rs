@@ -43,6 +43,13 @@ pub enum ShardError {
     Invalid { path: PathBuf, message: String },
 }
 
+impl ShardError {
+    /// A bad `--shard` or `--shard-timings` argument: the command line is wrong.
+    pub fn exit_code(&self) -> crate::model::exit::Exit {
+        crate::model::exit::Exit::Usage
+    }
+}
+
 impl std::str::FromStr for Shard {
     type Err = ShardError;
 

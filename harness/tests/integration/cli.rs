@@ -186,3 +186,28 @@ fn suite_paths_outside_the_suite_folder_are_refused() {
     }
     assert!(!std::path::Path::new("/nonexistent-never-created").exists());
 }
+
+/// Regression (issue 13): a suite without [rollout] given to `bootgate rollout` is a
+/// suite error, exit 2 as `--help` promises, not infrastructure trouble (it was 3).
+/// It fails before any VM starts, so it needs no guest.
+#[test]
+fn rollout_of_a_suite_without_a_rollout_section_exits_2_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = std::path::Path::new(DEMO_SUITES).join("suite.toml");
+    let out = run(&[
+        "rollout",
+        suite.to_str().unwrap(),
+        "--accel",
+        "tcg",
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("suite.toml has no [rollout] section")
+            && stderr.contains("[[rollout.ring]]")
+            && stderr.contains("bootgate run"),
+        "{stderr}"
+    );
+}

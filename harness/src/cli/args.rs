@@ -1,0 +1,326 @@
+//! The command line: every subcommand and flag, with the texts `--help` prints.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use bootgate::qemu::accel::AccelChoice;
+use bootgate::report::terminal::Verbosity;
+use bootgate::runner::options::DEFAULT_OUT_DIR;
+use bootgate::runner::shard::Shard;
+use bootgate::suite;
+
+#[derive(Parser)]
+#[command(
+    name = "bootgate",
+    version,
+    about = "Boot-gate kernel drivers and content updates: boot VM images under QEMU, run scenario suites, record crashes, hangs and boot times as pass/fail gates.",
+    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG (binaries), BOOTGATE_CACHE (image cache folder)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a suite file, or every *.toml suite in a folder.
+    ///
+    /// A suite with a [drill] section is a recovery drill: one scenario per recovery
+    /// path it names (the driver's boot-loop guard, a rescue boot, removal from the
+    /// stopped VM's disk through a helper VM, a rollback through the agent), each
+    /// gated by recovers_within, and a table of boots and seconds per path at the
+    /// end (also in report.html and run.json). Folders leave drill and rollout suites
+    /// out: name the file.
+    ///
+    /// Example: bootgate run scenarios/demo/drill-cf291.toml --jobs 2
+    Run(RunArgs),
+    /// Fuzz a driver's content file through the real load path in a booted guest.
+    ///
+    /// The driver is installed and loaded once and the VM saved; every execution
+    /// restores that state, writes a mutated content file (structure-aware, from the
+    /// format description, plus blind byte mutations) and runs the driver's reload.
+    /// Crashes are told apart by title, each minimized and saved with its evidence;
+    /// the output folder gets report.json and a regression suite for `bootgate run`.
+    /// Exit 1 when a crash was found, 0 when none.
+    ///
+    /// Example:
+    ///   bootgate fuzz-content scenarios/demo/suite.toml --driver demo_sensor \
+    ///     --format scenarios/demo/content/format.toml \
+    ///     --seed scenarios/demo/content/good.content --time 10m
+    FuzzContent(FuzzArgs),
+    /// A staged-rollout gate over the rings of a suite's [rollout] section.
+    ///
+    /// The suite's scenarios run ring by ring (canary first); a ring is promoted only
+    /// when it is clean, and the first that is not halts the rollout with its
+    /// evidence. Each target is a full run in OUT/<run-id>/<ring>/<target>/;
+    /// rollout.json has every ring's outcome and the total gate time. Exit 0 when
+    /// every ring promoted, 1 when the product halted it, 3 on infrastructure trouble.
+    ///
+    /// Example: bootgate rollout scenarios/demo/rollout-good.toml
+    Rollout(RolloutArgs),
+    /// Rerun scenarios of a finished run with the same inputs and settings, into a new
+    /// run. Refuses, naming the file, if any input changed since.
+    Rerun(RerunArgs),
+    /// Recheck a run folder against its manifest.json: names every file missing,
+    /// altered or added since the run, and inputs that changed. Exit 1 if any.
+    Verify { run_dir: PathBuf },
+    /// Print a run's summary and each failing scenario's crash title and excerpt.
+    Show { run_dir: PathBuf },
+    /// Regenerate a run's report.html from its run.json (and refresh manifest.json,
+    /// which lists it).
+    Report { run_dir: PathBuf },
+    /// Join the run folders of CI shards (`run --shard K/N`) into one run: run.json,
+    /// junit.xml, report.html and manifest.json over every scenario.
+    Merge(MergeArgs),
+    /// List the scenarios of a suite file or folder without running them.
+    List { path: PathBuf },
+    /// Build or inspect images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Check the host: QEMU binaries and version, qemu-img, accelerator, firmware,
+    /// free disk, image cache. Each line says ok or what to do.
+    ///
+    /// With --image, boot that image once and check what bootgate needs inside it:
+    /// the guest agent and its commands, panic reporting (pvpanic), crash settings,
+    /// and for Windows crash dumps, test signing, recovery, pvpanic and fwcfg drivers.
+    Doctor(DoctorArgs),
+}
+
+/// `bootgate run`'s arguments.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Suite file or folder of suite files.
+    pub path: PathBuf,
+    /// Results folder; each run lands in DIR/<run-id>, and DIR/latest points at it.
+    #[arg(long, short, default_value = DEFAULT_OUT_DIR, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// Keep each VM's disk overlay in the results (system.qcow2).
+    #[arg(long, short)]
+    pub keep: bool,
+    /// VMs to run at once (default: one per core, as free memory allows).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Retry a scenario that ended in `error` (infrastructure trouble) up to N more
+    /// times. Every attempt's evidence is kept (<scenario>.attempt-K folders).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// With --retries, retry `fail` too. A pass after a failure is `flaky`, never a
+    /// plain pass: it is reported as such everywhere.
+    #[arg(long, requires = "retries")]
+    pub retry_failures: bool,
+    /// Let the suite name driver and content files outside its own folder (by
+    /// default a suite reads only files in its folder, so a suite from elsewhere
+    /// cannot copy an arbitrary host file into the guest and the results).
+    #[arg(long)]
+    pub allow_outside_paths: bool,
+    /// Run only scenarios whose "suite/scenario" name contains this text (repeatable;
+    /// like cargo test's FILTER).
+    #[arg(long, value_name = "TEXT")]
+    pub only: Vec<String>,
+    /// Leave out scenarios whose name contains this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub skip: Vec<String>,
+    /// --only and --skip match whole "suite/scenario" names.
+    #[arg(long)]
+    pub exact: bool,
+    /// Run only the scenarios marked `ignore = true`.
+    #[arg(long, conflicts_with = "include_ignored")]
+    pub ignored: bool,
+    /// Run the scenarios marked `ignore = true` too.
+    #[arg(long)]
+    pub include_ignored: bool,
+    /// Run only shard K of N (1-based; a CI index counting from 0 needs INDEX+1).
+    /// Deterministic: every machine computes the same split.
+    #[arg(long, value_name = "K/N", value_parser = clap::value_parser!(Shard))]
+    pub shard: Option<Shard>,
+    /// An earlier run.json (or run folder) whose durations balance the shards and
+    /// order the queue longest first.
+    #[arg(long, value_name = "RUN_JSON")]
+    pub shard_timings: Option<PathBuf>,
+    /// Print the selected scenario names (after --only and --shard), run nothing.
+    #[arg(long)]
+    pub list: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How much the terminal shows.
+#[derive(clap::Args)]
+pub struct OutputArgs {
+    /// Print only failures and the summary.
+    #[arg(long, short, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print every step and boot as it happens.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+impl OutputArgs {
+    pub fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (_, true) => Verbosity::Verbose,
+            _ => Verbosity::Normal,
+        }
+    }
+}
+
+/// `bootgate rerun`'s arguments.
+#[derive(clap::Args)]
+pub struct RerunArgs {
+    /// The run folder (e.g. results/latest).
+    pub run_dir: PathBuf,
+    /// Scenario names ("suite/scenario"); all of the run's when none.
+    pub scenarios: Vec<String>,
+    /// Results folder for the new run (default: the one holding RUN_DIR).
+    #[arg(long, short, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `bootgate merge`'s arguments.
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// Shard run folders (e.g. shard-1/latest shard-2/latest ...).
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Results folder for the merged run.
+    #[arg(long, short, default_value = DEFAULT_OUT_DIR, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// `bootgate doctor`'s arguments.
+#[derive(clap::Args)]
+pub struct DoctorArgs {
+    /// An image manifest (image.toml, or its folder) to boot and check.
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// Accelerator for the image check: auto probes KVM and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Build a built-in image (demo) into the per-user cache; reuses it when nothing changed.
+    Build {
+        /// Image name: demo.
+        name: String,
+        /// Rebuild even if the cache holds an up-to-date image.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `bootgate fuzz-content`'s arguments.
+#[derive(clap::Args)]
+pub struct FuzzArgs {
+    /// The suite file that defines the driver ([driver.NAME] with source or module,
+    /// content_file and reload).
+    pub suite: PathBuf,
+    /// The driver to fuzz (a [driver.NAME] of the suite).
+    #[arg(long, value_name = "NAME")]
+    pub driver: String,
+    /// Module parameters to load it with ("fixed=0").
+    #[arg(long, default_value = "", value_name = "PARAMS")]
+    pub params: String,
+    /// The content format description (fields, counts, lengths), e.g. format.toml.
+    #[arg(long, value_name = "FILE")]
+    pub format: PathBuf,
+    /// A starting input (repeatable); default: the format's [[seed]] files.
+    #[arg(long = "seed", value_name = "FILE")]
+    pub seeds: Vec<PathBuf>,
+    /// Stop after this long (30s, 10m, 2h).
+    #[arg(long, default_value = "10m", value_parser = suite::parse_duration, value_name = "DURATION")]
+    pub time: std::time::Duration,
+    /// Stop after this many executions (minimizing not counted).
+    #[arg(long, value_name = "N")]
+    pub execs: Option<u64>,
+    /// Stop once N unique crashes are found (CI: prove the bug is findable).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+    /// VMs at once (default: one per core, as free memory allows).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Output folder; each run lands in DIR/<run-id>, DIR/latest points at it.
+    #[arg(long, short, default_value = "results/fuzz", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Seed of the mutator's random numbers (same seed, same inputs).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub rng_seed: u64,
+    /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// Let the suite name files outside its own folder.
+    #[arg(long)]
+    pub allow_outside_paths: bool,
+}
+
+/// `bootgate rollout`'s arguments.
+#[derive(clap::Args)]
+pub struct RolloutArgs {
+    /// A suite file with a [rollout] section.
+    pub suite: PathBuf,
+    /// Results folder; each rollout lands in DIR/<run-id>, DIR/latest points at it.
+    #[arg(long, short, default_value = "results/rollout", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// VMs at once within a target's run (default: one per core, as memory allows).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Let the suite name files outside its own folder.
+    #[arg(long)]
+    pub allow_outside_paths: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bootgate::runner::{IgnoredPolicy, RunOptions};
+
+    /// `RunOptions::default()` is what `bootgate run PATH` does without flags, so the
+    /// library and the command line cannot drift apart on what "default" means.
+    #[test]
+    fn run_flag_defaults_are_the_run_options_defaults() {
+        let Command::Run(args) = Cli::parse_from(["bootgate", "run", "suite.toml"]).command else {
+            panic!("parsed as another command");
+        };
+        let defaults = RunOptions::default();
+        assert_eq!(args.out, defaults.out_dir);
+        assert_eq!(super::super::jobs(args.jobs), defaults.jobs);
+        assert_eq!(args.accel, defaults.accel);
+        assert_eq!(args.keep, defaults.keep);
+        assert_eq!(args.retries, defaults.retries);
+        assert_eq!(args.retry_failures, defaults.retry_failures);
+        assert_eq!(
+            suite::PathPolicy::allowing_outside(args.allow_outside_paths),
+            defaults.path_policy
+        );
+        assert_eq!(args.only, defaults.only);
+        assert_eq!(args.skip, defaults.skip);
+        assert_eq!(args.exact, defaults.exact);
+        assert!(!args.ignored && !args.include_ignored);
+        assert_eq!(defaults.ignored, IgnoredPolicy::Skip);
+        assert_eq!(args.shard, defaults.shard);
+        assert!(args.shard_timings.is_none() && defaults.timings_file.is_none());
+        assert!(defaults.expected_ms.is_empty() && defaults.target.is_none());
+        assert!(defaults.required_inputs.is_none());
+    }
+
+    /// clap's own consistency checks (conflicting or missing argument names).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

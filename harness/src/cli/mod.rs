@@ -1,0 +1,67 @@
+//! The commands of the `bootgate` binary: `args` says what the command line can hold,
+//! one module per command (small related ones share a file) turns it into library
+//! calls and terminal output, and `exit` turns errors into exit codes.
+
+pub mod args;
+pub mod exit;
+pub mod fuzz;
+pub mod host;
+pub mod results;
+pub mod rollout;
+pub mod run;
+
+use bootgate::model::Sink;
+use bootgate::report::html::HtmlSink;
+use bootgate::report::json::JsonSink;
+use bootgate::report::junit::JunitSink;
+use bootgate::report::live::LiveSink;
+use bootgate::report::manifest::ManifestSink;
+use bootgate::report::terminal::{TerminalSink, Verbosity};
+use bootgate::runner::{self, RunOptions};
+
+/// The library's defaults plus what only the binary knows: its own command line,
+/// which run.json records so a reviewer sees how the run was started.
+fn run_options() -> RunOptions {
+    RunOptions {
+        command: std::env::args().collect(),
+        ..RunOptions::default()
+    }
+}
+
+/// `--jobs N`; absent means 0, which lets the runner pick from cores and memory.
+fn jobs(arg: Option<u32>) -> usize {
+    arg.map_or(0, |n| n as usize)
+}
+
+/// The report sinks of one run. The manifest comes last: it hashes the files the
+/// other sinks wrote. A terminal gets the live view; CI logs one plain line per event.
+fn report_sinks(verbosity: Verbosity) -> Vec<Box<dyn Sink + Send>> {
+    let terminal: Box<dyn Sink + Send> =
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && verbosity != Verbosity::Quiet {
+            Box::new(LiveSink::new(verbosity))
+        } else {
+            Box::new(TerminalSink::new(verbosity))
+        };
+    vec![
+        terminal,
+        Box::new(JsonSink::new()),
+        Box::new(JunitSink::new()),
+        Box::new(HtmlSink::new()),
+        Box::new(ManifestSink),
+    ]
+}
+
+/// First Ctrl-C/SIGTERM: stop cleanly (VMs torn down, results written). The
+/// handler only sets a flag; the runner checks it at every wait.
+fn install_interrupt_handler() {
+    if let Err(e) = ctrlc::set_handler(|| {
+        if runner::interrupted() {
+            eprintln!("bootgate: still stopping VMs, please wait");
+        } else {
+            eprintln!("bootgate: interrupted; stopping VMs and writing results");
+        }
+        runner::interrupt();
+    }) {
+        eprintln!("bootgate: warning: cannot install the Ctrl-C handler: {e}");
+    }
+}

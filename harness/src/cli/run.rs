@@ -1,0 +1,118 @@
+//! `bootgate run`, `rerun` and `list`: the commands that select scenarios from suites
+//! and (but for `list`) run them.
+
+use std::path::{Path, PathBuf};
+
+use bootgate::model::Emitter;
+use bootgate::runner::options::DEFAULT_OUT_DIR;
+use bootgate::runner::{self, shard, IgnoredPolicy, RunOptions};
+use bootgate::suite;
+
+use super::args::{RerunArgs, RunArgs};
+use super::exit::{fail, Exit};
+use super::report_sinks;
+use bootgate::report::terminal::Verbosity;
+
+pub fn run(args: RunArgs) -> Exit {
+    let policy = suite::PathPolicy::allowing_outside(args.allow_outside_paths);
+    let suites = match suite::load_path_with(&args.path, policy) {
+        Ok(suites) => suites,
+        // A suite that does not load is a suite error, whatever the cause.
+        Err(e) => return fail(&e, Exit::Usage),
+    };
+    let expected_ms = match &args.shard_timings {
+        Some(file) => match shard::durations_from_run(file) {
+            Ok(durations) => durations,
+            Err(e) => return fail(&e, e.exit_code()),
+        },
+        None => Default::default(),
+    };
+    // The timings file (a run folder means its run.json) is an input of the run.
+    let timings_file = args.shard_timings.as_ref().map(|file| {
+        if file.is_dir() {
+            file.join("run.json")
+        } else {
+            file.clone()
+        }
+    });
+    let options = RunOptions {
+        out_dir: args.out,
+        jobs: super::jobs(args.jobs),
+        accel: args.accel,
+        keep: args.keep,
+        retries: args.retries,
+        retry_failures: args.retry_failures,
+        path_policy: policy,
+        only: args.only,
+        skip: args.skip,
+        exact: args.exact,
+        ignored: match (args.ignored, args.include_ignored) {
+            (true, _) => IgnoredPolicy::Only,
+            (_, true) => IgnoredPolicy::Include,
+            _ => IgnoredPolicy::Skip,
+        },
+        shard: args.shard,
+        expected_ms,
+        timings_file,
+        ..super::run_options()
+    };
+    if args.list {
+        for (suite, index) in runner::select(&suites, &options) {
+            println!("{}/{}", suite.name, suite.scenarios[index].name);
+        }
+        return Exit::Pass;
+    }
+    execute(&suites, &options, args.output.verbosity())
+}
+
+pub fn rerun(args: RerunArgs) -> Exit {
+    let plan = match runner::rerun::plan(&args.run_dir, &args.scenarios) {
+        Ok(plan) => plan,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    let out_dir = args.out.unwrap_or_else(|| {
+        std::fs::canonicalize(&args.run_dir)
+            .ok()
+            .and_then(|d| d.parent().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_DIR))
+    });
+    let options = RunOptions {
+        out_dir,
+        accel: plan.accel,
+        keep: plan.keep,
+        path_policy: plan.path_policy,
+        target: plan.target.clone(),
+        only: plan.scenarios,
+        exact: true,
+        // The run being repeated already chose them.
+        ignored: IgnoredPolicy::Include,
+        required_inputs: Some(plan.record.inputs),
+        ..super::run_options()
+    };
+    execute(&plan.suites, &options, args.output.verbosity())
+}
+
+pub fn list(path: &Path) -> Exit {
+    // Listing reads no file into a guest: paths anywhere are fine here.
+    match suite::load_path_with(path, suite::PathPolicy::Anywhere) {
+        Ok(suites) => {
+            for suite in suites {
+                for scenario in &suite.scenarios {
+                    println!("{}/{}", suite.name, scenario.name);
+                }
+            }
+            Exit::Pass
+        }
+        Err(e) => fail(&e, Exit::Usage),
+    }
+}
+
+/// Runs suites with every report sink; the terminal sink prints the summary.
+fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) -> Exit {
+    super::install_interrupt_handler();
+    let emitter = Emitter::new(report_sinks(verbosity));
+    match runner::run(suites, options, &emitter) {
+        Ok((record, _dir)) => record.outcome().exit_code(),
+        Err(e) => fail(&e, e.exit_code()),
+    }
+}
