@@ -10,6 +10,8 @@
 
 use serde::Serialize;
 
+pub mod boot_watch;
+
 /// Most lines kept as one report's excerpt: a full x86 oops followed by its panic is
 /// about 60-80 lines, and past that the lines add nothing a reader needs.
 pub const MAX_EXCERPT_LINES: usize = 100;
