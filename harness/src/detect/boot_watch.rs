@@ -2,6 +2,9 @@
 //! console line, the agent answered, at this instant" to "boot 2 is ready", "boot 1
 //! crashed (and here is the crash)", "the guest rebooted into boot 3".
 //!
+//! QEMU going away is not a signal here: whatever was pending, it is the host's
+//! failure, decided by the caller without asking the watch.
+//!
 //! The rules here decide verdicts and are subtle (a burst of RESETs is one reboot, a
 //! crashed boot's console tail read late is not the next boot's crash, a panic event
 //! waits briefly for its console report), so they live apart from QEMU: nothing here
@@ -36,8 +39,6 @@ pub enum Signal<'a> {
     Console(&'a str),
     /// The guest agent answered its sync: the boot reached ready.
     AgentReady,
-    /// QEMU went away (QMP closed, the signal channel ended).
-    QemuExited,
 }
 
 /// What a signal, or the passing of time, meant.
@@ -56,8 +57,6 @@ pub enum Happening {
     Pending { what: Pending, until: Instant },
     /// The guest powered itself off.
     PoweredOff { boot: u32 },
-    /// QEMU is gone: no verdict on the product.
-    QemuGone { boot: u32 },
 }
 
 /// What a pending decision waits for.
@@ -188,18 +187,17 @@ impl BootWatch {
             Signal::Console(_) if at < self.started => None,
             Signal::Console(text) => self.console(text, at),
             Signal::Qmp { name, data } => self.event(name, data, at),
-            Signal::AgentReady => Some(self.ready(at)),
-            Signal::QemuExited => Some(Happening::QemuGone { boot: self.boot }),
+            Signal::AgentReady => Some(Happening::Ready {
+                boot: self.boot,
+                after: self.mark_ready(at),
+            }),
         }
     }
 
-    /// The boot reached ready at `at`.
-    pub fn ready(&mut self, at: Instant) -> Happening {
+    /// The boot reached ready at `at`; how long after its start.
+    pub fn mark_ready(&mut self, at: Instant) -> Duration {
         self.ready = true;
-        Happening::Ready {
-            boot: self.boot,
-            after: at.saturating_duration_since(self.started),
-        }
+        at.saturating_duration_since(self.started)
     }
 
     /// A console line read while evidence is captured: it completes the report (for
@@ -715,10 +713,6 @@ mod tests {
             w.feed(shutdown(&off), t0 + ms(2)),
             Some(Happening::PoweredOff { boot: 1 })
         );
-        assert_eq!(
-            w.feed(Signal::QemuExited, t0 + ms(3)),
-            Some(Happening::QemuGone { boot: 1 })
-        );
     }
 
     #[test]
@@ -780,13 +774,8 @@ mod tests {
         let t0 = Instant::now();
         let mut w = BootWatch::new(t0);
         w.begin_boot(t0 + ms(100));
-        assert_eq!(
-            w.ready(t0 + ms(2600)),
-            Happening::Ready {
-                boot: 1,
-                after: ms(2500)
-            }
-        );
+        assert!(!w.is_ready());
+        assert_eq!(w.mark_ready(t0 + ms(2600)), ms(2500));
         assert!(w.is_ready());
     }
 
