@@ -7,6 +7,7 @@
 //! - [`win_dump`]: the header of a WinDbg kernel dump (QEMU's `win-dmp`, a guest's
 //!   MEMORY.DMP or minidump): which bugcheck it records.
 
+pub mod boot_watch;
 pub mod bugcheck;
 pub mod console;
 pub mod win_dump;

@@ -101,10 +101,14 @@ pub fn check_source(file: &str, module: &str, text: &str) -> Vec<Violation> {
     let Some(own) = layer_of(module) else {
         return Vec::new();
     };
-    let test_part_from = text
-        .lines()
-        .position(|l| l.trim_start().starts_with("#[cfg(test)]"))
-        .unwrap_or(usize::MAX);
+    // A `tests.rs` file is the body of a `#[cfg(test)] mod tests;`: all test code.
+    let test_part_from = if file == "tests.rs" || file.ends_with("/tests.rs") {
+        0
+    } else {
+        text.lines()
+            .position(|l| l.trim_start().starts_with("#[cfg(test)]"))
+            .unwrap_or(usize::MAX)
+    };
     let mut found = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let code = line.split("//").next().unwrap_or("");
@@ -113,7 +117,7 @@ pub fn check_source(file: &str, module: &str, text: &str) -> Vec<Violation> {
                 continue;
             }
             let allowed = if to == TEST_SUPPORT {
-                index > test_part_from
+                test_part_from == 0 || index > test_part_from
             } else {
                 // A name that is no module of ours (a macro path, say) is not a layer.
                 layer_of(&to).is_none_or(|theirs| theirs < own)
@@ -205,4 +209,5 @@ fn the_checker_flags_upward_and_sideways_names_and_passes_downward_ones() {
         vec![1],
         "{found:?}"
     );
+    assert!(check_source("agent/tests.rs", "agent", "use crate::testing::FakePeer;\n").is_empty());
 }

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{Machine, MachineSetup, StepError, Stop};
+use super::machine::{Machine, MachineSetup};
+use super::{StepError, Stop};
 use crate::agent::worker::REQUEST_TIMEOUT;
 use crate::guest::GuestCommand;
 use crate::model::record::StepOutcome;
@@ -52,7 +53,7 @@ impl Machine<'_> {
         }
         let sync = self.guest_command(self.profile.sync_disks())?;
         self.exec(sync, 0, REQUEST_TIMEOUT)?;
-        self.recovering_by = Some("rescue boot");
+        self.recovery.by = Some("rescue boot");
         self.power_on(None, None)?;
         self.wait_ready(self.setup.boot_timeout, emitter)?;
         Ok(format!(
@@ -83,9 +84,7 @@ impl Machine<'_> {
         let root = self.guest_command(self.profile.offline_root())?.to_string();
 
         // The broken guest must be off before another QEMU opens its disk.
-        if let Some(mut vm) = self.vm.take() {
-            vm.stop();
-        }
+        self.power_off();
         let infra = |what: String| StepError::from(Stop::Infra(what));
         let dir = self.setup.artifacts.join(HELPER_DIR);
         std::fs::create_dir_all(&dir)
@@ -108,14 +107,12 @@ impl Machine<'_> {
             },
             vmdir,
         );
-        helper.data_disk = Some(self.vmdir.layout.overlay.clone());
+        helper.qemu.data_disk = Some(self.qemu.dir.layout.overlay.clone());
         // The helper's boots are not the guest's: its progress stays out of the run's.
         let silent = Emitter::new(Vec::new());
         let work = helper.edit_offline(&mount, target.as_deref(), &s.run, &root, &unmount, &silent);
-        if let Some(mut vm) = helper.vm.take() {
-            vm.stop();
-        }
-        self.argvs.append(&mut helper.argvs);
+        helper.power_off();
+        self.qemu.argvs.append(&mut helper.qemu.argvs);
         let done = work.map_err(|why| {
             if crate::runner::interrupted() {
                 StepError::from(Stop::Interrupted)
@@ -124,7 +121,7 @@ impl Machine<'_> {
             }
         })?;
         let helper_time = started.elapsed();
-        self.recovering_by = Some("offline removal (helper VM)");
+        self.recovery.by = Some("offline removal (helper VM)");
         self.power_on(None, None)?;
         self.wait_ready(self.setup.boot_timeout, emitter)?;
         Ok(format!(
@@ -215,7 +212,7 @@ impl Machine<'_> {
             match held {
                 Ok(()) => {
                     // The boot that answered is the recovery, and the rollback made it.
-                    if let Some(recovery) = self.recovery.as_mut() {
+                    if let Some(recovery) = self.recovery.record.as_mut() {
                         recovery.how = "agent rollback".into();
                     }
                     let what = match &host {
