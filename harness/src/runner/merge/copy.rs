@@ -1,0 +1,140 @@
+//! Copying one shard's scenario folder into the merged run: real folders and regular
+//! files only, each hashed as it is copied and checked against the shard's manifest.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Component, Path};
+
+use sha2::{Digest, Sha256};
+
+use super::{MergeError, ShardRun};
+use crate::model::run_file::MANIFEST_JSON;
+
+pub(super) fn copy_scenario(
+    shard: &ShardRun,
+    rel_dir: &str,
+    run_dir: &Path,
+) -> Result<(), MergeError> {
+    // Every folder on the way must be a real folder: a symlinked suite or scenario
+    // folder would copy whatever it points at into the results.
+    let mut src = shard.dir.clone();
+    for part in Path::new(rel_dir).components() {
+        src.push(part);
+        match fs::symlink_metadata(&src) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(MergeError::NotRegular(src)),
+            // A scenario that errored before its folder existed has nothing to copy.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return check_listed(shard, rel_dir, &BTreeSet::new());
+            }
+            Err(source) => {
+                return Err(MergeError::Read {
+                    path: src,
+                    dir: shard.dir.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let mut copied = BTreeSet::new();
+    for entry in walkdir::WalkDir::new(&src)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| MergeError::Read {
+            path: e.path().map_or_else(|| src.clone(), Path::to_path_buf),
+            dir: shard.dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(&shard.dir)
+            .map_err(|_| MergeError::NotRegular(entry.path().to_path_buf()))?;
+        let dst = run_dir.join(rel);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&dst).map_err(|source| MergeError::Copy {
+                from: entry.path().to_path_buf(),
+                to: dst.clone(),
+                source,
+            })?;
+        } else if kind.is_file() {
+            let sha256 = copy_hashed(entry.path(), &dst)?;
+            let rel = rel.display().to_string();
+            if let Some(listed) = &shard.manifest {
+                if listed.get(&rel) != Some(&sha256) {
+                    return Err(MergeError::Altered {
+                        file: entry.path().to_path_buf(),
+                        manifest: shard.dir.join(MANIFEST_JSON),
+                    });
+                }
+            }
+            copied.insert(rel);
+        } else {
+            return Err(MergeError::NotRegular(entry.path().to_path_buf()));
+        }
+    }
+    check_listed(shard, rel_dir, &copied)
+}
+
+/// Every file the shard's manifest lists under the scenario folder was copied.
+fn check_listed(
+    shard: &ShardRun,
+    rel_dir: &str,
+    copied: &BTreeSet<String>,
+) -> Result<(), MergeError> {
+    let Some(listed) = &shard.manifest else {
+        return Ok(());
+    };
+    let prefix = format!("{}/", rel_dir.trim_end_matches('/'));
+    match listed
+        .keys()
+        .find(|path| path.starts_with(&prefix) && !copied.contains(*path))
+    {
+        Some(path) => Err(MergeError::Missing {
+            file: shard.dir.join(path),
+            manifest: shard.dir.join(MANIFEST_JSON),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Copies one file, never over an existing one, and returns the sha256 of the bytes
+/// copied, so checking against the shard's manifest costs no second read.
+fn copy_hashed(from: &Path, to: &Path) -> Result<String, MergeError> {
+    let fail = |source| MergeError::Copy {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    };
+    let mut src = fs::File::open(from).map_err(fail)?;
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(fail)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src.read(&mut buf).map_err(fail)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n]).map_err(fail)?;
+    }
+    dst.sync_all().map_err(fail)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// `suite/scenario`-style: relative, no `..`, no root, not empty.
+pub(super) fn is_plain_relative(dir: &str) -> bool {
+    let path = Path::new(dir);
+    path.components().next().is_some()
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+}

@@ -1,0 +1,409 @@
+use super::*;
+use crate::model::record::{ScenarioRecord, Verdict, VmArgv};
+use crate::testing::records;
+
+fn scenario(suite: &str, name: &str, verdict: Verdict) -> ScenarioRecord {
+    let full = format!("{suite}/{name}");
+    let mut rerun = records::rerun("/ci/elsewhere/results/run", &full);
+    rerun.extend(["--out".into(), "/ci/elsewhere/results".into()]);
+    ScenarioRecord {
+        reason: (verdict != Verdict::Pass).then(|| "it crashed".into()),
+        duration_ms: 1000,
+        artifacts: vec![FileHash {
+            path: format!("{full}/console.log"),
+            sha256: crate::util::sha256_bytes(full.as_bytes()),
+        }],
+        rerun,
+        ..records::scenario(suite, name, verdict)
+    }
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        Fixture { _tmp: tmp, root }
+    }
+
+    /// Writes a finished shard run folder `root/<name>` the way the runner does.
+    fn shard(
+        &self,
+        name: &str,
+        spec: Option<&str>,
+        started: &str,
+        finished: &str,
+        scenarios: Vec<ScenarioRecord>,
+        inputs: Vec<FileHash>,
+    ) -> PathBuf {
+        let dir = self.root.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        for s in &scenarios {
+            fs::create_dir_all(dir.join(&s.dir)).unwrap();
+            fs::write(dir.join(&s.dir).join("console.log"), s.name.as_bytes()).unwrap();
+        }
+        let mut command: Vec<String> = ["bootgate", "run", "scenarios"].map(String::from).to_vec();
+        if let Some(spec) = spec {
+            command.extend(["--shard".to_string(), spec.to_string()]);
+        }
+        let mut record = records::run(scenarios);
+        record.run_id = format!("run-{name}");
+        record.started_at = started.into();
+        record.finished_at = Some(finished.into());
+        record.command = command;
+        record.settings.suites = vec![
+            "/w/scenarios/alpha/suite.toml".into(),
+            "/w/scenarios/beta/suite.toml".into(),
+        ];
+        record.host.hostname = format!("ci-{name}");
+        record.qemu.argv = record
+            .scenarios
+            .iter()
+            .map(|s| VmArgv {
+                scenario: s.name.clone(),
+                argv: vec!["qemu-system-x86_64".into()],
+            })
+            .collect();
+        record.inputs = inputs;
+        fs::write(
+            dir.join(RUN_JSON),
+            serde_json::to_vec_pretty(&record).unwrap(),
+        )
+        .unwrap();
+        manifest::write(&record, &dir).unwrap();
+        dir
+    }
+
+    fn two_shards(&self) -> (PathBuf, PathBuf) {
+        let input = |path: &str, sha: &str| FileHash {
+            path: path.into(),
+            sha256: sha.into(),
+        };
+        let one = self.shard(
+            "shard-1",
+            Some("1/2"),
+            "2026-01-02T10:00:05Z",
+            "2026-01-02T10:05:00Z",
+            vec![
+                scenario("alpha", "boot", Verdict::Pass),
+                scenario("beta", "crash", Verdict::Fail),
+            ],
+            vec![input("/w/suite.toml", "aa"), input("/w/image.qcow2", "bb")],
+        );
+        let two = self.shard(
+            "shard-2",
+            Some("2/2"),
+            "2026-01-02T10:00:01Z",
+            "2026-01-02T10:04:00Z",
+            vec![
+                scenario("alpha", "update", Verdict::Error),
+                scenario("beta", "recover", Verdict::Flaky),
+            ],
+            vec![input("/w/suite.toml", "aa"), input("/w/content.bin", "cc")],
+        );
+        (one, two)
+    }
+}
+
+fn names(record: &RunRecord) -> Vec<&str> {
+    record.scenarios.iter().map(|s| s.name.as_str()).collect()
+}
+
+#[test]
+fn merges_two_shards_into_one_run() {
+    let fx = Fixture::new();
+    let (one, two) = fx.two_shards();
+    let out = fx.root.join("merged");
+    let command: Vec<String> = ["bootgate", "merge"]
+        .into_iter()
+        .map(String::from)
+        .chain([two.display().to_string(), one.display().to_string()])
+        .collect();
+    // Given out of order, as a glob of shard-10, shard-2 would be.
+    let (record, run_dir) = merge(&[two.clone(), one.clone()], &out, command).unwrap();
+
+    // Suite order first, then shard order within a suite.
+    assert_eq!(
+        names(&record),
+        ["alpha/boot", "alpha/update", "beta/crash", "beta/recover"]
+    );
+    assert_eq!(
+        record.summary,
+        Summary {
+            pass: 1,
+            fail: 1,
+            error: 1,
+            flaky: 1
+        }
+    );
+    assert_eq!(record.banner(), "FAIL");
+    assert_eq!(record.started_at, "2026-01-02T10:00:01Z");
+    assert_eq!(record.finished_at.as_deref(), Some("2026-01-02T10:05:00Z"));
+    assert!(!record.interrupted);
+    assert_eq!(record.host.hostname, "ci-shard-1, ci-shard-2");
+    assert_eq!(record.qemu.argv.len(), 4);
+    let inputs: Vec<&str> = record.inputs.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        inputs,
+        ["/w/suite.toml", "/w/image.qcow2", "/w/content.bin"]
+    );
+    assert_ne!(record.run_id, "run-shard-1");
+    // The command names the resolved shard folders (their run ids).
+    assert_eq!(record.command[2], absolute(&two));
+    assert_eq!(record.command[3], absolute(&one));
+
+    // Files copied, records on disk agree, rerun points at the merged run.
+    for s in &record.scenarios {
+        let log = fs::read_to_string(run_dir.join(&s.dir).join("console.log")).unwrap();
+        assert_eq!(log, s.name);
+        assert_eq!(s.rerun[2], absolute(&run_dir));
+        assert_eq!(s.rerun[5], absolute(&out));
+    }
+    let on_disk: RunRecord =
+        serde_json::from_str(&fs::read_to_string(run_dir.join(RUN_JSON)).unwrap()).unwrap();
+    assert_eq!(names(&on_disk), names(&record));
+    assert_eq!(on_disk.run_id, record.run_id);
+
+    let junit = fs::read_to_string(run_dir.join(JUNIT_XML)).unwrap();
+    for name in names(&record) {
+        assert!(
+            junit.contains(&format!("name=\"{name}\"")),
+            "{name}: {junit}"
+        );
+    }
+    assert!(run_dir.join(REPORT_HTML).is_file());
+    let problems: Vec<_> = manifest::verify(&run_dir)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.is_problem())
+        .collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    // Nothing but the scenario folders came from the shards.
+    let mut top: Vec<String> = fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            "alpha",
+            "beta",
+            "junit.xml",
+            "manifest.json",
+            "report.html",
+            "run.json"
+        ]
+    );
+    assert_eq!(
+        fs::read_link(out.join("latest")).unwrap(),
+        PathBuf::from(&record.run_id)
+    );
+}
+
+#[test]
+fn merging_twice_makes_two_runs() {
+    let fx = Fixture::new();
+    let (one, two) = fx.two_shards();
+    let out = fx.root.join("merged");
+    let dirs = [one, two];
+    let (_, first) = merge(&dirs, &out, Vec::new()).unwrap();
+    let (second_record, second) = merge(&dirs, &out, Vec::new()).unwrap();
+    assert_ne!(first, second);
+    assert!(first.join(RUN_JSON).is_file());
+    assert_eq!(
+        fs::read_link(out.join("latest")).unwrap(),
+        PathBuf::from(&second_record.run_id)
+    );
+}
+
+fn merge_err(dirs: &[PathBuf], out: &Path) -> String {
+    let err = merge(dirs, out, Vec::new()).unwrap_err();
+    assert!(err.is_usage(), "{err}");
+    // A refused merge leaves nothing behind.
+    let left: Vec<_> = fs::read_dir(out)
+        .map(|d| d.collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    err.to_string()
+}
+
+#[test]
+fn a_scenario_in_two_shards_is_refused_naming_both() {
+    let fx = Fixture::new();
+    let a = fx.shard(
+        "a",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "boot", Verdict::Pass)],
+        Vec::new(),
+    );
+    let b = fx.shard(
+        "b",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "boot", Verdict::Fail)],
+        Vec::new(),
+    );
+    let err = merge_err(&[a.clone(), b.clone()], &fx.root.join("out"));
+    assert!(err.contains("alpha/boot"), "{err}");
+    assert!(err.contains(&a.display().to_string()), "{err}");
+    assert!(err.contains(&b.display().to_string()), "{err}");
+}
+
+#[test]
+fn different_inputs_are_refused() {
+    let fx = Fixture::new();
+    let input = |sha: &str| {
+        vec![FileHash {
+            path: "/w/content.bin".into(),
+            sha256: sha.into(),
+        }]
+    };
+    let a = fx.shard(
+        "a",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "boot", Verdict::Pass)],
+        input("11"),
+    );
+    let b = fx.shard(
+        "b",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "update", Verdict::Pass)],
+        input("22"),
+    );
+    let err = merge_err(&[a, b], &fx.root.join("out"));
+    assert!(err.contains("/w/content.bin"), "{err}");
+    assert!(err.contains("must not be merged"), "{err}");
+}
+
+#[test]
+fn a_folder_without_run_json_is_named() {
+    let fx = Fixture::new();
+    let (one, _) = fx.two_shards();
+    let empty = fx.root.join("not-a-run");
+    fs::create_dir_all(&empty).unwrap();
+    let err = merge_err(&[one, empty.clone()], &fx.root.join("out"));
+    assert!(err.contains(&empty.display().to_string()), "{err}");
+    assert!(err.contains("run.json"), "{err}");
+    assert!(merge_err(&[], &fx.root.join("out")).contains("shard-*/latest"));
+}
+
+#[test]
+fn a_missing_or_repeated_shard_is_refused() {
+    let fx = Fixture::new();
+    let (one, two) = fx.two_shards();
+    let err = merge_err(std::slice::from_ref(&one), &fx.root.join("out"));
+    assert!(
+        err.contains("shard 2/2") && err.contains("missing"),
+        "{err}"
+    );
+    let err = merge_err(&[one.clone(), one.clone()], &fx.root.join("out"));
+    assert!(err.contains("same run"), "{err}");
+    let three = fx.shard(
+        "shard-3",
+        Some("2/3"),
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("beta", "x", Verdict::Pass)],
+        Vec::new(),
+    );
+    let err = merge_err(&[one, two, three], &fx.root.join("out"));
+    assert!(err.contains("share N"), "{err}");
+}
+
+#[test]
+fn evidence_altered_after_the_shard_ran_is_refused() {
+    let fx = Fixture::new();
+    let (one, two) = fx.two_shards();
+    fs::write(one.join("beta/crash/console.log"), b"no crash here").unwrap();
+    let err = merge_err(&[one.clone(), two.clone()], &fx.root.join("out"));
+    assert!(err.contains("beta/crash/console.log"), "{err}");
+    fs::remove_file(one.join("beta/crash/console.log")).unwrap();
+    let err = merge_err(&[one, two], &fx.root.join("out"));
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn a_scenario_folder_outside_the_run_or_a_symlink_is_refused() {
+    let fx = Fixture::new();
+    let mut evil = scenario("alpha", "boot", Verdict::Pass);
+    evil.dir = "../../etc".into();
+    let a = fx.shard(
+        "a",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "ok", Verdict::Pass)],
+        Vec::new(),
+    );
+    let mut record: RunRecord =
+        serde_json::from_str(&fs::read_to_string(a.join(RUN_JSON)).unwrap()).unwrap();
+    record.scenarios.push(evil);
+    fs::write(a.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
+    let err = merge_err(&[a], &fx.root.join("out"));
+    assert!(err.contains("../../etc"), "{err}");
+
+    let b = fx.shard(
+        "b",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "boot", Verdict::Pass)],
+        Vec::new(),
+    );
+    fs::remove_file(b.join(MANIFEST_JSON)).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", b.join("alpha/boot/leak")).unwrap();
+    let err = merge_err(&[b], &fx.root.join("out"));
+    assert!(err.contains("leak") && err.contains("symlink"), "{err}");
+}
+
+#[test]
+fn an_unfinished_shard_makes_the_merge_interrupted() {
+    let fx = Fixture::new();
+    let (one, two) = fx.two_shards();
+    let mut record: RunRecord =
+        serde_json::from_str(&fs::read_to_string(two.join(RUN_JSON)).unwrap()).unwrap();
+    record.finished_at = None;
+    fs::write(two.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
+    // Killed outright: no manifest either.
+    fs::remove_file(two.join(MANIFEST_JSON)).unwrap();
+    let (merged, _) = merge(&[one, two], &fx.root.join("out"), Vec::new()).unwrap();
+    assert!(merged.interrupted);
+    assert_eq!(merged.finished_at, None);
+    assert_eq!(merged.banner(), "INTERRUPTED");
+}
+
+#[test]
+fn helpers_pick_times_and_positions() {
+    let times = ["2026-01-02T10:00:00.5Z", "garbage", "2026-01-02T09:59:59Z"];
+    assert_eq!(
+        pick_time(times.into_iter(), false).as_deref(),
+        Some(times[2])
+    );
+    assert_eq!(
+        pick_time(times.into_iter(), true).as_deref(),
+        Some(times[0])
+    );
+    let suites = ["/w/a/suite.toml".to_string(), "/w/b/suite.toml".to_string()];
+    assert_eq!(suite_position("./b/suite.toml", &suites), 1);
+    assert_eq!(suite_position("/w/a/suite.toml", &suites), 0);
+    assert_eq!(suite_position("c/suite.toml", &suites), 2);
+    assert_eq!(
+        shard_spec(&["run".into(), "--shard=3/5".into()]),
+        Some(Shard { index: 3, total: 5 })
+    );
+    assert_eq!(shard_spec(&["--shard-timings".into(), "x".into()]), None);
+    assert!(!is_plain_relative("/abs") && !is_plain_relative("a/../b") && !is_plain_relative(""));
+    assert!(is_plain_relative("suite/scenario"));
+}
