@@ -1729,7 +1729,7 @@ mod fixtures {
     #[test]
     fn clean_boot_has_no_report() {
         let d = detect(include_bytes!(
-            "../../tests/fixtures/consoles/clean_boot.log"
+            "../../../tests/fixtures/consoles/clean_boot.log"
         ));
         assert!(d.reports().is_empty(), "{:#?}", d.reports());
         assert!(d.crash().is_none());
@@ -1738,7 +1738,7 @@ mod fixtures {
     #[test]
     fn demo_sensor_live_reload_oops() {
         let crash = single_oops(
-            include_bytes!("../../tests/fixtures/consoles/demo_sensor_live_reload_oops.log"),
+            include_bytes!("../../../tests/fixtures/consoles/demo_sensor_live_reload_oops.log"),
             "BUG: unable to handle page fault for address:",
         );
         assert_eq!(crash.kind, "BUG: unable to handle page fault");
@@ -1752,7 +1752,7 @@ mod fixtures {
     #[test]
     fn demo_sensor_boot_oops() {
         let crash = single_oops(
-            include_bytes!("../../tests/fixtures/consoles/demo_sensor_boot_oops.log"),
+            include_bytes!("../../../tests/fixtures/consoles/demo_sensor_boot_oops.log"),
             "BUG: unable to handle page fault for address:",
         );
         assert_eq!(crash.kind, "BUG: unable to handle page fault");
@@ -1766,7 +1766,7 @@ mod fixtures {
     #[test]
     fn null_deref_boot() {
         let crash = single_oops(
-            include_bytes!("../../tests/fixtures/consoles/null_deref_boot.log"),
+            include_bytes!("../../../tests/fixtures/consoles/null_deref_boot.log"),
             "BUG: kernel NULL pointer dereference, address: 0000000000000000",
         );
         assert_eq!(crash.kind, "BUG: kernel NULL pointer dereference");
@@ -1779,7 +1779,7 @@ mod fixtures {
     #[test]
     fn hang_init_soft_lockup() {
         let d = detect(include_bytes!(
-            "../../tests/fixtures/consoles/hang_init_soft_lockup.log"
+            "../../../tests/fixtures/consoles/hang_init_soft_lockup.log"
         ));
         let seen: Vec<_> = d
             .reports()
@@ -1810,7 +1810,7 @@ mod fixtures {
     #[test]
     fn sysrq_panic() {
         let d = detect(include_bytes!(
-            "../../tests/fixtures/consoles/sysrq_panic.log"
+            "../../../tests/fixtures/consoles/sysrq_panic.log"
         ));
         assert_eq!(d.reports().len(), 1, "{:#?}", d.reports());
         let crash = &d.reports()[0];
