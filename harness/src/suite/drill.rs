@@ -169,9 +169,42 @@ impl Drill {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
+        let (steps, boot_loop_boots) = self.steps(path, &params);
+        let with = if params.is_empty() {
+            String::new()
+        } else {
+            format!(" (driver parameters: {params})")
+        };
+        Scenario {
+            name: path.scenario_name().into(),
+            description: Some(format!(
+                "Recovery drill: {} crashes {}{with}; {}.",
+                self.update.display(),
+                self.driver,
+                path.describe()
+            )),
+            steps,
+            gates: Gates {
+                no_crash: Some(false),
+                // Outside paths begin with the loop; the others are judged by the
+                // recovery gate, which says more than "boot loop".
+                no_boot_loop: Some(false),
+                recovers_within: Some(self.recovers_within),
+                ..Gates::default()
+            },
+            expect: Some(Expect::Crash),
+            expect_title: self.expect_title.clone(),
+            boot_loop_boots,
+            cold_boot: false,
+            ignore: false,
+        }
+    }
+
+    /// The steps of `path`'s scenario, with the scenario's `boot_loop_boots`.
+    fn steps(&self, path: RecoveryPath, params: &str) -> (Vec<Step>, u32) {
         let mut steps = vec![Step::InstallDriver(InstallDriverStep {
             driver: self.driver.clone(),
-            params: params.clone(),
+            params: params.to_string(),
             load_now: true,
         })];
         if let Some(previous) = &self.previous {
@@ -225,33 +258,6 @@ impl Drill {
                 watch_to_limit
             }
         };
-        let with = if params.is_empty() {
-            String::new()
-        } else {
-            format!(" (driver parameters: {params})")
-        };
-        Scenario {
-            name: path.scenario_name().into(),
-            description: Some(format!(
-                "Recovery drill: {} crashes {}{with}; {}.",
-                self.update.display(),
-                self.driver,
-                path.describe()
-            )),
-            steps,
-            gates: Gates {
-                no_crash: Some(false),
-                // Outside paths begin with the loop; the others are judged by the
-                // recovery gate, which says more than "boot loop".
-                no_boot_loop: Some(false),
-                recovers_within: Some(self.recovers_within),
-                ..Gates::default()
-            },
-            expect: Some(Expect::Crash),
-            expect_title: self.expect_title.clone(),
-            boot_loop_boots,
-            cold_boot: false,
-            ignore: false,
-        }
+        (steps, boot_loop_boots)
     }
 }

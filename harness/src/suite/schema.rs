@@ -1,0 +1,218 @@
+//! The suite's model: what a validated suite file says (its steps are in
+//! [`super::step`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{Drill, Step, MAX_DURATION};
+/// A rollout target is recorded in run.json as written, so its type is the model's.
+pub use crate::model::target::Target;
+
+/// A parsed, validated suite.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub name: String,
+    /// Image reference: a built-in image name (`demo`) or a path to an `image.toml`,
+    /// relative to the suite file.
+    pub image: String,
+    pub boot_timeout: Option<Duration>,
+    pub evidence: Evidence,
+    /// Candidate drivers by name.
+    pub drivers: BTreeMap<String, Driver>,
+    pub scenarios: Vec<Scenario>,
+    /// A staged rollout of this suite's scenarios (`bootgate rollout`).
+    pub rollout: Option<Rollout>,
+    /// A recovery drill; its scenarios (one per path) are in `scenarios`.
+    pub drill: Option<Drill>,
+}
+
+/// `[rollout]`: rings of targets the suite's scenarios run on, one ring after the
+/// other; a ring is promoted only when it is clean.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// Observation after the last step of every scenario (the soak), unless a ring
+    /// sets its own.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub soak: Option<Duration>,
+    #[serde(rename = "ring")]
+    pub rings: Vec<Ring>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ring {
+    pub name: String,
+    /// Machines of this ring: image and configuration variants.
+    pub targets: Vec<Target>,
+    /// Scenarios that may fail by crashing in this ring before it halts the
+    /// rollout (default 0: any crash halts).
+    #[serde(default)]
+    pub crash_threshold: u32,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub soak: Option<Duration>,
+}
+
+/// Which crashes get a memory dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DumpPolicy {
+    /// The first crash of each scenario (a boot loop repeats the same crash).
+    #[default]
+    First,
+    All,
+    None,
+}
+
+/// Default cap on the guest memory size bootgate dumps.
+pub const DEFAULT_DUMP_MAX_MIB: u32 = 4096;
+
+/// What evidence to capture from crashed and hung guests.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    #[serde(default)]
+    pub memory_dumps: DumpPolicy,
+    /// Guests with more memory than this are not dumped (the dump is as big as the RAM).
+    #[serde(default = "default_dump_max_mib")]
+    pub dump_max_mib: u32,
+    /// Also dump a hung guest (the host-side equivalent of forcing a crash).
+    #[serde(default)]
+    pub dump_on_hang: bool,
+}
+
+impl Default for Evidence {
+    fn default() -> Evidence {
+        Evidence {
+            memory_dumps: DumpPolicy::First,
+            dump_max_mib: DEFAULT_DUMP_MAX_MIB,
+            dump_on_hang: false,
+        }
+    }
+}
+
+fn default_dump_max_mib() -> u32 {
+    DEFAULT_DUMP_MAX_MIB
+}
+
+/// A candidate driver: a kernel module built from source against the image's kernel
+/// headers, or a prebuilt module; plus how its content updates reach it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Driver {
+    /// Kernel module source folder (with a Kbuild file), relative to the suite file.
+    pub source: Option<PathBuf>,
+    /// A prebuilt module file, relative to the suite file.
+    pub module: Option<PathBuf>,
+    /// Name of the content file the driver reads in the image's content folder.
+    pub content_file: Option<String>,
+    /// Guest command line that makes the running driver reload its content (a live update).
+    pub reload: Option<String>,
+}
+
+impl Suite {
+    /// The folder relative paths in the suite resolve against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or_else(|| Path::new("."))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: Option<String>,
+    pub steps: Vec<Step>,
+    pub gates: Gates,
+    /// A negative test: the failure the harness must see for the scenario to pass.
+    pub expect: Option<Expect>,
+    /// Text the crash title must contain when `expect` is set.
+    pub expect_title: Option<String>,
+    /// Consecutive boots that crash before ready which make a boot loop.
+    pub boot_loop_boots: u32,
+    /// Really boot first instead of starting from the image's saved ready state.
+    /// Implied when the first step is `boot` (a scenario about the boot itself).
+    pub cold_boot: bool,
+    /// Left out of runs unless asked for (`--ignored`, `--include-ignored`), as
+    /// `#[ignore]` tests are by cargo test.
+    pub ignore: bool,
+}
+
+/// Default for `boot_loop_boots`.
+pub const DEFAULT_BOOT_LOOP_BOOTS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Crash,
+    Hang,
+    BootLoop,
+    /// The boot-time gate must fail (a driver that slows boot must be caught).
+    SlowBoot,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Crash => "crash",
+            Expect::Hang => "hang",
+            Expect::BootLoop => "boot_loop",
+            Expect::SlowBoot => "slow_boot",
+        }
+    }
+}
+
+/// Pass/fail conditions beyond "every boot reaches ready", which always holds.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// Every boot must reach ready within this time.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_boot_time: Option<Duration>,
+    /// The same, in milliseconds.
+    pub max_boot_ms: Option<u64>,
+    /// No crash may happen (default: true, unless `expect` names one).
+    pub no_crash: Option<bool>,
+    /// No hang may happen (default: true, unless `expect = "hang"`).
+    pub no_hang: Option<bool>,
+    /// No boot loop may happen (default: true, unless `expect = "boot_loop"`).
+    pub no_boot_loop: Option<bool>,
+    /// After a crash, the guest must be ready again within this many boots.
+    pub recovers_within: Option<u32>,
+}
+
+impl Gates {
+    /// The boot-time limit from either spelling.
+    pub fn boot_time_limit(&self) -> Option<Duration> {
+        self.max_boot_time
+            .or(self.max_boot_ms.map(Duration::from_millis))
+    }
+}
+
+/// Parses durations written as "30s", "2m", "1m 30s", "500ms".
+pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// Deserializes a human duration string; shared with the image manifest.
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?} ({e}): write a number and a unit, like \"30s\", \"2m\" or \"500ms\"")
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than the longest allowed, {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
+}

@@ -1,0 +1,339 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse_str(text: &str) -> Result<Suite, SuiteError> {
+    parse(Path::new("t/suite.toml"), text)
+}
+
+const GOOD: &str = r#"
+[suite]
+name = "demo"
+image = "demo"
+boot_timeout = "90s"
+
+[[scenario]]
+name = "boot-and-reboot"
+steps = [
+  { boot = { timeout = "2m" } },
+  { reboot = { times = 2 } },
+  { exec = { run = "true" } },
+  { exec = { argv = ["/bin/false"], expect_exit = 1, timeout = "5s" } },
+]
+[scenario.gates]
+max_boot_time = "30s"
+"#;
+
+#[test]
+fn rollout_rings_parse_and_mistakes_are_located() {
+    let text = format!(
+        "{GOOD}\n[rollout]\nsoak = \"10s\"\n[[rollout.ring]]\nname = \"canary\"\ntargets = [{{}}]\n[[rollout.ring]]\nname = \"fleet\"\ncrash_threshold = 1\ntargets = [{{ cpus = 2 }}, {{ memory_mib = 384, append = \"quiet\" }}]\n"
+    );
+    let suite = parse_str(&text).unwrap();
+    let rollout = suite.rollout.unwrap();
+    assert_eq!(rollout.soak, Some(Duration::from_secs(10)));
+    assert_eq!(rollout.rings[1].crash_threshold, 1);
+    assert_eq!(rollout.rings[1].targets[0].label(), "default-2cpu");
+    assert_eq!(rollout.rings[1].targets[1].label(), "default-384mib-append");
+    for (bad, says) in [
+        ("[rollout]\nring = []\n", "no rings"),
+        (
+            "[[rollout.ring]]\nname = \"a\"\ntargets = [{}]\n[[rollout.ring]]\nname = \"a\"\ntargets = [{}]\n",
+            "used twice",
+        ),
+        ("[[rollout.ring]]\nname = \"a\"\ntargets = []\n", "no `targets`"),
+        ("[[rollout.ring]]\nname = \"a\"\ntargets = [{ cpu = 2 }]\n", "unknown field"),
+    ] {
+        let err = parse_str(&format!("{GOOD}\n{bad}")).unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains("t/suite.toml:"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn parses_a_full_suite() {
+    let suite = parse_str(GOOD).unwrap();
+    assert_eq!(suite.name, "demo");
+    assert_eq!(suite.boot_timeout, Some(Duration::from_secs(90)));
+    let s = &suite.scenarios[0];
+    assert_eq!(s.steps.len(), 4);
+    assert_eq!(
+        s.steps[0],
+        Step::Boot(BootStep {
+            timeout: Some(Duration::from_secs(120))
+        })
+    );
+    assert!(matches!(&s.steps[1], Step::Reboot(r) if r.times == 2));
+    assert!(
+        matches!(&s.steps[3], Step::Exec(e) if e.expect_exit == 1 && e.timeout() == Duration::from_secs(5))
+    );
+    assert_eq!(s.gates.max_boot_time, Some(Duration::from_secs(30)));
+}
+
+fn invalid(text: &str) -> (usize, usize, String) {
+    match parse_str(text) {
+        Err(SuiteError::Invalid {
+            line,
+            column,
+            message,
+            ..
+        }) => (line, column, message),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn typo_in_key_names_line_column_and_key() {
+    let text = GOOD.replace("max_boot_time", "max_boot_tme");
+    let (line, column, message) = invalid(&text);
+    assert_eq!((line, column), (16, 1));
+    assert!(message.contains("max_boot_tme"), "{message}");
+}
+
+#[test]
+fn typo_in_step_kind_is_located() {
+    let text = GOOD.replace("{ reboot =", "{ rebot =");
+    let (line, _, message) = invalid(&text);
+    assert_eq!(line, 11);
+    assert!(message.contains("rebot"), "{message}");
+}
+
+#[test]
+fn bad_duration_is_located_and_explained() {
+    let text = GOOD.replace("\"30s\"", "\"30 parsecs\"");
+    let (line, column, message) = invalid(&text);
+    assert_eq!((line, column), (16, 17));
+    assert!(message.contains("30 parsecs"), "{message}");
+}
+
+#[test]
+fn exec_needs_exactly_one_command_form() {
+    let text = GOOD.replace("{ run = \"true\" }", "{ run = \"true\", argv = [\"x\"] }");
+    let (line, _, message) = invalid(&text);
+    assert_eq!(line, 12);
+    assert!(message.contains("not both"), "{message}");
+}
+
+#[test]
+fn duplicate_scenario_names_are_rejected() {
+    let text =
+        format!("{GOOD}\n[[scenario]]\nname = \"boot-and-reboot\"\nsteps = [{{ boot = {{}} }}]\n");
+    let (line, _, message) = invalid(&text);
+    assert_eq!(line, 19);
+    assert!(message.contains("twice"), "{message}");
+}
+
+#[test]
+fn boot_only_first_and_reboot_at_least_once() {
+    let (_, _, m) = invalid(&GOOD.replace("{ exec = { run = \"true\" } }", "{ boot = {} }"));
+    assert!(m.contains("only come first"), "{m}");
+    let (_, _, m) = invalid(&GOOD.replace("times = 2", "times = 0"));
+    assert!(m.contains("at least 1"), "{m}");
+}
+
+#[test]
+fn missing_suite_table_says_what_to_add() {
+    let (_, _, m) = invalid("[[scenario]]\nname = \"a\"\nsteps = [{ boot = {} }]\n");
+    assert!(m.contains("[suite]"), "{m}");
+}
+
+#[test]
+fn driver_references_and_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("good.content"), b"x").unwrap();
+    let path = dir.path().join("suite.toml");
+    let base = "[suite]\nimage = \"demo\"\n\n[driver.sensor]\nsource = \"src\"\ncontent_file = \"s.content\"\n\n[[scenario]]\nname = \"a\"\n";
+    let check = |steps: &str| match parse(&path, &format!("{base}steps = [{steps}]\n")) {
+        Err(SuiteError::Invalid { line, message, .. }) => (line, message),
+        other => panic!("expected Invalid, got {other:?}"),
+    };
+    assert!(parse(&path, &format!("{base}steps = [{{ apply_content = {{ driver = \"sensor\", file = \"good.content\" }} }}]\n")).is_ok());
+    let (line, m) = check("{ install_driver = { driver = \"sensr\" } }");
+    assert_eq!(line, 10);
+    assert!(
+        m.contains("unknown driver \"sensr\"") && m.contains("sensor"),
+        "{m}"
+    );
+    let (_, m) = check("{ apply_content = { driver = \"sensor\", file = \"missing.content\" } }");
+    assert!(m.contains("missing.content"), "{m}");
+    let (_, m) = check(
+        "{ apply_content = { driver = \"sensor\", file = \"good.content\", reload = true } }",
+    );
+    assert!(m.contains("no `reload` command"), "{m}");
+    let bad_source = base.replace("source = \"src\"", "source = \"nowhere\"");
+    match parse(&path, &format!("{bad_source}steps = [{{ boot = {{}} }}]\n")) {
+        Err(SuiteError::Invalid { line, message, .. }) => {
+            assert_eq!(line, 4);
+            assert!(message.contains("nowhere"), "{message}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+/// A suite folder with a driver source and two content files, and the drill
+/// suite text `drill` appended to a suite with that driver.
+fn drill_suite(drill: &str) -> (tempfile::TempDir, Result<Suite, SuiteError>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("good.content"), b"x").unwrap();
+    std::fs::write(dir.path().join("bad.content"), b"y").unwrap();
+    let path = dir.path().join("drill.toml");
+    let text = format!("[suite]\nimage = \"demo\"\n\n[driver.sensor]\nsource = \"src\"\ncontent_file = \"s.content\"\nreload = \"echo 1 > /r\"\n\n{drill}");
+    let suite = parse(&path, &text);
+    (dir, suite)
+}
+
+const DRILL: &str = "[drill]\ndriver = \"sensor\"\nupdate = \"bad.content\"\nprevious = \"good.content\"\nparams = \"a=1\"\nrecovers_within = 4\nexpect_title = \"match\"\n\n[drill.path.guard]\nparams = \"loop_guard=2\"\n[drill.path.rescue_boot]\n[drill.path.offline]\n[drill.path.agent_rollback]\nparams = \"boot_delay_ms=5000\"\n";
+
+#[test]
+fn a_drill_becomes_one_scenario_per_recovery_path() {
+    let (_dir, suite) = drill_suite(DRILL);
+    let suite = suite.unwrap();
+    let names: Vec<&str> = suite.scenarios.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "recover-by-guard",
+            "recover-by-rescue-boot",
+            "recover-by-offline-removal",
+            "recover-by-agent-rollback"
+        ]
+    );
+    for scenario in &suite.scenarios {
+        // The same start everywhere: install, the previous content live, the
+        // update live (the crash); judged as a crash with the recovery gate.
+        assert_eq!(scenario.expect, Some(Expect::Crash));
+        assert_eq!(scenario.expect_title.as_deref(), Some("match"));
+        assert_eq!(scenario.gates.recovers_within, Some(4));
+        assert_eq!(scenario.gates.no_boot_loop, Some(false));
+        let Step::ApplyContent(update) = &scenario.steps[2] else {
+            panic!("{:?}", scenario.steps)
+        };
+        assert!(update.reload && update.file == Path::new("bad.content"));
+    }
+    let params = |i: usize| match &suite.scenarios[i].steps[0] {
+        Step::InstallDriver(s) => s.params.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(params(0), "a=1 loop_guard=2");
+    assert_eq!(params(1), "a=1");
+    assert_eq!(params(3), "a=1 boot_delay_ms=5000");
+    // The guard and the rollback are watched past the limit; the outside paths
+    // step in after one crashed reboot.
+    let loops: Vec<u32> = suite.scenarios.iter().map(|s| s.boot_loop_boots).collect();
+    assert_eq!(loops, [5, 1, 1, 5]);
+    let last = |i: usize| suite.scenarios[i].steps.last().unwrap().clone();
+    assert!(matches!(last(0), Step::Observe(_)));
+    assert!(matches!(
+        &suite.scenarios[2].steps[3],
+        Step::Recover(RecoverStep { via: RecoverVia::HelperVm, remove_content: Some(d), .. }) if d == "sensor"
+    ));
+    assert!(matches!(
+        &suite.scenarios[1].steps[3],
+        Step::Recover(RecoverStep {
+            via: RecoverVia::RescueBoot,
+            ..
+        })
+    ));
+    match last(3) {
+        Step::RollbackContent(r) => {
+            assert_eq!(r.file.as_deref(), Some(Path::new("good.content")));
+            assert_eq!(r.boots, 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(suite.drill.is_some());
+}
+
+#[test]
+fn drill_mistakes_are_located_and_say_what_to_do() {
+    let message = |drill: &str| match drill_suite(drill).1 {
+        Err(SuiteError::Invalid { line, message, .. }) => (line, message),
+        other => panic!("expected Invalid for {drill:?}, got {other:?}"),
+    };
+    let (line, m) = message(&DRILL.replace("[drill.path.offline]", "[drill.path.ofline]"));
+    assert!(m.contains("ofline") && m.contains("offline"), "{m}");
+    assert_eq!(line, 20, "the line of [drill.path.ofline]");
+    let (_, m) = message(&DRILL.replace("bad.content", "gone.content"));
+    assert!(m.contains("[drill]") && m.contains("gone.content"), "{m}");
+    let (_, m) = message(&DRILL.replace("driver = \"sensor\"", "driver = \"sensr\""));
+    assert!(m.contains("unknown driver \"sensr\""), "{m}");
+    let (_, m) =
+        message("[drill]\ndriver = \"sensor\"\nupdate = \"bad.content\"\nrecovers_within = 2\n");
+    assert!(
+        m.contains("no recovery path") && m.contains("[drill.path.guard]"),
+        "{m}"
+    );
+    let (_, m) = message(&DRILL.replace("recovers_within = 4", "recovers_within = 0"));
+    assert!(m.contains("at least 1"), "{m}");
+    let (_, m) = message(&format!(
+        "[[scenario]]\nname = \"recover-by-guard\"\nsteps = [{{ boot = {{}} }}]\n{DRILL}"
+    ));
+    assert!(m.contains("already has one"), "{m}");
+    let (_, m) =
+        message(&DRILL.replace("recovers_within = 4", "recovers_within = 4\nreload = true"));
+    assert!(m.contains("unknown field `reload`"), "{m}");
+    let (_, m) = message(&DRILL.replace(
+        "recovers_within = 4",
+        "recovers_within = 4\nsettle = \"soon\"",
+    ));
+    assert!(m.contains("invalid duration"), "{m}");
+}
+
+#[test]
+fn recover_and_rollback_steps_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    let path = dir.path().join("suite.toml");
+    let base = "[suite]\nimage = \"demo\"\n\n[driver.sensor]\nsource = \"src\"\ncontent_file = \"s.content\"\n\n[[scenario]]\nname = \"a\"\n";
+    let check = |steps: &str| parse(&path, &format!("{base}steps = [{steps}]\n"));
+    let suite = check("{ recover = { via = \"helper_vm\", remove_content = \"sensor\" } }, { rollback_content = { driver = \"sensor\", settle = \"3s\" } }").unwrap();
+    assert_eq!(
+        suite.scenarios[0].steps[0].to_string(),
+        "recover (helper VM, remove sensor's content)"
+    );
+    assert_eq!(
+        suite.scenarios[0].steps[1].to_string(),
+        "rollback_content sensor (remove)"
+    );
+    let err = |steps: &str| check(steps).unwrap_err().to_string();
+    assert!(err("{ recover = { via = \"helper_vm\" } }").contains("needs something to do"));
+    assert!(
+        check("{ recover = {} }").is_ok(),
+        "a bare rescue boot is fine"
+    );
+    assert!(err("{ recover = { via = \"safe_mode\", run = [\"x\"] } }").contains("helper_vm"));
+    assert!(err("{ recover = { remove_content = \"nope\" } }").contains("unknown driver"));
+    assert!(
+        err("{ rollback_content = { driver = \"sensor\", file = \"none.content\" } }")
+            .contains("none.content")
+    );
+    assert!(
+        err("{ rollback_content = { driver = \"sensor\", boots = 0 } }").contains("at least 1")
+    );
+}
+
+#[test]
+fn expectations_are_checked() {
+    let text = "[suite]\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nexpect = \"slow_boot\"\nsteps = [{ boot = {} }]\n";
+    let (_, _, m) = invalid(text);
+    assert!(m.contains("max_boot_time"), "{m}");
+    let (_, _, m) = invalid(&text.replace("slow_boot", "bootloop"));
+    assert!(m.contains("bootloop") && m.contains("boot_loop"), "{m}");
+    let (_, _, m) = invalid(&text.replace("expect = \"slow_boot\"", "expect_title = \"x\""));
+    assert!(m.contains("without `expect`"), "{m}");
+}
+
+#[test]
+fn garbage_never_panics() {
+    for text in [
+        "",
+        "\u{0}",
+        "[suite",
+        "suite = 3",
+        "[[scenario]]\nsteps = 7",
+        "[suite]\nimage = 1",
+    ] {
+        assert!(parse_str(text).is_err(), "{text:?} must be rejected");
+    }
+}

@@ -1,0 +1,337 @@
+//! The checks a suite passes beyond its schema: names, driver files inside the
+//! suite's folder, steps that refer to defined drivers, rollout rings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::drill::Drill;
+use super::load::{PathPolicy, RawScenario};
+use super::{
+    Driver, Expect, RecoverVia, RollbackContentStep, Rollout, Scenario, Step, SuiteError,
+    DEFAULT_BOOT_LOOP_BOOTS,
+};
+
+/// What checking a scenario needs: where relative paths start, which may be named,
+/// the defined drivers, and how to locate an error in the suite's text.
+pub(super) struct Checks<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) policy: PathPolicy,
+    pub(super) drivers: &'a BTreeMap<String, Driver>,
+    pub(super) at: &'a dyn Fn(usize, String) -> SuiteError,
+}
+
+impl Checks<'_> {
+    /// A written `[[scenario]]`, checked; its name is added to `names`, the names
+    /// taken so far.
+    pub(super) fn scenario(
+        &self,
+        scenario: Spanned<RawScenario>,
+        names: &mut BTreeSet<String>,
+    ) -> Result<Scenario, SuiteError> {
+        let (at, dir, policy, drivers) = (self.at, self.dir, self.policy, self.drivers);
+        let scenario_span = scenario.span();
+        let scenario = scenario.into_inner();
+        let name_span = scenario.name.span();
+        let name = scenario.name.into_inner();
+        if !valid_name(&name) {
+            return Err(at(
+                name_span.start,
+                format!("scenario `name` {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(at(
+                name_span.start,
+                format!("scenario `name` {name:?} is used twice in this suite"),
+            ));
+        }
+        let mut steps = Vec::new();
+        for (index, step) in scenario.steps.into_iter().enumerate() {
+            let span = step.span();
+            let step = step.into_inner();
+            self::step(&step, index, drivers, dir, policy).map_err(|m| at(span.start, m))?;
+            steps.push(step);
+        }
+        let at = |m: String| at(scenario_span.start, m);
+        if steps.is_empty() {
+            return Err(at(format!("scenario {name:?} has no `steps`: add at least one, e.g. steps = [{{ boot = {{}} }}]")));
+        }
+        if scenario.expect_title.is_some() && scenario.expect.is_none() {
+            return Err(at(format!("scenario {name:?} has `expect_title` without `expect`: add expect = \"crash\" (or \"hang\", \"boot_loop\")")));
+        }
+        if scenario.expect == Some(Expect::SlowBoot) && scenario.gates.boot_time_limit().is_none() {
+            return Err(at(format!("scenario {name:?} expects a slow boot but sets no limit: add max_boot_time to [scenario.gates]")));
+        }
+        if scenario.gates.max_boot_time.is_some() && scenario.gates.max_boot_ms.is_some() {
+            return Err(at(format!(
+                "scenario {name:?} sets both max_boot_time and max_boot_ms: keep one"
+            )));
+        }
+        let boot_loop_boots = scenario.boot_loop_boots.unwrap_or(DEFAULT_BOOT_LOOP_BOOTS);
+        if boot_loop_boots < 2 {
+            return Err(at(format!(
+                "scenario {name:?}: `boot_loop_boots` must be at least 2"
+            )));
+        }
+        let cold_boot = scenario.cold_boot || matches!(steps.first(), Some(Step::Boot(_)));
+        Ok(Scenario {
+            ignore: scenario.ignore,
+            cold_boot,
+            name,
+            description: scenario.description,
+            steps,
+            gates: scenario.gates,
+            expect: scenario.expect,
+            expect_title: scenario.expect_title,
+            boot_loop_boots,
+        })
+    }
+
+    /// The scenarios a `[drill]` (at `offset` in the text) makes, checked like
+    /// written ones; their names are added to `names`.
+    pub(super) fn drill_scenarios(
+        &self,
+        drill: &Drill,
+        offset: usize,
+        names: &mut BTreeSet<String>,
+    ) -> Result<Vec<Scenario>, SuiteError> {
+        let at = |m: String| (self.at)(offset, m);
+        drill.validate().map_err(at)?;
+        if self
+            .drivers
+            .get(&drill.driver)
+            .is_some_and(|d| d.reload.is_none())
+        {
+            return Err(at(format!(
+                "[drill] driver {:?} has no `reload` command: the drill applies the update with a live reload",
+                drill.driver
+            )));
+        }
+        let mut scenarios = Vec::new();
+        for scenario in drill.scenarios() {
+            // Generated steps get the same checks as written ones (driver defined,
+            // content files present and inside the suite's folder).
+            for (index, step) in scenario.steps.iter().enumerate() {
+                self::step(step, index, self.drivers, self.dir, self.policy)
+                    .map_err(|m| at(format!("[drill]: {m}")))?;
+            }
+            if !names.insert(scenario.name.clone()) {
+                return Err(at(format!(
+                    "[drill] makes a scenario named {:?}, and the suite already has one: rename yours",
+                    scenario.name
+                )));
+            }
+            scenarios.push(scenario);
+        }
+        Ok(scenarios)
+    }
+}
+
+/// Checks that `path` (named by `field`) lies inside the suite folder `dir` once
+/// `..` and symlinks are resolved, unless the policy allows anywhere. A path that
+/// does not exist is left to the existence checks, which say so.
+fn check_inside(dir: &Path, path: &Path, field: &str, policy: PathPolicy) -> Result<(), String> {
+    if policy == PathPolicy::Anywhere {
+        return Ok(());
+    }
+    let (Ok(real), Ok(folder)) = (path.canonicalize(), dir.canonicalize()) else {
+        return Ok(());
+    };
+    if real.starts_with(&folder) {
+        return Ok(());
+    }
+    Err(format!(
+        "{field} {} is outside the suite's folder {}: a suite reads only files in its own folder (so a suite from elsewhere cannot copy any host file into the guest); move the file there, or pass --allow-outside-paths",
+        real.display(),
+        folder.display()
+    ))
+}
+
+pub(super) fn driver(
+    name: &str,
+    driver: &Driver,
+    dir: &Path,
+    policy: PathPolicy,
+) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "driver name {name:?} must use only letters, digits and '_' (it is the module's name)"
+        ));
+    }
+    let file = match (&driver.source, &driver.module) {
+        (Some(_), Some(_)) => {
+            return Err(format!("driver {name:?} takes `source` or `module`, not both"))
+        }
+        (None, None) => {
+            return Err(format!(
+                "driver {name:?} needs `source` (a kernel module source folder) or `module` (a built .ko)"
+            ))
+        }
+        (Some(source), None) => {
+            let path = dir.join(source);
+            if !path.is_dir() {
+                return Err(format!(
+                    "driver {name:?}: `source` folder {} does not exist",
+                    path.display()
+                ));
+            }
+            return check_inside(dir, &path, &format!("driver {name:?}: `source`"), policy);
+        }
+        (None, Some(module)) => dir.join(module),
+    };
+    if !file.is_file() {
+        return Err(format!(
+            "driver {name:?}: `module` file {} does not exist",
+            file.display()
+        ));
+    }
+    check_inside(dir, &file, &format!("driver {name:?}: `module`"), policy)
+}
+
+pub(super) fn rollout(rollout: &Rollout) -> Result<(), String> {
+    if rollout.rings.is_empty() {
+        return Err("[rollout] has no rings: add [[rollout.ring]] tables (name, targets)".into());
+    }
+    let mut names = BTreeSet::new();
+    for ring in &rollout.rings {
+        if !valid_name(&ring.name) {
+            return Err(format!(
+                "ring `name` {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                ring.name
+            ));
+        }
+        if !names.insert(ring.name.clone()) {
+            return Err(format!("ring `name` {:?} is used twice", ring.name));
+        }
+        if ring.targets.is_empty() {
+            return Err(format!(
+                "ring {:?} has no `targets`: add at least one, e.g. targets = [{{}}] for the suite's image",
+                ring.name
+            ));
+        }
+        let mut labels = BTreeSet::new();
+        for target in &ring.targets {
+            if target.cpus == Some(0) || target.memory_mib == Some(0) {
+                return Err(format!(
+                    "ring {:?}: `cpus` and `memory_mib` must be at least 1",
+                    ring.name
+                ));
+            }
+            if !labels.insert(target.label()) {
+                return Err(format!(
+                    "ring {:?}: two targets are both named {:?}; give them a `name`",
+                    ring.name,
+                    target.label()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One step, at `index` in its scenario.
+fn step(
+    step: &Step,
+    index: usize,
+    drivers: &BTreeMap<String, Driver>,
+    dir: &Path,
+    policy: PathPolicy,
+) -> Result<(), String> {
+    if let Some(name) = step.driver() {
+        step_driver(step, name, drivers, dir, policy)?;
+    }
+    match step {
+        Step::Boot(_) if index != 0 => Err(
+            "a `boot` step may only come first (the first boot is implicit; use `reboot` later)"
+                .into(),
+        ),
+        Step::Reboot(r) if r.times == 0 => {
+            Err("`times` in a reboot step must be at least 1".into())
+        }
+        Step::RollbackContent(r) if r.boots == 0 => {
+            Err("`boots` in a rollback_content step must be at least 1".into())
+        }
+        // A rescue boot with nothing to run still proves the machine comes back
+        // through safe mode; a helper VM with nothing to do is a mistake.
+        Step::Recover(r)
+            if r.via == RecoverVia::HelperVm && r.run.is_empty() && r.remove_content.is_none() =>
+        {
+            Err("a recover step with `via = \"helper_vm\"` needs something to do: `remove_content = \"DRIVER\"` or `run = [...]`".into())
+        }
+        Step::Exec(e) => match (&e.run, &e.argv) {
+            (Some(_), Some(_)) => Err("an exec step takes `run` or `argv`, not both".into()),
+            (None, None) => {
+                Err("an exec step needs `run` (a shell command) or `argv` (a list)".into())
+            }
+            (None, Some(argv)) if argv.is_empty() => Err("`argv` must not be empty".into()),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// A step that names driver `name`: the driver is defined and has what the step
+/// needs, and the content files it names exist inside the suite's folder.
+fn step_driver(
+    step: &Step,
+    name: &str,
+    drivers: &BTreeMap<String, Driver>,
+    dir: &Path,
+    policy: PathPolicy,
+) -> Result<(), String> {
+    let Some(driver) = drivers.get(name) else {
+        let known: Vec<&str> = drivers.keys().map(String::as_str).collect();
+        return Err(format!(
+            "unknown driver {name:?}: define it in a [driver.{name}] table (defined: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    };
+    let needs_content = matches!(
+        step,
+        Step::ApplyContent(_)
+            | Step::RemoveContent(_)
+            | Step::RollbackContent(_)
+            | Step::Recover(_)
+    );
+    if needs_content && driver.content_file.is_none() {
+        return Err(format!(
+            "driver {name:?} has no `content_file`: say which file in the content folder it reads"
+        ));
+    }
+    if let Step::ApplyContent(apply) = step {
+        if apply.reload && driver.reload.is_none() {
+            return Err(format!(
+                "`reload = true` but driver {name:?} has no `reload` command"
+            ));
+        }
+        let file = dir.join(&apply.file);
+        if !file.is_file() {
+            return Err(format!("content `file` {} does not exist", file.display()));
+        }
+        check_inside(dir, &file, "content `file`", policy)?;
+    }
+    if let Step::RollbackContent(RollbackContentStep {
+        file: Some(file), ..
+    }) = step
+    {
+        let file = dir.join(file);
+        if !file.is_file() {
+            return Err(format!("content `file` {} does not exist", file.display()));
+        }
+        check_inside(dir, &file, "content `file`", policy)?;
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
