@@ -348,16 +348,9 @@ fn rollout(args: RolloutArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let (run_id, out) = match runner::folder::create_run_dir(&args.out) {
-        Ok(pair) => pair,
-        Err(e) => {
-            eprintln!("bootgate: error: {}: {}", e.path.display(), e.source);
-            return EXIT_INFRA;
-        }
-    };
     let verbosity = args.output.verbosity();
     let options = RunOptions {
-        out_dir: out.clone(),
+        out_dir: args.out.clone(),
         jobs: args.jobs.map_or(0, |n| n as usize),
         accel: args.accel,
         keep: false,
@@ -377,11 +370,8 @@ fn rollout(args: RolloutArgs) -> u8 {
         command: std::env::args().collect(),
     };
     let make_emitter = || Emitter::new(report_sinks(verbosity));
-    let result = runner::rollout::rollout(&suite, &options, &make_emitter, &mut |t: &str| {
-        eprintln!("bootgate: {t}")
-    });
-    let _ = runner::folder::point_latest(&args.out, &run_id);
-    match result {
+    let progress = Emitter::new(vec![Box::new(TerminalSink::new(verbosity))]);
+    match runner::rollout::rollout(&suite, &options, &make_emitter, &progress) {
         Ok(report) => {
             for ring in &report.rings {
                 println!(
@@ -413,7 +403,7 @@ fn rollout(args: RolloutArgs) -> u8 {
                 } else {
                     report.promoted.join(", ")
                 },
-                out.display()
+                report.dir.display()
             );
             if report.interrupted {
                 EXIT_INTERRUPTED
@@ -451,7 +441,8 @@ fn fuzz_content(args: FuzzArgs) -> u8 {
         path_policy: suite::PathPolicy::allowing_outside(args.allow_outside_paths),
         progress: true,
     };
-    match bootgate::fuzz::campaign::fuzz(&options, &mut |t: &str| eprintln!("bootgate: {t}")) {
+    let progress = Emitter::new(vec![Box::new(TerminalSink::new(Verbosity::Normal))]);
+    match bootgate::fuzz::campaign::fuzz(&options, &progress) {
         Ok(report) => {
             println!(
                 "fuzz-content: {} executions in {:.0} s ({:.0} per hour, {} minimizing), {} unique crash(es), corpus {}",

@@ -96,6 +96,17 @@ pub fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
         }
         // Campaign and rollout progress shows at every verbosity, like notices: the
         // lines are few and say the command is still working.
+        Event::FuzzProgress(_)
+        | Event::FuzzCrashFound { .. }
+        | Event::RingStarted { .. }
+        | Event::RingFinished { .. } => campaign_text(event),
+        _ => None,
+    }
+}
+
+/// The progress lines of `fuzz-content` and `rollout`.
+fn campaign_text(event: &Event) -> Option<String> {
+    match event {
         Event::FuzzProgress(c) => Some(format!(
             "fuzz: {} executions ({:.1}/s), {} unique crash(es), corpus {}, {} hang(s), {} error(s)",
             c.execs, c.execs_per_second, c.unique_crashes, c.corpus, c.hangs, c.errors
