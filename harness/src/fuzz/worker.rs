@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::campaign::FuzzError;
 use super::dedup::{save_crash, Crashes, Sighting};
 use super::format::ContentFormat;
-use super::mutate::Mutator;
+use super::mutate::{Mutation, Mutator};
 use crate::image::Manifest;
 use crate::model::event::FuzzCounters;
 use crate::model::record::Verdict;
@@ -183,7 +183,7 @@ impl Progress {
     }
 
     /// A parent from the corpus (newer entries a little more often) and its mutant.
-    fn next_input(&mut self, format: &ContentFormat) -> (Vec<u8>, String) {
+    fn next_input(&mut self, format: &ContentFormat) -> Mutation {
         // xorshift for the pick: the mutator's own generator stays its own.
         self.pick ^= self.pick << 13;
         self.pick ^= self.pick >> 7;
@@ -195,8 +195,7 @@ impl Progress {
             self.pick % len
         } as usize;
         let parent = self.corpus.get(index).cloned().unwrap_or_default();
-        let mutation = self.mutator.mutate(format, &parent);
-        (mutation.bytes, mutation.description)
+        self.mutator.mutate(format, &parent)
     }
 
     /// Counts an infrastructure error; too many in a row is fatal.
@@ -320,9 +319,9 @@ impl<'a> Campaign<'a> {
     /// while the current one runs.
     fn work(&self) {
         let standby = StandbySlot::default();
-        while let Some((bytes, mutation)) = self.next_input() {
-            let outcome = self.rig.execute(&bytes, Some(&standby));
-            self.record(bytes, mutation, outcome);
+        while let Some(input) = self.next_input() {
+            let outcome = self.rig.execute(&input.bytes, Some(&standby));
+            self.record(input, outcome);
             self.report_progress();
         }
     }
@@ -339,7 +338,7 @@ impl<'a> Campaign<'a> {
 
     /// The next input and how it was made, counted as an execution; None once the
     /// campaign is over.
-    fn next_input(&self) -> Option<(Vec<u8>, String)> {
+    fn next_input(&self) -> Option<Mutation> {
         let mut p = lock(&self.progress);
         if self.done(&p) || lock(&self.fatal).is_some() {
             return None;
@@ -349,13 +348,13 @@ impl<'a> Campaign<'a> {
     }
 
     /// What an execution showed, into the corpus, the counters or the crashes.
-    fn record(&self, bytes: Vec<u8>, mutation: String, outcome: Outcome) {
+    fn record(&self, input: Mutation, outcome: Outcome) {
         let mut p = lock(&self.progress);
         match outcome {
             Outcome::Survived(signature) => {
                 p.errors_in_a_row = 0;
                 if p.signatures.insert(signature) {
-                    p.corpus.push(bytes);
+                    p.corpus.push(input.bytes);
                 }
             }
             Outcome::Hang(why) => {
@@ -379,8 +378,8 @@ impl<'a> Campaign<'a> {
                 drop(p);
                 let sighting = Sighting {
                     title,
-                    bytes,
-                    mutation,
+                    bytes: input.bytes,
+                    mutation: input.description,
                     evidence,
                 };
                 self.new_crash(&sighting, found_at_exec);

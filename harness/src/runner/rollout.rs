@@ -50,6 +50,9 @@ pub struct TargetResult {
     /// Scenarios that failed by crashing, with the first crash title.
     pub crashed: Vec<String>,
     pub seconds: f64,
+    /// The run was stopped by an interrupt (rollout.json says so once, at the top).
+    #[serde(skip)]
+    pub interrupted: bool,
 }
 
 /// How a ring ended; in rollout.json as "promoted", "halted" or "error".
@@ -131,42 +134,55 @@ fn ring_suite(suite: &Suite, soak: Option<Duration>) -> Suite {
     ring
 }
 
+/// A ring's outcome and, unless promoted, why.
+#[derive(Debug)]
+struct Judgement {
+    outcome: RingOutcome,
+    reason: Option<String>,
+}
+
+impl Judgement {
+    fn halted(reason: String) -> Judgement {
+        Judgement {
+            outcome: RingOutcome::Halted,
+            reason: Some(reason),
+        }
+    }
+}
+
 /// Judges one ring from its targets' runs.
-fn judge_ring(ring: &Ring, targets: &[TargetResult]) -> (RingOutcome, Option<String>) {
+fn judge_ring(ring: &Ring, targets: &[TargetResult]) -> Judgement {
     let errors: usize = targets.iter().map(|t| t.error).sum();
     if errors > 0 {
-        return (
-            RingOutcome::Error,
-            Some(format!(
+        return Judgement {
+            outcome: RingOutcome::Error,
+            reason: Some(format!(
                 "{errors} scenario(s) ended in error (infrastructure): no verdict on the update"
             )),
-        );
+        };
     }
     let crashed: Vec<&String> = targets.iter().flat_map(|t| t.crashed.iter()).collect();
     let failed: usize = targets.iter().map(|t| t.fail).sum();
     let other_failures = failed.saturating_sub(crashed.len());
     if other_failures > 0 {
-        return (
-            RingOutcome::Halted,
-            Some(format!("{other_failures} scenario(s) failed a gate")),
-        );
+        return Judgement::halted(format!("{other_failures} scenario(s) failed a gate"));
     }
     if crashed.len() as u32 > ring.crash_threshold {
-        return (
-            RingOutcome::Halted,
-            Some(format!(
-                "{} crashing scenario(s), over the ring's threshold of {}: {}",
-                crashed.len(),
-                ring.crash_threshold,
-                crashed
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
-        );
+        return Judgement::halted(format!(
+            "{} crashing scenario(s), over the ring's threshold of {}: {}",
+            crashed.len(),
+            ring.crash_threshold,
+            crashed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
     }
-    (RingOutcome::Promoted, None)
+    Judgement {
+        outcome: RingOutcome::Promoted,
+        reason: None,
+    }
 }
 
 fn summarize(target: &Target, record: &RunRecord, run_dir: &Path, seconds: f64) -> TargetResult {
@@ -188,6 +204,7 @@ fn summarize(target: &Target, record: &RunRecord, run_dir: &Path, seconds: f64) 
             })
             .collect(),
         seconds,
+        interrupted: record.interrupted,
     }
 }
 
@@ -250,8 +267,8 @@ impl Gate<'_> {
                 report.interrupted = true;
                 break;
             }
-            let (result, interrupted) = self.ring(ring, ring.soak.or(plan.soak))?;
-            report.interrupted |= interrupted;
+            let result = self.ring(ring, ring.soak.or(plan.soak))?;
+            report.interrupted |= result.targets.iter().any(|t| t.interrupted);
             let promoted = result.outcome == RingOutcome::Promoted;
             report.rings.push(result);
             if promoted && !report.interrupted {
@@ -266,13 +283,8 @@ impl Gate<'_> {
         Ok(report)
     }
 
-    /// One ring: every target's run, then the judgement; also says whether a run
-    /// was interrupted.
-    fn ring(
-        &self,
-        ring: &Ring,
-        soak: Option<Duration>,
-    ) -> Result<(RingResult, bool), RolloutError> {
+    /// One ring: every target's run, then the judgement.
+    fn ring(&self, ring: &Ring, soak: Option<Duration>) -> Result<RingResult, RolloutError> {
         let started = Instant::now();
         self.emitter.emit(&Event::RingStarted {
             ring: &ring.name,
@@ -280,14 +292,12 @@ impl Gate<'_> {
             soak,
         });
         let ring_suite = ring_suite(self.suite, soak);
-        let mut targets = Vec::new();
-        let mut was_interrupted = false;
-        for target in &ring.targets {
-            let (result, interrupted) = self.target(&ring_suite, ring, target)?;
-            was_interrupted |= interrupted;
-            targets.push(result);
-        }
-        let (outcome, reason) = judge_ring(ring, &targets);
+        let targets = ring
+            .targets
+            .iter()
+            .map(|target| self.target(&ring_suite, ring, target))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Judgement { outcome, reason } = judge_ring(ring, &targets);
         self.emitter.emit(&Event::RingFinished {
             ring: &ring.name,
             outcome: outcome.as_str(),
@@ -302,7 +312,7 @@ impl Gate<'_> {
             reason,
             seconds: started.elapsed().as_secs_f64(),
         };
-        Ok((result, was_interrupted))
+        Ok(result)
     }
 
     /// The ring's suite as a normal run on one target, in `<ring>/<target>/`.
@@ -311,7 +321,7 @@ impl Gate<'_> {
         ring_suite: &Suite,
         ring: &Ring,
         target: &Target,
-    ) -> Result<(TargetResult, bool), RolloutError> {
+    ) -> Result<TargetResult, RolloutError> {
         let started = Instant::now();
         let options = RunOptions {
             out_dir: self.dir.join(&ring.name).join(target.label()),
@@ -328,8 +338,7 @@ impl Gate<'_> {
                 }
             })?;
         let seconds = started.elapsed().as_secs_f64();
-        let result = summarize(target, &record, &run_dir, seconds);
-        Ok((result, record.interrupted))
+        Ok(summarize(target, &record, &run_dir, seconds))
     }
 }
 
@@ -359,6 +368,7 @@ mod tests {
             error,
             crashed: crashed.iter().map(|s| s.to_string()).collect(),
             seconds: 1.0,
+            interrupted: false,
         }
     }
 
@@ -374,24 +384,24 @@ mod tests {
     #[test]
     fn a_ring_promotes_only_when_clean() {
         let clean = [target_result(2, 0, 0, &[])];
-        assert_eq!(judge_ring(&ring(0), &clean).0, RingOutcome::Promoted);
+        assert_eq!(judge_ring(&ring(0), &clean).outcome, RingOutcome::Promoted);
         let crashed = [target_result(1, 1, 0, &["s on t: BUG"])];
-        let (outcome, reason) = judge_ring(&ring(0), &crashed);
+        let Judgement { outcome, reason } = judge_ring(&ring(0), &crashed);
         assert_eq!(outcome, RingOutcome::Halted);
         assert!(reason.unwrap().contains("BUG"));
         assert_eq!(
-            judge_ring(&ring(1), &crashed).0,
+            judge_ring(&ring(1), &crashed).outcome,
             RingOutcome::Promoted,
             "within threshold"
         );
         let gate = [target_result(1, 1, 0, &[])];
         assert_eq!(
-            judge_ring(&ring(5), &gate).0,
+            judge_ring(&ring(5), &gate).outcome,
             RingOutcome::Halted,
             "a non-crash failure"
         );
         let infra = [target_result(1, 0, 1, &[])];
-        assert_eq!(judge_ring(&ring(5), &infra).0, RingOutcome::Error);
+        assert_eq!(judge_ring(&ring(5), &infra).outcome, RingOutcome::Error);
     }
 
     #[test]
