@@ -265,14 +265,14 @@ impl Reporter<'_> {
 /// One campaign's shared state: the workers take inputs from it and record what
 /// each execution showed.
 pub(super) struct Campaign<'a> {
-    pub rig: Rig<'a>,
-    pub format: &'a ContentFormat,
+    rig: Rig<'a>,
+    format: &'a ContentFormat,
     /// The output folder (crashes/ goes there).
-    pub out: &'a Path,
-    pub limits: Limits,
-    pub started: Instant,
-    pub progress: Mutex<Progress>,
-    pub reporter: Reporter<'a>,
+    out: &'a Path,
+    limits: Limits,
+    started: Instant,
+    progress: Mutex<Progress>,
+    reporter: Reporter<'a>,
     /// The error that stops every worker, once there is one.
     fatal: Mutex<Option<FuzzError>>,
 }
