@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use bootgate::fuzz::campaign::{self, FuzzOptions, FuzzReport};
+use bootgate::model::Emitter;
 use bootgate::qemu::QemuTools;
+use bootgate::report::terminal::{TerminalSink, Verbosity};
 use bootgate::suite;
 
 use super::args::FuzzArgs;
@@ -28,7 +30,8 @@ pub fn fuzz_content(args: FuzzArgs) -> Exit {
         path_policy: suite::PathPolicy::allowing_outside(args.allow_outside_paths),
         progress: true,
     };
-    match campaign::fuzz(&options, &mut |t: &str| eprintln!("bootgate: {t}")) {
+    let progress = Emitter::new(vec![Box::new(TerminalSink::new(Verbosity::Normal))]);
+    match campaign::fuzz(&options, &progress) {
         Ok(report) => {
             print!("{}", summary(&report, &options.out_dir.join("latest")));
             report.exit_code()

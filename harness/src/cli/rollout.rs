@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use bootgate::model::Emitter;
+use bootgate::report::terminal::TerminalSink;
 use bootgate::runner::rollout::RolloutReport;
 use bootgate::runner::{self, RunOptions};
 use bootgate::suite;
@@ -18,32 +19,20 @@ pub fn rollout(args: RolloutArgs) -> Exit {
         Ok(suite) => suite,
         Err(e) => return fail(&e, Exit::Usage),
     };
-    let (run_id, out) = match runner::folder::create_run_dir(&args.out) {
-        Ok(pair) => pair,
-        Err(e) => {
-            return fail(
-                &format_args!("{}: {}", e.path.display(), e.source),
-                e.exit_code(),
-            )
-        }
-    };
     let verbosity = args.output.verbosity();
     let options = RunOptions {
-        out_dir: out.clone(),
+        out_dir: args.out.clone(),
         jobs: super::jobs(args.jobs),
         accel: args.accel,
         path_policy: policy,
         ..super::run_options()
     };
     let make_emitter = || Emitter::new(report_sinks(verbosity));
-    let result = runner::rollout::rollout(&suite, &options, &make_emitter, &mut |t: &str| {
-        eprintln!("bootgate: {t}")
-    });
-    // Best effort: `latest` is a convenience, the run folder is already complete.
-    let _ = runner::folder::point_latest(&args.out, &run_id);
+    let progress = Emitter::new(vec![Box::new(TerminalSink::new(verbosity))]);
+    let result = runner::rollout::rollout(&suite, &options, &make_emitter, &progress);
     match result {
         Ok(report) => {
-            print!("{}", summary(&report, &out));
+            print!("{}", summary(&report, &report.dir));
             report.exit_code()
         }
         Err(e) => fail(&e, e.exit_code()),
@@ -91,9 +80,9 @@ fn summary(report: &RolloutReport, out: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bootgate::runner::rollout::{RingResult, TargetResult};
+    use bootgate::runner::rollout::{RingOutcome, RingResult, TargetResult};
 
-    fn ring(name: &str, outcome: &str, reason: Option<&str>) -> RingResult {
+    fn ring(name: &str, outcome: RingOutcome, reason: Option<&str>) -> RingResult {
         RingResult {
             ring: name.to_string(),
             crash_threshold: 0,
@@ -106,8 +95,9 @@ mod tests {
                 error: 0,
                 crashed: Vec::new(),
                 seconds: 12.4,
+                interrupted: false,
             }],
-            outcome: outcome.to_string(),
+            outcome,
             reason: reason.map(str::to_string),
             seconds: 12.6,
         }
@@ -119,13 +109,14 @@ mod tests {
         let report = RolloutReport {
             suite: "s.toml".to_string(),
             rings: vec![
-                ring("canary", "promoted", None),
-                ring("wide", "halted", Some("1 crashing scenario(s)")),
+                ring("canary", RingOutcome::Promoted, None),
+                ring("wide", RingOutcome::Halted, Some("1 crashing scenario(s)")),
             ],
             halted_at: Some("wide".to_string()),
             promoted: vec!["canary".to_string()],
             total_seconds: 25.4,
             interrupted: false,
+            dir: "out/r1".into(),
         };
         assert_eq!(
             summary(&report, Path::new("out/r1")),
@@ -143,6 +134,7 @@ mod tests {
             promoted: Vec::new(),
             total_seconds: 1.0,
             interrupted: true,
+            dir: "o".into(),
         };
         assert_eq!(
             summary(&report, Path::new("o")),

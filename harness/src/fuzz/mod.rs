@@ -1,8 +1,9 @@
 //! The structure-aware content fuzzer (`bootgate fuzz-content`): format descriptions
 //! (`format.toml`, [`format`]), a mutator that knows the layout ([`mutate`]), a
 //! minimizer for crashing inputs ([`minimize`]), and the campaign that applies inputs
-//! in VMs restored from a saved state and tells crashes apart by title
-//! ([`campaign`]). Only the campaign boots guests; the rest is pure and unit-tested.
+//! in VMs restored from a saved state ([`campaign`]: its VM loop in `worker`, crash
+//! de-duplication by title in `dedup`, the regression suite it leaves in
+//! `regression`). Only the campaign boots guests; the rest is pure and unit-tested.
 //!
 //! Why structure-aware: the July 2024 content update was well-formed (every length
 //! added up) and crashed only because a template declared one more field than the
@@ -11,9 +12,12 @@
 //! growing a count together with its dependents is one mutation here.
 
 pub mod campaign;
+mod dedup;
 pub mod format;
 pub mod minimize;
 pub mod mutate;
+mod regression;
+mod worker;
 
 pub use format::{ContentFormat, FormatError, ParseError, Parsed};
 pub use minimize::{candidates, is_smaller};

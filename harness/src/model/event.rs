@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::record::{RunRecord, ScenarioRecord, StepRecord};
 use super::sink::{ReportError, Sink};
@@ -42,6 +43,40 @@ pub enum Event<'a> {
         run: &'a RunRecord,
         dir: &'a Path,
     },
+    /// A content-fuzzing campaign's counters, every few seconds.
+    FuzzProgress(&'a FuzzCounters),
+    /// A crash title the campaign had not seen; minimizing it starts now.
+    FuzzCrashFound {
+        title: &'a str,
+        /// Executions (over the whole campaign) when it was seen.
+        execs: u64,
+        seconds: f64,
+    },
+    /// A rollout ring starts running its targets.
+    RingStarted {
+        ring: &'a str,
+        targets: usize,
+        /// The observation added after each scenario, if any.
+        soak: Option<Duration>,
+    },
+    /// A rollout ring was judged.
+    RingFinished {
+        ring: &'a str,
+        /// As in rollout.json: "promoted", "halted" or "error".
+        outcome: &'a str,
+        reason: Option<&'a str>,
+    },
+}
+
+/// Where a content-fuzzing campaign stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FuzzCounters {
+    pub execs: u64,
+    pub execs_per_second: f64,
+    pub unique_crashes: usize,
+    pub corpus: usize,
+    pub hangs: u64,
+    pub errors: u64,
 }
 
 /// Delivers events to every sink; remembers the first sink failure (a result file

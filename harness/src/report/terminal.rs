@@ -94,6 +94,48 @@ pub fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
                 dir.join("junit.xml").display()
             ))
         }
+        // Campaign and rollout progress shows at every verbosity, like notices: the
+        // lines are few and say the command is still working.
+        Event::FuzzProgress(_)
+        | Event::FuzzCrashFound { .. }
+        | Event::RingStarted { .. }
+        | Event::RingFinished { .. } => campaign_text(event),
+        _ => None,
+    }
+}
+
+/// The progress lines of `fuzz-content` and `rollout`.
+fn campaign_text(event: &Event) -> Option<String> {
+    match event {
+        Event::FuzzProgress(c) => Some(format!(
+            "fuzz: {} executions ({:.1}/s), {} unique crash(es), corpus {}, {} hang(s), {} error(s)",
+            c.execs, c.execs_per_second, c.unique_crashes, c.corpus, c.hangs, c.errors
+        )),
+        Event::FuzzCrashFound {
+            title,
+            execs,
+            seconds,
+        } => Some(format!(
+            "fuzz: new crash after {execs} executions ({seconds:.0} s): {title}; minimizing"
+        )),
+        Event::RingStarted {
+            ring,
+            targets,
+            soak,
+        } => Some(format!(
+            "bootgate: ring {ring}: {targets} target(s){}",
+            soak.map_or(String::new(), |d| format!(
+                ", soak {d:?} after each scenario"
+            ))
+        )),
+        Event::RingFinished {
+            ring,
+            outcome,
+            reason,
+        } => Some(format!(
+            "bootgate: ring {ring}: {outcome}{}",
+            reason.map_or(String::new(), |r| format!(" ({r})"))
+        )),
         _ => None,
     }
 }
@@ -226,4 +268,71 @@ pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
         let _ = writeln!(out, "{table}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::event::FuzzCounters;
+
+    /// The lines `fuzz-content` and `rollout` printed themselves before they became
+    /// events: the terminal text must not change.
+    #[test]
+    fn campaign_and_ring_lines_read_as_before() {
+        let counters = FuzzCounters {
+            execs: 12,
+            execs_per_second: 0.456,
+            unique_crashes: 1,
+            corpus: 3,
+            hangs: 0,
+            errors: 2,
+        };
+        let text = |e: &Event| text_for(e, Verbosity::Quiet).unwrap();
+        assert_eq!(
+            text(&Event::FuzzProgress(&counters)),
+            "fuzz: 12 executions (0.5/s), 1 unique crash(es), corpus 3, 0 hang(s), 2 error(s)"
+        );
+        assert_eq!(
+            text(&Event::FuzzCrashFound {
+                title: "BUG: x",
+                execs: 7,
+                seconds: 41.6
+            }),
+            "fuzz: new crash after 7 executions (42 s): BUG: x; minimizing"
+        );
+        assert_eq!(
+            text(&Event::RingStarted {
+                ring: "canary",
+                targets: 2,
+                soak: Some(Duration::from_secs(5))
+            }),
+            "bootgate: ring canary: 2 target(s), soak 5s after each scenario"
+        );
+        assert_eq!(
+            text(&Event::RingStarted {
+                ring: "all",
+                targets: 1,
+                soak: None
+            }),
+            "bootgate: ring all: 1 target(s)"
+        );
+        assert_eq!(
+            text(&Event::RingFinished {
+                ring: "canary",
+                outcome: "halted",
+                reason: Some("1 scenario(s) failed a gate")
+            }),
+            "bootgate: ring canary: halted (1 scenario(s) failed a gate)"
+        );
+        assert_eq!(
+            text(&Event::RingFinished {
+                ring: "all",
+                outcome: "promoted",
+                reason: None
+            }),
+            "bootgate: ring all: promoted"
+        );
+    }
 }
