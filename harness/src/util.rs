@@ -23,7 +23,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 }
 
 /// Lowercase hex sha256 of bytes.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
+pub(crate) fn sha256_bytes(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
@@ -35,7 +35,7 @@ fn hex(bytes: &[u8]) -> String {
 /// one, never a prefix: write a temp file in the same folder, fsync, rename.
 /// The last `lines` lines of a text file (empty when it cannot be read): log tails
 /// quoted in error messages.
-pub fn tail_lines(path: &Path, lines: usize) -> String {
+pub(crate) fn tail_lines(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -44,7 +44,7 @@ pub fn tail_lines(path: &Path, lines: usize) -> String {
 /// A fresh folder in the temp dir that only its owner can enter (0700): VM folders
 /// hold QMP sockets, which are a root shell on the VM, and guest disks. (tempfile
 /// creates folders with the umask's mode, usually 0755.)
-pub fn private_tempdir(prefix: &str) -> io::Result<tempfile::TempDir> {
+pub(crate) fn private_tempdir(prefix: &str) -> io::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     tempfile::Builder::new()
         .prefix(prefix)
@@ -63,14 +63,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Outcome of [`wait_until`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum Waited<T> {
+pub(crate) enum Waited<T> {
     Done(T),
     TimedOut,
 }
 
 /// Polls `probe` every `interval` until it yields `Some`, or `timeout` passes. The one
 /// place that sleeps in a loop, so every wait in the harness is bounded and named.
-pub fn wait_until<T>(
+pub(crate) fn wait_until<T>(
     timeout: Duration,
     interval: Duration,
     mut probe: impl FnMut() -> Option<T>,
@@ -89,7 +89,7 @@ pub fn wait_until<T>(
 }
 
 /// 1-based line and column of a byte offset in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary_compat(offset)];
     let line = before.matches('\n').count() + 1;
@@ -111,7 +111,7 @@ impl FloorCharBoundary for str {
 }
 
 /// A source excerpt pointing at `line`:`column` (both 1-based), for error messages.
-pub fn snippet(text: &str, line: usize, column: usize) -> String {
+pub(crate) fn snippet(text: &str, line: usize, column: usize) -> String {
     let Some(content) = text.lines().nth(line.saturating_sub(1)) else {
         return String::new();
     };
@@ -123,7 +123,7 @@ pub fn snippet(text: &str, line: usize, column: usize) -> String {
 
 /// Quotes one word for a POSIX shell: words of only safe characters stay as they
 /// are (so commands stay readable), anything else goes in single quotes.
-pub fn shell_quote(arg: &str) -> String {
+pub(crate) fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty()
         && arg
             .chars()
@@ -136,7 +136,7 @@ pub fn shell_quote(arg: &str) -> String {
 }
 
 /// Joins an argv into one line a POSIX shell reads back as the same argv.
-pub fn shell_join(argv: &[String]) -> String {
+pub(crate) fn shell_join(argv: &[String]) -> String {
     argv.iter()
         .map(|arg| shell_quote(arg))
         .collect::<Vec<_>>()
@@ -146,13 +146,13 @@ pub fn shell_join(argv: &[String]) -> String {
 /// An exclusive advisory lock (flock) held until dropped: closing the file releases
 /// it, and so does the kernel if the process dies, so a crashed holder never blocks
 /// the next one.
-pub struct FileLock {
+pub(crate) struct FileLock {
     _file: fs::File,
 }
 
 impl FileLock {
     /// Waits for the lock on `path` (created if missing).
-    pub fn acquire(path: &Path) -> io::Result<FileLock> {
+    pub(crate) fn acquire(path: &Path) -> io::Result<FileLock> {
         use std::os::fd::AsRawFd;
         let file = fs::OpenOptions::new()
             .create(true)
@@ -168,7 +168,7 @@ impl FileLock {
 }
 
 /// Formats a duration for humans: "850 ms", "9.3 s", "2 m 05 s".
-pub fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms} ms")
@@ -182,7 +182,7 @@ pub fn human_duration(d: Duration) -> String {
 /// Locks `mutex` even if a thread panicked while holding it: a poisoned lock only
 /// means that, and every critical section in bootgate leaves its data consistent
 /// (results still count, teardown still runs).
-pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

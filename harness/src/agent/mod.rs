@@ -9,7 +9,7 @@
 //! fresh id, so everything older can be discarded.
 
 mod wire;
-pub mod worker;
+pub(crate) mod worker;
 
 use wire::{decode, decode_base64, initial_sync_id, protocol, reply_result, Budget};
 
@@ -31,27 +31,27 @@ pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 /// Raw bytes sent per `guest-file-write`: large enough that a file costs few
 /// round trips, small enough that one request stays far below the agent's
 /// and our reply limits once base64-encoded.
-pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+pub(crate) const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Raw bytes requested per `guest-file-read`, for the same reasons.
-pub const READ_CHUNK_BYTES: u64 = 1024 * 1024;
+pub(crate) const READ_CHUNK_BYTES: u64 = 1024 * 1024;
 
 /// How long `shutdown` may spend re-syncing and sending `guest-shutdown`; it
 /// takes no timeout argument because it is a fire-and-forget operation.
-pub const SHUTDOWN_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long `shutdown` listens for an error reply. `guest-shutdown` answers
 /// only on failure, and the agent fails fast (bad mode, no permission), so
 /// silence for this long means the shutdown is under way.
-pub const SHUTDOWN_ERROR_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_ERROR_GRACE: Duration = Duration::from_secs(1);
 
 /// Budget for closing a guest file handle after an earlier step failed. It
 /// is spent beyond the caller's timeout, since a leaked handle stays open in
 /// the agent for the life of the guest.
-pub const CLEANUP_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CLEANUP_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Pause between attempts while QEMU has not yet created the socket.
-pub const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(20);
+pub(crate) const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Size of one socket read.
 const READ_BUFFER_BYTES: usize = 64 * 1024;

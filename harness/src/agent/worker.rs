@@ -12,19 +12,19 @@ use super::{AgentClient, AgentError, ExecStatus, ShutdownMode};
 
 /// One sync attempt while waiting for the agent to come up. Between attempts the
 /// worker checks for cancellation; the runner does not wait on this.
-pub const SYNC_ATTEMPT: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_ATTEMPT: Duration = Duration::from_secs(1);
 /// Time one agent request may take once the agent is up.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval between `guest-exec-status` polls while a command runs.
-pub const EXEC_POLL: Duration = Duration::from_millis(50);
+pub(crate) const EXEC_POLL: Duration = Duration::from_millis(50);
 /// Pause after the agent socket reports closed, before trying again.
 const CLOSED_RETRY: Duration = Duration::from_millis(50);
 /// Largest file read back from the guest.
-pub const MAX_READ_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_READ_BYTES: u64 = 64 << 20;
 
 /// What the runner asks of the agent.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     /// Sync until the agent answers (the guest is ready).
     WaitReady,
     /// Run a command to completion, or until `timeout`.
@@ -46,7 +46,7 @@ pub enum Request {
 }
 
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     Ready,
     Exited(ExecStatus),
     /// The command was still running at its timeout.
@@ -57,7 +57,7 @@ pub enum Answer {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum JobError {
+pub(crate) enum JobError {
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error("cancelled")]
@@ -66,7 +66,7 @@ pub enum JobError {
 
 /// The answer to request number `id`.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub id: u64,
     pub result: Result<Answer, JobError>,
 }
@@ -79,7 +79,7 @@ struct Job {
 /// Owns the agent connection through a thread; dropping it lets the thread end after
 /// its current request (it is never joined: a request stuck on a dead guest ends when
 /// QEMU closes the socket).
-pub struct AgentWorker {
+pub(crate) struct AgentWorker {
     jobs: Sender<Job>,
     /// Jobs with an id below this are cancelled at their next check.
     cancel_below: Arc<AtomicU64>,
@@ -116,7 +116,7 @@ impl AgentWorker {
     }
 
     /// Queues a request; its reply carries the returned id.
-    pub fn submit(&mut self, request: Request) -> u64 {
+    pub(crate) fn submit(&mut self, request: Request) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         // A send error means the thread is gone; the runner then never gets a reply
@@ -126,7 +126,7 @@ impl AgentWorker {
     }
 
     /// Cancels every request submitted so far (a crash or a reset made them moot).
-    pub fn cancel_all(&self) {
+    pub(crate) fn cancel_all(&self) {
         self.cancel_below.store(self.next_id, Ordering::SeqCst);
     }
 }

@@ -20,15 +20,15 @@ use crate::detect::{ConsoleCrash, CrashClass, CrashDetector};
 
 /// After a panic event, how long to wait for the console report if none was seen yet
 /// (the oops normally reaches the console before the panic notifier runs).
-pub const CONSOLE_TRAIL: Duration = Duration::from_millis(300);
+pub(crate) const CONSOLE_TRAIL: Duration = Duration::from_millis(300);
 /// A console crash report without a panic event: how long to wait for the panic event
 /// (or more of the report) before deciding on the console alone. Also how long a hang
 /// report may keep printing before it is decided with the frames seen so far.
-pub const CRASH_SETTLE: Duration = Duration::from_millis(1500);
+pub(crate) const CRASH_SETTLE: Duration = Duration::from_millis(1500);
 /// One reboot shows up as a burst of RESET events (Linux tries several reset methods,
 /// each resets the machine once more within ~100 ms); RESETs this close together are
 /// one reboot.
-pub const RESET_COALESCE: Duration = Duration::from_secs(1);
+pub(crate) const RESET_COALESCE: Duration = Duration::from_secs(1);
 
 /// Something the machine reported, without its instant (passed beside it).
 #[derive(Debug, Clone, Copy)]
@@ -38,12 +38,19 @@ pub enum Signal<'a> {
     /// One line of the serial console, stamped with the instant it was read.
     Console(&'a str),
     /// The guest agent answered its sync: the boot reached ready.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+        )
+    )]
     AgentReady,
 }
 
 /// What a signal, or the passing of time, meant.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Happening {
+pub(crate) enum Happening {
     /// The boot reached ready, `after` its start.
     Ready { boot: u32, after: Duration },
     /// The guest rebooted as asked ([`BootWatch::ask_reboot`]): boot `boot` began `at`.
@@ -61,7 +68,7 @@ pub enum Happening {
 
 /// What a pending decision waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pending {
+pub(crate) enum Pending {
     /// A panic event came; its console report (oops, call trace) has not.
     ConsoleTail,
     /// A console crash report came; its panic event has not.
@@ -72,7 +79,7 @@ pub enum Pending {
 
 /// A decided crash: where it was seen and what names it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Crash {
+pub(crate) struct Crash {
     /// The boot that was running when the crash began.
     pub boot: u32,
     /// That boot had reached ready (so its outcome stays `ready`).
@@ -93,7 +100,7 @@ pub struct Crash {
 /// The watch over one machine's boots. Boot indexes start at 1 with the first
 /// [`BootWatch::begin_boot`]; 0 means no boot has begun.
 #[derive(Debug)]
-pub struct BootWatch {
+pub(crate) struct BootWatch {
     // The current boot.
     boot: u32,
     started: Instant,
@@ -133,7 +140,7 @@ impl BootWatch {
     }
 
     /// Begins the next boot at `at` (QEMU started, or reset); its index.
-    pub fn begin_boot(&mut self, at: Instant) -> u32 {
+    pub(crate) fn begin_boot(&mut self, at: Instant) -> u32 {
         self.boot += 1;
         self.started = at;
         self.ready = false;
@@ -147,34 +154,34 @@ impl BootWatch {
     }
 
     /// The current boot's index (0 before the first).
-    pub fn boot(&self) -> u32 {
+    pub(crate) fn boot(&self) -> u32 {
         self.boot
     }
 
     /// When the current boot began.
-    pub fn started(&self) -> Instant {
+    pub(crate) fn started(&self) -> Instant {
         self.started
     }
 
     /// The current boot reached ready.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready
     }
 
     /// The harness is about to reset the machine itself: the next RESET is not the
     /// guest's doing.
-    pub fn expect_own_reset(&mut self) {
+    pub(crate) fn expect_own_reset(&mut self) {
         self.own_reset = true;
     }
 
     /// The guest was asked to reboot: its next (non-burst) RESET is that reboot, not a
     /// crash. Cleared by the reboot, any new boot, or [`BootWatch::cancel_reboot`].
-    pub fn ask_reboot(&mut self) {
+    pub(crate) fn ask_reboot(&mut self) {
         self.reboot_asked = true;
     }
 
     /// The reboot asked for will not come (the request failed or timed out).
-    pub fn cancel_reboot(&mut self) {
+    pub(crate) fn cancel_reboot(&mut self) {
         self.reboot_asked = false;
     }
 
@@ -195,14 +202,14 @@ impl BootWatch {
     }
 
     /// The boot reached ready at `at`; how long after its start.
-    pub fn mark_ready(&mut self, at: Instant) -> Duration {
+    pub(crate) fn mark_ready(&mut self, at: Instant) -> Duration {
         self.ready = true;
         at.saturating_duration_since(self.started)
     }
 
     /// A console line read while evidence is captured: it completes the report (for
     /// whoever reads the detector later) but decides nothing.
-    pub fn absorb_console(&mut self, text: &str) {
+    pub(crate) fn absorb_console(&mut self, text: &str) {
         self.detector.feed(text);
     }
 
@@ -210,7 +217,7 @@ impl BootWatch {
     /// event with the console report, or the report's grace period over; a console
     /// report whose panic event did not follow in time), or a hang report that
     /// stopped printing. Crashes are decided before hangs.
-    pub fn poll(&mut self, now: Instant) -> Option<Happening> {
+    pub(crate) fn poll(&mut self, now: Instant) -> Option<Happening> {
         let seen_at = match (self.panic_at, self.console_crash_at) {
             (Some(p), Some(c)) => Some(p.min(c)),
             (Some(p), None) if now >= p + CONSOLE_TRAIL => Some(p),
@@ -238,7 +245,7 @@ impl BootWatch {
     }
 
     /// The next instant [`BootWatch::poll`] may decide something, if anything is pending.
-    pub fn wake_at(&self) -> Option<Instant> {
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
         match self.panic_at {
             Some(p) => Some(p + CONSOLE_TRAIL),
             None => self
@@ -387,7 +394,7 @@ impl BootWatch {
 }
 
 /// A bugcheck with its parameters, for a crash excerpt.
-pub fn bugcheck_line(bugcheck: &Bugcheck) -> String {
+pub(crate) fn bugcheck_line(bugcheck: &Bugcheck) -> String {
     let [p1, p2, p3, p4] = bugcheck.params;
     format!(
         "{} ({p1:#x}, {p2:#x}, {p3:#x}, {p4:#x})",

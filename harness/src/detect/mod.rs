@@ -7,10 +7,10 @@
 //! - [`win_dump`]: the header of a WinDbg kernel dump (QEMU's `win-dmp`, a guest's
 //!   MEMORY.DMP or minidump): which bugcheck it records.
 
-pub mod boot_watch;
-pub mod bugcheck;
+pub(crate) mod boot_watch;
+pub(crate) mod bugcheck;
 pub mod console;
-pub mod win_dump;
+pub(crate) mod win_dump;
 
 pub use console::{
     ConsoleCrash, CrashClass, CrashDetector, MAX_EXCERPT_LINES, MAX_LINE_BYTES, MAX_REPORTS,

@@ -37,7 +37,7 @@ const NEEDED_COMMANDS: &[&str] = &[
 
 /// One line of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub(crate) enum Level {
     Ok,
     Fail,
     Note,

@@ -36,8 +36,6 @@ use crate::runner::prepare::{self, RunFolder};
 use crate::suite::{self, DumpPolicy, Evidence, PathPolicy, Suite};
 use crate::util::write_atomic;
 
-pub use super::dedup::MINIMIZE_BUDGET;
-
 /// Time one agent request of the setup may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Interval between polls of a setup command.

@@ -14,7 +14,7 @@ use crate::runner::interrupted;
 use crate::util::write_atomic;
 
 /// Executions spent at most on minimizing one crash.
-pub const MINIMIZE_BUDGET: u32 = 60;
+pub(crate) const MINIMIZE_BUDGET: u32 = 60;
 
 /// The crashes of a campaign: every title seen, and those stored.
 #[derive(Default)]

@@ -13,15 +13,13 @@
 
 pub mod campaign;
 mod dedup;
-pub mod format;
-pub mod minimize;
-pub mod mutate;
+pub(crate) mod format;
+pub(crate) mod minimize;
+pub(crate) mod mutate;
 mod regression;
 mod worker;
 
 pub use format::{ContentFormat, FormatError, ParseError, Parsed};
-pub use minimize::{candidates, is_smaller};
-pub use mutate::{Mutation, Mutator};
 
 /// Helpers for tests: the demo format, its seeds, and an oracle of the demo driver.
 #[cfg(test)]
@@ -30,25 +28,25 @@ pub(crate) mod testing {
 
     use super::ContentFormat;
 
-    pub fn demo_content_dir() -> PathBuf {
+    pub(crate) fn demo_content_dir() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/demo/content")
     }
 
-    pub fn demo_format_path() -> PathBuf {
+    pub(crate) fn demo_format_path() -> PathBuf {
         demo_content_dir().join("format.toml")
     }
 
-    pub fn demo_format() -> ContentFormat {
+    pub(crate) fn demo_format() -> ContentFormat {
         ContentFormat::load(&demo_format_path()).unwrap()
     }
 
-    pub fn seed_bytes(name: &str) -> Vec<u8> {
+    pub(crate) fn seed_bytes(name: &str) -> Vec<u8> {
         std::fs::read(demo_content_dir().join(name)).unwrap()
     }
 
     /// What demo_sensor with `fixed=0` does with a content file.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Outcome {
+    pub(crate) enum Outcome {
         /// `content rejected: REASON`.
         Rejected(String),
         /// Loaded; these instances matched.
@@ -63,7 +61,7 @@ pub(crate) mod testing {
     }
 
     impl Outcome {
-        pub fn crashed(&self) -> bool {
+        pub(crate) fn crashed(&self) -> bool {
             matches!(self, Outcome::Crash { .. })
         }
     }
@@ -71,7 +69,7 @@ pub(crate) mod testing {
     /// A host-side model of demo_sensor.c with `fixed=0`: dsc_read, dsc_parse and
     /// dsc_evaluate, written from the driver source and FORMAT.md's validation table
     /// (in the driver's order), independent of the format.toml machinery under test.
-    pub fn fixed0(bytes: &[u8]) -> Outcome {
+    pub(crate) fn fixed0(bytes: &[u8]) -> Outcome {
         const INPUTS: usize = 20;
         const INPUT_BASE: u32 = 0x1000;
         const WILDCARD: u32 = 0xFFFF_FFFF;

@@ -6,12 +6,12 @@
 //! constant script text, because on Windows the agent's `env` would replace the whole
 //! environment (see [`windows::command`]).
 
-pub mod paths;
-pub mod windows;
+pub(crate) mod paths;
+pub(crate) mod windows;
 
 use std::path::Path;
 
-pub use paths::{DumpFormat, GuestPaths, OsFamily};
+pub(crate) use paths::{DumpFormat, GuestPaths, OsFamily};
 
 use crate::suite::ExecStep;
 use windows::command::{self as wincmd, CommandError};
@@ -53,14 +53,14 @@ impl From<CommandError> for GuestError {
 
 /// A command for the guest agent: argv plus environment.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GuestCommand {
+pub(crate) struct GuestCommand {
     pub argv: Vec<String>,
     pub env: Vec<String>,
 }
 
 /// How to drive one kind of guest.
 #[derive(Debug, Clone)]
-pub struct GuestProfile {
+pub(crate) struct GuestProfile {
     pub os: OsFamily,
     manifest: String,
     shell: Vec<String>,
@@ -141,7 +141,7 @@ impl GuestProfile {
 
     /// The argv the guest agent runs for an exec step: `argv` as given, or the shell
     /// with the command line as its last argument. The host never interprets it.
-    pub fn exec_argv(&self, step: &ExecStep) -> Vec<String> {
+    pub(crate) fn exec_argv(&self, step: &ExecStep) -> Vec<String> {
         match (&step.argv, &step.run) {
             (Some(argv), _) => argv.clone(),
             (None, Some(run)) => self.shell_argv(run),
@@ -150,7 +150,7 @@ impl GuestProfile {
     }
 
     /// A command line for the guest's shell.
-    pub fn shell_argv(&self, line: &str) -> Vec<String> {
+    pub(crate) fn shell_argv(&self, line: &str) -> Vec<String> {
         let mut argv = self.shell.clone();
         argv.push(line.to_string());
         argv
@@ -174,7 +174,7 @@ impl GuestProfile {
 
     /// Where a driver's module goes on the system disk: Linux `DIR/NAME.ko`; Windows
     /// `DIR\NAME.sys` for a service driver, `DIR\NAME.zip` (the driver package) for PnP.
-    pub fn driver_path(&self, name: &str) -> Result<String, GuestError> {
+    pub(crate) fn driver_path(&self, name: &str) -> Result<String, GuestError> {
         let dir = self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?;
         Ok(match (self.os, self.driver_kind) {
             (OsFamily::Linux, _) => format!("{dir}/{name}.ko"),
@@ -212,7 +212,7 @@ impl GuestProfile {
     /// Windows: a service driver is created (or reconfigured) with sc.exe and started
     /// if `load_now`; a PnP package is expanded and added with pnputil, installed on
     /// matching devices if `load_now` (otherwise only staged in the driver store).
-    pub fn register_driver(
+    pub(crate) fn register_driver(
         &self,
         name: &str,
         params: &str,
@@ -259,7 +259,7 @@ impl GuestProfile {
     /// Unloads, unregisters and deletes a driver. Windows: stops and deletes the
     /// service and its file, or uninstalls the package's INFs with pnputil and deletes
     /// the package.
-    pub fn unregister_driver(&self, name: &str) -> Result<GuestCommand, GuestError> {
+    pub(crate) fn unregister_driver(&self, name: &str) -> Result<GuestCommand, GuestError> {
         if self.os == OsFamily::Windows {
             let file = self.driver_path(name)?;
             let argv = match self.driver_kind {
@@ -282,7 +282,7 @@ impl GuestProfile {
     }
 
     /// Where a driver's content file goes.
-    pub fn content_path(&self, content_file: &str) -> Result<String, GuestError> {
+    pub(crate) fn content_path(&self, content_file: &str) -> Result<String, GuestError> {
         let dir = self.need(&self.content_dir, "content_dir", "content files go")?;
         Ok(match self.os {
             OsFamily::Linux => format!("{dir}/{content_file}"),
@@ -291,7 +291,7 @@ impl GuestProfile {
     }
 
     /// Deletes a content file.
-    pub fn remove_file(&self, path: &str) -> Result<GuestCommand, GuestError> {
+    pub(crate) fn remove_file(&self, path: &str) -> Result<GuestCommand, GuestError> {
         if self.os == OsFamily::Windows {
             return Ok(Self::windows(wincmd::remove_file(path, &self.drives())?));
         }
@@ -303,7 +303,7 @@ impl GuestProfile {
 
     /// Flushes the guest's disk writes (before power-cycling it from outside).
     /// Windows: the registry hives and the file system caches.
-    pub fn sync_disks(&self) -> Result<GuestCommand, GuestError> {
+    pub(crate) fn sync_disks(&self) -> Result<GuestCommand, GuestError> {
         if self.os == OsFamily::Windows {
             return Ok(Self::windows(wincmd::flush_volumes(&self.drives())?));
         }
@@ -312,7 +312,7 @@ impl GuestProfile {
 
     /// Windows: lists the crash dumps the guest wrote (minidumps and the memory
     /// dump); parse the output with [`wincmd::parse_crash_dump_listing`].
-    pub fn list_crash_dumps(&self) -> Result<GuestCommand, GuestError> {
+    pub(crate) fn list_crash_dumps(&self) -> Result<GuestCommand, GuestError> {
         match self.os {
             OsFamily::Windows => Ok(Self::windows(wincmd::list_crash_dumps(
                 &self.minidump_dir,
@@ -323,7 +323,7 @@ impl GuestProfile {
     }
 
     /// Kernel parameters of the rescue boot that skips third-party drivers.
-    pub fn safe_mode_append(&self) -> Result<&str, GuestError> {
+    pub(crate) fn safe_mode_append(&self) -> Result<&str, GuestError> {
         // A Windows rescue boot is a bcdedit safeboot setting inside the guest, not
         // kernel parameters; asking the manifest for them would be wrong advice.
         if self.os == OsFamily::Windows {
@@ -337,7 +337,7 @@ impl GuestProfile {
     }
 
     /// Offline recovery: the helper VM's command that mounts the stopped VM's disk.
-    pub fn offline_mount(&self) -> Result<GuestCommand, GuestError> {
+    pub(crate) fn offline_mount(&self) -> Result<GuestCommand, GuestError> {
         let line = self.offline_field(
             &self.offline_mount,
             "offline_mount",
@@ -347,7 +347,7 @@ impl GuestProfile {
     }
 
     /// Offline recovery: the helper VM's command that unmounts it again.
-    pub fn offline_unmount(&self) -> Result<GuestCommand, GuestError> {
+    pub(crate) fn offline_unmount(&self) -> Result<GuestCommand, GuestError> {
         let line = self.offline_field(
             &self.offline_unmount,
             "offline_unmount",
@@ -357,7 +357,7 @@ impl GuestProfile {
     }
 
     /// Where the helper VM mounts the stopped VM's disk.
-    pub fn offline_root(&self) -> Result<&str, GuestError> {
+    pub(crate) fn offline_root(&self) -> Result<&str, GuestError> {
         self.offline_field(
             &self.offline_root,
             "offline_root",
@@ -366,7 +366,7 @@ impl GuestProfile {
     }
 
     /// A command line run by the guest's shell, with no environment of its own.
-    pub fn shell_command(&self, line: &str) -> GuestCommand {
+    pub(crate) fn shell_command(&self, line: &str) -> GuestCommand {
         GuestCommand {
             argv: self.shell_argv(line),
             env: Vec::new(),
@@ -394,7 +394,7 @@ impl GuestProfile {
 
     /// Where a path of the stopped VM (one under `system_root`) is in the helper VM
     /// that mounted its disk: `/system/content/x` becomes `/target/content/x`.
-    pub fn offline_path(&self, guest_path: &str) -> Result<String, GuestError> {
+    pub(crate) fn offline_path(&self, guest_path: &str) -> Result<String, GuestError> {
         let root = self.offline_field(
             &self.system_root,
             "system_root",

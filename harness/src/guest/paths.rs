@@ -63,7 +63,7 @@ pub enum DumpFormat {
 
 impl DumpFormat {
     /// The name QMP's dump-guest-memory takes.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DumpFormat::Elf => "elf",
             DumpFormat::WinDmp => "win-dmp",
@@ -71,7 +71,7 @@ impl DumpFormat {
         }
     }
 
-    pub fn extension(self) -> &'static str {
+    pub(crate) fn extension(self) -> &'static str {
         match self {
             DumpFormat::Elf => "elf",
             DumpFormat::WinDmp => "dmp",

@@ -96,7 +96,7 @@ fn memo_store(memo: &Path, fingerprint: &str, resolved: &str) {
 /// keeps no binary cache (Debian's container images): every run paid it. The answer
 /// is remembered per recipe with a fingerprint of apt's lists and configuration, and
 /// asked again as soon as either changes (an `apt-get update`, a new source, a pin).
-pub fn cache_key(recipe_dir: &Path) -> Result<(String, String), ImageError> {
+pub(crate) fn cache_key(recipe_dir: &Path) -> Result<(String, String), ImageError> {
     let mut recipe_material = Vec::new();
     for (name, text) in RECIPE {
         recipe_material.extend_from_slice(name.as_bytes());
@@ -144,7 +144,7 @@ fn resolve(recipe_dir: &Path) -> Result<String, ImageError> {
 }
 
 /// Where a built image with `key` lives.
-pub fn image_dir(key: &str) -> PathBuf {
+pub(crate) fn image_dir(key: &str) -> PathBuf {
     cache_root().join("images").join(format!("demo-{key}"))
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// One matched pair of OVMF files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OvmfPair {
+pub(crate) struct OvmfPair {
     pub code: &'static str,
     pub vars: &'static str,
 }
@@ -48,11 +48,14 @@ const SECURE: &[OvmfPair] = &[
 ];
 
 /// The package that provides OVMF on Debian and Ubuntu, for error messages.
-pub const OVMF_PACKAGE: &str = "ovmf";
+pub(crate) const OVMF_PACKAGE: &str = "ovmf";
 
 /// The first known pair present on this host (`exists` is the file test, injectable
 /// for tests); the most preferred pair when none is, so the error names a real path.
-pub fn default_pair(secure_boot: bool, exists: impl Fn(&Path) -> bool) -> (PathBuf, PathBuf) {
+pub(crate) fn default_pair(
+    secure_boot: bool,
+    exists: impl Fn(&Path) -> bool,
+) -> (PathBuf, PathBuf) {
     let pairs = if secure_boot { SECURE } else { PLAIN };
     let found = pairs
         .iter()

@@ -11,12 +11,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::guest::{windows, GuestProfile};
-pub use crate::guest::{DumpFormat, GuestPaths, OsFamily};
+pub(crate) use crate::guest::{GuestPaths, OsFamily};
 use crate::image::firmware;
 use crate::util::{line_col, snippet};
 
 /// Ready timeout used when a manifest does not give one.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -75,7 +75,7 @@ pub enum DiskFormat {
 }
 
 impl DiskFormat {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DiskFormat::Qcow2 => "qcow2",
             DiskFormat::Raw => "raw",
@@ -193,7 +193,7 @@ struct RawManifest {
 
 impl Manifest {
     /// What the steps of a suite mean in this image's guest.
-    pub fn guest_profile(&self) -> GuestProfile {
+    pub(crate) fn guest_profile(&self) -> GuestProfile {
         GuestProfile::new(self.os, &self.path, &self.guest)
     }
 
@@ -294,7 +294,7 @@ impl Manifest {
     /// Whether a VM of this image can start from a saved ready state. Only plain BIOS
     /// machines without a TPM: a TPM's state lives in swtpm, outside QEMU's stream,
     /// and a UEFI variable store would have to be saved alongside; those boot cold.
-    pub fn supports_saved_state(&self) -> bool {
+    pub(crate) fn supports_saved_state(&self) -> bool {
         self.boot.firmware == Firmware::Bios && !self.machine.tpm
     }
 
@@ -328,7 +328,7 @@ impl Manifest {
     }
 
     /// Every file the image is made of, for provenance hashes.
-    pub fn input_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn input_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone(), self.disk.path.clone()];
         files.extend(self.boot.kernel.clone());
         files.extend(self.boot.initrd.clone());

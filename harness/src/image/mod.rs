@@ -1,9 +1,9 @@
 //! Images: manifests, the built-in demo image and its cache, per-VM overlays.
 
 pub mod demo;
-pub mod firmware;
+pub(crate) mod firmware;
 pub mod manifest;
-pub mod overlay;
+pub(crate) mod overlay;
 
 use std::path::{Path, PathBuf};
 
@@ -32,11 +32,15 @@ pub enum ImageError {
 }
 
 /// Progress notices from long image operations ("building the demo image...").
-pub type Notify<'a> = &'a mut dyn FnMut(&str);
+pub(crate) type Notify<'a> = &'a mut dyn FnMut(&str);
 
 /// Resolves a suite's `image` reference to a loaded manifest, building the built-in
 /// image first if needed. Paths are relative to `base_dir` (the suite's folder).
-pub fn resolve(reference: &str, base_dir: &Path, notify: Notify) -> Result<Manifest, ImageError> {
+pub(crate) fn resolve(
+    reference: &str,
+    base_dir: &Path,
+    notify: Notify,
+) -> Result<Manifest, ImageError> {
     if BUILT_IN.contains(&reference) {
         let path = demo::ensure_built(notify)?;
         return Ok(Manifest::load(&path)?);

@@ -8,7 +8,7 @@ use super::manifest::DiskFormat;
 use super::ImageError;
 
 /// Creates `overlay` backed by `base` (absolute path; QEMU opens it read-only).
-pub fn create(
+pub(crate) fn create(
     qemu_img: &str,
     base: &Path,
     format: DiskFormat,

@@ -95,7 +95,7 @@ impl Emitter {
         }
     }
 
-    pub fn emit(&self, event: &Event) {
+    pub(crate) fn emit(&self, event: &Event) {
         // A worker that panicked mid-event leaves the sinks usable: results still count.
         let mut sinks = lock(&self.sinks);
         for sink in sinks.iter_mut() {
@@ -105,19 +105,19 @@ impl Emitter {
         }
     }
 
-    pub fn notice(&self, text: &str) {
+    pub(crate) fn notice(&self, text: &str) {
         self.emit(&Event::Notice(text));
     }
 
-    pub fn step_started(&self, scenario: &str, step: &str) {
+    pub(crate) fn step_started(&self, scenario: &str, step: &str) {
         self.emit(&Event::StepStarted { scenario, step });
     }
 
-    pub fn step_finished(&self, scenario: &str, step: &StepRecord) {
+    pub(crate) fn step_finished(&self, scenario: &str, step: &StepRecord) {
         self.emit(&Event::StepFinished { scenario, step });
     }
 
-    pub fn boot_ready(&self, scenario: &str, index: u32, ready_ms: u64) {
+    pub(crate) fn boot_ready(&self, scenario: &str, index: u32, ready_ms: u64) {
         self.emit(&Event::BootReady {
             scenario,
             index,
@@ -125,7 +125,7 @@ impl Emitter {
         });
     }
 
-    pub fn take_failure(&self) -> Option<ReportError> {
+    pub(crate) fn take_failure(&self) -> Option<ReportError> {
         lock(&self.failure).take()
     }
 }

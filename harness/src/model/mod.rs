@@ -2,12 +2,12 @@
 //! runner emits, the Sink trait the report formats implement, and the names of the
 //! files in a run folder. Nothing here imports anything above it.
 
-pub mod event;
+pub(crate) mod event;
 pub mod exit;
-pub mod record;
-pub mod run_file;
-pub mod sink;
-pub mod target;
+pub(crate) mod record;
+pub(crate) mod run_file;
+pub(crate) mod sink;
+pub(crate) mod target;
 
 pub use event::{Emitter, Event};
 pub use sink::{ReportError, Sink};

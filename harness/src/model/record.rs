@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a field changes meaning or is removed.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -15,7 +15,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
             Verdict::Fail => "fail",
@@ -36,7 +36,7 @@ pub enum BootOutcome {
 }
 
 impl BootOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BootOutcome::Ready => "ready",
             BootOutcome::Crash => "crash",
@@ -60,7 +60,7 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StepOutcome::Ok => "ok",
             StepOutcome::Failed => "failed",
@@ -104,7 +104,7 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
-    pub fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             RunOutcome::Interrupted => "INTERRUPTED",
             RunOutcome::Fail => "FAIL",
@@ -129,7 +129,7 @@ impl RunRecord {
     }
 
     /// The run's one-word outcome: INTERRUPTED, FAIL, ERROR or PASS.
-    pub fn banner(&self) -> &'static str {
+    pub(crate) fn banner(&self) -> &'static str {
         self.outcome().word()
     }
 }
@@ -187,7 +187,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(scenarios: &[ScenarioRecord]) -> Summary {
+    pub(crate) fn of(scenarios: &[ScenarioRecord]) -> Summary {
         let mut s = Summary::default();
         for scenario in scenarios {
             match scenario.verdict {
@@ -348,7 +348,7 @@ pub struct BugcheckRecord {
 
 /// [`RecoveryRecord::how`] when no recovery step acted: the guest's own boots brought
 /// it back (a boot-loop guard, a crash that does not repeat).
-pub const RECOVERED_BY_ITSELF: &str = "its own boots";
+pub(crate) const RECOVERED_BY_ITSELF: &str = "its own boots";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecoveryRecord {

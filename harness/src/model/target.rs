@@ -18,7 +18,7 @@ pub struct Target {
 
 impl Target {
     /// A name for folders and reports: the given one, else built from the overrides.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         if let Some(name) = &self.name {
             return name.clone();
         }

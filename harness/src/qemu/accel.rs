@@ -11,7 +11,7 @@ use crate::util::{wait_until, Waited};
 
 /// Time a KVM probe gets to print its first serial byte. A healthy KVM guest prints
 /// in well under a second; TCG needs about 1 s for the same kernel on these machines.
-pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(6);
+pub(crate) const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(6);
 const PROBE_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -22,7 +22,7 @@ pub enum Accel {
 }
 
 impl Accel {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
@@ -44,14 +44,14 @@ pub enum AccelChoice {
 
 /// The accelerator chosen and, when it is not what a user might expect, why.
 #[derive(Debug, Clone)]
-pub struct AccelDecision {
+pub(crate) struct AccelDecision {
     pub accel: Accel,
     pub notice: Option<String>,
 }
 
 /// Resolves `choice`; `kernel` is the image's kernel (the probe boots it, since that is
 /// what has been seen to hang) or None to probe with a one-sector boot disk.
-pub fn decide(choice: AccelChoice, binary: &str, kernel: Option<&Path>) -> AccelDecision {
+pub(crate) fn decide(choice: AccelChoice, binary: &str, kernel: Option<&Path>) -> AccelDecision {
     match choice {
         AccelChoice::Kvm => AccelDecision {
             accel: Accel::Kvm,
@@ -77,7 +77,7 @@ pub fn decide(choice: AccelChoice, binary: &str, kernel: Option<&Path>) -> Accel
 }
 
 /// Ok when a KVM guest prints on its serial console within [`KVM_PROBE_TIMEOUT`].
-pub fn probe_kvm(binary: &str, kernel: Option<&Path>) -> Result<(), String> {
+pub(crate) fn probe_kvm(binary: &str, kernel: Option<&Path>) -> Result<(), String> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)

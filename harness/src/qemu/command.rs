@@ -9,7 +9,7 @@ use crate::image::manifest::{Firmware, Manifest};
 use crate::qemu::accel::Accel;
 
 /// The guest-agent port name qemu-ga looks for (same on Linux and Windows).
-pub const AGENT_PORT_NAME: &str = "org.qemu.guest_agent.0";
+pub(crate) const AGENT_PORT_NAME: &str = "org.qemu.guest_agent.0";
 
 /// Where one VM's sockets and overlay live: a private 0700 folder.
 #[derive(Debug, Clone)]
@@ -67,11 +67,12 @@ pub enum GuestRam {
 /// seccomp confinement for QEMU running a guest under test (which is hostile by
 /// definition): no obsolete syscalls, no privilege changes, no forking or exec, no
 /// scheduler/affinity games.
-pub const SANDBOX_GUEST: &str =
+pub(crate) const SANDBOX_GUEST: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 /// The same for the VM that saves a ready state of the unmodified base image: it
 /// streams its device state through `exec:cat`, so it may spawn.
-pub const SANDBOX_SAVER: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+pub(crate) const SANDBOX_SAVER: &str =
+    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
 
 /// How QEMU confines itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +87,7 @@ pub enum Sandbox {
 
 impl Sandbox {
     /// The guest confinement when QEMU supports it.
-    pub fn guest(supported: bool) -> Sandbox {
+    pub(crate) fn guest(supported: bool) -> Sandbox {
         if supported {
             Sandbox::Guest
         } else {
@@ -102,7 +103,7 @@ const RAM_BACKEND_ID: &str = "ram0";
 /// Hyper-V enlightenments for Windows guests under KVM: the timer, APIC and
 /// spinlock ones Windows expects on a hypervisor, and hv-crash, which makes Windows
 /// report its bugcheck code and parameters in the panic event.
-pub const HYPERV_FLAGS: &str = "hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,hv-time,hv-vpindex,hv-synic,hv-stimer,hv-reset,hv-frequencies,hv-runtime,hv-crash";
+pub(crate) const HYPERV_FLAGS: &str = "hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,hv-time,hv-vpindex,hv-synic,hv-stimer,hv-reset,hv-frequencies,hv-runtime,hv-crash";
 
 /// Builds the argv (binary first) for one VM.
 pub fn build(
@@ -245,7 +246,7 @@ pub fn build(
 
 /// Options that attach `path` (a qcow2 file) as a second virtio disk, after the
 /// system disk so the guest names it second (/dev/vdb).
-pub fn data_disk(path: &Path) -> Vec<String> {
+pub(crate) fn data_disk(path: &Path) -> Vec<String> {
     vec![
         "-blockdev".into(),
         format!(

@@ -4,21 +4,21 @@
 pub mod accel;
 pub mod command;
 pub mod console;
-pub mod process;
+pub(crate) mod process;
 pub mod qmp;
 pub mod snapshot;
-pub mod tpm;
-pub mod vm;
+pub(crate) mod tpm;
+pub(crate) mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The system emulator bootgate runs; `BOOTGATE_QEMU` overrides it.
-pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+pub(crate) const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 /// The image tool; `BOOTGATE_QEMU_IMG` overrides it.
-pub const DEFAULT_QEMU_IMG: &str = "qemu-img";
+pub(crate) const DEFAULT_QEMU_IMG: &str = "qemu-img";
 /// What to install when QEMU is missing (Debian/Ubuntu).
-pub const INSTALL_HINT: &str = "apt-get install qemu-system-x86 qemu-utils";
+pub(crate) const INSTALL_HINT: &str = "apt-get install qemu-system-x86 qemu-utils";
 
 /// The QEMU binaries to use.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ impl QemuTools {
 
 /// True when `binary` accepts bootgate's `-sandbox` options (QEMU validates them,
 /// then `-version` exits at once).
-pub fn sandbox_supported(binary: &str) -> bool {
+pub(crate) fn sandbox_supported(binary: &str) -> bool {
     let mut args: Vec<&str> = vec!["-sandbox", command::SANDBOX_GUEST];
     args.push("-version");
     Command::new(binary)
@@ -70,7 +70,7 @@ pub enum ToolError {
 }
 
 /// Finds `binary` (a name looked up in PATH, or a path).
-pub fn find_in_path(binary: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(binary: &str) -> Option<PathBuf> {
     if binary.contains('/') {
         let p = Path::new(binary);
         return p.is_file().then(|| p.to_path_buf());
@@ -87,7 +87,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// The first line of `binary --version`, e.g. "QEMU emulator version 7.2.22 (Debian ...)".
-pub fn version(binary: &str) -> Result<String, ToolError> {
+pub(crate) fn version(binary: &str) -> Result<String, ToolError> {
     if find_in_path(binary).is_none() {
         return Err(ToolError::NotFound {
             binary: binary.to_string(),

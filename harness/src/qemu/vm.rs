@@ -22,11 +22,11 @@ use crate::qemu::tpm::{SoftTpm, TpmError};
 use crate::util::{wait_until, Waited};
 
 /// Time QEMU gets to create its sockets and answer the QMP greeting.
-pub const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time a plain QMP command (cont, quit, query-status) may take.
-pub const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to connect to the serial and agent sockets once QMP answers.
-pub const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SOCKET_POLL: Duration = Duration::from_millis(20);
 /// Lines of QEMU's own output quoted when it fails.
 const QEMU_LOG_TAIL: usize = 20;
@@ -34,7 +34,7 @@ const QEMU_LOG_TAIL: usize = 20;
 /// Everything a running VM reports, merged into one channel so the runner waits on
 /// exactly one thing and reacts to whichever comes first.
 #[derive(Debug)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// A QMP event, or the end of the QMP stream (QEMU gone).
     Qmp(QmpMessage),
     /// A line the guest printed on its serial console.
@@ -45,7 +45,7 @@ pub enum Signal {
 
 /// A VM's private 0700 folder with its sockets and disk overlay. It outlives the QEMU
 /// processes of one scenario: a rescue boot restarts QEMU on the same overlay.
-pub struct VmDir {
+pub(crate) struct VmDir {
     pub layout: VmLayout,
     _dir: tempfile::TempDir,
 }
@@ -54,7 +54,7 @@ impl VmDir {
     /// Creates the folder and the overlay on the manifest's base disk, or on a saved
     /// state's frozen disk. With `keep_overlay_in`, the overlay lives there instead
     /// (kept after the run).
-    pub fn create(
+    pub(crate) fn create(
         qemu_img: &str,
         manifest: &Manifest,
         saved: Option<&SavedState>,
@@ -105,7 +105,7 @@ fn copy_private(from: &Path, to: &Path) -> Result<(), VmError> {
 }
 
 /// Prefix of the per-VM folders in the temp dir.
-pub const VM_DIR_PREFIX: &str = "bootgate-vm-";
+pub(crate) const VM_DIR_PREFIX: &str = "bootgate-vm-";
 /// File in a VM folder naming the bootgate process that owns it.
 const OWNER_FILE: &str = "owner";
 
@@ -122,7 +122,7 @@ fn process_identity(pid: u32) -> Option<String> {
 /// Removes VM folders in the temp dir whose owning bootgate is gone (killed with
 /// SIGKILL, say: its QEMUs died with it, its folders did not). Folders without an
 /// owner file, or whose owner still runs, are left alone. Returns how many went.
-pub fn sweep_stale_vm_dirs() -> usize {
+pub(crate) fn sweep_stale_vm_dirs() -> usize {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return 0;
     };
@@ -152,7 +152,7 @@ pub fn sweep_stale_vm_dirs() -> usize {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub(crate) enum VmError {
     #[error("cannot create the VM folder: {0}")]
     Folder(#[source] std::io::Error),
     #[error("cannot copy {from} to {to}: {source}")]
@@ -188,7 +188,7 @@ pub enum VmError {
 }
 
 /// What a VM needs to start.
-pub struct VmConfig<'a> {
+pub(crate) struct VmConfig<'a> {
     pub qemu_binary: &'a str,
     pub qemu_img: &'a str,
     pub manifest: &'a Manifest,
@@ -211,6 +211,10 @@ pub struct VmConfig<'a> {
 }
 
 pub struct Vm {
+    #[expect(
+        dead_code,
+        reason = "never used; found by the pub(crate) pass, to be used or removed"
+    )]
     pub argv: Vec<String>,
     /// QMP events, console lines and agent answers, in arrival order.
     pub signals: Receiver<Signal>,
@@ -287,7 +291,7 @@ impl Launched {
 /// the next scenario that restores the same state skips QEMU's start-up (about
 /// 50-60 ms of a ~150 ms restore here) and only connects, loads the device state
 /// and runs. Dropping it kills the QEMU and removes the folder.
-pub struct Standby {
+pub(crate) struct Standby {
     /// Declared first: QEMU stops before its folder goes.
     launched: Launched,
     dir: VmDir,
@@ -310,19 +314,19 @@ impl Standby {
     }
 
     /// Whether it restores `state`.
-    pub fn restores(&self, state: &SavedState) -> bool {
+    pub(crate) fn restores(&self, state: &SavedState) -> bool {
         self.state_dir == state.dir
     }
 
     /// Splits off the folder (the scenario's VM folder from now on) and what
     /// [`Standby::connect`] takes.
-    pub fn into_parts(self) -> (VmDir, WaitingQemu) {
+    pub(crate) fn into_parts(self) -> (VmDir, WaitingQemu) {
         (self.dir, WaitingQemu(self.launched))
     }
 }
 
 /// The QEMU of a [`Standby`] whose folder the scenario has taken.
-pub struct WaitingQemu(Launched);
+pub(crate) struct WaitingQemu(Launched);
 
 impl WaitingQemu {
     /// Connects and restores, as [`Vm::start`] would after its launch. The boot's
@@ -346,7 +350,7 @@ impl Vm {
     /// starts the CPUs.
     /// The command line [`Vm::start`] runs for `config` (recorded before the start,
     /// so a QEMU that refuses it still leaves its command line in the evidence).
-    pub fn argv(config: &VmConfig, layout: &VmLayout) -> Vec<String> {
+    pub(crate) fn argv(config: &VmConfig, layout: &VmLayout) -> Vec<String> {
         match config.incoming {
             Some(state) => snapshot::restore_argv(
                 config.qemu_binary,
@@ -456,7 +460,7 @@ impl Vm {
     }
 
     /// The id of a readiness sync sent when the VM started, if any; taken once.
-    pub fn take_ready_request(&mut self) -> Option<u64> {
+    pub(crate) fn take_ready_request(&mut self) -> Option<u64> {
         self.ready_request.take()
     }
 
@@ -470,17 +474,17 @@ impl Vm {
     }
 
     /// The exit status if QEMU has exited.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.process.try_wait()
     }
 
     /// Waits up to `timeout` for QEMU to exit (after its QMP connection closed).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.process.wait_timeout(timeout)
     }
 
     /// The last lines of QEMU's own stdout/stderr.
-    pub fn qemu_log_tail(&self) -> String {
+    pub(crate) fn qemu_log_tail(&self) -> String {
         log_tail(&self.qemu_log_path)
     }
 

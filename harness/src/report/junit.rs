@@ -1,6 +1,6 @@
 //! junit.xml: one testsuite per suite, one testcase per scenario, for CI pages.
 
-pub use crate::model::run_file::JUNIT_XML;
+pub(crate) use crate::model::run_file::JUNIT_XML;
 use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
@@ -20,7 +20,7 @@ impl JunitSink {
 }
 
 /// Builds the JUnit document for a run.
-pub fn render(run: &RunRecord) -> Result<String, ReportError> {
+pub(crate) fn render(run: &RunRecord) -> Result<String, ReportError> {
     let mut report = Report::new("bootgate");
     let mut suites: Vec<TestSuite> = Vec::new();
     for scenario in &run.scenarios {

@@ -2,7 +2,7 @@
 //! run wrote, so a reviewer can check that nothing was altered (`bootgate verify`).
 //! Written last, after every other result file.
 
-pub use crate::model::run_file::MANIFEST_JSON;
+pub(crate) use crate::model::run_file::MANIFEST_JSON;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,7 @@ use crate::model::Event;
 use crate::model::{ReportError, Sink};
 use crate::util::{sha256_file, write_atomic};
 
-pub const MANIFEST_SCHEMA_VERSION: u32 = 1;
+pub(crate) const MANIFEST_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -25,7 +25,7 @@ pub struct Manifest {
 }
 
 /// Hashes every file under `run_dir` except the manifest itself.
-pub fn hash_run_folder(run_dir: &Path) -> Result<Vec<FileHash>, ReportError> {
+pub(crate) fn hash_run_folder(run_dir: &Path) -> Result<Vec<FileHash>, ReportError> {
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(run_dir).sort_by_file_name() {
         let entry = entry.map_err(|e| ReportError::Write {
@@ -57,7 +57,7 @@ fn is_temp(rel: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
 }
 
-pub fn write(run: &RunRecord, run_dir: &Path) -> Result<(), ReportError> {
+pub(crate) fn write(run: &RunRecord, run_dir: &Path) -> Result<(), ReportError> {
     let manifest = Manifest {
         schema_version: MANIFEST_SCHEMA_VERSION,
         run_id: run.run_id.clone(),

@@ -6,5 +6,5 @@ pub mod json;
 pub mod junit;
 pub mod live;
 pub mod manifest;
-pub mod recovery;
+pub(crate) mod recovery;
 pub mod terminal;

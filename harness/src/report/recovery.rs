@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::model::record::{RunRecord, ScenarioRecord, Verdict};
 
 #[derive(Debug, Clone, Serialize)]
-pub struct RecoveryRow {
+pub(crate) struct RecoveryRow {
     pub scenario: String,
     pub verdict: Verdict,
     /// The first crash's title.
@@ -24,7 +24,7 @@ pub struct RecoveryRow {
 }
 
 /// One row per scenario with a crash and either a recovery gate or a recovery.
-pub fn rows(run: &RunRecord) -> Vec<RecoveryRow> {
+pub(crate) fn rows(run: &RunRecord) -> Vec<RecoveryRow> {
     run.scenarios.iter().filter_map(row).collect()
 }
 
@@ -61,7 +61,7 @@ fn row(sc: &ScenarioRecord) -> Option<RecoveryRow> {
 }
 
 /// The table as aligned text, or None when there are no rows.
-pub fn text(rows: &[RecoveryRow]) -> Option<String> {
+pub(crate) fn text(rows: &[RecoveryRow]) -> Option<String> {
     if rows.is_empty() {
         return None;
     }

@@ -32,7 +32,7 @@ fn ms(ms: u64) -> String {
 
 /// The text the terminal shows for an event at a verbosity, if any (it may span
 /// several lines). Shared by the plain sink and the live progress view.
-pub fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
+pub(crate) fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
     let normal = verbosity != Verbosity::Quiet;
     let verbose = verbosity == Verbosity::Verbose;
     match event {

@@ -30,6 +30,10 @@ pub enum DriverError {
 /// A driver ready to install: its module file and identity.
 #[derive(Debug, Clone)]
 pub struct BuiltDriver {
+    #[expect(
+        dead_code,
+        reason = "never used; found by the pub(crate) pass, to be used or removed"
+    )]
     pub name: String,
     pub module: PathBuf,
     pub sha256: String,
@@ -67,7 +71,7 @@ fn headers_of(manifest: &Manifest) -> Result<(String, PathBuf), String> {
 }
 
 /// Resolves a suite's driver to a module file, building it if it is given as source.
-pub fn prepare(
+pub(crate) fn prepare(
     name: &str,
     driver: &Driver,
     suite_dir: &Path,

@@ -2,17 +2,17 @@
 //! scenarios and emits events. It never formats results itself: every output (the
 //! terminal, run.json, junit.xml) is a `Sink` that consumes the events.
 
-pub mod driver;
-pub mod folder;
+pub(crate) mod driver;
+pub(crate) mod folder;
 pub mod merge;
 pub mod options;
-pub mod pool;
-pub mod prepare;
+pub(crate) mod pool;
+pub(crate) mod prepare;
 pub mod rerun;
 pub mod rollout;
-pub mod scenario;
+pub(crate) mod scenario;
 pub mod shard;
-pub mod verdict;
+pub(crate) mod verdict;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +24,6 @@ use crate::model::{Emitter, Event, ReportError};
 use crate::suite::Suite;
 use folder::{absolute, FolderError};
 pub use options::{IgnoredPolicy, RunOptions};
-pub use pool::default_jobs;
 use prepare::{Prepared, RunFolder};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -76,7 +75,7 @@ impl From<FolderError> for RunError {
 
 impl RunError {
     /// Usage mistakes (exit 2) versus infrastructure trouble (exit 3).
-    pub fn is_usage(&self) -> bool {
+    pub(crate) fn is_usage(&self) -> bool {
         match self {
             RunError::NoMatch(_) => true,
             RunError::Image { source, .. } => {

@@ -25,7 +25,7 @@ const VM_OVERHEAD_MIB: u64 = 256;
 const DEFAULT_VM_MEMORY_MIB: u32 = 256;
 
 /// VMs to run at once by default: one per core, as many as free memory allows.
-pub fn default_jobs(vm_memory_mib: u32) -> usize {
+pub(crate) fn default_jobs(vm_memory_mib: u32) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let available_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -43,7 +43,7 @@ pub fn default_jobs(vm_memory_mib: u32) -> usize {
 }
 
 /// `requested` VMs at once, or the default (0) for VMs of `vm_memory_mib`.
-pub fn jobs(requested: usize, vm_memory_mib: u32) -> usize {
+pub(crate) fn jobs(requested: usize, vm_memory_mib: u32) -> usize {
     match requested {
         0 => default_jobs(vm_memory_mib),
         n => n,

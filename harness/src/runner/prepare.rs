@@ -24,11 +24,11 @@ use crate::util::sha256_file;
 
 /// The candidate drivers of one suite by name: built (or prebuilt), or why not.
 /// A driver that cannot be built fails only the scenarios that use it.
-pub type Drivers = BTreeMap<String, Result<BuiltDriver, String>>;
+pub(crate) type Drivers = BTreeMap<String, Result<BuiltDriver, String>>;
 
 /// A fresh `out/<run-id>` folder.
 #[derive(Debug, Clone)]
-pub struct RunFolder {
+pub(crate) struct RunFolder {
     pub id: String,
     pub dir: PathBuf,
     /// The results folder it was created in (where `latest` lives).
@@ -36,7 +36,7 @@ pub struct RunFolder {
 }
 
 impl RunFolder {
-    pub fn create(out: &Path) -> Result<RunFolder, FolderError> {
+    pub(crate) fn create(out: &Path) -> Result<RunFolder, FolderError> {
         let (id, dir) = folder::create_run_dir(out)?;
         Ok(RunFolder {
             id,
@@ -46,13 +46,13 @@ impl RunFolder {
     }
 
     /// Points `out/latest` at this folder.
-    pub fn point_latest(&self) -> Result<(), FolderError> {
+    pub(crate) fn point_latest(&self) -> Result<(), FolderError> {
         folder::point_latest(&self.out, &self.id)
     }
 }
 
 /// The QEMU version, once both QEMU and qemu-img answered.
-pub fn qemu_version(tools: &QemuTools) -> Result<String, ToolError> {
+pub(crate) fn qemu_version(tools: &QemuTools) -> Result<String, ToolError> {
     let version = qemu::version(&tools.system)?;
     qemu::version(&tools.img)?;
     Ok(version)
@@ -60,7 +60,7 @@ pub fn qemu_version(tools: &QemuTools) -> Result<String, ToolError> {
 
 /// Resolves a suite's image (or the target's, when it names one) and applies the
 /// target's machine overrides. Image builds report progress as notices.
-pub fn resolve_image(
+pub(crate) fn resolve_image(
     suite: &Suite,
     target: Option<&Target>,
     emitter: &Emitter,
@@ -95,7 +95,7 @@ fn apply_target(manifest: &mut Manifest, target: &Target) {
 
 /// The accelerator for a run; `auto` probes with the image's kernel (what has been
 /// seen to hang under KVM here), or with a boot sector when there is no image.
-pub fn decide_accel(
+pub(crate) fn decide_accel(
     choice: AccelChoice,
     tools: &QemuTools,
     manifest: Option<&Manifest>,
@@ -106,7 +106,7 @@ pub fn decide_accel(
 
 /// The image's saved state (after `setup`, if any), saving it first with one cold
 /// boot when the cache has none; progress goes out as notices.
-pub fn saved_state(
+pub(crate) fn saved_state(
     manifest: &Manifest,
     tools: &QemuTools,
     accel: Accel,
@@ -119,7 +119,7 @@ pub fn saved_state(
 }
 
 /// Builds (or takes prebuilt) one candidate driver against the image.
-pub fn build_driver(
+pub(crate) fn build_driver(
     name: &str,
     def: &suite::Driver,
     suite: &Suite,
@@ -129,7 +129,11 @@ pub fn build_driver(
 }
 
 /// Every driver of a suite; each one that cannot be built is reported as a notice.
-pub fn build_drivers(suite: &Suite, manifest: Option<&Manifest>, emitter: &Emitter) -> Drivers {
+pub(crate) fn build_drivers(
+    suite: &Suite,
+    manifest: Option<&Manifest>,
+    emitter: &Emitter,
+) -> Drivers {
     let mut drivers = Drivers::new();
     let Some(manifest) = manifest else {
         return drivers;
@@ -208,7 +212,7 @@ fn check_required(inputs: &[FileHash], required: &[FileHash]) -> Result<(), RunE
 
 /// What `run` has ready once preparation is over, keyed by suite file.
 #[derive(Default)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// Why no scenario can start (QEMU or qemu-img missing): each ends `error`.
     pub qemu_problem: Option<String>,
     pub qemu: QemuInfo,
@@ -223,7 +227,7 @@ impl Prepared {
     /// Prepares the selected scenarios of a run. QEMU missing is an infrastructure
     /// error for every scenario, not a usage error (the suite is fine, the host is
     /// not ready), so it is recorded rather than returned.
-    pub fn for_run(
+    pub(crate) fn for_run(
         selected: &[(&Suite, usize)],
         opts: &RunOptions,
         emitter: &Emitter,

@@ -69,7 +69,7 @@ pub enum RingOutcome {
 }
 
 impl RingOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RingOutcome::Promoted => "promoted",
             RingOutcome::Halted => "halted",
@@ -117,7 +117,7 @@ impl RolloutReport {
     }
 
     /// Did a ring stop on infrastructure trouble rather than the product?
-    pub fn infrastructure_error(&self) -> bool {
+    pub(crate) fn infrastructure_error(&self) -> bool {
         self.rings.iter().any(|r| r.outcome == RingOutcome::Error)
     }
 

@@ -11,7 +11,7 @@ use crate::suite::{Expect, Scenario};
 use crate::util::human_duration;
 
 /// What a scenario's boots showed.
-pub struct Observed<'a> {
+pub(crate) struct Observed<'a> {
     pub boots: &'a [BootRecord],
     pub crashes: &'a [CrashRecord],
     pub hangs: &'a [String],
@@ -22,7 +22,7 @@ pub struct Observed<'a> {
 }
 
 /// Applies the gates and expectations to what was observed; `Some(reason)` fails.
-pub fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
+pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
     let gates = &scenario.gates;
     let expect = scenario.expect;
     let first_crash = m.crashes.first().map(|c| c.title.as_str());

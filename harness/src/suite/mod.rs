@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub mod drill;
+pub(crate) mod drill;
 mod load;
 mod schema;
 mod step;
@@ -19,7 +19,7 @@ mod step;
 mod tests;
 mod validate;
 
-pub use drill::Drill;
+pub(crate) use drill::Drill;
 pub use load::{
     load_file, load_file_with, load_path, load_path_with, parse, parse_with, PathPolicy,
 };
@@ -35,12 +35,12 @@ pub use step::{
 };
 
 /// Default time a single guest command may take.
-pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest duration a suite (or image manifest) may give. The runner adds durations
 /// to the current time to make deadlines, which overflows (and panics) for values
 /// near `u64::MAX` seconds; no boot, command or soak needs more than a month.
-pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Largest suite file read. Suites are a few KiB; the bound stops a wrong path (a
 /// device such as /dev/zero, a disk image) from being read into memory whole.

@@ -108,7 +108,7 @@ pub struct Driver {
     /// Kernel module source folder (with a Kbuild file), relative to the suite file.
     pub source: Option<PathBuf>,
     /// A prebuilt module file, relative to the suite file.
-    pub module: Option<PathBuf>,
+    pub(crate) module: Option<PathBuf>,
     /// Name of the content file the driver reads in the image's content folder.
     pub content_file: Option<String>,
     /// Guest command line that makes the running driver reload its content (a live update).
@@ -117,7 +117,7 @@ pub struct Driver {
 
 impl Suite {
     /// The folder relative paths in the suite resolve against.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.path.parent().unwrap_or_else(|| Path::new("."))
     }
 }
@@ -156,7 +156,7 @@ pub enum Expect {
 }
 
 impl Expect {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Expect::Crash => "crash",
             Expect::Hang => "hang",

@@ -40,7 +40,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Step::Boot(_) => "boot",
             Step::Reboot(_) => "reboot",
@@ -56,7 +56,7 @@ impl Step {
     }
 
     /// The driver a step refers to, if any.
-    pub fn driver(&self) -> Option<&str> {
+    pub(crate) fn driver(&self) -> Option<&str> {
         match self {
             Step::InstallDriver(s) => Some(&s.driver),
             Step::UninstallDriver(s) | Step::RemoveContent(s) => Some(&s.driver),
@@ -134,7 +134,7 @@ pub enum RecoverVia {
 }
 
 impl RecoverVia {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RecoverVia::RescueBoot => "rescue boot",
             RecoverVia::HelperVm => "helper VM",

@@ -198,7 +198,7 @@ impl CrashDetector {
     }
 
     /// The first report of one class (`first_of(CrashClass::Hang)` for the first hang).
-    pub fn first_of(&self, class: CrashClass) -> Option<&ConsoleCrash> {
+    pub(crate) fn first_of(&self, class: CrashClass) -> Option<&ConsoleCrash> {
         self.reports.iter().find(|r| r.class == class)
     }
 
@@ -208,7 +208,7 @@ impl CrashDetector {
     }
 
     /// A report is still being printed: its title and excerpt may still change.
-    pub fn is_reporting(&self) -> bool {
+    pub(crate) fn is_reporting(&self) -> bool {
         self.open.as_ref().is_some_and(|o| !o.ended)
     }
 

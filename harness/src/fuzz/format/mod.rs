@@ -23,15 +23,13 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use parse::{
-    patch_int, read_int, write_int, Element, Field, ParseError, Parsed, ParsedRecord, Value,
-};
+pub use parse::{patch_int, read_int, Element, ParseError, Parsed, Value};
 use resolve::{parse_input_values, resolve_records, resolve_seeds, resolve_trailer};
 use schema::RawFile;
 
 /// Largest format description read: they are a few KiB, and the bound stops a wrong
 /// path (a device, a disk image) from being read into memory whole.
-pub const MAX_FORMAT_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_FORMAT_BYTES: u64 = 1 << 20;
 
 /// An error in a format description, located in its file.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +55,14 @@ pub enum FormatError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endian {
+pub(crate) enum Endian {
     Little,
     Big,
 }
 
 /// A field's storage type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldType {
+pub(crate) enum FieldType {
     U8,
     U16,
     U32,
@@ -73,7 +71,7 @@ pub enum FieldType {
 }
 
 impl FieldType {
-    pub fn width(self) -> usize {
+    pub(crate) fn width(self) -> usize {
         match self {
             FieldType::U8 => 1,
             FieldType::U16 => 2,
@@ -84,7 +82,7 @@ impl FieldType {
     }
 
     /// The largest value of an integer type; `None` for bytes.
-    pub fn max_int(self) -> Option<u64> {
+    pub(crate) fn max_int(self) -> Option<u64> {
         match self {
             FieldType::Bytes(_) => None,
             FieldType::U64 => Some(u64::MAX),
@@ -112,14 +110,14 @@ impl FieldType {
 
 /// The value a field must hold (`value = ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expected {
+pub(crate) enum Expected {
     Int(u64),
     Bytes(Vec<u8>),
 }
 
 /// Where a list field's length comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LengthFrom {
+pub(crate) enum LengthFrom {
     /// An integer field earlier in the same element.
     Field { field: usize },
     /// `ARRAY[KEY == LOCAL].LENGTH`: the LENGTH field of the first element of an
@@ -134,14 +132,14 @@ pub enum LengthFrom {
 
 /// A field of a record, by indices into [`ContentFormat::records`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FieldRef {
+pub(crate) struct FieldRef {
     pub record: usize,
     pub field: usize,
 }
 
 /// One field of a record, with its relations resolved to indices.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldSpec {
+pub(crate) struct FieldSpec {
     pub name: String,
     /// The type of the field, or of each item of a list field.
     pub ty: FieldType,
@@ -166,14 +164,14 @@ pub struct FieldSpec {
 }
 
 impl FieldSpec {
-    pub fn is_int(&self) -> bool {
+    pub(crate) fn is_int(&self) -> bool {
         self.ty.max_int().is_some()
     }
 }
 
 /// A record: a plain one (exactly one element) or an array.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordSpec {
+pub(crate) struct RecordSpec {
     pub name: String,
     pub array: Option<String>,
     /// For an array, the field holding its element count.
@@ -184,7 +182,7 @@ pub struct RecordSpec {
 /// `input_values = "BASE + STEP * i"`: the values a consumer supplies, for writing
 /// criteria that match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputValues {
+pub(crate) struct InputValues {
     pub base: u64,
     pub step: u64,
 }
@@ -245,7 +243,7 @@ impl ContentFormat {
     }
 
     /// Validates description text; `path` is used for messages and to resolve seeds.
-    pub fn parse_str(path: &Path, text: &str) -> Result<ContentFormat, FormatError> {
+    pub(crate) fn parse_str(path: &Path, text: &str) -> Result<ContentFormat, FormatError> {
         let at = |offset: usize, message: String| located(path, text, offset, message);
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
@@ -322,24 +320,24 @@ impl ContentFormat {
         &self.name
     }
 
-    pub fn endian(&self) -> Endian {
+    pub(crate) fn endian(&self) -> Endian {
         self.endian
     }
 
     /// Consumers reject larger files; mutations stay within it.
-    pub fn max_file_size(&self) -> usize {
+    pub(crate) fn max_file_size(&self) -> usize {
         self.max_file_size
     }
 
     /// How many input values the consumer supplies (`sensor_inputs`).
-    pub fn inputs(&self) -> Option<u64> {
+    pub(crate) fn inputs(&self) -> Option<u64> {
         self.inputs
     }
 
     /// The consumer's input `i`, for writing a criterion that matches it. Also
     /// defined past the supplied inputs: that is the plausible value a content author
     /// writes for a field the consumer does not have.
-    pub fn input_value(&self, i: u64) -> Option<u64> {
+    pub(crate) fn input_value(&self, i: u64) -> Option<u64> {
         self.input_values
             .map(|v| v.base.wrapping_add(v.step.wrapping_mul(i)))
     }
@@ -354,17 +352,17 @@ impl ContentFormat {
     }
 
     /// The records, in layout order.
-    pub fn records(&self) -> &[RecordSpec] {
+    pub(crate) fn records(&self) -> &[RecordSpec] {
         &self.records
     }
 
     /// How many bytes may follow the last record (`[trailer]`); `None`: any.
-    pub fn trailer(&self) -> Option<usize> {
+    pub(crate) fn trailer(&self) -> Option<usize> {
         self.trailer
     }
 
     /// The seed files, absolute, next to the description.
-    pub fn seeds(&self) -> Vec<PathBuf> {
+    pub(crate) fn seeds(&self) -> Vec<PathBuf> {
         self.seeds.iter().map(|s| s.path.clone()).collect()
     }
 
@@ -381,7 +379,7 @@ impl ContentFormat {
     }
 
     /// A field's path for messages: `header.magic`, `templates[1].field_count`.
-    pub fn path_of(&self, record: usize, element: usize, field: usize) -> String {
+    pub(crate) fn path_of(&self, record: usize, element: usize, field: usize) -> String {
         let Some(spec) = self.records.get(record) else {
             return format!("record#{record}");
         };
@@ -396,7 +394,7 @@ impl ContentFormat {
     }
 
     /// An element's path for messages: `instances[2]`, `header`.
-    pub fn element_path(&self, record: usize, element: usize) -> String {
+    pub(crate) fn element_path(&self, record: usize, element: usize) -> String {
         match self.records.get(record) {
             Some(RecordSpec {
                 array: Some(array), ..

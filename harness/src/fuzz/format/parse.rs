@@ -65,7 +65,7 @@ pub enum Value {
 }
 
 impl Value {
-    pub fn as_int(&self) -> Option<u64> {
+    pub(crate) fn as_int(&self) -> Option<u64> {
         match self {
             Value::Int(v) => Some(*v),
             _ => None,
@@ -295,7 +295,7 @@ impl ContentFormat {
     /// is, so a deliberate inconsistency survives. List lengths are not derived: an
     /// edit that changes a length field must resize the lists that depend on it.
     /// For every valid input `x`, `serialize(parse(x)) == x`.
-    pub fn serialize(&self, parsed: &Parsed) -> Vec<u8> {
+    pub(crate) fn serialize(&self, parsed: &Parsed) -> Vec<u8> {
         let mut out = Vec::new();
         let mut size_fields = Vec::new();
         for (spec, record) in self.records.iter().zip(&parsed.records) {

@@ -32,7 +32,7 @@ const KEEP_ONLY_MAX: usize = 16;
 /// Smaller or simpler variants of `input`, in the order to try them: structure-aware
 /// ones first, most reducing first, then byte-level cuts. Each is [`is_smaller`] than
 /// `input`, and no two are equal.
-pub fn candidates(format: &ContentFormat, input: &[u8]) -> Vec<Mutation> {
+pub(crate) fn candidates(format: &ContentFormat, input: &[u8]) -> Vec<Mutation> {
     let mut structured = match format.parse(input) {
         Ok(parsed) => structured(format, &parsed),
         Err(_) => Vec::new(),
@@ -52,7 +52,7 @@ pub fn candidates(format: &ContentFormat, input: &[u8]) -> Vec<Mutation> {
 /// neither 0x00 nor 0xFF (a wildcard criterion is all 0xFF, a zeroed field all 0x00,
 /// a real value usually neither); then fewer non-zero bytes. A strict order, so a
 /// loop that only keeps smaller inputs ends.
-pub fn is_smaller(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn is_smaller(a: &[u8], b: &[u8]) -> bool {
     simplicity(a) < simplicity(b)
 }
 

@@ -27,7 +27,7 @@ use super::ServiceStart;
 /// The argv prefix that runs a PowerShell command line (Windows PowerShell 5.1, in
 /// every Windows 10/11 and Server 2016+). No profile, no prompts (a prompt would hang
 /// the step), and no execution policy in the way of the modules the scripts load.
-pub const POWERSHELL: [&str; 6] = [
+pub(crate) const POWERSHELL: [&str; 6] = [
     "powershell.exe",
     "-NoProfile",
     "-NonInteractive",
@@ -90,6 +90,13 @@ pub fn glib_quote(arg: &str) -> String {
 /// The command line a Windows guest process gets for `argv` (program first): what
 /// `GetCommandLineW` returns in the child. Useful in logs, where it shows exactly
 /// what the guest ran.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn glib_command_line(argv: &[String]) -> String {
     argv.iter()
         .map(|a| glib_quote(a))
@@ -102,7 +109,7 @@ pub fn glib_command_line(argv: &[String]) -> String {
 /// quotes, written twice. PowerShell counts the typographic quotes U+2018..U+201B as
 /// single quotes too, so they are doubled as well: a value holding `’` must not end
 /// the literal.
-pub fn ps_quote(value: &str) -> String {
+pub(crate) fn ps_quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
     for c in value.chars() {
@@ -126,7 +133,7 @@ fn ps_list(items: &[String]) -> String {
 }
 
 /// Runs a PowerShell command line (a script on one line, or several lines).
-pub fn powershell_argv(script: &str) -> Vec<String> {
+pub(crate) fn powershell_argv(script: &str) -> Vec<String> {
     let mut argv: Vec<String> = POWERSHELL.iter().map(|s| s.to_string()).collect();
     argv.push(script.to_string());
     argv
@@ -134,6 +141,13 @@ pub fn powershell_argv(script: &str) -> Vec<String> {
 
 /// Runs a cmd.exe command line. Refuses what cannot reach cmd.exe intact (see the
 /// module documentation); `&`, `|`, `%` and `^` pass and mean what they mean in cmd.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn cmd_argv(line: &str) -> Result<Vec<String>, CommandError> {
     let line = value("cmd line", line)?;
     if line.contains('"') {
@@ -205,6 +219,13 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 /// `pnputil /add-driver INF [/install]`: adds a driver package to the driver store and,
 /// with `install`, installs it on the devices it matches.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn pnputil_add_driver(inf: &str, install: bool) -> Result<Vec<String>, CommandError> {
     let inf = value("INF path", inf)?;
     let mut argv = strings(&["pnputil.exe", "/add-driver", inf]);
@@ -217,6 +238,13 @@ pub fn pnputil_add_driver(inf: &str, install: bool) -> Result<Vec<String>, Comma
 /// `pnputil /delete-driver oemNN.inf /uninstall /force`. Only a published name
 /// (`oem<number>.inf`) is accepted: an inbox driver's name here would remove part of
 /// Windows.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn pnputil_delete_driver(published: &str) -> Result<Vec<String>, CommandError> {
     let published = value("published INF name", published)?;
     let lower = published.to_ascii_lowercase();
@@ -242,6 +270,13 @@ pub fn pnputil_delete_driver(published: &str) -> Result<Vec<String>, CommandErro
 /// `sc.exe create NAME type= kernel start= START binpath= PATH`. sc.exe takes each
 /// option as `key=` followed by its value as the next argument (the space after `=`
 /// is required), so each is its own argv item.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn sc_create_kernel(
     name: &str,
     start: ServiceStart,
@@ -263,22 +298,50 @@ pub fn sc_create_kernel(
 }
 
 /// `sc.exe start NAME`.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn sc_start(name: &str) -> Result<Vec<String>, CommandError> {
     Ok(strings(&["sc.exe", "start", service_name(name)?]))
 }
 
 /// `sc.exe stop NAME`.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn sc_stop(name: &str) -> Result<Vec<String>, CommandError> {
     Ok(strings(&["sc.exe", "stop", service_name(name)?]))
 }
 
 /// `sc.exe delete NAME`.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn sc_delete(name: &str) -> Result<Vec<String>, CommandError> {
     Ok(strings(&["sc.exe", "delete", service_name(name)?]))
 }
 
 /// Reboots now. The harness itself reboots through `guest-shutdown`; this is for a
 /// suite step that must reboot from inside the guest.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn reboot() -> Vec<String> {
     strings(&["shutdown.exe", "/r", "/t", "0"])
 }
@@ -328,7 +391,7 @@ const SERVICE_INSTALL: &[&str] = &[
 
 /// Registers `sys` as a kernel service `name` loaded at `start` (created, or
 /// reconfigured if it exists), starts it now if `load_now`, then flushes.
-pub fn install_service(
+pub(crate) fn install_service(
     name: &str,
     sys: &str,
     start: ServiceStart,
@@ -357,7 +420,7 @@ const SERVICE_UNINSTALL: &[&str] = &[
 ];
 
 /// Stops and deletes the kernel service `name` and deletes its file, then flushes.
-pub fn uninstall_service(
+pub(crate) fn uninstall_service(
     name: &str,
     sys: &str,
     drives: &[char],
@@ -382,7 +445,7 @@ const PNP_INSTALL: &[&str] = &[
 
 /// Expands the driver package `zip` into `dir` (replacing what was there) and adds
 /// each INF in it with pnputil, installing on matching devices if `install`; flushes.
-pub fn install_pnp_package(
+pub(crate) fn install_pnp_package(
     zip: &str,
     dir: &str,
     install: bool,
@@ -408,6 +471,13 @@ const PNP_REMOVE: &[&str] = &[
 
 /// Uninstalls the driver package whose original INF file name is `inf_name`
 /// (`sensor.inf`), found by that name among the published ones.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "only the unit tests use it today; found by the pub(crate) pass, to be used or removed"
+    )
+)]
 pub fn uninstall_pnp_inf(inf_name: &str) -> Result<Vec<String>, CommandError> {
     let inf_name = value("INF name", inf_name)?;
     if inf_name.contains(['\\', '/']) || !inf_name.to_ascii_lowercase().ends_with(".inf") {
@@ -434,7 +504,7 @@ const PNP_DELETE_FILES: &[&str] = &[
 /// Uninstalls every driver package whose INF is in the expanded package `dir`, then
 /// deletes `dir` and `zip`, then flushes. Nothing to do is not an error (like
 /// `rm -f`): the package may never have been installed.
-pub fn uninstall_pnp_package(
+pub(crate) fn uninstall_pnp_package(
     zip: &str,
     dir: &str,
     drives: &[char],
@@ -454,7 +524,7 @@ const REMOVE_FILE: &[&str] =
     &["if (Test-Path -LiteralPath $bgPath -PathType Leaf) { Remove-Item -LiteralPath $bgPath -Force }"];
 
 /// Deletes a file if it is there (like `rm -f`), then flushes.
-pub fn remove_file(path: &str, drives: &[char]) -> Result<Vec<String>, CommandError> {
+pub(crate) fn remove_file(path: &str, drives: &[char]) -> Result<Vec<String>, CommandError> {
     let vars = [
         ("bgPath", ps_quote(value("file path", path)?)),
         ("bgDrives", drive_list(drives)?),
@@ -464,7 +534,7 @@ pub fn remove_file(path: &str, drives: &[char]) -> Result<Vec<String>, CommandEr
 
 /// Flushes the registry and the file system caches of `drives` and the system drive
 /// (before the harness power-cycles the guest from outside).
-pub fn flush_volumes(drives: &[char]) -> Result<Vec<String>, CommandError> {
+pub(crate) fn flush_volumes(drives: &[char]) -> Result<Vec<String>, CommandError> {
     let vars = [("bgDrives", drive_list(drives)?)];
     Ok(script(&vars, &[FLUSH]))
 }
@@ -487,7 +557,7 @@ const LIST_DUMPS: &[&str] = &[
 
 /// Lists the minidumps in `minidump_dir` (`*.dmp`, oldest first) and the memory dump
 /// `memory_dump` if it exists; parse the output with [`parse_crash_dump_listing`].
-pub fn list_crash_dumps(
+pub(crate) fn list_crash_dumps(
     minidump_dir: &str,
     memory_dump: &str,
 ) -> Result<Vec<String>, CommandError> {
@@ -506,7 +576,7 @@ pub fn list_crash_dumps(
 
 /// Which dump file a listing line is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuestDumpKind {
+pub(crate) enum GuestDumpKind {
     /// A small dump in the minidump folder.
     Minidump,
     /// The kernel or complete memory dump (MEMORY.DMP).
@@ -515,18 +585,18 @@ pub enum GuestDumpKind {
 
 /// One crash dump file in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestDumpFile {
+pub(crate) struct GuestDumpFile {
     pub kind: GuestDumpKind,
     pub bytes: u64,
     /// Last write time, UTC, as the guest printed it (ISO 8601).
-    pub modified_utc: String,
+    pub(crate) modified_utc: String,
     /// Full guest path (copy it out with guest-file-read).
     pub path: String,
 }
 
 /// Parses the output of [`list_crash_dumps`]. Lines without the `dump` tag are
 /// ignored; a tagged line that does not parse is an error rather than a silent skip.
-pub fn parse_crash_dump_listing(stdout: &str) -> Result<Vec<GuestDumpFile>, CommandError> {
+pub(crate) fn parse_crash_dump_listing(stdout: &str) -> Result<Vec<GuestDumpFile>, CommandError> {
     let mut files = Vec::new();
     for line in stdout.lines() {
         let line = line.trim_end_matches('\r');

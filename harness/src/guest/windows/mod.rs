@@ -11,16 +11,16 @@
 //! (see images/windows/GUIDE.md for what is confirmed and what is not).
 
 pub mod command;
-pub mod path;
+pub(crate) mod path;
 
 use serde::Deserialize;
 
 /// Where Windows writes minidumps unless CrashControl\MinidumpDir says otherwise.
-pub const DEFAULT_MINIDUMP_DIR: &str = r"%SystemRoot%\Minidump";
+pub(crate) const DEFAULT_MINIDUMP_DIR: &str = r"%SystemRoot%\Minidump";
 
 /// Where Windows writes a kernel or complete memory dump unless
 /// CrashControl\DumpFile says otherwise.
-pub const DEFAULT_MEMORY_DUMP: &str = r"%SystemRoot%\MEMORY.DMP";
+pub(crate) const DEFAULT_MEMORY_DUMP: &str = r"%SystemRoot%\MEMORY.DMP";
 
 /// How a Windows image installs candidate drivers (`guest.driver_kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -51,7 +51,7 @@ pub enum ServiceStart {
 
 impl ServiceStart {
     /// The value `sc.exe create ... start=` takes.
-    pub fn as_sc(self) -> &'static str {
+    pub(crate) fn as_sc(self) -> &'static str {
         match self {
             ServiceStart::Boot => "boot",
             ServiceStart::System => "system",

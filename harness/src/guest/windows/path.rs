@@ -9,7 +9,7 @@ use crate::guest::{GuestPaths, OsFamily};
 
 /// A guest path field that is wrong for the image's OS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldProblem {
+pub(crate) struct FieldProblem {
     /// The manifest field, `guest.drivers_dir`.
     pub field: &'static str,
     pub message: String,
@@ -17,13 +17,13 @@ pub struct FieldProblem {
 
 /// Whether a path may start with `%NAME%\` instead of a drive letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Root {
+pub(crate) enum Root {
     Drive,
     DriveOrVariable,
 }
 
 /// Why `value` is not an absolute Windows path, or `None` if it is one.
-pub fn problem(value: &str, root: Root) -> Option<String> {
+pub(crate) fn problem(value: &str, root: Root) -> Option<String> {
     if value.is_empty() {
         return Some("empty".into());
     }
@@ -65,7 +65,7 @@ pub fn problem(value: &str, root: Root) -> Option<String> {
 }
 
 /// The drive letter of `X:\...`, uppercased.
-pub fn drive_letter(path: &str) -> Option<char> {
+pub(crate) fn drive_letter(path: &str) -> Option<char> {
     let mut chars = path.chars();
     let (letter, colon, slash) = (chars.next()?, chars.next()?, chars.next()?);
     (letter.is_ascii_alphabetic() && colon == ':' && slash == '\\')
@@ -88,14 +88,14 @@ fn variable_root(path: &str) -> bool {
 }
 
 /// `dir\name`, with exactly one backslash between them (`C:\` + `x` is `C:\x`).
-pub fn join(dir: &str, name: &str) -> String {
+pub(crate) fn join(dir: &str, name: &str) -> String {
     format!("{}\\{}", dir.trim_end_matches('\\'), name)
 }
 
 /// Checks the guest paths of a manifest against its OS: Windows paths for a Windows
 /// image, no Windows-only fields on a Linux one, and no Linux-only fields on a
 /// Windows one (they would be ignored, which hides a mistake).
-pub fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldProblem> {
+pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldProblem> {
     let problem_in = |field: &'static str, message: String| Err(FieldProblem { field, message });
     match os {
         OsFamily::Linux => {

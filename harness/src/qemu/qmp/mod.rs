@@ -29,17 +29,17 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// How long to wait, once the socket accepts, for the greeting and the reply to
 /// `qmp_capabilities`. QEMU writes the greeting at once, but a TCG guest
 /// starting up can keep the main loop busy for a while.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one command write may block. QEMU drains its monitor socket
 /// promptly; a write stuck this long means QEMU is wedged, and without a bound
 /// a caller holding the writer lock would block every other caller too.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause between attempts while QEMU has not yet created or started listening
 /// on the socket. Short: QEMU creates it 20-35 ms after it starts, and a VM restored
 /// from a saved state answers about 0.1 s after that start.
-pub const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(5);
+pub(crate) const CONNECT_RETRY_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Errors from the QMP client.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +278,7 @@ impl QmpClient {
     /// Sends a command without waiting for its reply, for `quit`, whose reply
     /// races QEMU closing the socket. The command still carries an id, so its
     /// reply, if any, is recognised and dropped.
-    pub fn send(&self, command: &str, arguments: Option<Value>) -> Result<(), QmpError> {
+    pub(crate) fn send(&self, command: &str, arguments: Option<Value>) -> Result<(), QmpError> {
         if lock(&self.shared).closed {
             return Err(QmpError::Closed);
         }

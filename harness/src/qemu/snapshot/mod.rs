@@ -48,30 +48,30 @@ use crate::util::{sha256_bytes, sha256_file, shell_quote, wait_until, FileLock, 
 /// the `x-ignore-shared` capability must be set before the stream is read and QEMU
 /// 7.2 has no command-line switch for it; the stream then comes from the device
 /// state file passed open on descriptor 3 (`PASSED_FD`), read straight from disk.
-pub const INCOMING_ARGS: [&str; 2] = ["-incoming", "defer"];
+pub(crate) const INCOMING_ARGS: [&str; 2] = ["-incoming", "defer"];
 /// The migration URI of the device state file passed on descriptor 3.
 const INCOMING_URI: &str = "fd:3";
 /// The migration capability that leaves file-backed shared RAM out of the stream.
 const IGNORE_SHARED: &str = "x-ignore-shared";
 
 /// Time QEMU gets to create its QMP socket and greet.
-pub const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time a plain QMP command (stop, cont, migrate, which all return at once) may take.
-pub const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to connect to the serial and agent sockets once QMP answers.
-pub const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SOCKET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to write or read the whole RAM stream (about 100 MB for the 256 MiB demo
 /// guest; 0.2-0.7 s measured). Generous because a big Windows guest streams GiBs.
-pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Interval between `query-migrate` polls: polling rather than the MIGRATION event
 /// keeps this independent of who consumes the QMP event channel (Vm::start forwards
 /// it to the runner). Short, because loading the device state takes about 10 ms and
 /// every poll is a cheap local round trip.
-pub const MIGRATION_POLL: Duration = Duration::from_millis(2);
+pub(crate) const MIGRATION_POLL: Duration = Duration::from_millis(2);
 /// Time the agent gets to answer once a state's setup has run.
-pub const SETUP_SETTLE: Duration = Duration::from_secs(10);
+pub(crate) const SETUP_SETTLE: Duration = Duration::from_secs(10);
 /// Time QEMU gets to exit after `quit` before the process group is killed.
-pub const SAVE_QUIT_TIMEOUT: Duration = QUIT_GRACE;
+pub(crate) const SAVE_QUIT_TIMEOUT: Duration = QUIT_GRACE;
 
 /// Marks a finished state folder; a folder without it is never used.
 const COMPLETE_MARKER: &str = ".complete";
@@ -217,7 +217,7 @@ pub fn state_key(
 /// The argv of a VM that restores `state`: the saving VM's command line (no extra
 /// kernel parameters: they are baked into the saved RAM) with the RAM file mapped
 /// private instead of shared, plus [`INCOMING_ARGS`].
-pub fn restore_argv(
+pub(crate) fn restore_argv(
     binary: &str,
     manifest: &Manifest,
     accel: Accel,
@@ -239,7 +239,7 @@ pub fn restore_argv(
 }
 
 /// `<cache>/states`.
-pub fn states_root() -> PathBuf {
+pub(crate) fn states_root() -> PathBuf {
     cache_root().join(STATES_DIR)
 }
 
@@ -263,7 +263,11 @@ impl SavedState {
     }
 
     /// Creates a VM's private overlay on the frozen disk (`qemu-img create -b disk`).
-    pub fn create_overlay(&self, qemu_img: &str, overlay_path: &Path) -> Result<(), SnapshotError> {
+    pub(crate) fn create_overlay(
+        &self,
+        qemu_img: &str,
+        overlay_path: &Path,
+    ) -> Result<(), SnapshotError> {
         Ok(overlay::create(
             qemu_img,
             &self.disk,
@@ -276,7 +280,11 @@ impl SavedState {
     /// state's device file passed as descriptor 3 ([`Self::open_devices`]), and waits
     /// until it is all read. The VM stays paused: send `cont` once the console and
     /// agent are connected.
-    pub fn load_into(&self, qmp: &QmpClient, qmp_socket: &Path) -> Result<(), SnapshotError> {
+    pub(crate) fn load_into(
+        &self,
+        qmp: &QmpClient,
+        qmp_socket: &Path,
+    ) -> Result<(), SnapshotError> {
         let execute = |command: &str, arguments: Value| {
             qmp.execute(command, Some(arguments), QMP_COMMAND_TIMEOUT)
                 .map_err(|source| SnapshotError::Qmp {
@@ -290,7 +298,7 @@ impl SavedState {
     }
 
     /// The device state file, opened to pass to QEMU (`ProcessGuard::spawn_passing`).
-    pub fn open_devices(&self) -> Result<fs::File, SnapshotError> {
+    pub(crate) fn open_devices(&self) -> Result<fs::File, SnapshotError> {
         fs::File::open(&self.devices)
             .map_err(io_error(&self.devices, "cannot open the saved state"))
     }
@@ -298,7 +306,7 @@ impl SavedState {
 
 /// Work done in the guest between ready and the save, so that VMs start from a
 /// shared setup (a driver installed and loaded, say) instead of repeating it.
-pub struct StateSetup<'a> {
+pub(crate) struct StateSetup<'a> {
     /// Everything the setup depends on (hashes of the files it copies in, its
     /// commands): part of the state's cache key.
     pub identity: String,
@@ -320,7 +328,7 @@ pub fn ensure_saved(
 }
 
 /// [`ensure_saved`] after a setup: the state is taken once the setup has run.
-pub fn ensure_saved_with(
+pub(crate) fn ensure_saved_with(
     manifest: &Manifest,
     tools: &QemuTools,
     accel: Accel,

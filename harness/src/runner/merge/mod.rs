@@ -121,7 +121,7 @@ pub enum MergeError {
 impl MergeError {
     /// Wrong or mismatched shard folders (exit 2) versus a host that cannot write the
     /// merged run (exit 3).
-    pub fn is_usage(&self) -> bool {
+    pub(crate) fn is_usage(&self) -> bool {
         !matches!(
             self,
             MergeError::Copy { .. } | MergeError::Results { .. } | MergeError::Report(_)

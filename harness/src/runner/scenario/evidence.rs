@@ -22,11 +22,11 @@ use crate::util::human_duration;
 const LIVE_SYSTEM_DUMP: u32 = 0x161;
 
 /// Time a screenshot may take.
-pub const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a memory dump may take (written by QEMU while the guest is stopped).
-pub const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time to list or copy out one of the dumps a Windows guest wrote itself.
-pub const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Machine<'_> {
     /// Records the crash the watch decided, with its evidence; the stop it makes.

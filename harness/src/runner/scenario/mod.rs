@@ -35,10 +35,6 @@ mod machine;
 mod recovery;
 mod steps;
 
-pub use crate::detect::boot_watch::{CONSOLE_TRAIL, CRASH_SETTLE, RESET_COALESCE};
-pub use evidence::{DUMP_TIMEOUT, GUEST_DUMP_TIMEOUT, SCREENDUMP_TIMEOUT};
-pub use steps::REBOOT_REQUEST_TIMEOUT;
-
 use machine::{Machine, MachineSetup};
 
 /// Why a wait ended other than with what it waited for.
@@ -70,7 +66,7 @@ impl From<Stop> for StepError {
 }
 
 /// Result of a scenario, before the runner adds names and artifacts.
-pub struct ScenarioOutcome {
+pub(crate) struct ScenarioOutcome {
     pub verdict: Verdict,
     pub reason: Option<String>,
     pub boots: Vec<BootRecord>,
@@ -84,7 +80,7 @@ pub struct ScenarioOutcome {
     pub interrupted: bool,
 }
 
-pub struct ScenarioContext<'a> {
+pub(crate) struct ScenarioContext<'a> {
     pub tools: &'a QemuTools,
     pub manifest: &'a Manifest,
     pub accel: Accel,
@@ -111,7 +107,7 @@ pub struct ScenarioContext<'a> {
 }
 
 /// A worker's standby VM, if it has one.
-pub type StandbySlot = std::cell::RefCell<Option<Standby>>;
+pub(crate) type StandbySlot = std::cell::RefCell<Option<Standby>>;
 
 /// What a machine observed across its boots: what the gates judge and the outcome
 /// reports.

@@ -19,7 +19,7 @@ use crate::util::human_duration;
 
 /// The helper VM's evidence (console, QEMU log) goes in this subfolder of the
 /// scenario's.
-pub const HELPER_DIR: &str = "helper-vm";
+pub(crate) const HELPER_DIR: &str = "helper-vm";
 /// Time one recovery command (mount, delete, a suite's `run` line) may take.
 const RECOVERY_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -20,7 +20,7 @@ use crate::suite::{
 use crate::util::human_duration;
 
 /// Time from asking the guest to reboot to QEMU reporting the reset.
-pub const REBOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const REBOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the agent's connection failed, how long QEMU gets to show that it exited
 /// (which is then the reason given).
 const AGENT_LOSS_GRACE: Duration = Duration::from_millis(300);
