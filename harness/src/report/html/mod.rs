@@ -29,7 +29,7 @@ use crate::util::{human_duration, shell_quote, write_atomic};
 /// The name ends in `.html` so that even minijinja's default callback would escape;
 /// `render` also forces HTML escaping explicitly.
 const TEMPLATE_NAME: &str = "report.html";
-const TEMPLATE: &str = include_str!("report.html.j2");
+const TEMPLATE: &str = include_str!("../report.html.j2");
 
 /// Screenshots above this are linked, not embedded: a report that takes minutes to
 /// download from a CI artifact store is not read.
