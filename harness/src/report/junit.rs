@@ -20,7 +20,7 @@ impl JunitSink {
 }
 
 /// Builds the JUnit document for a run.
-pub(crate) fn render(run: &RunRecord) -> Result<String, ReportError> {
+pub fn render(run: &RunRecord) -> Result<String, ReportError> {
     let mut report = Report::new("bootgate");
     let mut suites: Vec<TestSuite> = Vec::new();
     for scenario in &run.scenarios {
