@@ -13,6 +13,8 @@ use crate::qemu::QemuTools;
 
 #[derive(Clone)]
 pub struct RunOptions {
+    /// The results folder: each run gets `<run-id>/` inside it (a rollout makes its
+    /// own, with a folder per ring target), and `latest` points at the newest.
     pub out_dir: PathBuf,
     /// VMs run at once; 0 picks a default from cores and free memory.
     pub jobs: usize,
