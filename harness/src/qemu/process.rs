@@ -47,7 +47,6 @@ pub struct ProcessGuard {
     child: Child,
     pgid: i32,
     status: Option<ExitStatus>,
-    stderr_path: PathBuf,
 }
 
 impl ProcessGuard {
@@ -121,21 +120,13 @@ impl ProcessGuard {
             child,
             pgid,
             status: None,
-            stderr_path: log_path.to_path_buf(),
         })
     }
 
+    /// The leader's pid: the tests check the group is gone after teardown.
+    #[cfg(test)]
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// The file holding the child's stdout and stderr.
-    #[expect(
-        dead_code,
-        reason = "never used; found by the pub(crate) pass, to be used or removed"
-    )]
-    pub fn log_path(&self) -> &Path {
-        &self.stderr_path
     }
 
     /// The exit status if the child has exited (reaping it), without blocking.

@@ -87,14 +87,6 @@ impl SoftTpm {
         Ok(SoftTpm { process })
     }
 
-    #[expect(
-        dead_code,
-        reason = "never used; found by the pub(crate) pass, to be used or removed"
-    )]
-    pub fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
     /// Stops swtpm (SIGTERM, grace, SIGKILL of its group). Idempotent.
     pub fn stop(&mut self) {
         self.process.terminate();

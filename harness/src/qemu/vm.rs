@@ -211,11 +211,6 @@ pub(crate) struct VmConfig<'a> {
 }
 
 pub struct Vm {
-    #[expect(
-        dead_code,
-        reason = "never used; found by the pub(crate) pass, to be used or removed"
-    )]
-    pub argv: Vec<String>,
     /// QMP events, console lines and agent answers, in arrival order.
     pub signals: Receiver<Signal>,
     /// When the guest CPUs were started (`cont`): the zero of the first boot.
@@ -242,7 +237,6 @@ pub struct Vm {
 
 /// A QEMU process started paused, not yet connected to.
 struct Launched {
-    argv: Vec<String>,
     process: ProcessGuard,
     tpm: Option<SoftTpm>,
     spawned: Instant,
@@ -277,7 +271,6 @@ impl Launched {
         };
         let process = ProcessGuard::spawn_passing(&argv, &qemu_log_path, state_file.as_ref())?;
         Ok(Launched {
-            argv,
             process,
             tpm,
             spawned,
@@ -390,7 +383,6 @@ impl Vm {
     /// starts the CPUs.
     fn connect(config: &VmConfig, layout: &VmLayout, launched: Launched) -> Result<Vm, VmError> {
         let Launched {
-            argv,
             mut process,
             tpm,
             spawned,
@@ -441,7 +433,6 @@ impl Vm {
         qmp.execute("cont", None, QMP_COMMAND_TIMEOUT)?;
         let started = Instant::now();
         Ok(Vm {
-            argv,
             signals,
             started,
             spawned,

@@ -30,11 +30,6 @@ pub enum DriverError {
 /// A driver ready to install: its module file and identity.
 #[derive(Debug, Clone)]
 pub struct BuiltDriver {
-    #[expect(
-        dead_code,
-        reason = "never used; found by the pub(crate) pass, to be used or removed"
-    )]
-    pub name: String,
     pub module: PathBuf,
     pub sha256: String,
     /// Source files hashed into the build key (empty for a prebuilt module).
@@ -85,7 +80,6 @@ pub(crate) fn prepare(
         let module = suite_dir.join(module);
         let sha256 = sha256_file(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
         return Ok(BuiltDriver {
-            name: name.to_string(),
             module,
             sha256,
             sources: Vec::new(),
@@ -172,7 +166,6 @@ pub(crate) fn prepare(
     }
     let sha256 = sha256_file(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
     Ok(BuiltDriver {
-        name: name.to_string(),
         module,
         sha256,
         sources,

@@ -11,16 +11,7 @@ pub(crate) struct FolderError {
     pub source: std::io::Error,
 }
 
-impl FolderError {
-    /// The results folder cannot be written: the host's trouble, not the suite's.
-    #[expect(
-        dead_code,
-        reason = "never used; found by the pub(crate) pass, to be used or removed"
-    )]
-    pub fn exit_code(&self) -> crate::model::exit::Exit {
-        crate::model::exit::Exit::Infra
-    }
-}
+impl FolderError {}
 
 /// Creates `out/<run-id>`; returns the id and the folder.
 pub(crate) fn create_run_dir(out: &Path) -> Result<(String, PathBuf), FolderError> {

@@ -100,17 +100,6 @@ pub(crate) enum RecoveryPath {
 }
 
 impl RecoveryPath {
-    #[expect(
-        dead_code,
-        reason = "never used; found by the pub(crate) pass, to be used or removed"
-    )]
-    pub const ALL: [RecoveryPath; 4] = [
-        RecoveryPath::Guard,
-        RecoveryPath::RescueBoot,
-        RecoveryPath::Offline,
-        RecoveryPath::AgentRollback,
-    ];
-
     /// The scenario that measures this path.
     pub(crate) fn scenario_name(self) -> &'static str {
         match self {
