@@ -461,12 +461,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The Windows template (a relabelled Linux manifest no longer loads: a
         // Windows image's guest paths must be Windows paths).
-        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
-        std::fs::write(
-            dir.path().join("image.toml"),
-            include_str!("../../../images/windows/image.toml"),
-        )
-        .unwrap();
+        crate::testing::images::write_windows_image(
+            dir.path(),
+            crate::testing::images::WINDOWS_TEMPLATE,
+        );
         let m = Manifest::load(&dir.path().join("image.toml")).unwrap();
         let checks = guest_checks(&m);
         let reg = "\r\nHKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Control\\CrashControl\r\n    CrashDumpEnabled    REG_DWORD    0x7\r\n";

@@ -440,21 +440,12 @@ mod tests {
         assert!(m.supports_saved_state());
     }
 
-    const WINDOWS: &str = include_str!("../../../images/windows/image.toml");
-
-    fn write_windows_image(dir: &Path, text: &str) -> PathBuf {
-        std::fs::write(dir.join("windows.qcow2"), b"x").unwrap();
-        let path = dir.join("image.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
+    use crate::testing::images::{write_windows_image, WINDOWS_TEMPLATE as WINDOWS};
 
     #[test]
     fn windows_profile_from_the_template_manifest() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
-        let path = dir.path().join("image.toml");
-        std::fs::write(&path, include_str!("../../../images/windows/image.toml")).unwrap();
+        let path = write_windows_image(dir.path(), WINDOWS);
         let p = Manifest::load(&path).unwrap().guest_profile();
         assert_eq!(p.os, OsFamily::Windows);
         assert_eq!(

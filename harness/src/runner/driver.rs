@@ -179,12 +179,10 @@ mod tests {
     #[test]
     fn windows_drivers_must_come_built() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("windows.qcow2"), b"x").unwrap();
-        std::fs::write(
-            dir.path().join("image.toml"),
-            include_str!("../../../images/windows/image.toml"),
-        )
-        .unwrap();
+        crate::testing::images::write_windows_image(
+            dir.path(),
+            crate::testing::images::WINDOWS_TEMPLATE,
+        );
         let manifest = Manifest::load(&dir.path().join("image.toml")).unwrap();
         let driver = Driver {
             source: Some(PathBuf::from("src")),

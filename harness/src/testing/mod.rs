@@ -6,4 +6,5 @@
 //! stale replies, or stall. Everything else is tested against the real thing.
 
 pub mod fake_peer;
+pub mod images;
 pub mod records;
