@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use bootgate::model::run_file::REPORT_HTML;
 use bootgate::model::ReportError;
 use bootgate::report::html;
 use bootgate::report::manifest;
@@ -49,7 +50,7 @@ pub fn report(run_dir: &Path) -> Exit {
         Ok(record) => record,
         Err(e) => return fail(&e, e.exit_code()),
     };
-    let path = run_dir.join(html::REPORT_HTML);
+    let path = run_dir.join(REPORT_HTML);
     let written = html::render(&record, run_dir).and_then(|text| {
         bootgate::util::write_atomic(&path, text.as_bytes()).map_err(|source| ReportError::Write {
             path: path.clone(),
@@ -58,7 +59,7 @@ pub fn report(run_dir: &Path) -> Exit {
     });
     // The report is a listed artifact: refresh its own manifest entry only, so verify
     // still flags a change to anything else (run.json included).
-    match written.and_then(|()| manifest::refresh_entry(run_dir, html::REPORT_HTML)) {
+    match written.and_then(|()| manifest::refresh_entry(run_dir, REPORT_HTML)) {
         Ok(()) => {
             println!("{}", path.display());
             Exit::Pass

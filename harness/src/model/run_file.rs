@@ -7,13 +7,13 @@ use super::sink::ReportError;
 use crate::util::write_atomic;
 
 /// The machine-readable record of a run.
-pub(crate) const RUN_JSON: &str = "run.json";
+pub const RUN_JSON: &str = "run.json";
 /// JUnit XML for CI systems.
-pub(crate) const JUNIT_XML: &str = "junit.xml";
+pub const JUNIT_XML: &str = "junit.xml";
 /// The self-contained page for reviewers.
 pub const REPORT_HTML: &str = "report.html";
 /// sha256 of every input and every file of the run.
-pub(crate) const MANIFEST_JSON: &str = "manifest.json";
+pub const MANIFEST_JSON: &str = "manifest.json";
 
 /// Writes `dir/run.json` atomically: a reader sees the old file or the new one, never
 /// half of one.

@@ -1,6 +1,6 @@
 //! junit.xml: one testsuite per suite, one testcase per scenario, for CI pages.
 
-pub(crate) use crate::model::run_file::JUNIT_XML;
+use crate::model::run_file::JUNIT_XML;
 use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };

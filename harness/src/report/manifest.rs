@@ -2,7 +2,7 @@
 //! run wrote, so a reviewer can check that nothing was altered (`bootgate verify`).
 //! Written last, after every other result file.
 
-pub(crate) use crate::model::run_file::MANIFEST_JSON;
+use crate::model::run_file::MANIFEST_JSON;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

@@ -19,7 +19,7 @@ mod tests;
 mod timeline;
 mod views;
 
-pub use crate::model::run_file::REPORT_HTML;
+use crate::model::run_file::REPORT_HTML;
 use std::path::Path;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};

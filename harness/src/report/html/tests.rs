@@ -6,11 +6,12 @@ use base64::Engine as _;
 
 use super::cards::{embed_png, href, inside_run_folder, MAX_EMBED_BYTES};
 use super::format::shell_command_lines;
-use super::{render, HtmlSink, REPORT_HTML};
+use super::{render, HtmlSink};
 use crate::model::record::{
     BootOutcome, BootRecord, CrashRecord, FileHash, HostInfo, RecoveryRecord, RunRecord,
     ScenarioRecord, StepOutcome, StepRecord, Verdict, VmArgv,
 };
+use crate::model::run_file::REPORT_HTML;
 use crate::model::{Event, Sink};
 use crate::testing::records;
 use crate::util::shell_quote;

@@ -16,10 +16,9 @@ use crate::model::record::{
     FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
 };
 use crate::model::run_file::RUN_JSON;
+use crate::model::run_file::{JUNIT_XML, MANIFEST_JSON, REPORT_HTML};
 use crate::model::ReportError;
-use crate::report::html::REPORT_HTML;
-use crate::report::junit::JUNIT_XML;
-use crate::report::manifest::{Manifest, MANIFEST_JSON};
+use crate::report::manifest::Manifest;
 use crate::report::{html, junit, manifest};
 use crate::runner::folder::{self, absolute, FolderError};
 use crate::runner::shard::Shard;
