@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use bootgate::model::run_file::RUN_JSON;
 use bootgate::model::Emitter;
 use bootgate::runner::options::DEFAULT_OUT_DIR;
 use bootgate::runner::{self, shard, IgnoredPolicy, RunOptions};
@@ -30,7 +31,7 @@ pub fn run(args: RunArgs) -> Exit {
     // The timings file (a run folder means its run.json) is an input of the run.
     let timings_file = args.shard_timings.as_ref().map(|file| {
         if file.is_dir() {
-            file.join("run.json")
+            file.join(RUN_JSON)
         } else {
             file.clone()
         }

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use crate::model::record::{StepOutcome, Verdict};
+use crate::model::run_file::{JUNIT_XML, REPORT_HTML, RUN_JSON};
 use crate::model::Event;
 use crate::model::{ReportError, Sink};
 use crate::util::human_duration;
@@ -89,9 +90,9 @@ pub(crate) fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
                 s.error,
                 s.flaky,
                 dir.display(),
-                dir.join("report.html").display(),
-                dir.join("run.json").display(),
-                dir.join("junit.xml").display()
+                dir.join(REPORT_HTML).display(),
+                dir.join(RUN_JSON).display(),
+                dir.join(JUNIT_XML).display()
             ))
         }
         // Campaign and rollout progress shows at every verbosity, like notices: the

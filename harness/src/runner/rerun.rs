@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::exit::Exit;
 use crate::model::record::RunRecord;
+use crate::model::run_file::RUN_JSON;
 use crate::qemu::accel::AccelChoice;
 use crate::suite::{self, Suite, SuiteError};
 
@@ -50,7 +51,7 @@ pub struct RerunPlan {
 }
 
 pub fn read_record(run_dir: &Path) -> Result<RunRecord, RerunError> {
-    let path = run_dir.join("run.json");
+    let path = run_dir.join(RUN_JSON);
     let text = std::fs::read_to_string(&path).map_err(|source| RerunError::Read {
         path: path.clone(),
         source,
