@@ -40,10 +40,17 @@ pub(crate) const READ_CHUNK_BYTES: u64 = 1024 * 1024;
 /// takes no timeout argument because it is a fire-and-forget operation.
 pub(crate) const SHUTDOWN_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long `shutdown` listens for an error reply. `guest-shutdown` answers
-/// only on failure, and the agent fails fast (bad mode, no permission), so
-/// silence for this long means the shutdown is under way.
-pub(crate) const SHUTDOWN_ERROR_GRACE: Duration = Duration::from_secs(1);
+/// One slice of `shutdown`'s listening for an error reply, between which it asks
+/// whether to go on listening (the runner stops it once QEMU reports the reset).
+pub(crate) const SHUTDOWN_LISTEN_SLICE: Duration = Duration::from_millis(200);
+
+/// How long `shutdown` listens for an error reply at most. `guest-shutdown`
+/// answers only on failure, and not always fast: qemu-ga 7.2
+/// (qga/commands-posix.c, `qmp_guest_shutdown`) waits for the guest's shutdown
+/// command to exit, and systemd's `shutdown` without D-Bus takes seconds to give
+/// up ("Failed to connect to bus"). A reply that comes after listening stopped
+/// would be lost, and the reboot then wrongly waited for as a hang.
+pub(crate) const SHUTDOWN_REPLY_WINDOW: Duration = Duration::from_secs(60);
 
 /// Budget for closing a guest file handle after an earlier step failed. It
 /// is spent beyond the caller's timeout, since a leaked handle stays open in
@@ -307,10 +314,16 @@ impl AgentClient {
         self.finish_with_close(handle, read, budget)
     }
 
-    /// Sends `guest-shutdown`. The agent replies only on failure, so silence
-    /// for [`SHUTDOWN_ERROR_GRACE`] (or the connection closing as the VM goes
-    /// down) counts as success; confirm the shutdown from QMP events.
-    pub fn shutdown(&mut self, mode: ShutdownMode) -> Result<(), AgentError> {
+    /// Sends `guest-shutdown`, then listens for its error reply for up to
+    /// `listen`, or until `done` says the shutdown is confirmed elsewhere. The agent
+    /// replies only on failure, so silence (or the connection closing as the VM
+    /// goes down) counts as success; confirm the shutdown from QMP events.
+    pub fn shutdown(
+        &mut self,
+        mode: ShutdownMode,
+        listen: Duration,
+        done: &dyn Fn() -> bool,
+    ) -> Result<(), AgentError> {
         let command = "guest-shutdown";
         let budget = Budget::new(SHUTDOWN_SEND_TIMEOUT);
         if self.needs_sync {
@@ -320,11 +333,19 @@ impl AgentClient {
         // unknown way: the next exchange must start clean.
         self.needs_sync = true;
         self.send_command(command, Some(&json!({"mode": mode.as_str()})), budget)?;
-        let grace = Budget::new(SHUTDOWN_ERROR_GRACE);
-        match self.read_value(command, grace) {
-            Ok(reply) => reply_result(command, reply).map(drop),
-            Err(AgentError::Timeout { .. } | AgentError::Closed) => Ok(()),
-            Err(e) => Err(e),
+        let until = std::time::Instant::now() + listen;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.read_value(command, Budget::new(SHUTDOWN_LISTEN_SLICE.min(left))) {
+                Ok(reply) => return reply_result(command, reply).map(drop),
+                Err(AgentError::Closed) => return Ok(()),
+                Err(AgentError::Timeout { .. }) => {
+                    if done() || std::time::Instant::now() >= until {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

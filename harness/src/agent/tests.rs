@@ -287,8 +287,11 @@ fn shutdown_without_reply_succeeds() {
         let _ = agent.next();
     });
     let started = Instant::now();
-    client.shutdown(ShutdownMode::Powerdown).unwrap();
-    assert!(started.elapsed() >= SHUTDOWN_ERROR_GRACE);
+    let listen = Duration::from_secs(1);
+    client
+        .shutdown(ShutdownMode::Powerdown, listen, &|| false)
+        .unwrap();
+    assert!(started.elapsed() >= listen);
     assert!(client.needs_sync);
     drop(client);
     peer.join().unwrap();
@@ -301,13 +304,49 @@ fn shutdown_error_reply_is_returned() {
         assert_eq!(cmd["arguments"]["mode"], "halt");
         agent.send(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"child process has failed to shutdown\"}}\n");
     });
-    match client.shutdown(ShutdownMode::Halt) {
+    match client.shutdown(ShutdownMode::Halt, SHUTDOWN_REPLY_WINDOW, &|| false) {
         Err(AgentError::Command { command, desc, .. }) => {
             assert_eq!(command, "guest-shutdown");
             assert!(desc.contains("failed to shutdown"));
         }
         other => panic!("expected a command error, got {other:?}"),
     }
+    peer.join().unwrap();
+}
+
+#[test]
+fn a_late_shutdown_error_is_still_heard() {
+    // qemu-ga answers guest-shutdown only once the guest's shutdown command has
+    // exited; systemd's takes seconds to fail without D-Bus.
+    let (_dir, mut client, peer) = fake(|mut agent| {
+        let _ = agent.command();
+        std::thread::sleep(Duration::from_millis(1500));
+        agent.send(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"child process has failed to shutdown\"}}\n");
+    });
+    let err = client
+        .shutdown(ShutdownMode::Reboot, SHUTDOWN_REPLY_WINDOW, &|| false)
+        .unwrap_err();
+    assert!(err.to_string().contains("failed to shutdown"), "{err}");
+    peer.join().unwrap();
+}
+
+#[test]
+fn shutdown_stops_listening_once_the_reboot_is_confirmed() {
+    let (_dir, mut client, peer) = fake(|mut agent| {
+        let _ = agent.command();
+        let _ = agent.next();
+    });
+    let started = Instant::now();
+    let confirmed = || started.elapsed() > Duration::from_millis(300);
+    client
+        .shutdown(ShutdownMode::Reboot, SHUTDOWN_REPLY_WINDOW, &confirmed)
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "listened {:?} after the reboot was confirmed",
+        started.elapsed()
+    );
+    drop(client);
     peer.join().unwrap();
 }
 

@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{AgentClient, AgentError, ExecStatus, ShutdownMode};
+use super::{AgentClient, AgentError, ExecStatus, ShutdownMode, SHUTDOWN_REPLY_WINDOW};
 
 /// One sync attempt while waiting for the agent to come up. Between attempts the
 /// worker checks for cancellation; the runner does not wait on this.
@@ -175,7 +175,7 @@ fn perform(
             REQUEST_TIMEOUT,
         )?)),
         Request::Shutdown(mode) => {
-            client.shutdown(mode)?;
+            client.shutdown(mode, SHUTDOWN_REPLY_WINDOW, cancelled)?;
             Ok(Answer::Done)
         }
         Request::Commands => Ok(Answer::Commands(client.info_commands(REQUEST_TIMEOUT)?)),

@@ -282,10 +282,18 @@ fn driver_loaded_state(
     emitter: &Emitter,
 ) -> Result<SavedState, FuzzError> {
     let profile = manifest.guest_profile();
-    let module_path = profile.driver_path(&opts.driver)?;
-    let register = profile.register_driver(&opts.driver, &opts.params, true)?;
+    let module_path = profile.driver_upload_path(&opts.driver)?;
+    let make_dir = profile
+        .parent_dir(&module_path)
+        .and_then(|dir| profile.make_dir(&dir));
+    let register = profile.register_driver(&opts.driver, &opts.params, true, false)?;
     let module = std::fs::read(&built.module).map_err(io(&built.module))?;
-    let run = |agent: &mut AgentClient| load_driver(agent, &module_path, &module, &register);
+    let run = |agent: &mut AgentClient| {
+        if let Some(command) = &make_dir {
+            run_to_end(agent, command, "creating the driver's folder")?;
+        }
+        load_driver(agent, &module_path, &module, &register)
+    };
     let setup = StateSetup {
         identity: format!(
             "driver {} sha256 {} params {:?} argv {:?} env {:?}",
@@ -313,25 +321,30 @@ fn load_driver(
     agent
         .write_file(module_path, module, SETUP_TIMEOUT)
         .map_err(|e| format!("copying the module to {module_path}: {e}"))?;
+    run_to_end(agent, register, "loading the driver")
+}
+
+/// Runs a guest command to its end; Err says `what` failed and why.
+fn run_to_end(agent: &mut AgentClient, command: &GuestCommand, what: &str) -> Result<(), String> {
     let pid = agent
-        .exec_start(&register.argv, &register.env, None, SETUP_TIMEOUT)
-        .map_err(|e| format!("loading the driver: {e}"))?;
+        .exec_start(&command.argv, &command.env, None, SETUP_TIMEOUT)
+        .map_err(|e| format!("{what}: {e}"))?;
     let started = Instant::now();
     loop {
         let status = agent
             .exec_status(pid, SETUP_TIMEOUT)
-            .map_err(|e| format!("loading the driver: {e}"))?;
+            .map_err(|e| format!("{what}: {e}"))?;
         if status.exited {
             return match status.exit_code {
                 Some(0) => Ok(()),
                 code => Err(format!(
-                    "loading the driver exited {code:?}: {}",
+                    "{what} exited {code:?}: {}",
                     String::from_utf8_lossy(&status.stderr).trim()
                 )),
             };
         }
         if started.elapsed() > SETUP_TIMEOUT {
-            return Err("loading the driver did not finish".into());
+            return Err(format!("{what} did not finish"));
         }
         std::thread::sleep(SETUP_POLL);
     }

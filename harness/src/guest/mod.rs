@@ -6,12 +6,13 @@
 //! constant script text, because on Windows the agent's `env` would replace the whole
 //! environment (see [`windows::command`]).
 
+pub(crate) mod linux;
 pub(crate) mod paths;
 pub(crate) mod windows;
 
 use std::path::Path;
 
-pub(crate) use paths::{DumpFormat, GuestPaths, OsFamily};
+pub(crate) use paths::{DumpFormat, GuestPaths, LinuxProfile, OsFamily, RebootMethod};
 
 use crate::suite::ExecStep;
 use windows::command::{self as wincmd, CommandError};
@@ -39,6 +40,8 @@ pub enum GuestError {
     },
     #[error("{0} images do not support this step yet")]
     Unsupported(&'static str),
+    #[error("{manifest}: `initramfs = true` cannot be done here: {why}")]
+    NoInitramfs { manifest: String, why: &'static str },
     #[error("{manifest}: windows drivers take no load parameters (got {params:?}): a windows driver reads its settings from its registry key, so write them there with an exec step")]
     WindowsParams { manifest: String, params: String },
     #[error("cannot build the windows command: {0}")]
@@ -62,12 +65,16 @@ pub(crate) struct GuestCommand {
 #[derive(Debug, Clone)]
 pub(crate) struct GuestProfile {
     pub os: OsFamily,
+    /// Linux only: how drivers load at boot.
+    pub linux: LinuxProfile,
     manifest: String,
     shell: Vec<String>,
     drivers_dir: Option<String>,
     drivers_registry: Option<String>,
     content_dir: Option<String>,
     safe_mode_append: Option<String>,
+    /// Distro only: the guest's initramfs rebuild command.
+    initramfs_update: Option<String>,
     /// Offline recovery through a helper VM (see the manifest's `offline_*` fields).
     system_root: Option<String>,
     offline_mount: Option<String>,
@@ -81,31 +88,30 @@ pub(crate) struct GuestProfile {
     memory_dump_path: String,
 }
 
-/// Registers a driver in the Linux demo guest's boot-start registry (one
-/// `NAME PARAMS` line per driver), then optionally loads it now.
-const LINUX_REGISTER: &str = r#"set -euf
-touch "$BG_REGISTRY"
-grep -v "^$BG_NAME\( \|\$\)" "$BG_REGISTRY" > "$BG_REGISTRY.tmp" || true
-printf '%s %s\n' "$BG_NAME" "$BG_PARAMS" >> "$BG_REGISTRY.tmp"
-mv "$BG_REGISTRY.tmp" "$BG_REGISTRY"
-sync
-if [ "$BG_LOAD" = 1 ]; then insmod "$BG_MODULE" $BG_PARAMS; fi"#;
-
-/// Unloads (if loaded), unregisters and deletes a driver in the Linux demo guest.
-const LINUX_UNREGISTER: &str = r#"set -uf
-rmmod "$BG_NAME" 2>/dev/null
-touch "$BG_REGISTRY"
-grep -v "^$BG_NAME\( \|\$\)" "$BG_REGISTRY" > "$BG_REGISTRY.tmp"
-mv "$BG_REGISTRY.tmp" "$BG_REGISTRY" && rm -f "$BG_MODULE" && sync"#;
-
 impl GuestProfile {
     /// The profile of an image whose manifest is `manifest` (named in errors).
-    pub fn new(os: OsFamily, manifest: &Path, guest: &GuestPaths) -> GuestProfile {
+    pub fn new(
+        os: OsFamily,
+        linux: LinuxProfile,
+        manifest: &Path,
+        guest: &GuestPaths,
+    ) -> GuestProfile {
+        let drivers_dir = match (os, linux) {
+            (OsFamily::Linux, LinuxProfile::Distro) => Some(
+                guest
+                    .drivers_dir
+                    .clone()
+                    .unwrap_or_else(|| linux::DEFAULT_DISTRO_DRIVERS_DIR.into()),
+            ),
+            _ => guest.drivers_dir.clone(),
+        };
         GuestProfile {
             os,
+            linux,
             manifest: manifest.display().to_string(),
             shell: guest.shell.clone(),
-            drivers_dir: guest.drivers_dir.clone(),
+            drivers_dir,
+            initramfs_update: guest.initramfs_update.clone(),
             drivers_registry: guest.drivers_registry.clone(),
             content_dir: guest.content_dir.clone(),
             safe_mode_append: guest.safe_mode_append.clone(),
@@ -174,6 +180,7 @@ impl GuestProfile {
 
     /// Where a driver's module goes on the system disk: Linux `DIR/NAME.ko`; Windows
     /// `DIR\NAME.sys` for a service driver, `DIR\NAME.zip` (the driver package) for PnP.
+    /// Distro profile: the folder may hold `{release}`, which only the guest knows.
     pub(crate) fn driver_path(&self, name: &str) -> Result<String, GuestError> {
         let dir = self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?;
         Ok(match (self.os, self.driver_kind) {
@@ -181,6 +188,52 @@ impl GuestProfile {
             (OsFamily::Windows, DriverKind::Service) => winpath::join(dir, &format!("{name}.sys")),
             (OsFamily::Windows, DriverKind::Pnp) => winpath::join(dir, &format!("{name}.zip")),
         })
+    }
+
+    /// Where the host uploads a driver's module: its place on the system disk, or
+    /// (distro profile) a staging file the install script moves into place.
+    pub(crate) fn driver_upload_path(&self, name: &str) -> Result<String, GuestError> {
+        match (self.os, self.linux) {
+            (OsFamily::Linux, LinuxProfile::Distro) => {
+                Ok(format!("{}/{name}.ko", linux::DISTRO_STAGING_DIR))
+            }
+            _ => self.driver_path(name),
+        }
+    }
+
+    /// The folder part of a guest path.
+    pub(crate) fn parent_dir(&self, path: &str) -> Option<String> {
+        match self.os {
+            OsFamily::Linux => path
+                .rsplit_once('/')
+                .map(|(dir, _)| dir)
+                .filter(|dir| !dir.is_empty())
+                .map(str::to_string),
+            OsFamily::Windows => path.rsplit_once('\\').map(|(dir, _)| dir.to_string()),
+        }
+    }
+
+    /// Creates a folder and its parents (the agent's file writes create only the
+    /// file). None where bootgate has no such command yet (Windows: issue 16's
+    /// guide says the folders must exist).
+    pub(crate) fn make_dir(&self, dir: &str) -> Option<GuestCommand> {
+        match self.os {
+            OsFamily::Linux => Some(self.script(linux::MAKE_DIR, vec![format!("BG_DIR={dir}")])),
+            OsFamily::Windows => None,
+        }
+    }
+
+    /// A command printing which of `names` are loaded drivers, one per line (parse
+    /// with [`linux::parse_loaded`]); None for Windows, which proves its drivers
+    /// loaded another way.
+    pub(crate) fn loaded_drivers(&self, names: &[String]) -> Option<GuestCommand> {
+        match self.os {
+            OsFamily::Linux => Some(self.script(
+                linux::LOADED_DRIVERS,
+                vec![format!("BG_NAMES={}", names.join(" "))],
+            )),
+            OsFamily::Windows => None,
+        }
     }
 
     /// Windows, PnP: the folder a driver package zip is expanded into.
@@ -217,8 +270,15 @@ impl GuestProfile {
         name: &str,
         params: &str,
         load_now: bool,
+        initramfs: bool,
     ) -> Result<GuestCommand, GuestError> {
         if self.os == OsFamily::Windows {
+            if initramfs {
+                return Err(GuestError::NoInitramfs {
+                    manifest: self.manifest.clone(),
+                    why: "windows has no initramfs: a boot-start driver is a service with start = boot",
+                });
+            }
             if !params.trim().is_empty() {
                 return Err(GuestError::WindowsParams {
                     manifest: self.manifest.clone(),
@@ -243,9 +303,43 @@ impl GuestProfile {
             };
             return Ok(Self::windows(argv));
         }
+        if self.linux == LinuxProfile::Distro {
+            let update = match (initramfs, &self.initramfs_update) {
+                (true, Some(command)) => command.clone(),
+                (true, None) => {
+                    return Err(GuestError::MissingPath {
+                        manifest: self.manifest.clone(),
+                        field: "initramfs_update",
+                        what: "to find the guest's own initramfs rebuild command (update-initramfs -u, dracut -f)",
+                    })
+                }
+                (false, _) => String::new(),
+            };
+            return Ok(self.script(
+                linux::DISTRO_REGISTER,
+                vec![
+                    format!("BG_NAME={name}"),
+                    format!("BG_PARAMS={params}"),
+                    format!("BG_STAGED={}", self.driver_upload_path(name)?),
+                    format!(
+                        "BG_DIR={}",
+                        self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?
+                    ),
+                    format!("BG_LOAD={}", u8::from(load_now)),
+                    format!("BG_INITRAMFS={}", u8::from(initramfs)),
+                    format!("BG_INITRAMFS_UPDATE={update}"),
+                ],
+            ));
+        }
+        if initramfs {
+            return Err(GuestError::NoInitramfs {
+                manifest: self.manifest.clone(),
+                why: "the demo guest loads every registered driver from its own initramfs already",
+            });
+        }
         let registry = self.registry()?;
         Ok(self.script(
-            LINUX_REGISTER,
+            linux::register_script(self.linux),
             vec![
                 format!("BG_NAME={name}"),
                 format!("BG_PARAMS={params}"),
@@ -270,9 +364,25 @@ impl GuestProfile {
             };
             return Ok(Self::windows(argv));
         }
+        if self.linux == LinuxProfile::Distro {
+            return Ok(self.script(
+                linux::DISTRO_UNREGISTER,
+                vec![
+                    format!("BG_NAME={name}"),
+                    format!(
+                        "BG_DIR={}",
+                        self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?
+                    ),
+                    format!(
+                        "BG_INITRAMFS_UPDATE={}",
+                        self.initramfs_update.clone().unwrap_or_default()
+                    ),
+                ],
+            ));
+        }
         let registry = self.registry()?;
         Ok(self.script(
-            LINUX_UNREGISTER,
+            linux::DEMO_UNREGISTER,
             vec![
                 format!("BG_NAME={name}"),
                 format!("BG_REGISTRY={registry}"),
@@ -322,18 +432,20 @@ impl GuestProfile {
         }
     }
 
-    /// Kernel parameters of the rescue boot that skips third-party drivers.
-    pub(crate) fn safe_mode_append(&self) -> Result<&str, GuestError> {
+    /// Kernel parameters of the rescue boot that skips third-party drivers, with
+    /// `{drivers}` replaced by the installed drivers' names.
+    pub(crate) fn safe_mode_append(&self, installed: &[String]) -> Result<String, GuestError> {
         // A Windows rescue boot is a bcdedit safeboot setting inside the guest, not
         // kernel parameters; asking the manifest for them would be wrong advice.
         if self.os == OsFamily::Windows {
             return Err(GuestError::Unsupported("windows"));
         }
-        self.need(
+        let template = self.need(
             &self.safe_mode_append,
             "safe_mode_append",
             "the rescue boot is selected",
-        )
+        )?;
+        Ok(template.replace("{drivers}", &installed.join(",")))
     }
 
     /// Offline recovery: the helper VM's command that mounts the stopped VM's disk.
@@ -416,234 +528,4 @@ impl GuestProfile {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::guest::OsFamily;
-
-    fn profile() -> GuestProfile {
-        GuestProfile {
-            os: OsFamily::Linux,
-            manifest: "image.toml".into(),
-            shell: vec!["/bin/sh".into(), "-c".into()],
-            drivers_dir: Some("/system/drivers".into()),
-            drivers_registry: Some("/system/etc/drivers.conf".into()),
-            content_dir: None,
-            safe_mode_append: Some("bootgate.safe=1".into()),
-            system_root: Some("/system".into()),
-            offline_mount: Some("mount /dev/vdb /target".into()),
-            offline_root: Some("/target/".into()),
-            offline_unmount: Some("umount /target".into()),
-            driver_kind: DriverKind::Service,
-            service_start: ServiceStart::Boot,
-            minidump_dir: String::new(),
-            memory_dump_path: String::new(),
-        }
-    }
-
-    fn windows_profile(kind: DriverKind) -> GuestProfile {
-        GuestProfile {
-            os: OsFamily::Windows,
-            manifest: "windows/image.toml".into(),
-            shell: wincmd::POWERSHELL.iter().map(|s| s.to_string()).collect(),
-            drivers_dir: Some(r"D:\Program Files\Vendor Ünïcode\drivers".into()),
-            drivers_registry: None,
-            content_dir: Some(r"C:\ProgramData\bootgate\content".into()),
-            safe_mode_append: None,
-            system_root: None,
-            offline_mount: None,
-            offline_root: None,
-            offline_unmount: None,
-            driver_kind: kind,
-            service_start: ServiceStart::System,
-            minidump_dir: windows::DEFAULT_MINIDUMP_DIR.into(),
-            memory_dump_path: windows::DEFAULT_MEMORY_DUMP.into(),
-        }
-    }
-
-    #[test]
-    fn offline_paths_map_the_system_root_onto_the_helper_mount() {
-        let p = profile();
-        assert_eq!(
-            p.offline_path("/system/content/demo_sensor.content")
-                .unwrap(),
-            "/target/content/demo_sensor.content"
-        );
-        assert_eq!(p.offline_path("/system").unwrap(), "/target");
-        // A sibling that merely starts with the same letters is not on the disk.
-        let err = p.offline_path("/systemd/x").unwrap_err().to_string();
-        assert!(err.contains("not under guest.system_root"), "{err}");
-        assert!(p.offline_path("/etc/passwd").is_err());
-        assert_eq!(
-            p.offline_mount().unwrap().argv,
-            ["/bin/sh", "-c", "mount /dev/vdb /target"]
-        );
-        let mut bare = profile();
-        bare.offline_unmount = None;
-        let err = bare.offline_unmount().unwrap_err().to_string();
-        assert!(err.contains("guest.offline_unmount"), "{err}");
-        assert!(windows_profile(DriverKind::Service)
-            .offline_path(r"C:\x")
-            .is_err());
-    }
-
-    #[test]
-    fn run_goes_through_the_manifest_shell() {
-        let step = ExecStep {
-            run: Some("echo $((1+1)); exit 3".into()),
-            argv: None,
-            expect_exit: 3,
-            timeout: None,
-        };
-        assert_eq!(
-            profile().exec_argv(&step),
-            ["/bin/sh", "-c", "echo $((1+1)); exit 3"]
-        );
-        let step = ExecStep {
-            run: None,
-            argv: Some(vec!["/bin/true".into()]),
-            expect_exit: 0,
-            timeout: None,
-        };
-        assert_eq!(profile().exec_argv(&step), ["/bin/true"]);
-    }
-
-    #[test]
-    fn driver_values_travel_in_the_environment_not_the_script() {
-        let cmd = profile()
-            .register_driver("demo_sensor", "fixed=1; reboot", true)
-            .unwrap();
-        assert_eq!(cmd.argv[2], LINUX_REGISTER);
-        assert!(cmd.env.contains(&"BG_PARAMS=fixed=1; reboot".to_string()));
-        assert!(cmd
-            .env
-            .contains(&"BG_MODULE=/system/drivers/demo_sensor.ko".to_string()));
-        assert!(cmd.env.contains(&"BG_LOAD=1".to_string()));
-    }
-
-    #[test]
-    fn linux_commands_are_unchanged() {
-        // The Linux side must not move when Windows support grows: exact argv and env.
-        let p = profile();
-        assert_eq!(
-            p.driver_path("demo_sensor").unwrap(),
-            "/system/drivers/demo_sensor.ko"
-        );
-        let cmd = p.unregister_driver("demo_sensor").unwrap();
-        assert_eq!(cmd.argv, ["/bin/sh", "-c", LINUX_UNREGISTER]);
-        assert_eq!(
-            cmd.env,
-            [
-                "BG_NAME=demo_sensor",
-                "BG_REGISTRY=/system/etc/drivers.conf",
-                "BG_MODULE=/system/drivers/demo_sensor.ko",
-            ]
-        );
-        let cmd = p.remove_file("/system/content/a b").unwrap();
-        assert_eq!(cmd.argv, ["/bin/sh", "-c", r#"rm -f "$BG_PATH" && sync"#]);
-        assert_eq!(cmd.env, ["BG_PATH=/system/content/a b"]);
-        assert_eq!(p.sync_disks().unwrap().argv, ["/bin/sh", "-c", "sync"]);
-        assert_eq!(p.safe_mode_append().unwrap(), "bootgate.safe=1");
-        assert!(matches!(
-            p.list_crash_dumps(),
-            Err(GuestError::Unsupported("linux"))
-        ));
-    }
-
-    #[test]
-    fn windows_service_driver_goes_through_sc_with_quoted_values() {
-        let p = windows_profile(DriverKind::Service);
-        let sys = r"D:\Program Files\Vendor Ünïcode\drivers\sensor.sys";
-        assert_eq!(p.driver_path("sensor").unwrap(), sys);
-        let cmd = p.register_driver("sensor", "", true).unwrap();
-        assert!(
-            cmd.env.is_empty(),
-            "an env would replace the whole windows environment"
-        );
-        assert_eq!(
-            cmd.argv,
-            wincmd::install_service("sensor", sys, ServiceStart::System, true, &['D', 'C'])
-                .unwrap()
-        );
-        assert!(
-            cmd.argv[6].contains(&format!("$bgSys = '{sys}'")),
-            "{}",
-            cmd.argv[6]
-        );
-        assert!(
-            cmd.argv[6].contains("$bgDrives = @('D', 'C')"),
-            "{}",
-            cmd.argv[6]
-        );
-        let cmd = p.unregister_driver("sensor").unwrap();
-        assert_eq!(
-            cmd.argv,
-            wincmd::uninstall_service("sensor", sys, &['D', 'C']).unwrap()
-        );
-        let err = p
-            .register_driver("sensor", "fixed=1", false)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("windows/image.toml") && err.contains("registry"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn windows_pnp_driver_is_a_package_zip_expanded_next_to_it() {
-        let p = windows_profile(DriverKind::Pnp);
-        let zip = r"D:\Program Files\Vendor Ünïcode\drivers\sensor.zip";
-        let dir = r"D:\Program Files\Vendor Ünïcode\drivers\sensor";
-        assert_eq!(p.driver_path("sensor").unwrap(), zip);
-        let cmd = p.register_driver("sensor", "  ", false).unwrap();
-        assert_eq!(
-            cmd.argv,
-            wincmd::install_pnp_package(zip, dir, false, &['D', 'C']).unwrap()
-        );
-        let cmd = p.unregister_driver("sensor").unwrap();
-        assert_eq!(
-            cmd.argv,
-            wincmd::uninstall_pnp_package(zip, dir, &['D', 'C']).unwrap()
-        );
-    }
-
-    #[test]
-    fn windows_content_sync_shell_and_dumps() {
-        let p = windows_profile(DriverKind::Service);
-        let path = p.content_path("C-00000291-00000000-00000032.sys").unwrap();
-        assert_eq!(
-            path,
-            r"C:\ProgramData\bootgate\content\C-00000291-00000000-00000032.sys"
-        );
-        let cmd = p.remove_file(&path).unwrap();
-        assert!(cmd.env.is_empty());
-        assert_eq!(cmd.argv, wincmd::remove_file(&path, &['D', 'C']).unwrap());
-        assert_eq!(
-            p.sync_disks().unwrap().argv,
-            wincmd::flush_volumes(&['D', 'C']).unwrap()
-        );
-        let line = r#"Get-Content 'C:\x y\log.txt' | Select-String "error""#;
-        assert_eq!(p.shell_argv(line), wincmd::powershell_argv(line));
-        let step = ExecStep {
-            run: Some(line.into()),
-            argv: None,
-            expect_exit: 0,
-            timeout: None,
-        };
-        assert_eq!(p.exec_argv(&step), wincmd::powershell_argv(line));
-        assert_eq!(
-            p.list_crash_dumps().unwrap().argv,
-            wincmd::list_crash_dumps(r"%SystemRoot%\Minidump", r"%SystemRoot%\MEMORY.DMP").unwrap()
-        );
-        assert!(matches!(
-            p.safe_mode_append(),
-            Err(GuestError::Unsupported("windows"))
-        ));
-    }
-
-    #[test]
-    fn missing_manifest_path_says_which_field() {
-        let err = profile().content_path("x").unwrap_err().to_string();
-        assert!(err.contains("guest.content_dir"), "{err}");
-    }
-}
+mod tests;

@@ -14,17 +14,64 @@ pub enum OsFamily {
     Windows,
 }
 
+/// How a Linux guest loads its drivers at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinuxProfile {
+    /// bootgate's demo guest: a `NAME PARAMS` registry file its init reads.
+    Demo,
+    /// A distribution (systemd or not): the module under `/lib/modules/<release>`,
+    /// `depmod`, `modules-load.d` (names) and `modprobe.d` (options), `modprobe`.
+    Distro,
+}
+
+/// What bootgate does to reboot the guest when the agent's `guest-shutdown` fails
+/// (the guest's own shutdown command failed, say, as systemd's does without D-Bus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebootMethod {
+    /// The agent only: its failure is a setup `error`, reported at once.
+    #[default]
+    Agent,
+    /// Fall back to an ACPI power-button press (QMP `system_powerdown`) and a fresh
+    /// power-on once the guest has shut itself down.
+    Acpi,
+    /// Fall back to a hard reset (QMP `system_reset`) after flushing the disks.
+    Reset,
+}
+
+impl RebootMethod {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RebootMethod::Agent => "agent",
+            RebootMethod::Acpi => "acpi",
+            RebootMethod::Reset => "reset",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestPaths {
     /// How the guest runs a command line: the shell's argv prefix.
     pub shell: Vec<String>,
+    /// Where driver modules go. Distro profile: may hold `{release}` (the running
+    /// kernel's `uname -r`); default `/lib/modules/{release}/updates/bootgate`.
     pub drivers_dir: Option<String>,
     pub drivers_registry: Option<String>,
     pub content_dir: Option<String>,
     pub boot_count_file: Option<String>,
     /// Kernel parameters that select the rescue boot (skip third-party drivers).
+    /// `{drivers}` stands for the installed drivers' names, comma-separated
+    /// (`modprobe.blacklist={drivers}` on a distribution).
     pub safe_mode_append: Option<String>,
+    /// How to reboot when the agent cannot: see [`RebootMethod`].
+    #[serde(default)]
+    pub reboot: RebootMethod,
+    /// Distro profile: the guest's own command that rebuilds its initramfs
+    /// (`update-initramfs -u`, `dracut -f`), run by `install_driver` with
+    /// `initramfs = true` for drivers that must load before the root file system.
+    pub initramfs_update: Option<String>,
     /// Offline recovery: where a normal boot mounts the system disk (the prefix of
     /// the guest paths above that live on it, such as content_dir).
     pub system_root: Option<String>,

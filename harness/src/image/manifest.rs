@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::guest::{windows, GuestProfile};
-pub(crate) use crate::guest::{GuestPaths, OsFamily};
+pub(crate) use crate::guest::{GuestPaths, LinuxProfile, OsFamily};
 use crate::image::firmware;
+use crate::image::kernel::Kernel;
 use crate::util::{line_col, snippet};
 
 /// Ready timeout used when a manifest does not give one.
@@ -90,11 +91,15 @@ pub struct Manifest {
     pub path: PathBuf,
     pub name: String,
     pub os: OsFamily,
+    /// Linux: how the guest loads drivers (Windows: unused). Given as `profile`, or
+    /// inferred: `demo` when the manifest names a `drivers_registry`, else `distro`.
+    pub linux_profile: LinuxProfile,
     pub boot: Boot,
     pub disk: Disk,
     pub machine: Machine,
     pub ready: Ready,
     pub guest: GuestPaths,
+    pub kernel: Kernel,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,17 +189,20 @@ fn default_ready_timeout() -> Duration {
 struct RawManifest {
     name: String,
     os: OsFamily,
+    profile: Option<LinuxProfile>,
     boot: Boot,
     disk: Disk,
     machine: Machine,
     ready: Ready,
     guest: GuestPaths,
+    #[serde(default)]
+    kernel: Kernel,
 }
 
 impl Manifest {
     /// What the steps of a suite mean in this image's guest.
     pub(crate) fn guest_profile(&self) -> GuestProfile {
-        GuestProfile::new(self.os, &self.path, &self.guest)
+        GuestProfile::new(self.os, self.linux_profile, &self.path, &self.guest)
     }
 
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
@@ -221,16 +229,25 @@ impl Manifest {
         boot.uefi_vars = boot.uefi_vars.map(absolute);
         let mut disk = raw.disk;
         disk.path = absolute(disk.path);
+        let mut kernel = raw.kernel;
+        kernel.headers = kernel.headers.map(absolute);
+        let inferred = match raw.guest.drivers_registry {
+            Some(_) => LinuxProfile::Demo,
+            None => LinuxProfile::Distro,
+        };
         let mut manifest = Manifest {
             path: path.to_path_buf(),
             name: raw.name,
             os: raw.os,
+            linux_profile: raw.profile.unwrap_or(inferred),
             boot,
             disk,
             machine: raw.machine,
             ready: raw.ready,
             guest: raw.guest,
+            kernel,
         };
+        manifest.check_profile(raw.profile.is_some())?;
         manifest.check_platform()?;
         // Guest paths are the guest's: Windows paths for a Windows image, and no field
         // of the other OS family (it would be ignored, hiding a mistake).
@@ -244,6 +261,42 @@ impl Manifest {
         manifest.resolve_firmware();
         manifest.check_files()?;
         Ok(manifest)
+    }
+
+    /// The Linux profile's fields: the demo's registry belongs to the demo profile,
+    /// and a Windows image has no Linux profile.
+    fn check_profile(&self, given: bool) -> Result<(), ManifestError> {
+        let inconsistent = |field, message: &str| ManifestError::Inconsistent {
+            manifest: self.path.clone(),
+            field,
+            message: message.to_string(),
+        };
+        match (self.os, self.linux_profile) {
+            (OsFamily::Windows, _) if given => Err(inconsistent(
+                "profile",
+                "only linux images take a profile (\"demo\" or \"distro\"): remove it",
+            )),
+            (OsFamily::Windows, _) => Ok(()),
+            (OsFamily::Linux, LinuxProfile::Demo) if self.guest.drivers_registry.is_none() => {
+                Err(inconsistent(
+                    "guest.drivers_registry",
+                    "the demo profile registers boot drivers in a registry file: name it, or use profile = \"distro\" (modules-load.d, modprobe.d, depmod)",
+                ))
+            }
+            (OsFamily::Linux, LinuxProfile::Distro) if self.guest.drivers_registry.is_some() => {
+                Err(inconsistent(
+                    "guest.drivers_registry",
+                    "a distribution loads modules through modules-load.d and modprobe.d, not the demo's registry file: remove drivers_registry (or use profile = \"demo\")",
+                ))
+            }
+            (OsFamily::Linux, LinuxProfile::Demo) if self.guest.initramfs_update.is_some() => {
+                Err(inconsistent(
+                    "guest.initramfs_update",
+                    "the demo guest's initramfs is the host's file: only profile = \"distro\" images rebuild theirs",
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Combinations that QEMU would reject, said in the manifest's own terms.
@@ -336,6 +389,11 @@ impl Manifest {
         files.extend(self.boot.uefi_code.clone());
         files.extend(self.boot.uefi_vars.clone());
         files
+    }
+
+    /// The release the guest kernel runs, when the manifest or build record says.
+    pub(crate) fn kernel_release(&self) -> Option<String> {
+        crate::image::kernel::release(self)
     }
 }
 
@@ -452,7 +510,7 @@ mod tests {
             p.driver_path("sensor").unwrap(),
             r"C:\Windows\System32\drivers\sensor.sys"
         );
-        let cmd = p.register_driver("sensor", "", false).unwrap();
+        let cmd = p.register_driver("sensor", "", false, false).unwrap();
         assert!(cmd.argv[6].contains("$bgStart = 'boot'"), "{}", cmd.argv[6]);
         assert!(
             cmd.argv[6].contains("$bgDrives = @('C')"),

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub(crate) mod firmware;
+pub mod kernel;
 pub mod manifest;
 pub(crate) mod overlay;
 

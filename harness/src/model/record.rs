@@ -269,6 +269,24 @@ pub struct BootRecord {
     /// scenario ran; `ready_ms` then counts from the moment the scenario took it.
     #[serde(default)]
     pub standby: bool,
+    /// Which installed drivers were loaded when this boot became ready. None when
+    /// nothing was checked: no driver installed to load at boot, a rescue boot (it
+    /// skips them on purpose), or a Windows guest.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drivers: Option<DriversAtBoot>,
+    /// How this boot was started when a reboot could not go through the guest
+    /// agent: the manifest's `guest.reboot` fallback and why it was needed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reboot_via: Option<String>,
+}
+
+/// The drivers installed to load at every boot, as one boot found them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriversAtBoot {
+    pub loaded: Vec<String>,
+    /// Installed to load at boot, but not loaded: a `fail` unless expected.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

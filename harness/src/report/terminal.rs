@@ -182,6 +182,33 @@ fn scenario_text(scenario: &crate::model::record::ScenarioRecord) -> String {
     if let Some(hang) = scenario.hangs.first() {
         note(format!("hang: {hang}"));
     }
+    for b in &scenario.boots {
+        if let Some(d) = b.drivers.as_ref().filter(|d| !d.missing.is_empty()) {
+            note(format!(
+                "boot {}: driver {} not loaded",
+                b.index,
+                d.missing.join(", ")
+            ));
+        }
+        if let Some(via) = &b.reboot_via {
+            note(format!("boot {}: rebooted by {via}", b.index));
+        }
+    }
+    let checked = scenario
+        .boots
+        .iter()
+        .filter(|b| b.drivers.is_some())
+        .count();
+    let all_loaded = scenario
+        .boots
+        .iter()
+        .filter_map(|b| b.drivers.as_ref())
+        .all(|d| d.missing.is_empty());
+    if checked > 0 && all_loaded {
+        note(format!(
+            "drivers loaded at each of {checked} boot(s) checked"
+        ));
+    }
     if let Some(r) = &scenario.recovery {
         note(format!(
             "recovered after {} boot(s), {:.1} s",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::cache::cache_root;
+use crate::image::kernel;
 use crate::image::manifest::Manifest;
 use crate::suite::Driver;
 use crate::util::{sha256_bytes, sha256_file};
@@ -25,6 +26,8 @@ pub enum DriverError {
     },
     #[error("driver {name}: {message}")]
     Io { name: String, message: String },
+    #[error("driver {name}: {message}: it would not load at any boot (a build problem, not a driver defect); rebuild it against the image's own kernel headers, or give `source` and bootgate builds it with them")]
+    WrongKernel { name: String, message: String },
 }
 
 /// A driver ready to install: its module file and identity.
@@ -34,35 +37,6 @@ pub struct BuiltDriver {
     pub sha256: String,
     /// Source files hashed into the build key (empty for a prebuilt module).
     pub sources: Vec<PathBuf>,
-}
-
-/// The kernel version and headers folder an image records in `build-info.json`.
-fn headers_of(manifest: &Manifest) -> Result<(String, PathBuf), String> {
-    let info_path = manifest
-        .path
-        .parent()
-        .map(|d| d.join("build-info.json"))
-        .ok_or("the image manifest has no folder")?;
-    let text = std::fs::read_to_string(&info_path).map_err(|e| {
-        format!(
-            "{} ({e}) does not name the image's kernel headers",
-            info_path.display()
-        )
-    })?;
-    let info: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", info_path.display()))?;
-    let kernel = info["kernel_version"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    match info["headers_dir"].as_str() {
-        Some(dir) if Path::new(dir).is_dir() => Ok((kernel, PathBuf::from(dir))),
-        Some(dir) => Err(format!("headers folder {dir} is missing")),
-        None => Err(info["headers_note"]
-            .as_str()
-            .unwrap_or("the image records no kernel headers")
-            .to_string()),
-    }
 }
 
 /// Resolves a suite's driver to a module file, building it if it is given as source.
@@ -79,6 +53,7 @@ pub(crate) fn prepare(
     if let Some(module) = &driver.module {
         let module = suite_dir.join(module);
         let sha256 = sha256_file(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
+        check_kernel(name, &module, manifest)?;
         return Ok(BuiltDriver {
             module,
             sha256,
@@ -96,7 +71,7 @@ pub(crate) fn prepare(
         )));
     }
     let source = suite_dir.join(source);
-    let (kernel, headers) = headers_of(manifest).map_err(|why| DriverError::NoHeaders {
+    let (kernel, headers) = kernel::headers(manifest).map_err(|why| DriverError::NoHeaders {
         name: name.to_string(),
         why,
     })?;
@@ -165,11 +140,39 @@ pub(crate) fn prepare(
         }
     }
     let sha256 = sha256_file(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
+    check_kernel(name, &module, manifest)?;
     Ok(BuiltDriver {
         module,
         sha256,
         sources,
     })
+}
+
+/// Refuses, before any boot, a Linux module whose vermagic names another kernel
+/// than the image's (when the image says which it runs): the kernel would refuse
+/// it at every boot. Unknown either way, the guest checks it at install.
+fn check_kernel(name: &str, module: &Path, manifest: &Manifest) -> Result<(), DriverError> {
+    if manifest.os != crate::guest::OsFamily::Linux {
+        return Ok(());
+    }
+    let Some(release) = manifest.kernel_release() else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(module).map_err(|e| DriverError::Io {
+        name: name.to_string(),
+        message: format!("{}: {e}", module.display()),
+    })?;
+    match kernel::module_vermagic(&bytes) {
+        Some(built_for) if built_for != release => Err(DriverError::WrongKernel {
+            name: name.to_string(),
+            message: format!(
+                "{} was built for kernel {built_for}, but the image {} runs {release}",
+                module.display(),
+                manifest.path.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,19 @@ pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
     let no_boot_loop = gates
         .no_boot_loop
         .unwrap_or(expect != Some(Expect::BootLoop));
+    let drivers_loaded = gates
+        .drivers_loaded
+        .unwrap_or(expect != Some(Expect::DriverNotLoaded));
+    let not_loaded = m.boots.iter().find_map(|b| {
+        let missing = &b.drivers.as_ref()?.missing;
+        (!missing.is_empty()).then(|| {
+            format!(
+                "driver {} was not loaded at boot {} (installed to load at every boot; the guest did not load it: see the console log)",
+                missing.join(", "),
+                b.index
+            )
+        })
+    });
     let slow_boot = gates.boot_time_limit().and_then(|limit| {
         m.boots
             .iter()
@@ -55,6 +68,7 @@ pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
             Expect::Hang => !m.hangs.is_empty(),
             Expect::BootLoop => m.boot_loop,
             Expect::SlowBoot => slow_boot.is_some(),
+            Expect::DriverNotLoaded => not_loaded.is_some(),
         };
         if !seen {
             return Some(format!(
@@ -115,6 +129,11 @@ pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
     if expect != Some(Expect::SlowBoot) {
         if let Some(slow) = slow_boot {
             return Some(slow);
+        }
+    }
+    if drivers_loaded {
+        if let Some(why) = not_loaded {
+            return Some(why);
         }
     }
     None

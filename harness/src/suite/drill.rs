@@ -199,6 +199,7 @@ impl Drill {
             driver: self.driver.clone(),
             params: params.to_string(),
             load_now: true,
+            initramfs: false,
         })];
         if let Some(previous) = &self.previous {
             steps.push(Step::ApplyContent(ApplyContentStep {

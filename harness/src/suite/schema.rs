@@ -153,6 +153,9 @@ pub enum Expect {
     BootLoop,
     /// The boot-time gate must fail (a driver that slows boot must be caught).
     SlowBoot,
+    /// An installed driver must be found not loaded at a ready boot (a driver
+    /// that the guest refuses to load at boot must be caught).
+    DriverNotLoaded,
 }
 
 impl Expect {
@@ -162,6 +165,7 @@ impl Expect {
             Expect::Hang => "hang",
             Expect::BootLoop => "boot_loop",
             Expect::SlowBoot => "slow_boot",
+            Expect::DriverNotLoaded => "driver_not_loaded",
         }
     }
 }
@@ -183,6 +187,9 @@ pub struct Gates {
     pub no_boot_loop: Option<bool>,
     /// After a crash, the guest must be ready again within this many boots.
     pub recovers_within: Option<u32>,
+    /// Every driver installed to load at boot must be loaded at every ready boot
+    /// (default: true, unless `expect = "driver_not_loaded"`).
+    pub drivers_loaded: Option<bool>,
 }
 
 impl Gates {

@@ -78,6 +78,11 @@ pub struct InstallDriverStep {
     /// Also load it now (otherwise it loads at the next boot).
     #[serde(default)]
     pub load_now: bool,
+    /// Distro images: also put it in the guest's initramfs (rebuilt with the
+    /// manifest's `initramfs_update`), for drivers that load before the root file
+    /// system. Only matters where the image boots its own initramfs.
+    #[serde(default)]
+    pub initramfs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -64,6 +64,10 @@ impl Checks<'_> {
         if scenario.expect == Some(Expect::SlowBoot) && scenario.gates.boot_time_limit().is_none() {
             return Err(at(format!("scenario {name:?} expects a slow boot but sets no limit: add max_boot_time to [scenario.gates]")));
         }
+        let installs = steps.iter().any(|s| matches!(s, Step::InstallDriver(_)));
+        if scenario.expect == Some(Expect::DriverNotLoaded) && !installs {
+            return Err(at(format!("scenario {name:?} expects a driver not to be loaded but installs none: add an install_driver step")));
+        }
         if scenario.gates.max_boot_time.is_some() && scenario.gates.max_boot_ms.is_some() {
             return Err(at(format!(
                 "scenario {name:?} sets both max_boot_time and max_boot_ms: keep one"

@@ -21,6 +21,9 @@ const TARGET: &str = "agent";
 /// Timeout given to each client call. Cases end long before it: the fake agent
 /// hangs up once it has nothing more to say.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a shutdown listens for its error reply in these cases (the harness
+/// listens up to a minute; a second keeps a case inside its time limit).
+const SHUTDOWN_LISTEN: Duration = Duration::from_secs(1);
 /// Silence after which a hostile fake agent hangs up: the client is waiting for
 /// bytes that will never come, and the hang-up must end that wait. A correct
 /// one waits for the client's next command up to [`CALL_TIMEOUT`] instead (the
@@ -350,7 +353,9 @@ fn call(client: &mut AgentClient, op: &Op) -> Result<Want, AgentError> {
         Op::WriteFile(data) => client
             .write_file("/x", data, CALL_TIMEOUT)
             .map(|()| Want::Done)?,
-        Op::Shutdown => client.shutdown(ShutdownMode::Reboot).map(|()| Want::Done)?,
+        Op::Shutdown => client
+            .shutdown(ShutdownMode::Reboot, SHUTDOWN_LISTEN, &|| false)
+            .map(|()| Want::Done)?,
         Op::Sync => client.sync(CALL_TIMEOUT).map(|()| Want::Done)?,
     })
 }

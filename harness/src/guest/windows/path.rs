@@ -123,6 +123,11 @@ pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldP
                     "the linux demo guest's boot-driver list; a windows image registers drivers with sc.exe or pnputil (guest.driver_kind), so remove it",
                 ),
                 (
+                    "guest.initramfs_update",
+                    guest.initramfs_update.is_some(),
+                    "a linux initramfs rebuild command; a windows boot-start driver is a service with start = boot (guest.service_start), so remove it",
+                ),
+                (
                     "guest.safe_mode_append",
                     guest.safe_mode_append.is_some(),
                     "a linux kernel command line; bootgate has no rescue boot for windows images yet, so remove it",

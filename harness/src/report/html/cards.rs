@@ -56,6 +56,10 @@ struct BootView {
     ready: String,
     crash: Option<String>,
     extra_append: Option<String>,
+    /// Installed drivers this boot had loaded / had not, comma-separated.
+    drivers_loaded: Option<String>,
+    drivers_missing: Option<String>,
+    reboot_via: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +175,17 @@ impl BootView {
             ready: b.ready_ms.map_or_else(|| "—".to_string(), ms_text),
             crash: b.crash.as_deref().map(clean),
             extra_append: b.extra_append.as_deref().map(clean),
+            drivers_loaded: b
+                .drivers
+                .as_ref()
+                .filter(|d| !d.loaded.is_empty())
+                .map(|d| clean(&d.loaded.join(", "))),
+            drivers_missing: b
+                .drivers
+                .as_ref()
+                .filter(|d| !d.missing.is_empty())
+                .map(|d| clean(&d.missing.join(", "))),
+            reboot_via: b.reboot_via.as_deref().map(clean),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! that feed what they report (QMP events, console lines, agent answers) to the
 //! [`BootWatch`] and act on what it decides.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use crate::detect::boot_watch::{self, BootWatch, Happening};
 use crate::guest::GuestProfile;
 use crate::guest::OsFamily;
 use crate::image::manifest::Manifest;
-use crate::model::record::{BootOutcome, BootRecord, RecoveryRecord};
+use crate::model::record::{BootOutcome, BootRecord, DriversAtBoot, RecoveryRecord};
 use crate::model::Emitter;
 use crate::qemu::accel::Accel;
 use crate::qemu::qmp::QmpMessage;
@@ -25,6 +26,8 @@ use crate::util::human_duration;
 
 /// Longest uninterrupted wait on the signal channel, so Ctrl-C is noticed promptly.
 const INTERRUPT_CHECK: Duration = Duration::from_millis(50);
+/// Time the guest may take to list its loaded drivers after a ready boot.
+const DRIVER_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// After QEMU's signals ended, how long it gets to exit so its status can be named.
 const EXIT_STATUS_GRACE: Duration = Duration::from_millis(500);
 
@@ -39,6 +42,12 @@ pub(super) struct Machine<'a> {
     pub(super) watch: BootWatch,
     pub(super) found: Findings,
     pub(super) recovery: RecoveryWatch,
+    /// Drivers installed on this machine's disk to load at every boot, in install
+    /// order: what each ready boot checks, and what a rescue boot skips.
+    pub(super) installed: Vec<String>,
+    /// Guest folders known to exist (created or written into): the system disk
+    /// keeps them across boots, so each is made once per scenario.
+    pub(super) made_dirs: BTreeSet<String>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -105,6 +114,8 @@ impl<'a> Machine<'a> {
             watch: BootWatch::new(t0),
             found: Findings::default(),
             recovery: RecoveryWatch::default(),
+            installed: Vec::new(),
+            made_dirs: BTreeSet::new(),
         }
     }
 }
@@ -216,6 +227,8 @@ impl Machine<'_> {
             crash: None,
             restored: false,
             standby: false,
+            drivers: None,
+            reboot_via: None,
         });
     }
 
@@ -391,6 +404,43 @@ impl Machine<'_> {
         self.note_recovery();
         if self.profile.os == OsFamily::Windows {
             self.collect_guest_dumps()?;
+        }
+        self.check_drivers_loaded()
+    }
+
+    /// Records which installed drivers this ready boot loaded. A rescue boot skips
+    /// them on purpose, so it is not checked; Windows proves it another way.
+    fn check_drivers_loaded(&mut self) -> Result<(), Stop> {
+        let rescue = self
+            .found
+            .boots
+            .last()
+            .is_some_and(|b| b.extra_append.is_some());
+        if self.installed.is_empty() || rescue {
+            return Ok(());
+        }
+        let Some(command) = self.profile.loaded_drivers(&self.installed) else {
+            return Ok(());
+        };
+        let stdout = match self.exec_output(command, DRIVER_CHECK_TIMEOUT) {
+            Ok(stdout) => stdout,
+            Err(super::StepError::Stopped(stop)) => return Err(stop),
+            Err(super::StepError::Failed(_, why)) => {
+                return Err(Stop::Infra(format!(
+                    "could not check which drivers boot {} loaded: {why}",
+                    self.boot_index()
+                )))
+            }
+        };
+        let loaded = crate::guest::linux::parse_loaded(&stdout);
+        let missing = self
+            .installed
+            .iter()
+            .filter(|name| !loaded.contains(name))
+            .cloned()
+            .collect();
+        if let Some(boot) = self.found.boots.last_mut() {
+            boot.drivers = Some(DriversAtBoot { loaded, missing });
         }
         Ok(())
     }

@@ -32,9 +32,7 @@ impl Machine<'_> {
         content: Option<String>,
         emitter: &Emitter,
     ) -> Result<String, StepError> {
-        let append = self
-            .guest_command(self.profile.safe_mode_append())?
-            .to_string();
+        let append = self.guest_command(self.profile.safe_mode_append(&self.installed))?;
         // A fresh power-on of the same disk, drivers skipped.
         self.power_on(Some(append.clone()), None)?;
         self.wait_ready(self.setup.boot_timeout, emitter)?;

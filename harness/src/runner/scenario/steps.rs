@@ -10,9 +10,10 @@ use super::machine::{Machine, Wake};
 use super::{StepError, Stop};
 use crate::agent::worker::{Answer, JobError, Request, REQUEST_TIMEOUT};
 use crate::agent::{AgentError, ShutdownMode};
-use crate::guest::GuestCommand;
+use crate::guest::{linux, GuestCommand, OsFamily, RebootMethod};
 use crate::model::record::StepOutcome;
 use crate::model::Emitter;
+use crate::qemu::vm::QMP_COMMAND_TIMEOUT;
 use crate::runner::driver::BuiltDriver;
 use crate::suite::{
     ApplyContentStep, InstallDriverStep, RebootStep, RecoverStep, RecoverVia, Step, Suite,
@@ -26,6 +27,10 @@ pub(crate) const REBOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_LOSS_GRACE: Duration = Duration::from_millis(300);
 /// Most bytes of a command's output quoted in a step's detail.
 const OUTPUT_QUOTE_BYTES: usize = 2048;
+/// Time a driver install or uninstall may take in the guest: depmod re-indexes
+/// every module of the kernel, and an initramfs rebuild takes tens of seconds under
+/// TCG (measured on the debian12 image).
+const DRIVER_COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 /// Largest driver module or content file copied into a guest.
 const MAX_GUEST_FILE: u64 = 64 << 20;
 
@@ -77,7 +82,8 @@ impl Machine<'_> {
             Step::InstallDriver(s) => self.install_driver(s, &drivers),
             Step::UninstallDriver(s) => {
                 let command = self.guest_command(self.profile.unregister_driver(&s.driver))?;
-                self.exec(command, 0, REQUEST_TIMEOUT)?;
+                self.exec(command, 0, DRIVER_COMMAND_TIMEOUT)?;
+                self.installed.retain(|name| name != &s.driver);
                 Ok(format!("{} unloaded, unregistered and deleted", s.driver))
             }
             Step::ApplyContent(s) => self.apply_content(s, &drivers),
@@ -132,17 +138,47 @@ impl Machine<'_> {
         drivers: &Drivers,
     ) -> Result<String, StepError> {
         let (built, _) = drivers.get(&s.driver)?;
-        let path = self.guest_command(self.profile.driver_path(&s.driver))?;
-        self.write_guest_file(&built.module, path.clone())?;
-        let register = self.guest_command(
-            self.profile
-                .register_driver(&s.driver, &s.params, s.load_now),
-        )?;
-        self.exec(register, 0, REQUEST_TIMEOUT)?;
+        let upload = self.guest_command(self.profile.driver_upload_path(&s.driver))?;
+        let register = self.guest_command(self.profile.register_driver(
+            &s.driver,
+            &s.params,
+            s.load_now,
+            s.initramfs,
+        ))?;
+        self.write_guest_file(&built.module, upload.clone())?;
+        let output = match self.exec(register, 0, DRIVER_COMMAND_TIMEOUT) {
+            Ok(output) => output,
+            Err(StepError::Failed(outcome, detail)) => {
+                // A module for another kernel is the user's build problem: no verdict
+                // on the driver can be made from it.
+                return Err(match linux::wrong_kernel(&s.driver, None, &detail) {
+                    Some(why) => Stop::Infra(why).into(),
+                    None => StepError::Failed(outcome, detail),
+                });
+            }
+            Err(other) => return Err(other),
+        };
+        if !self.installed.contains(&s.driver) {
+            self.installed.push(s.driver.clone());
+        }
+        // The distro script prints where the module went (its folder depends on
+        // the guest's kernel release); the demo's is the upload path itself.
+        let placed = match self.profile.linux {
+            crate::guest::LinuxProfile::Distro if self.profile.os == OsFamily::Linux => output
+                .split("stdout: ")
+                .nth(1)
+                .map_or(upload, |out| out.trim().to_string()),
+            _ => upload,
+        };
         Ok(format!(
-            "{} (sha256 {}) installed at {path}{}",
+            "{} (sha256 {}) installed at {placed}{}{}",
             s.driver,
             built.sha256.get(..12).unwrap_or(&built.sha256),
+            if s.initramfs {
+                ", in the initramfs"
+            } else {
+                ""
+            },
             if s.load_now {
                 " and loaded"
             } else {
@@ -274,6 +310,27 @@ impl Machine<'_> {
         expect_exit: i32,
         timeout: Duration,
     ) -> Result<String, StepError> {
+        self.exec_status(command, expect_exit, timeout)
+            .map(|(detail, _)| detail)
+    }
+
+    /// Runs a guest command that must exit 0; its standard output.
+    pub(super) fn exec_output(
+        &mut self,
+        command: GuestCommand,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, StepError> {
+        self.exec_status(command, 0, timeout)
+            .map(|(_, stdout)| stdout)
+    }
+
+    /// [`Machine::exec`]'s work: the detail and the whole standard output.
+    fn exec_status(
+        &mut self,
+        command: GuestCommand,
+        expect_exit: i32,
+        timeout: Duration,
+    ) -> Result<(String, Vec<u8>), StepError> {
         let answer = self.agent(
             Request::Exec {
                 argv: command.argv,
@@ -299,7 +356,7 @@ impl Machine<'_> {
             (None, None) => "no exit status".into(),
         };
         if status.exit_code == Some(expect_exit) {
-            Ok(format!("{got}{output}"))
+            Ok((format!("{got}{output}"), status.stdout))
         } else {
             Err(StepError::Failed(
                 StepOutcome::Failed,
@@ -308,6 +365,9 @@ impl Machine<'_> {
         }
     }
 
+    /// Copies a host file into the guest, creating its folder first when this
+    /// scenario has not seen it yet. A folder or file the guest cannot make is the
+    /// image's or manifest's problem (`error`), never the driver's.
     pub(super) fn write_guest_file(&mut self, host: &Path, guest: String) -> Result<(), StepError> {
         let meta = std::fs::metadata(host)
             .map_err(|e| Stop::Infra(format!("cannot read {}: {e}", host.display())))?;
@@ -320,10 +380,43 @@ impl Machine<'_> {
         }
         let data = std::fs::read(host)
             .map_err(|e| Stop::Infra(format!("cannot read {}: {e}", host.display())))?;
-        self.agent(
-            Request::WriteFile { path: guest, data },
+        self.ensure_dir_for(&guest)?;
+        let written = self.agent(
+            Request::WriteFile {
+                path: guest.clone(),
+                data,
+            },
             REQUEST_TIMEOUT * 3,
-        )?;
+        );
+        match written {
+            Ok(_) => Ok(()),
+            Err(StepError::Failed(_, why)) => Err(Stop::Infra(format!(
+                "cannot write {guest} in the guest ({why}): check the image manifest's guest paths ({})",
+                self.setup.manifest.path.display()
+            ))
+            .into()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Makes sure the folder of guest file `path` exists.
+    fn ensure_dir_for(&mut self, path: &str) -> Result<(), StepError> {
+        let Some(dir) = self.profile.parent_dir(path) else {
+            return Ok(());
+        };
+        if self.made_dirs.contains(&dir) {
+            return Ok(());
+        }
+        if let Some(command) = self.profile.make_dir(&dir) {
+            self.exec(command, 0, REQUEST_TIMEOUT).map_err(|e| match e {
+                StepError::Failed(_, why) => StepError::from(Stop::Infra(format!(
+                    "cannot create the guest folder {dir} ({why}): check the image manifest's guest paths ({})",
+                    self.setup.manifest.path.display()
+                ))),
+                other => other,
+            })?;
+        }
+        self.made_dirs.insert(dir);
         Ok(())
     }
 
@@ -346,7 +439,9 @@ impl Machine<'_> {
         }
     }
 
-    /// Reboots through the agent, confirmed by QEMU's RESET event, then waits for ready.
+    /// Reboots through the agent, confirmed by QEMU's RESET event, then waits for
+    /// ready. When the agent cannot (its `guest-shutdown` failed), the manifest's
+    /// `guest.reboot` says whether to fall back, and the boot records how it came.
     fn reboot(&mut self, timeout: Duration, emitter: &Emitter) -> Result<(), StepError> {
         let deadline = Instant::now() + REBOOT_REQUEST_TIMEOUT;
         let id = self
@@ -357,34 +452,114 @@ impl Machine<'_> {
         let confirmed = self.wait_reboot(id, deadline);
         // Already forgotten when the reboot came (the new boot began); not otherwise.
         self.watch.cancel_reboot();
-        confirmed?;
+        // Stops the shutdown request listening for a late error, too.
         self.vm()?.agent().cancel_all();
+        match confirmed {
+            Ok(()) => {}
+            Err(RebootError::AgentFailed(why)) => self.reboot_without_agent(&why)?,
+            Err(RebootError::Step(e)) => return Err(e),
+        }
         self.wait_ready(timeout, emitter)?;
         Ok(())
+    }
+
+    /// The manifest's fallback after a failed `guest-shutdown`; `why` is the agent's
+    /// error. Without one, the failed reboot is the image's problem (`error`).
+    fn reboot_without_agent(&mut self, why: &str) -> Result<(), StepError> {
+        let method = self.setup.manifest.guest.reboot;
+        let via = format!(
+            "guest.reboot = \"{}\": {} (guest-shutdown failed: {why})",
+            method.as_str(),
+            match method {
+                RebootMethod::Agent => "no fallback",
+                RebootMethod::Acpi => "ACPI power button, then power on",
+                RebootMethod::Reset => "hard reset",
+            }
+        );
+        match method {
+            RebootMethod::Agent => {
+                return Err(Stop::Infra(format!(
+                    "the guest could not reboot: qemu-ga's guest-shutdown failed: {why}. The image's shutdown command (qemu-ga runs `shutdown -r +0`) does not work: fix it in the image, or set guest.reboot = \"reset\" or \"acpi\" in {} to fall back",
+                    self.setup.manifest.path.display()
+                ))
+                .into())
+            }
+            RebootMethod::Reset => {
+                // Flush what the guest has written; a hard reset loses the rest.
+                if let Ok(sync) = self.profile.sync_disks() {
+                    self.exec(sync, 0, REQUEST_TIMEOUT)?;
+                }
+                self.reset()?;
+            }
+            RebootMethod::Acpi => {
+                self.power_button()?;
+                self.power_on(None, None)?;
+            }
+        }
+        if let Some(boot) = self.found.boots.last_mut() {
+            boot.reboot_via = Some(via);
+        }
+        Ok(())
+    }
+
+    /// Presses the ACPI power button and waits for the guest to power itself off.
+    fn power_button(&mut self) -> Result<(), StepError> {
+        let vm = self.vm()?;
+        let qmp = vm
+            .qmp()
+            .ok_or_else(|| Stop::Infra("QMP is not connected".into()))?;
+        qmp.execute("system_powerdown", None, QMP_COMMAND_TIMEOUT)
+            .map_err(|e| Stop::Infra(format!("system_powerdown: {e}")))?;
+        let deadline = Instant::now() + REBOOT_REQUEST_TIMEOUT;
+        loop {
+            match self.next(deadline) {
+                Err(Stop::PoweredOff) => return Ok(()),
+                Err(stop) => return Err(stop.into()),
+                Ok(Wake::Deadline) => {
+                    return Err(Stop::Infra(format!(
+                        "the guest did not power off within {} of the ACPI power button (guest.reboot = \"acpi\"): the image ignores it",
+                        human_duration(REBOOT_REQUEST_TIMEOUT)
+                    ))
+                    .into())
+                }
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Waits for the RESET that confirms the reboot asked by request `id`. The reset,
     /// not the agent going quiet, confirms it: until it comes, the old boot's agent
     /// may still answer.
-    fn wait_reboot(&mut self, id: u64, deadline: Instant) -> Result<(), StepError> {
+    fn wait_reboot(&mut self, id: u64, deadline: Instant) -> Result<(), RebootError> {
         loop {
-            match self.next(deadline)? {
+            match self.next(deadline).map_err(StepError::from)? {
                 Wake::Rebooted => return Ok(()),
                 Wake::Agent(got, Err(JobError::Agent(e))) if got == id => {
-                    return Err(StepError::Failed(
-                        StepOutcome::Failed,
-                        format!("guest-shutdown failed: {e}"),
-                    ))
+                    return Err(RebootError::AgentFailed(e.to_string()))
                 }
                 Wake::Agent(..) => {}
                 Wake::Deadline => {
                     return Err(StepError::Stopped(self.hang(format!(
                         "the guest did not reboot within {} of guest-shutdown",
                         human_duration(REBOOT_REQUEST_TIMEOUT)
-                    ))))
+                    )))
+                    .into())
                 }
             }
         }
+    }
+}
+
+/// Why a reboot through the agent did not happen.
+enum RebootError {
+    /// The agent said its `guest-shutdown` failed.
+    AgentFailed(String),
+    Step(StepError),
+}
+
+impl From<StepError> for RebootError {
+    fn from(e: StepError) -> RebootError {
+        RebootError::Step(e)
     }
 }
 
