@@ -10,6 +10,7 @@ mod drivers;
 mod evidence;
 mod faults;
 mod fuzz_content;
+mod guest_setup;
 mod image;
 mod platform;
 mod rollout;
