@@ -12,7 +12,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crate::agent::worker::{Answer, Request};
-use crate::guest::{DumpFormat, OsFamily};
+use crate::guest::{DumpFormat, LinuxProfile, OsFamily};
 use crate::image::manifest::{Firmware, Manifest};
 use crate::qemu::accel::{self, Accel, AccelChoice};
 use crate::qemu::qmp::QmpMessage;
@@ -151,6 +151,20 @@ fn static_checks(manifest: &Manifest, report: &mut Report) {
             "dump format",
             "guest.dump_format is not \"win-dmp\": host-side dumps will not open in WinDbg",
         );
+    }
+    if manifest.os == OsFamily::Linux {
+        match crate::image::kernel::headers(manifest) {
+            Ok((release, dir)) => report.line(
+                Level::Ok,
+                "kernel headers",
+                &format!("{release} at {}: `source` drivers build", dir.display()),
+            ),
+            Err(why) => report.line(
+                Level::Note,
+                "kernel headers",
+                &format!("`source` drivers cannot be built: {why}"),
+            ),
+        }
     }
     if manifest.guest.safe_mode_append.is_none() && manifest.boot.kernel.is_some() {
         report.line(
@@ -305,6 +319,77 @@ fn ask(vm: &mut Vm, request: Request, timeout: Duration) -> Result<Answer, Strin
     }
 }
 
+/// What the distro profile's install needs in the guest: kmod's tools, a boot-time
+/// reader of modules-load.d, the initramfs tool the manifest names, and the
+/// kernel release the host builds `source` drivers for.
+fn distro_checks(
+    manifest: &Manifest,
+    checks: &mut Vec<GuestCheck>,
+    shell: &dyn Fn(String) -> Vec<String>,
+) {
+    checks.push(GuestCheck {
+        what: "depmod, modprobe, modinfo",
+        argv: shell("for t in depmod modprobe modinfo; do command -v $t || { echo \"$t is missing\"; exit 1; }; done".into()),
+        judge: |code, out| {
+            if code == 0 {
+                (Level::Ok, out.replace('\n', ", "))
+            } else {
+                (Level::Fail, format!("{out}: install kmod in the image; the distro profile installs drivers with depmod and modprobe"))
+            }
+        },
+    });
+    checks.push(GuestCheck {
+        what: "modules-load.d",
+        argv: shell("for f in /lib/systemd/systemd-modules-load /usr/lib/systemd/systemd-modules-load /etc/init.d/kmod; do [ -x \"$f\" ] && echo \"$f\" && exit 0; done; exit 1".into()),
+        judge: |code, out| {
+            if code == 0 {
+                (Level::Ok, format!("{out} loads /etc/modules-load.d at every boot"))
+            } else {
+                (Level::Fail, "nothing in the image reads /etc/modules-load.d at boot (systemd-modules-load or the kmod init script): installed drivers would not load at boot".into())
+            }
+        },
+    });
+    match &manifest.guest.initramfs_update {
+        Some(command) => checks.push(GuestCheck {
+            what: "initramfs tool",
+            argv: shell(format!(
+                "set -- {command}; command -v \"$1\" || {{ echo \"$1 is missing\"; exit 1; }}"
+            )),
+            judge: |code, out| {
+                if code == 0 {
+                    (Level::Ok, format!("{out}: `initramfs = true` installs rebuild the guest's initramfs"))
+                } else {
+                    (Level::Fail, format!("guest.initramfs_update names a command the guest lacks ({out})"))
+                }
+            },
+        }),
+        None => checks.push(GuestCheck {
+            what: "initramfs tool",
+            argv: shell("command -v update-initramfs || command -v dracut || true".into()),
+            judge: |_, out| {
+                let found = if out.is_empty() { "none found".to_string() } else { out.to_string() };
+                (Level::Note, format!("guest.initramfs_update is not set ({found}): `initramfs = true` installs are refused"))
+            },
+        }),
+    }
+    let release = manifest.kernel_release();
+    checks.push(GuestCheck {
+        what: "kernel release",
+        argv: shell(match &release {
+            Some(r) => format!(
+                "r=$(uname -r); echo \"$r\"; [ \"$r\" = {} ] || exit 1",
+                crate::util::shell_quote(r)
+            ),
+            None => "uname -r; exit 2".into(),
+        }),
+        judge: |code, out| match code {
+            0 => (Level::Ok, format!("{out}, as the manifest says: drivers are checked against it before boot")),
+            2 => (Level::Note, format!("the guest runs {out}; add [kernel] release = \"{out}\" (and headers) to the manifest so `source` drivers build for it and mismatches are caught before boot")),
+            _ => (Level::Fail, format!("the guest runs {out}, not the manifest's [kernel] release: fix the manifest")),
+        },
+    });
+}
+
 /// The in-guest checks for the manifest's OS.
 fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
     let mut checks = Vec::new();
@@ -344,22 +429,25 @@ fn guest_checks(manifest: &Manifest) -> Vec<GuestCheck> {
                 },
             });
             for (field, dir) in dirs {
-                if let Some(dir) = dir {
+                // A distro drivers_dir names the running kernel ({release}); the
+                // install script resolves and creates it.
+                if let Some(dir) = dir.filter(|d| !d.contains("{release}")) {
                     checks.push(GuestCheck {
                         what: field,
                         argv: shell(format!(
-                            "test -d {0} && test -w {0} && echo {0}",
+                            "if test -d {0}; then test -w {0} && echo {0}; else echo {0}; exit 2; fi",
                             crate::util::shell_quote(&dir)
                         )),
-                        judge: |code, out| {
-                            if code == 0 {
-                                (Level::Ok, format!("{out} exists and is writable"))
-                            } else {
-                                (Level::Fail, "missing or not writable in the guest".into())
-                            }
+                        judge: |code, out| match code {
+                            0 => (Level::Ok, format!("{out} exists and is writable")),
+                            2 => (Level::Note, format!("{out} does not exist yet: bootgate creates it before the first write")),
+                            _ => (Level::Fail, format!("{out} is not writable in the guest")),
                         },
                     });
                 }
+            }
+            if manifest.linux_profile == LinuxProfile::Distro {
+                distro_checks(manifest, &mut checks, &shell);
             }
         }
         OsFamily::Windows => {
@@ -511,5 +599,38 @@ mod tests {
         );
         assert_eq!(judge(&checks, "pvpanic", 1, ""), Level::Fail);
         assert!(checks.iter().any(|c| c.what == "content_dir"));
+        assert_eq!(judge(&checks, "content_dir", 2, "/x"), Level::Note);
+        assert!(
+            !checks.iter().any(|c| c.what == "modules-load.d"),
+            "the demo profile has its registry"
+        );
+        // The same image as a distribution's, said to run a given kernel.
+        let distro = include_str!("../../../images/demo/image.toml")
+            .replace("drivers_dir = \"/system/drivers\"\n", "")
+            .replace("drivers_registry = \"/system/etc/drivers.conf\"\n", "")
+            + "\n[kernel]\nrelease = \"6.1.0-28-cloud-amd64\"\n";
+        std::fs::write(dir.path().join("image.toml"), distro).unwrap();
+        let m = Manifest::load(&dir.path().join("image.toml")).unwrap();
+        let checks = guest_checks(&m);
+        assert_eq!(judge(&checks, "modules-load.d", 1, ""), Level::Fail);
+        assert_eq!(
+            judge(&checks, "depmod, modprobe, modinfo", 1, "depmod is missing"),
+            Level::Fail
+        );
+        assert_eq!(judge(&checks, "initramfs tool", 0, ""), Level::Note);
+        assert_eq!(
+            judge(&checks, "kernel release", 1, "6.1.0-9-amd64"),
+            Level::Fail
+        );
+        assert_eq!(
+            judge(&checks, "kernel release", 0, "6.1.0-28-cloud-amd64"),
+            Level::Ok
+        );
+        let release = checks.iter().find(|c| c.what == "kernel release").unwrap();
+        assert!(release
+            .argv
+            .last()
+            .unwrap()
+            .contains("6.1.0-28-cloud-amd64"));
     }
 }

@@ -6,6 +6,8 @@
 //! constant script text, because on Windows the agent's `env` would replace the whole
 //! environment (see [`windows::command`]).
 
+pub(crate) mod demo;
+pub(crate) mod distro;
 pub(crate) mod linux;
 pub(crate) mod paths;
 pub(crate) mod windows;
@@ -101,7 +103,7 @@ impl GuestProfile {
                 guest
                     .drivers_dir
                     .clone()
-                    .unwrap_or_else(|| linux::DEFAULT_DISTRO_DRIVERS_DIR.into()),
+                    .unwrap_or_else(|| distro::DEFAULT_DRIVERS_DIR.into()),
             ),
             _ => guest.drivers_dir.clone(),
         };
@@ -195,7 +197,7 @@ impl GuestProfile {
     pub(crate) fn driver_upload_path(&self, name: &str) -> Result<String, GuestError> {
         match (self.os, self.linux) {
             (OsFamily::Linux, LinuxProfile::Distro) => {
-                Ok(format!("{}/{name}.ko", linux::DISTRO_STAGING_DIR))
+                Ok(format!("{}/{name}.ko", distro::STAGING_DIR))
             }
             _ => self.driver_path(name),
         }
@@ -316,7 +318,7 @@ impl GuestProfile {
                 (false, _) => String::new(),
             };
             return Ok(self.script(
-                linux::DISTRO_REGISTER,
+                distro::REGISTER,
                 vec![
                     format!("BG_NAME={name}"),
                     format!("BG_PARAMS={params}"),
@@ -366,7 +368,7 @@ impl GuestProfile {
         }
         if self.linux == LinuxProfile::Distro {
             return Ok(self.script(
-                linux::DISTRO_UNREGISTER,
+                distro::UNREGISTER,
                 vec![
                     format!("BG_NAME={name}"),
                     format!(
@@ -382,7 +384,7 @@ impl GuestProfile {
         }
         let registry = self.registry()?;
         Ok(self.script(
-            linux::DEMO_UNREGISTER,
+            demo::UNREGISTER,
             vec![
                 format!("BG_NAME={name}"),
                 format!("BG_REGISTRY={registry}"),

@@ -97,7 +97,7 @@ fn driver_values_travel_in_the_environment_not_the_script() {
     let cmd = profile()
         .register_driver("demo_sensor", "fixed=1; reboot", true, false)
         .unwrap();
-    assert_eq!(cmd.argv[2], linux::DEMO_REGISTER);
+    assert_eq!(cmd.argv[2], demo::REGISTER);
     assert!(cmd.env.contains(&"BG_PARAMS=fixed=1; reboot".to_string()));
     assert!(cmd
         .env
@@ -114,7 +114,7 @@ fn linux_commands_are_unchanged() {
         "/system/drivers/demo_sensor.ko"
     );
     let cmd = p.unregister_driver("demo_sensor").unwrap();
-    assert_eq!(cmd.argv, ["/bin/sh", "-c", linux::DEMO_UNREGISTER]);
+    assert_eq!(cmd.argv, ["/bin/sh", "-c", demo::UNREGISTER]);
     assert_eq!(
         cmd.env,
         [
@@ -234,7 +234,7 @@ fn missing_manifest_path_says_which_field() {
 fn distro() -> GuestProfile {
     GuestProfile {
         linux: LinuxProfile::Distro,
-        drivers_dir: Some(linux::DEFAULT_DISTRO_DRIVERS_DIR.into()),
+        drivers_dir: Some(distro::DEFAULT_DRIVERS_DIR.into()),
         drivers_registry: None,
         content_dir: Some("/var/lib/sensor".into()),
         safe_mode_append: Some("modprobe.blacklist={drivers}".into()),
@@ -257,7 +257,7 @@ fn distro_driver_is_staged_then_installed_with_modules_load_and_modprobe_conf() 
             false,
         )
         .unwrap();
-    assert_eq!(cmd.argv[2], linux::DISTRO_REGISTER);
+    assert_eq!(cmd.argv[2], distro::REGISTER);
     for want in [
         "BG_NAME=demo_sensor",
         "BG_PARAMS=fixed=1 content=/var/lib/sensor/x",
@@ -279,14 +279,14 @@ fn distro_driver_is_staged_then_installed_with_modules_load_and_modprobe_conf() 
         "options %s %s",
         "modprobe \"$BG_NAME\"",
     ] {
-        assert!(linux::DISTRO_REGISTER.contains(needed), "{needed}");
+        assert!(distro::REGISTER.contains(needed), "{needed}");
     }
     let cmd = p.register_driver("demo_sensor", "", false, true).unwrap();
     assert!(cmd
         .env
         .contains(&"BG_INITRAMFS_UPDATE=update-initramfs -u".to_string()));
     let cmd = p.unregister_driver("demo_sensor").unwrap();
-    assert_eq!(cmd.argv[2], linux::DISTRO_UNREGISTER);
+    assert_eq!(cmd.argv[2], distro::UNREGISTER);
     assert_eq!(
         p.safe_mode_append(&["demo_sensor".into(), "slow_init".into()])
             .unwrap(),
