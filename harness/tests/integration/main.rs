@@ -6,6 +6,7 @@ mod boot;
 mod cli;
 mod common;
 mod drill;
+mod distro;
 mod drivers;
 mod evidence;
 mod faults;

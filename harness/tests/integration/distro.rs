@@ -1,0 +1,91 @@
+//! The demo story on a real distribution: `scenarios/demo/distro.toml` on the
+//! built-in debian12 image (systemd, the packaged qemu-guest-agent, the cloud
+//! kernel), with the candidate installed the distribution's way (depmod,
+//! modules-load.d, modprobe.d) and checked loaded at every boot.
+
+use crate::common::*;
+
+fn driver_at(boot: &serde_json::Value, list: &str) -> Vec<String> {
+    boot["drivers"][list]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_distro_suite_shows_the_cf291_story_on_debian12() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("results");
+    let suite = format!("{DEMO_SUITES}/distro.toml");
+    let out = run_tcg(std::path::Path::new(&suite), &out_dir, &[]);
+    let run = run_json(&out_dir);
+    let verdicts = verdicts(&run);
+    assert_eq!(out.status.code(), Some(0), "{verdicts:#?}");
+    assert_eq!(verdicts.len(), 5, "{verdicts:#?}");
+    assert!(verdicts.values().all(|v| v == "pass"), "{verdicts:#?}");
+
+    // Loaded by the distribution at each boot after the install, and checked.
+    let s = scenario(&run, "distro/good-content-survives-reboots");
+    let boots = s["boots"].as_array().unwrap();
+    assert_eq!(boots.len(), 3, "{s:#}");
+    for boot in &boots[1..] {
+        assert_eq!(driver_at(boot, "loaded"), ["demo_sensor"], "{boot:#}");
+    }
+    assert!(
+        s["steps"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/updates/bootgate/demo_sensor.ko"),
+        "installed under the running kernel's updates folder: {s:#}"
+    );
+
+    // The boot loop is seen on a real distribution: every boot after the update
+    // crashes in the sensor (loaded by systemd-modules-load).
+    let s = scenario(&run, "distro/cf291-crashes-then-boot-loops");
+    assert_eq!(s["boot_loop"], true, "{s:#}");
+    let crashes = s["crashes"].as_array().unwrap();
+    assert!(crashes.len() >= 4, "the live crash and three boots: {s:#}");
+    assert!(crashes
+        .iter()
+        .all(|c| c["title"].as_str().unwrap().contains("sensor_match_fields")));
+
+    // The rescue boot names the installed driver on the kernel command line.
+    let s = scenario(&run, "distro/cf291-rescue-boot-removes-content");
+    let rescue = s["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|b| b["extra_append"].as_str())
+        .expect("a rescue boot");
+    assert_eq!(rescue, "modprobe.blacklist=demo_sensor");
+    assert!(s["recovery"].is_object(), "{s:#}");
+
+    // The negative test saw the sensor missing at the boot after the refusal.
+    let s = scenario(&run, "distro/unloadable-driver-is-caught");
+    assert_eq!(driver_at(&s["boots"][1], "missing"), ["demo_sensor"], "{s:#}");
+    assert_no_vm_left(&run);
+
+    // Without `expect`, the same refusal fails the scenario, naming driver and boot.
+    let sensor = format!("{DEMO_SUITES}/drivers/demo_sensor");
+    let suite = write(
+        dir.path(),
+        "refused.toml",
+        &format!(
+            "[suite]\nname = \"refused\"\nimage = \"debian12\"\n\n[driver.demo_sensor]\nsource = {sensor:?}\n\n[[scenario]]\nname = \"not-loaded\"\nsteps = [\n  {{ install_driver = {{ driver = \"demo_sensor\", load_now = true }} }},\n  {{ exec = {{ run = \"echo 'install demo_sensor /bin/false' > /etc/modprobe.d/zz.conf && sync\" }} }},\n  {{ reboot = {{ times = 1 }} }},\n]\n"
+        ),
+    );
+    let out_dir = dir.path().join("refused-results");
+    let out = run_tcg(&suite, &out_dir, &["--allow-outside-paths"]);
+    assert_eq!(out.status.code(), Some(1));
+    let run = run_json(&out_dir);
+    let s = scenario(&run, "refused/not-loaded");
+    assert_eq!(s["verdict"], "fail");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("driver demo_sensor was not loaded at boot 2"),
+        "{s:#}"
+    );
+    assert_no_vm_left(&run);
+}
