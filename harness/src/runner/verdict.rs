@@ -136,6 +136,7 @@ mod tests {
             expect,
             expect_title: None,
             boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
+            recovery_settle: crate::suite::DEFAULT_RECOVERY_SETTLE,
             cold_boot: false,
             ignore: false,
         }

@@ -188,6 +188,8 @@ impl Drill {
             expect: Some(Expect::Crash),
             expect_title: self.expect_title.clone(),
             boot_loop_boots,
+            // The suite's own, when it sets one, replaces this once the suite is read.
+            recovery_settle: crate::suite::DEFAULT_RECOVERY_SETTLE,
             cold_boot: false,
             ignore: false,
         }
