@@ -86,6 +86,8 @@ pub fn boot(index: u32, outcome: BootOutcome, ready_ms: Option<u64>) -> BootReco
         crash: None,
         restored: false,
         standby: false,
+        crashed: None,
+        crash_after_ready_ms: None,
     }
 }
 
