@@ -11,6 +11,7 @@ mod evidence;
 mod faults;
 mod fuzz_content;
 mod image;
+mod late_loops;
 mod platform;
 mod rollout;
 mod shards;
