@@ -84,6 +84,8 @@ impl Rig<'_> {
             expect: None,
             expect_title: None,
             boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
+            // Content fuzzing stops at the crash (`watch_after_crash` is off).
+            recovery_settle: crate::suite::DEFAULT_RECOVERY_SETTLE,
             ignore: false,
             cold_boot: false,
         };

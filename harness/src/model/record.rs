@@ -47,6 +47,37 @@ impl BootOutcome {
     }
 }
 
+/// When a boot's crash came, against the moment the guest answered (ready).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashPhase {
+    BeforeReady,
+    /// The guest answered first: a driver that crashes some seconds after start-up.
+    AfterReady,
+}
+
+impl CrashPhase {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CrashPhase::BeforeReady => "before ready",
+            CrashPhase::AfterReady => "after ready",
+        }
+    }
+}
+
+/// Ready-to-crash times as one span in seconds: "5.1 s" or "4.9-5.3 s".
+pub(crate) fn after_ready_span(ms: &[u64]) -> String {
+    let s = |ms: u64| format!("{:.1}", ms as f64 / 1000.0);
+    let (Some(&low), Some(&high)) = (ms.iter().min(), ms.iter().max()) else {
+        return String::new();
+    };
+    if s(low) == s(high) {
+        format!("{} s", s(low))
+    } else {
+        format!("{}-{} s", s(low), s(high))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepOutcome {
@@ -218,7 +249,8 @@ pub struct ScenarioRecord {
     pub crashes: Vec<CrashRecord>,
     /// Hangs seen: boots that never became ready, guests that stopped answering.
     pub hangs: Vec<String>,
-    /// Whether `boot_loop_boots` consecutive boots crashed before ready.
+    /// Whether `boot_loop_boots` consecutive boots crashed, before ready or after it
+    /// inside the scenario's `recovery_settle` window.
     pub boot_loop: bool,
     /// How the guest got back to a ready normal boot after its first crash.
     pub recovery: Option<RecoveryRecord>,
@@ -278,6 +310,13 @@ pub struct BootRecord {
     /// agent: the manifest's `guest.reboot` fallback and why it was needed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reboot_via: Option<String>,
+    /// Whether the crash that ended this boot came before or after ready (absent in
+    /// older run.json files: [`BootRecord::crash_phase`] reads those too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashed: Option<CrashPhase>,
+    /// From ready to that crash, when it came after ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_after_ready_ms: Option<u64>,
 }
 
 /// The drivers installed to load at every boot, as one boot found them.
@@ -287,6 +326,33 @@ pub struct DriversAtBoot {
     /// Installed to load at boot, but not loaded: a `fail` unless expected.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub missing: Vec<String>,
+}
+
+impl BootRecord {
+    /// When this boot's crash came, if it crashed. Records written before `crashed`
+    /// existed still say it: a crash after ready left the boot's outcome `ready`.
+    pub(crate) fn crash_phase(&self) -> Option<CrashPhase> {
+        self.crash.as_ref()?;
+        Some(
+            self.crashed
+                .unwrap_or(if self.outcome == BootOutcome::Ready {
+                    CrashPhase::AfterReady
+                } else {
+                    CrashPhase::BeforeReady
+                }),
+        )
+    }
+
+    /// When the crash came, in words: "crashed 5.1 s after ready", "crashed before
+    /// ready"; None for a boot that did not crash.
+    pub(crate) fn crash_when(&self) -> Option<String> {
+        Some(match (self.crash_phase()?, self.crash_after_ready_ms) {
+            (CrashPhase::AfterReady, Some(ms)) => {
+                format!("crashed {:.1} s after ready", ms as f64 / 1000.0)
+            }
+            (phase, _) => format!("crashed {}", phase.as_str()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -380,4 +446,48 @@ pub struct RecoveryRecord {
     /// "rescue boot", "offline removal (helper VM)" or "agent rollback".
     #[serde(default)]
     pub how: String,
+    /// How long that boot then stayed up past ready before it counted (the
+    /// scenario's settle window); absent in run.json files from before the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_s: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_records_without_the_crash_phase_still_load_and_say_when() {
+        // A boot from a run.json written before `crashed` existed: a crash after
+        // ready left its outcome `ready`.
+        let old: BootRecord = serde_json::from_str(
+            r#"{"index":2,"start_ms":10,"outcome":"ready","ready_ms":9000,"crash":"BUG: x"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.crash_phase(), Some(CrashPhase::AfterReady));
+        assert_eq!(old.crash_when().as_deref(), Some("crashed after ready"));
+        let before: BootRecord = serde_json::from_str(
+            r#"{"index":3,"start_ms":10,"outcome":"crash","ready_ms":null,"crash":"BUG: x"}"#,
+        )
+        .unwrap();
+        assert_eq!(before.crash_when().as_deref(), Some("crashed before ready"));
+        let new = BootRecord {
+            crashed: Some(CrashPhase::AfterReady),
+            crash_after_ready_ms: Some(5_140),
+            ..old
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["crashed"], "after_ready");
+        assert_eq!(json["crash_after_ready_ms"], 5_140);
+        let back: BootRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            back.crash_when().as_deref(),
+            Some("crashed 5.1 s after ready")
+        );
+        let clean: BootRecord = serde_json::from_str(
+            r#"{"index":1,"start_ms":0,"outcome":"ready","ready_ms":100,"crash":null}"#,
+        )
+        .unwrap();
+        assert_eq!(clean.crash_phase(), None);
+    }
 }

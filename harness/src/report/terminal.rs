@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::model::record::{StepOutcome, Verdict};
+use crate::model::record::{CrashPhase, StepOutcome, Verdict};
 use crate::model::run_file::{JUNIT_XML, REPORT_HTML, RUN_JSON};
 use crate::model::Event;
 use crate::model::{ReportError, Sink};
@@ -148,8 +148,14 @@ fn scenario_text(scenario: &crate::model::record::ScenarioRecord) -> String {
         .boots
         .iter()
         .map(|b| {
-            b.ready_ms
-                .map_or_else(|| b.outcome.as_str().to_string(), ms)
+            let boot = b
+                .ready_ms
+                .map_or_else(|| b.outcome.as_str().to_string(), ms);
+            // A boot that answered and then crashed is no clean boot: say when.
+            match (b.crash_phase(), b.crash_when()) {
+                (Some(CrashPhase::AfterReady), Some(when)) => format!("{boot} {when}"),
+                _ => boot,
+            }
         })
         .collect();
     let mut text = format!(
@@ -177,7 +183,17 @@ fn scenario_text(scenario: &crate::model::record::ScenarioRecord) -> String {
         note(format!("crash: {}{more}", crash.title));
     }
     if scenario.boot_loop {
-        note("boot loop: crashed at every boot watched".into());
+        let late = scenario
+            .boots
+            .iter()
+            .skip(1)
+            .filter(|b| b.crash_phase() == Some(CrashPhase::AfterReady))
+            .count();
+        note(if late == 0 {
+            "boot loop: crashed at every boot watched".into()
+        } else {
+            format!("boot loop: crashed at every boot watched ({late} of them after ready)")
+        });
     }
     if let Some(hang) = scenario.hangs.first() {
         note(format!("hang: {hang}"));
@@ -211,8 +227,12 @@ fn scenario_text(scenario: &crate::model::record::ScenarioRecord) -> String {
     }
     if let Some(r) = &scenario.recovery {
         note(format!(
-            "recovered after {} boot(s), {:.1} s",
-            r.boots, r.seconds
+            "recovered after {} boot(s), {:.1} s{}",
+            r.boots,
+            r.seconds,
+            r.settled_s
+                .map(|s| format!(" (then up {s:.0} s)"))
+                .unwrap_or_default()
         ));
     }
     if let (Some(expect), Verdict::Pass) = (&scenario.expect, scenario.verdict) {

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+pub(crate) use crate::model::record::after_ready_span;
 #[cfg(test)]
 use crate::model::record::RECOVERED_BY_ITSELF;
 use crate::model::record::{BootRecord, CrashRecord, RecoveryRecord};
-use crate::suite::{Expect, Scenario};
+use crate::suite::{Expect, Scenario, MAX_RECOVERY_SETTLE};
 use crate::util::human_duration;
 
 /// What a scenario's boots showed.
@@ -18,6 +19,8 @@ pub(crate) struct Observed<'a> {
     pub boot_loop: bool,
     /// Why the boot after a crash never became ready, when that made the loop.
     pub stalled_after_crash: Option<&'a str>,
+    /// Ready-to-crash times (ms) of the loop's boots that crashed after ready.
+    pub loop_after_ready_ms: &'a [u64],
     pub recovery: Option<&'a RecoveryRecord>,
 }
 
@@ -91,9 +94,16 @@ pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
                 "boot loop: after the crash ({}) the guest did not come back: {why}",
                 first_crash.unwrap_or("crash")
             ),
-            None => format!(
+            None if m.loop_after_ready_ms.is_empty() => format!(
                 "boot loop: {} consecutive boots crashed before ready: {}",
                 scenario.boot_loop_boots,
+                first_crash.unwrap_or("crash")
+            ),
+            None => format!(
+                "boot loop: {} consecutive boots crashed ({} of them {} after ready): {}",
+                scenario.boot_loop_boots,
+                m.loop_after_ready_ms.len(),
+                after_ready_span(m.loop_after_ready_ms),
                 first_crash.unwrap_or("crash")
             ),
         });
@@ -139,6 +149,23 @@ pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
     None
 }
 
+/// Least margin past the latest ready-to-crash time seen, for a crash that comes a
+/// little later at the next boot (it does not come at the same point every time).
+const SETTLE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The settle window a boot after a crash must hold past ready: the scenario's
+/// `configured` one, stretched to outlast the longest ready-to-crash time seen in a
+/// boot after the first crash by half of it again (at least [`SETTLE_MARGIN`]),
+/// and never over [`MAX_RECOVERY_SETTLE`].
+pub(crate) fn settle_window(
+    configured: Duration,
+    longest_after_ready: Option<Duration>,
+) -> Duration {
+    let outlast =
+        longest_after_ready.map_or(Duration::ZERO, |late| late + (late / 2).max(SETTLE_MARGIN));
+    configured.max(outlast).min(MAX_RECOVERY_SETTLE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +182,7 @@ mod tests {
             expect,
             expect_title: None,
             boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
+            recovery_settle: crate::suite::DEFAULT_RECOVERY_SETTLE,
             cold_boot: false,
             ignore: false,
         }
@@ -184,6 +212,7 @@ mod tests {
             hangs: &[],
             boot_loop: false,
             stalled_after_crash: None,
+            loop_after_ready_ms: &[],
             recovery: None,
         };
         assert_eq!(judge(&clean, &scenario(None, Gates::default())), None);
@@ -206,6 +235,7 @@ mod tests {
             hangs: &[],
             boot_loop: true,
             stalled_after_crash: Some("boot 2 did not reach ready within 30s"),
+            loop_after_ready_ms: &[],
             recovery: None,
         };
         let reason = judge(&stuck, &scenario(None, Gates::default())).unwrap();
@@ -234,6 +264,7 @@ mod tests {
             hangs: &[],
             boot_loop: true,
             stalled_after_crash: None,
+            loop_after_ready_ms: &[],
             recovery: None,
         };
         assert_eq!(
@@ -249,6 +280,7 @@ mod tests {
             hangs: &[],
             boot_loop: false,
             stalled_after_crash: None,
+            loop_after_ready_ms: &[],
             recovery: None,
         };
         let reason = judge(&clean, &scenario(Some(Expect::Hang), Gates::default())).unwrap();
@@ -265,6 +297,7 @@ mod tests {
             hangs: &[],
             boot_loop: false,
             stalled_after_crash: None,
+            loop_after_ready_ms: &[],
             recovery: None,
         };
         let mut s = scenario(Some(Expect::Crash), Gates::default());
@@ -288,6 +321,7 @@ mod tests {
             seconds: 12.0,
             ready_boot: 4,
             how: RECOVERED_BY_ITSELF.into(),
+            settled_s: Some(20.0),
         };
         let gates = Gates {
             recovers_within: Some(3),
@@ -299,6 +333,7 @@ mod tests {
             hangs: &[],
             boot_loop: false,
             stalled_after_crash: None,
+            loop_after_ready_ms: &[],
             recovery: Some(&recovery),
         };
         assert_eq!(
@@ -330,6 +365,7 @@ mod tests {
             hangs: &[],
             boot_loop: false,
             stalled_after_crash: None,
+            loop_after_ready_ms: &[],
             recovery: None,
         };
         let gates = Gates {
@@ -365,6 +401,7 @@ mod tests {
             hangs: &hangs,
             boot_loop: false,
             stalled_after_crash: None,
+            loop_after_ready_ms: &[],
             recovery: None,
         };
         assert!(judge(&observed, &scenario(None, Gates::default()))
@@ -379,5 +416,58 @@ mod tests {
             ..Gates::default()
         };
         assert_eq!(judge(&observed, &scenario(None, allowed)), None);
+    }
+
+    #[test]
+    fn the_settle_window_outlasts_the_latest_crash_after_ready_within_its_maximum() {
+        let secs = Duration::from_secs;
+        let default = crate::suite::DEFAULT_RECOVERY_SETTLE;
+        assert_eq!(settle_window(default, None), default);
+        // A crash 4 s after ready is inside the default: the default stands.
+        assert_eq!(settle_window(default, Some(secs(4))), default);
+        // One 18 s after ready: 18 s plus half of it again.
+        assert_eq!(settle_window(default, Some(secs(18))), secs(27));
+        // A short window gets at least the 5 s margin past what was seen.
+        assert_eq!(settle_window(secs(2), Some(secs(4))), secs(9));
+        assert_eq!(settle_window(secs(0), None), secs(0));
+        assert_eq!(
+            settle_window(default, Some(secs(3600))),
+            MAX_RECOVERY_SETTLE
+        );
+    }
+
+    #[test]
+    fn a_loop_of_boots_that_crash_after_ready_says_so_and_how_late() {
+        assert_eq!(after_ready_span(&[5_100, 5_140]), "5.1 s");
+        assert_eq!(after_ready_span(&[4_900, 5_300]), "4.9-5.3 s");
+        let boots = [
+            boot(1, Some(100)),
+            boot(2, Some(9_000)),
+            boot(3, Some(9_100)),
+        ];
+        let crashes = [crash(TITLE), crash(TITLE), crash(TITLE)];
+        let observed = Observed {
+            boots: &boots,
+            crashes: &crashes,
+            hangs: &[],
+            boot_loop: true,
+            stalled_after_crash: None,
+            loop_after_ready_ms: &[4_900, 5_300],
+            recovery: None,
+        };
+        let reason = judge(&observed, &scenario(None, Gates::default())).unwrap();
+        assert_eq!(
+            reason,
+            format!(
+                "boot loop: 3 consecutive boots crashed (2 of them 4.9-5.3 s after ready): {TITLE}"
+            )
+        );
+        assert_eq!(
+            judge(
+                &observed,
+                &scenario(Some(Expect::BootLoop), Gates::default())
+            ),
+            None
+        );
     }
 }

@@ -14,6 +14,14 @@
 //! content live, then the update applied with a live reload, which must crash. Each
 //! path's scenario carries the drill's `recovers_within` gate; its run record holds
 //! boots and seconds from the crash to the first ready normal boot that stayed up.
+//!
+//! "Stayed up" is the scenario's `recovery_settle` window past ready (the suite's,
+//! default 20 s), the same rule as any scenario: the guard path holds it in the
+//! watch after the crash; the rescue and offline paths hold it through their
+//! `observe` step and, for what is left, at the scenario's end; the agent rollback
+//! gets the first boot that answers at once (its driver crashes `boot_delay_ms`
+//! after load, and the rollback must win that race), holds its own `settle`, and
+//! its recovery counts once the window has gone by as well.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -188,6 +196,8 @@ impl Drill {
             expect: Some(Expect::Crash),
             expect_title: self.expect_title.clone(),
             boot_loop_boots,
+            // The suite's own, when it sets one, replaces this once the suite is read.
+            recovery_settle: crate::suite::DEFAULT_RECOVERY_SETTLE,
             cold_boot: false,
             ignore: false,
         }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::schema::opt_duration;
+use super::schema::{opt_duration, opt_recovery_settle};
 use super::validate;
 use super::{
-    Drill, Driver, Evidence, Expect, Gates, Rollout, Step, Suite, SuiteError, MAX_SUITE_BYTES,
+    Drill, Driver, Evidence, Expect, Gates, Rollout, Step, Suite, SuiteError,
+    DEFAULT_RECOVERY_SETTLE, MAX_SUITE_BYTES,
 };
 use crate::util::{line_col, snippet};
 
@@ -156,6 +157,7 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         policy,
         drivers: &drivers,
         at: &at,
+        recovery_settle: raw.suite.recovery_settle.unwrap_or(DEFAULT_RECOVERY_SETTLE),
     };
 
     let mut names = BTreeSet::new();
@@ -190,6 +192,7 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         name,
         image: raw.suite.image,
         boot_timeout: raw.suite.boot_timeout,
+        recovery_settle: raw.suite.recovery_settle,
         evidence: raw.suite.evidence,
         drivers,
         scenarios,
@@ -237,6 +240,8 @@ pub(super) struct RawSuite {
     image: String,
     #[serde(default, deserialize_with = "opt_duration")]
     boot_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_recovery_settle")]
+    recovery_settle: Option<Duration>,
     #[serde(default)]
     evidence: Evidence,
 }
@@ -253,6 +258,8 @@ pub(super) struct RawScenario {
     pub(super) expect: Option<Expect>,
     pub(super) expect_title: Option<String>,
     pub(super) boot_loop_boots: Option<u32>,
+    #[serde(default, deserialize_with = "opt_recovery_settle")]
+    pub(super) recovery_settle: Option<Duration>,
     #[serde(default)]
     pub(super) cold_boot: bool,
     #[serde(default)]

@@ -26,7 +26,8 @@ pub use load::{
 pub(crate) use schema::duration;
 pub use schema::{
     parse_duration, Driver, DumpPolicy, Evidence, Expect, Gates, Ring, Rollout, Scenario, Suite,
-    Target, DEFAULT_BOOT_LOOP_BOOTS, DEFAULT_DUMP_MAX_MIB,
+    Target, DEFAULT_BOOT_LOOP_BOOTS, DEFAULT_DUMP_MAX_MIB, DEFAULT_RECOVERY_SETTLE,
+    MAX_RECOVERY_SETTLE,
 };
 pub use step::{
     ApplyContentStep, BootStep, DriverRef, ExecStep, InstallDriverStep, ObserveStep, RebootStep,

@@ -21,6 +21,8 @@ pub struct Suite {
     /// relative to the suite file.
     pub image: String,
     pub boot_timeout: Option<Duration>,
+    /// The suite's default for its scenarios' `recovery_settle`.
+    pub recovery_settle: Option<Duration>,
     pub evidence: Evidence,
     /// Candidate drivers by name.
     pub drivers: BTreeMap<String, Driver>,
@@ -134,6 +136,10 @@ pub struct Scenario {
     pub expect_title: Option<String>,
     /// Consecutive boots that crash before ready which make a boot loop.
     pub boot_loop_boots: u32,
+    /// After a crash, how long a boot must stay up past ready before it counts as
+    /// the recovery (the scenario's, else the suite's, else
+    /// [`DEFAULT_RECOVERY_SETTLE`]). A boot that crashes inside it is a crashing boot.
+    pub recovery_settle: Duration,
     /// Really boot first instead of starting from the image's saved ready state.
     /// Implied when the first step is `boot` (a scenario about the boot itself).
     pub cold_boot: bool,
@@ -144,6 +150,23 @@ pub struct Scenario {
 
 /// Default for `boot_loop_boots`.
 pub const DEFAULT_BOOT_LOOP_BOOTS: u32 = 3;
+
+/// Default for `recovery_settle`. It must outlast a driver that crashes some seconds
+/// after start-up (content read when its event sources come up, a timer, a worker).
+/// The evidence: the demo sensor's `boot_delay_ms` cases interpret content 4-5 s
+/// after load, which under TCG is 1-5 s after the agent answers; the recovery drill
+/// already asks a recovered guest to stay up 10 s (`[drill] settle`); in July 2024
+/// hosts crashed at different points early in boot, some after the sign-in screen
+/// showed, which is why a host could be rebooted many times before one boot stayed
+/// up long enough to fetch the fixed file. 20 s is four times the longest demo delay
+/// and twice the drill's settle, and costs one extra 20 s per recovered scenario.
+/// Crashes seen later than this in a scenario stretch its window (see
+/// `runner::verdict::settle_window`).
+pub const DEFAULT_RECOVERY_SETTLE: Duration = Duration::from_secs(20);
+
+/// Longest `recovery_settle` a suite may ask: every boot after a crash is watched
+/// this long, so a window of hours would make a boot loop take hours to call.
+pub const MAX_RECOVERY_SETTLE: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -203,6 +226,21 @@ impl Gates {
 /// Parses durations written as "30s", "2m", "1m 30s", "500ms".
 pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+/// A `recovery_settle` window: a duration of at most [`MAX_RECOVERY_SETTLE`].
+pub(super) fn opt_recovery_settle<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    let window = duration(d)?;
+    if window > MAX_RECOVERY_SETTLE {
+        return Err(serde::de::Error::custom(format!(
+            "`recovery_settle` {} is longer than the longest allowed, {}: every boot after a crash is watched this long before it counts as a recovery",
+            humantime::format_duration(window),
+            humantime::format_duration(MAX_RECOVERY_SETTLE)
+        )));
+    }
+    Ok(Some(window))
 }
 
 /// Deserializes a human duration string; shared with the image manifest.

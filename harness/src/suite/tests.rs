@@ -337,3 +337,61 @@ fn garbage_never_panics() {
         assert!(parse_str(text).is_err(), "{text:?} must be rejected");
     }
 }
+
+#[test]
+fn recovery_settle_comes_from_the_scenario_the_suite_or_the_default() {
+    let default = parse_str(GOOD).unwrap();
+    assert_eq!(
+        default.scenarios[0].recovery_settle,
+        DEFAULT_RECOVERY_SETTLE
+    );
+    let suite_wide = GOOD.replace(
+        "boot_timeout = \"90s\"",
+        "boot_timeout = \"90s\"\nrecovery_settle = \"45s\"",
+    );
+    let text = format!(
+        "{suite_wide}\n[[scenario]]\nname = \"own\"\nrecovery_settle = \"1m 30s\"\nsteps = [{{ boot = {{}} }}]\n"
+    );
+    let suite = parse_str(&text).unwrap();
+    assert_eq!(suite.recovery_settle, Some(Duration::from_secs(45)));
+    let windows: Vec<Duration> = suite.scenarios.iter().map(|s| s.recovery_settle).collect();
+    assert_eq!(
+        windows,
+        [Duration::from_secs(45), Duration::from_secs(90)],
+        "the suite's default, then the scenario's own"
+    );
+}
+
+#[test]
+fn recovery_settle_over_its_maximum_or_misspelt_is_located() {
+    let text = format!(
+        "{GOOD}\n[[scenario]]\nname = \"long\"\nrecovery_settle = \"11m\"\nsteps = [{{ boot = {{}} }}]\n"
+    );
+    let (line, column, message) = invalid(&text);
+    assert_eq!((line, column), (20, 19));
+    assert!(
+        message.contains("`recovery_settle` 11m is longer than the longest allowed, 10m"),
+        "{message}"
+    );
+    let text = GOOD.replace(
+        "boot_timeout = \"90s\"",
+        "boot_timeout = \"90s\"\nrecovery_settle = \"twenty\"",
+    );
+    let (line, column, message) = invalid(&text);
+    assert_eq!((line, column), (6, 19));
+    assert!(message.contains("invalid duration \"twenty\""), "{message}");
+}
+
+#[test]
+fn drill_scenarios_take_the_suites_recovery_settle() {
+    let (dir, suite) = drill_suite(DRILL);
+    for s in &suite.unwrap().scenarios {
+        assert_eq!(s.recovery_settle, DEFAULT_RECOVERY_SETTLE, "{}", s.name);
+    }
+    let text = format!("[suite]\nimage = \"demo\"\nrecovery_settle = \"30s\"\n\n[driver.sensor]\nsource = \"src\"\ncontent_file = \"s.content\"\nreload = \"echo 1 > /r\"\n\n{DRILL}");
+    let suite = parse(&dir.path().join("drill.toml"), &text).unwrap();
+    assert_eq!(suite.scenarios.len(), 4);
+    for s in &suite.scenarios {
+        assert_eq!(s.recovery_settle, Duration::from_secs(30), "{}", s.name);
+    }
+}

@@ -20,6 +20,8 @@ pub(super) struct Checks<'a> {
     pub(super) policy: PathPolicy,
     pub(super) drivers: &'a BTreeMap<String, Driver>,
     pub(super) at: &'a dyn Fn(usize, String) -> SuiteError,
+    /// The suite's `recovery_settle` (or the default), for scenarios without their own.
+    pub(super) recovery_settle: std::time::Duration,
 }
 
 impl Checks<'_> {
@@ -90,6 +92,7 @@ impl Checks<'_> {
             expect: scenario.expect,
             expect_title: scenario.expect_title,
             boot_loop_boots,
+            recovery_settle: scenario.recovery_settle.unwrap_or(self.recovery_settle),
         })
     }
 
@@ -127,7 +130,10 @@ impl Checks<'_> {
                     scenario.name
                 )));
             }
-            scenarios.push(scenario);
+            scenarios.push(Scenario {
+                recovery_settle: self.recovery_settle,
+                ..scenario
+            });
         }
         Ok(scenarios)
     }

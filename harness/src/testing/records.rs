@@ -88,6 +88,8 @@ pub fn boot(index: u32, outcome: BootOutcome, ready_ms: Option<u64>) -> BootReco
         standby: false,
         drivers: None,
         reboot_via: None,
+        crashed: None,
+        crash_after_ready_ms: None,
     }
 }
 

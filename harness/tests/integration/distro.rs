@@ -62,7 +62,11 @@ fn the_distro_suite_shows_the_cf291_story_on_debian12() {
 
     // The negative test saw the sensor missing at the boot after the refusal.
     let s = scenario(&run, "distro/unloadable-driver-is-caught");
-    assert_eq!(driver_at(&s["boots"][1], "missing"), ["demo_sensor"], "{s:#}");
+    assert_eq!(
+        driver_at(&s["boots"][1], "missing"),
+        ["demo_sensor"],
+        "{s:#}"
+    );
     assert_no_vm_left(&run);
 
     // Without `expect`, the same refusal fails the scenario, naming driver and boot.

@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::format::{anchor, boot_class, clean, ms_text, shell_command, step_class, verdict_class};
 use super::timeline::Timeline;
 use crate::model::record::{
-    AttemptRecord, BootOutcome, BootRecord, CrashRecord, RecoveryRecord, ScenarioRecord, StepRecord,
+    after_ready_span, AttemptRecord, BootOutcome, BootRecord, CrashPhase, CrashRecord,
+    RecoveryRecord, ScenarioRecord, StepRecord,
 };
 
 /// Screenshots above this are linked, not embedded: a report that takes minutes to
@@ -55,6 +56,8 @@ struct BootView {
     oclass: &'static str,
     ready: String,
     crash: Option<String>,
+    /// "crashed 5.1 s after ready", "crashed before ready".
+    crash_when: Option<String>,
     extra_append: Option<String>,
     /// Installed drivers this boot had loaded / had not, comma-separated.
     drivers_loaded: Option<String>,
@@ -174,6 +177,7 @@ impl BootView {
             oclass: boot_class(b.outcome),
             ready: b.ready_ms.map_or_else(|| "—".to_string(), ms_text),
             crash: b.crash.as_deref().map(clean),
+            crash_when: b.crash_when(),
             extra_append: b.extra_append.as_deref().map(clean),
             drivers_loaded: b
                 .drivers
@@ -239,7 +243,10 @@ fn recovery_line(r: &RecoveryRecord) -> String {
         } else {
             format!(", brought back by: {}", clean(&r.how))
         }
-    )
+    ) + &r
+        .settled_s
+        .map(|s| format!("; it then stayed up {s:.0} s past ready"))
+        .unwrap_or_default()
 }
 
 fn boot_loop_line(sc: &ScenarioRecord) -> Option<String> {
@@ -261,6 +268,22 @@ fn boot_loop_line(sc: &ScenarioRecord) -> Option<String> {
         } else {
             current = None;
         }
+    }
+    let late: Vec<u64> = sc
+        .boots
+        .iter()
+        .skip(1)
+        .filter(|b| b.crash_phase() == Some(CrashPhase::AfterReady))
+        .filter_map(|b| b.crash_after_ready_ms)
+        .collect();
+    if !late.is_empty() {
+        // Boots that answered and then crashed inside the settle window: the loop
+        // is not a run of crashes before ready.
+        return Some(format!(
+            "boots crashed at every boot watched, {} of them after becoming ready ({} after ready)",
+            late.len(),
+            after_ready_span(&late)
+        ));
     }
     Some(match best {
         Some((first, last)) => format!(

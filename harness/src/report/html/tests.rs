@@ -8,8 +8,8 @@ use super::cards::{embed_png, href, inside_run_folder, MAX_EMBED_BYTES};
 use super::format::shell_command_lines;
 use super::{render, HtmlSink};
 use crate::model::record::{
-    BootOutcome, BootRecord, CrashRecord, FileHash, HostInfo, RecoveryRecord, RunRecord,
-    ScenarioRecord, StepOutcome, StepRecord, Verdict, VmArgv,
+    BootOutcome, BootRecord, CrashPhase, CrashRecord, FileHash, HostInfo, RecoveryRecord,
+    RunRecord, ScenarioRecord, StepOutcome, StepRecord, Verdict, VmArgv,
 };
 use crate::model::run_file::REPORT_HTML;
 use crate::model::{Event, Sink};
@@ -182,6 +182,7 @@ fn looping_scenario() -> ScenarioRecord {
         seconds: 18.5,
         ready_boot: 5,
         how: "rescue boot".into(),
+        settled_s: None,
     });
     looping.hangs = vec![format!("agent stopped answering {HOSTILE_SCRIPT}")];
     looping
@@ -430,4 +431,36 @@ fn render_sample() {
     let dir = path.parent().expect("run folder");
     let html = render(&run, dir).expect("render");
     std::fs::write(dir.join(REPORT_HTML), html).expect("write");
+}
+
+#[test]
+fn boots_that_crash_after_ready_say_so_in_the_loop_table_and_timeline() {
+    let late = |index: u32, start_ms: u64| BootRecord {
+        crash: Some("BUG: unable to handle page fault in sensor_match_fields".into()),
+        crashed: Some(CrashPhase::AfterReady),
+        crash_after_ready_ms: Some(5_100),
+        ..boot(index, start_ms, BootOutcome::Ready, Some(9_000))
+    };
+    let mut sc = scenario("late-loop", Verdict::Fail);
+    sc.boots = vec![
+        boot(1, 0, BootOutcome::Ready, Some(150)),
+        late(2, 2_000),
+        late(3, 17_000),
+    ];
+    sc.boot_loop = true;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let html = render(&records::run(vec![sc]), dir.path()).expect("render");
+    assert!(
+        html.contains("2 of them after becoming ready (5.1 s after ready)"),
+        "the loop line"
+    );
+    assert_eq!(
+        html.matches("(crashed 5.1 s after ready)").count(),
+        2,
+        "the boots table"
+    );
+    assert!(
+        html.contains("boot 3 ready 9.0 s, crashed 5.1 s after ready"),
+        "the timeline"
+    );
 }

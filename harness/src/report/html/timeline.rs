@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use super::format::{clean, ms_text, step_timeline_class, timeline_class};
-use crate::model::record::{BootRecord, CrashRecord, ScenarioRecord, StepOutcome, StepRecord};
+use crate::model::record::{
+    BootRecord, CrashPhase, CrashRecord, ScenarioRecord, StepOutcome, StepRecord,
+};
 
 /// viewBox units; the SVG scales to the page width.
 const TL_WIDTH: f64 = 960.0;
@@ -250,10 +252,15 @@ fn boot_shapes(b: &BootRecord, end: u64, axis: &Axis, y: f64) -> (Vec<Bar>, Pend
                     w: axis.width(ready_at, end),
                     h: 4.0,
                     class: "t-up".to_string(),
-                    title: format!("boot {}: guest up", b.index),
+                    title: format!("boot {}: guest up{}", b.index, late_note(b)),
                 });
             }
-            format!("{prefix}boot {} ready {}", b.index, ms_text(ready))
+            format!(
+                "{prefix}boot {} ready {}{}",
+                b.index,
+                ms_text(ready),
+                late_note(b)
+            )
         }
         (outcome, None) => {
             bars.push(Bar {
@@ -401,6 +408,14 @@ fn aria(sc: &ScenarioRecord, total: u64) -> String {
         if crashes == 1 { "" } else { "es" },
         ms_text(total)
     )
+}
+
+/// ", crashed 5.1 s after ready" for a boot that answered and then crashed.
+fn late_note(b: &BootRecord) -> String {
+    match (b.crash_phase(), b.crash_when()) {
+        (Some(CrashPhase::AfterReady), Some(when)) => format!(", {when}"),
+        _ => String::new(),
+    }
 }
 
 fn append_note(b: &BootRecord) -> String {

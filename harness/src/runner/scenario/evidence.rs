@@ -31,6 +31,7 @@ pub(crate) const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
 impl Machine<'_> {
     /// Records the crash the watch decided, with its evidence; the stop it makes.
     pub(super) fn record_crash(&mut self, crash: Crash) -> Stop {
+        self.note_crash_timing(crash.seen_at, crash.after_ready);
         self.note_crash(crash.seen_at, crash.boot);
         let console = self
             .qemu

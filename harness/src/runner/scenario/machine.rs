@@ -13,7 +13,7 @@ use crate::detect::boot_watch::{self, BootWatch, Happening};
 use crate::guest::GuestProfile;
 use crate::guest::OsFamily;
 use crate::image::manifest::Manifest;
-use crate::model::record::{BootOutcome, BootRecord, DriversAtBoot, RecoveryRecord};
+use crate::model::record::{BootOutcome, BootRecord, CrashPhase, DriversAtBoot, RecoveryRecord};
 use crate::model::Emitter;
 use crate::qemu::accel::Accel;
 use crate::qemu::qmp::QmpMessage;
@@ -21,6 +21,7 @@ use crate::qemu::snapshot::SavedState;
 use crate::qemu::vm::{Signal, Standby, Vm, VmConfig, VmDir, WaitingQemu, QMP_COMMAND_TIMEOUT};
 use crate::qemu::QemuTools;
 use crate::runner::interrupted;
+use crate::runner::verdict::settle_window;
 use crate::suite::Evidence;
 use crate::util::human_duration;
 
@@ -48,6 +49,8 @@ pub(super) struct Machine<'a> {
     /// Guest folders known to exist (created or written into): the system disk
     /// keeps them across boots, so each is made once per scenario.
     pub(super) made_dirs: BTreeSet<String>,
+    /// When the current boot reached ready, once it has.
+    ready_at: Option<Instant>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -62,6 +65,9 @@ pub(super) struct MachineSetup<'a> {
     pub(super) boot_timeout: Duration,
     /// See `ScenarioContext::watch_after_crash`.
     pub(super) follow_crash: bool,
+    /// The scenario's `recovery_settle`: how long a boot after a crash must stay up
+    /// past ready to count as the recovery (stretched by later crashes it saw).
+    pub(super) recovery_settle: Duration,
 }
 
 /// The QEMU processes of one machine and what they share.
@@ -78,13 +84,41 @@ pub(super) struct Qemu {
 }
 
 /// Whether, how and how fast the machine came back after its first crash.
+///
+/// A ready normal boot after the crash is only a candidate (`pending`) until it has
+/// stayed up for the settle window past ready; then it is the recovery (`record`).
+/// The window is held wherever the machine is: in the watch after the crash, in the
+/// steps that follow (a `recover` step's normal boot, a `rollback_content` step's
+/// boot), or at the end of the scenario, which waits out what is left of it.
 #[derive(Default)]
 pub(super) struct RecoveryWatch {
     /// When the first crash was seen, and in which boot.
     first_crash: Option<(Instant, u32)>,
     pub(super) record: Option<RecoveryRecord>,
+    pending: Option<PendingRecovery>,
     /// The recovery step under way, named in the recovery it brings.
     pub(super) by: Option<&'static str>,
+}
+
+/// A ready boot after a crash, still inside its settle window.
+struct PendingRecovery {
+    /// What it will be recorded as (its boots and seconds count to its ready).
+    record: RecoveryRecord,
+    /// The boot holding the window and when it became ready: the candidate's own
+    /// boot, or the next one after a reboot the suite asked for inside the window.
+    boot: u32,
+    ready_at: Instant,
+}
+
+/// How the boots after a crash went ([`Machine::watch_after_crash`]).
+pub(super) enum Watched {
+    /// A boot stayed up for the settle window: the recovery is recorded.
+    Recovered,
+    /// A boot answered and was handed at once to the next step (a `rollback_content`,
+    /// which races a driver that crashes after ready and holds its own settle).
+    HandedOver,
+    /// `boot_loop_boots` boots in a row crashed, or one never came back.
+    BootLoop,
 }
 
 /// What [`Machine::next`] saw, when it is not a stop.
@@ -116,6 +150,7 @@ impl<'a> Machine<'a> {
             recovery: RecoveryWatch::default(),
             installed: Vec::new(),
             made_dirs: BTreeSet::new(),
+            ready_at: None,
         }
     }
 }
@@ -211,12 +246,14 @@ impl Machine<'_> {
 
     /// Begins the next boot at `at`: in the watch, and in the boots list.
     fn begin_boot(&mut self, at: Instant, extra_append: Option<String>) {
+        self.ready_at = None;
         self.watch.begin_boot(at);
         self.record_boot(at, extra_append);
     }
 
     /// Adds the boot the watch just began to the boots list.
     fn record_boot(&mut self, at: Instant, extra_append: Option<String>) {
+        self.ready_at = None;
         let start_ms = self.offset(at);
         self.found.boots.push(BootRecord {
             index: self.watch.boot(),
@@ -229,6 +266,8 @@ impl Machine<'_> {
             standby: false,
             drivers: None,
             reboot_via: None,
+            crashed: None,
+            crash_after_ready_ms: None,
         });
     }
 
@@ -250,6 +289,7 @@ impl Machine<'_> {
             if interrupted() {
                 return Err(Stop::Interrupted);
             }
+            self.confirm_recovery(Instant::now());
             if let Some(happening) = self.watch.poll(Instant::now()) {
                 if let Some(wake) = self.act_on(happening)? {
                     return Ok(wake);
@@ -395,7 +435,9 @@ impl Machine<'_> {
     /// The agent answered: records the ready boot, notes a recovery, and (Windows)
     /// collects the dumps the guest wrote of the crash before it.
     fn became_ready(&mut self, emitter: &Emitter) -> Result<(), Stop> {
-        let ready_ms = self.watch.mark_ready(Instant::now()).as_millis() as u64;
+        let now = Instant::now();
+        self.ready_at = Some(now);
+        let ready_ms = self.watch.mark_ready(now).as_millis() as u64;
         if let Some(boot) = self.found.boots.last_mut() {
             boot.outcome = BootOutcome::Ready;
             boot.ready_ms = Some(ready_ms);
@@ -445,7 +487,8 @@ impl Machine<'_> {
         Ok(())
     }
 
-    /// A ready normal boot after a crash is the recovery.
+    /// A ready normal boot after a crash is the recovery's candidate; it becomes the
+    /// recovery once it has held the settle window ([`Machine::confirm_recovery`]).
     fn note_recovery(&mut self) {
         let rescue = self
             .found
@@ -455,21 +498,102 @@ impl Machine<'_> {
         if self.recovery.record.is_some() || rescue {
             return;
         }
+        let (index, ready_at) = (
+            self.boot_index(),
+            self.ready_at.unwrap_or_else(Instant::now),
+        );
+        if let Some(pending) = self.recovery.pending.as_mut() {
+            // The candidate's boot ended without a crash (a reboot the suite asked
+            // for): the window goes on in this boot; boots and seconds stay its own.
+            pending.boot = index;
+            pending.ready_at = ready_at;
+            return;
+        }
         if let Some((at, crash_boot)) = self.recovery.first_crash {
-            let index = self.boot_index();
             if index > crash_boot {
-                self.recovery.record = Some(RecoveryRecord {
-                    boots: index - crash_boot,
-                    seconds: (at.elapsed().as_millis() as f64 / 1000.0),
-                    ready_boot: index,
-                    how: self
-                        .recovery
-                        .by
-                        .unwrap_or(crate::model::record::RECOVERED_BY_ITSELF)
-                        .into(),
+                self.recovery.pending = Some(PendingRecovery {
+                    record: RecoveryRecord {
+                        boots: index - crash_boot,
+                        seconds: (at.elapsed().as_millis() as f64 / 1000.0),
+                        ready_boot: index,
+                        how: self
+                            .recovery
+                            .by
+                            .unwrap_or(crate::model::record::RECOVERED_BY_ITSELF)
+                            .into(),
+                        settled_s: None,
+                    },
+                    boot: index,
+                    ready_at,
                 });
             }
         }
+    }
+
+    /// The settle window now: the scenario's, stretched to outlast the latest crash
+    /// after ready seen in a boot after the first crash.
+    pub(super) fn settle_window(&self) -> Duration {
+        settle_window(self.setup.recovery_settle, self.found.longest_after_ready)
+    }
+
+    /// Records the pending recovery once its boot has been up for the window at `now`.
+    fn confirm_recovery(&mut self, now: Instant) {
+        let window = self.settle_window();
+        let held = self
+            .recovery
+            .pending
+            .as_ref()
+            .is_some_and(|p| now >= p.ready_at + window);
+        if held {
+            if let Some(pending) = self.recovery.pending.take() {
+                let settled_s = (window.as_millis() as f64 / 1000.0).max(
+                    now.saturating_duration_since(pending.ready_at).as_millis() as f64 / 1000.0,
+                );
+                self.recovery.record = Some(RecoveryRecord {
+                    settled_s: Some(settled_s),
+                    ..pending.record
+                });
+            }
+        }
+    }
+
+    /// Whether a recovery is still inside its settle window, in the running boot.
+    pub(super) fn recovery_pending(&self) -> bool {
+        self.recovery
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.boot == self.boot_index() && self.qemu.vm.is_some())
+    }
+
+    /// Names what brought the guest back, on the recovery this boot brings (pending
+    /// or already held).
+    pub(super) fn recovered_by(&mut self, how: &str) {
+        if let Some(pending) = self.recovery.pending.as_mut() {
+            pending.record.how = how.into();
+        } else if let Some(record) = self.recovery.record.as_mut() {
+            record.how = how.into();
+        }
+    }
+
+    /// Stays with the running boot until the settle window past its ready has gone
+    /// by, so its pending recovery is recorded; a crash or hang ends it early.
+    pub(super) fn hold_ready_boot(&mut self) -> Result<(), Stop> {
+        let Some(ready_at) = self.ready_at else {
+            return Ok(());
+        };
+        loop {
+            let until = ready_at + self.settle_window();
+            if Instant::now() >= until {
+                break;
+            }
+            match self.next(until)? {
+                Wake::Deadline | Wake::Agent(..) => {}
+                // A reboot inside the window: the new boot holds it from its ready.
+                Wake::Rebooted => return Ok(()),
+            }
+        }
+        self.confirm_recovery(Instant::now());
+        Ok(())
     }
 
     /// Notes a crash for the recovery that may follow; a boot that came back and then
@@ -483,34 +607,88 @@ impl Machine<'_> {
         {
             self.recovery.record = None;
         }
+        if self
+            .recovery
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.boot == boot)
+        {
+            self.recovery.pending = None;
+        }
         self.recovery.first_crash.get_or_insert((seen_at, boot));
     }
 
-    /// After a crash: resets the guest and watches up to `loop_boots` boots. Ok(true)
-    /// when a boot reached ready (recovered), Ok(false) on a boot loop. A boot after
-    /// a crash that never reaches ready (stuck in a recovery screen, such as Windows'
+    /// Marks the running boot's crash as before or after ready (and how long after);
+    /// a crash after ready in a boot after the first crash stretches the window.
+    pub(super) fn note_crash_timing(&mut self, seen_at: Instant, after_ready: bool) {
+        let late = self
+            .ready_at
+            .filter(|_| after_ready)
+            .map(|ready| seen_at.saturating_duration_since(ready));
+        let after_first = self
+            .recovery
+            .first_crash
+            .is_some_and(|(_, first)| self.boot_index() > first);
+        if let (Some(late), true) = (late, after_first) {
+            let longest = self.found.longest_after_ready.get_or_insert(late);
+            *longest = (*longest).max(late);
+        }
+        if let Some(boot) = self.found.boots.last_mut() {
+            boot.crashed = Some(if after_ready {
+                CrashPhase::AfterReady
+            } else {
+                CrashPhase::BeforeReady
+            });
+            boot.crash_after_ready_ms = late.map(|d| d.as_millis() as u64);
+        }
+    }
+
+    /// After a crash: resets the guest and watches up to `loop_boots` boots. A boot
+    /// that reaches ready is held for the settle window; one that crashes inside it
+    /// counts as a crashing boot, like one that crashed before ready. With
+    /// `hand_over` the first boot that answers goes at once to the next step (a
+    /// rollback that must race the crash), which holds its own settle; the window
+    /// is then held by the steps after it or at the scenario's end. A boot after a
+    /// crash that never reaches ready (stuck in a recovery screen, such as Windows'
     /// Automatic Repair, or hung in a boot-start driver) is a boot loop too: the
     /// machine does not come back. Its screenshot is kept with the hang evidence.
+    ///
+    /// The crash that starts the watch counts only when it came before ready: a
+    /// crash in a ready boot is a step's doing (a live update), not the boot's.
     pub(super) fn watch_after_crash(
         &mut self,
         loop_boots: u32,
+        hand_over: bool,
         emitter: &Emitter,
-    ) -> Result<bool, Stop> {
+    ) -> Result<Watched, Stop> {
         let mut consecutive = u32::from(
             self.found
                 .boots
                 .last()
                 .is_some_and(|b| b.outcome == BootOutcome::Crash),
         );
+        self.found.loop_after_ready_ms.clear();
         loop {
             if consecutive >= loop_boots {
                 self.found.boot_loop = true;
-                return Ok(false);
+                return Ok(Watched::BootLoop);
             }
             self.reset()?;
-            match self.wait_ready(self.setup.boot_timeout, emitter) {
-                Ok(()) => return Ok(true),
-                Err(Stop::Crash) => consecutive += 1,
+            let up = self.wait_ready(self.setup.boot_timeout, emitter);
+            let held = up.and_then(|()| {
+                if hand_over {
+                    Ok(Watched::HandedOver)
+                } else {
+                    self.hold_ready_boot().map(|()| Watched::Recovered)
+                }
+            });
+            match held {
+                Ok(watched) => return Ok(watched),
+                Err(Stop::Crash) => {
+                    consecutive += 1;
+                    let late = self.found.boots.last().and_then(|b| b.crash_after_ready_ms);
+                    self.found.loop_after_ready_ms.extend(late);
+                }
                 Err(Stop::Hang(why)) => {
                     // Counted as the loop it is, not as a separate hang: the
                     // boots list shows the stalled boot (outcome timeout or hang).
@@ -519,7 +697,7 @@ impl Machine<'_> {
                     }
                     self.found.stalled_after_crash = Some(why);
                     self.found.boot_loop = true;
-                    return Ok(false);
+                    return Ok(Watched::BootLoop);
                 }
                 Err(other) => return Err(other),
             }

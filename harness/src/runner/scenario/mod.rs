@@ -27,15 +27,16 @@ use crate::qemu::vm::{Standby, VmDir, WaitingQemu};
 use crate::qemu::QemuTools;
 use crate::runner::driver::BuiltDriver;
 use crate::runner::interrupted;
-use crate::runner::verdict::{judge, Observed};
+use crate::runner::verdict::{after_ready_span, judge, Observed};
 use crate::suite::{Scenario, Step};
+use crate::util::human_duration;
 
 mod evidence;
 mod machine;
 mod recovery;
 mod steps;
 
-use machine::{Machine, MachineSetup};
+use machine::{Machine, MachineSetup, Watched};
 
 /// Why a wait ended other than with what it waited for.
 #[derive(Debug)]
@@ -120,6 +121,12 @@ struct Findings {
     boot_loop: bool,
     /// Why the boot after a crash never became ready, when that made the loop.
     stalled_after_crash: Option<String>,
+    /// The longest time from ready to a crash in a boot after the first crash: the
+    /// settle window is stretched past it.
+    longest_after_ready: Option<std::time::Duration>,
+    /// Of the boots the last watch after a crash counted, the ready-to-crash times
+    /// (ms) of those that crashed after ready.
+    loop_after_ready_ms: Vec<u64>,
 }
 
 /// The scenario's running state across steps.
@@ -133,6 +140,9 @@ struct Progress {
     /// After a crash with no recovery, only a `recover` step can bring the guest back.
     guest_down: bool,
     interrupted: bool,
+    /// The next step is a `rollback_content`: a watch after a crash hands it the
+    /// first boot that answers instead of holding that boot for the settle window.
+    hand_over: bool,
 }
 
 pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
@@ -143,6 +153,14 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         Err(reason) => return not_started(reason),
     };
     let mut state = Progress::default();
+    let rest: Vec<&Step> = ctx
+        .scenario
+        .steps
+        .iter()
+        .filter(|s| !matches!(s, Step::Boot(_)))
+        .collect();
+    let rollback_at = |i: usize| matches!(rest.get(i), Some(Step::RollbackContent(_)));
+    state.hand_over = rollback_at(0);
     let mut steps = vec![first_boot(&mut m, &ctx, restore, &mut state)];
     // With this scenario's VM up, start the next one's while this one runs.
     if let (Some(saved), Some(slot)) = (restore, ctx.standby) {
@@ -151,15 +169,27 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
             *slot.borrow_mut() = m.start_standby(saved).ok();
         }
     }
-    for step in ctx
-        .scenario
-        .steps
-        .iter()
-        .filter(|s| !matches!(s, Step::Boot(_)))
-    {
+    for (i, step) in rest.iter().enumerate() {
+        state.hand_over = rollback_at(i + 1);
         steps.push(run_step(&mut m, &ctx, step, &mut state));
     }
+    hold_pending_recovery(&mut m, &mut state);
     finish(m, ctx.scenario, state, steps)
+}
+
+/// A recovery whose boot is still inside its settle window when the steps are done
+/// is held to the window's end before the VM stops: recorded if the boot stays up,
+/// dropped (and the crash recorded) if it does not.
+fn hold_pending_recovery(m: &mut Machine, state: &mut Progress) {
+    let blocked = state.infra.is_some() || state.interrupted || state.guest_down;
+    if blocked || !m.recovery_pending() {
+        return;
+    }
+    match m.hold_ready_boot() {
+        Ok(()) | Err(Stop::Crash | Stop::Hang(_) | Stop::PoweredOff) => {}
+        Err(Stop::Infra(why)) => state.infra = Some(why),
+        Err(Stop::Interrupted) => state.interrupted = true,
+    }
 }
 
 /// The outcome of a scenario whose VM could not even be prepared.
@@ -221,6 +251,7 @@ fn open_machine<'a>(
             name: ctx.full_name,
             boot_timeout,
             follow_crash: ctx.watch_after_crash,
+            recovery_settle: ctx.scenario.recovery_settle,
         },
         vmdir,
     );
@@ -319,6 +350,7 @@ fn finish(
             hangs: &found.hangs,
             boot_loop: found.boot_loop,
             stalled_after_crash: found.stalled_after_crash.as_deref(),
+            loop_after_ready_ms: &found.loop_after_ready_ms,
             recovery: recovery.as_ref(),
         };
         failure = failure.or_else(|| judge(&observed, scenario));
@@ -406,27 +438,56 @@ fn settle_crash(
         .last()
         .map_or_else(|| "crash".into(), |c| c.title.clone());
     let mut detail = format!("crash: {title}");
-    let watched = if m.setup.follow_crash {
-        m.watch_after_crash(scenario.boot_loop_boots, emitter)
-    } else {
-        Ok(false)
-    };
+    if !m.setup.follow_crash {
+        state.guest_down = true;
+        return detail;
+    }
+    let watched = m.watch_after_crash(scenario.boot_loop_boots, state.hand_over, emitter);
+    let late = &m.found.loop_after_ready_ms;
     match watched {
-        Ok(true) => detail.push_str("; the guest recovered"),
-        Ok(false) => {
+        Ok(Watched::Recovered) => {
+            detail.push_str(&format!(
+                "; the guest recovered: boot {} stayed up {} after ready",
+                m.boot_index(),
+                human_duration(m.settle_window())
+            ));
+            if !late.is_empty() {
+                detail.push_str(&format!(
+                    " (after {} boot(s) that crashed {} after ready)",
+                    late.len(),
+                    after_ready_span(late)
+                ));
+            }
+        }
+        Ok(Watched::HandedOver) => detail.push_str(&format!(
+            "; boot {} answered and went straight to the next step",
+            m.boot_index()
+        )),
+        Ok(Watched::BootLoop) => {
             state.guest_down = true;
-            match (&m.found.stalled_after_crash, m.found.boot_loop) {
-                (Some(why), _) => {
+            match &m.found.stalled_after_crash {
+                Some(why) => {
                     detail.push_str(&format!("; boot loop: the guest did not come back ({why})"))
                 }
-                (None, true) if scenario.boot_loop_boots == 1 => {
-                    detail.push_str("; boot loop: the reboot crashed too")
+                None if scenario.boot_loop_boots == 1 => {
+                    detail.push_str("; boot loop: the reboot crashed too");
+                    if !late.is_empty() {
+                        detail.push_str(&format!(" ({} after ready)", after_ready_span(late)));
+                    }
                 }
-                (None, true) => detail.push_str(&format!(
-                    "; boot loop: {} consecutive boots crashed",
-                    scenario.boot_loop_boots
-                )),
-                (None, false) => {}
+                None => {
+                    detail.push_str(&format!(
+                        "; boot loop: {} consecutive boots crashed",
+                        scenario.boot_loop_boots
+                    ));
+                    if !late.is_empty() {
+                        detail.push_str(&format!(
+                            " ({} of them {} after ready)",
+                            late.len(),
+                            after_ready_span(late)
+                        ));
+                    }
+                }
             }
         }
         Err(Stop::Infra(why)) => state.infra = Some(why),

@@ -102,6 +102,7 @@ impl Machine<'_> {
                 name: &name,
                 boot_timeout: self.setup.boot_timeout,
                 follow_crash: false,
+                recovery_settle: self.setup.recovery_settle,
             },
             vmdir,
         );
@@ -210,9 +211,7 @@ impl Machine<'_> {
             match held {
                 Ok(()) => {
                     // The boot that answered is the recovery, and the rollback made it.
-                    if let Some(recovery) = self.recovery.record.as_mut() {
-                        recovery.how = "agent rollback".into();
-                    }
+                    self.recovered_by("agent rollback");
                     let what = match &host {
                         Some(file) => format!("{} -> {guest_path}", file.display()),
                         None => format!("{guest_path} removed"),
