@@ -88,6 +88,55 @@ pub(crate) fn headers(manifest: &Manifest) -> Result<(String, PathBuf), String> 
     })
 }
 
+/// Installs the manifest's `[kernel] headers_package` on the host when its
+/// `headers` folder is missing, as the built-in images' recipes install theirs:
+/// only as root, with the host's own package manager (apt-get, else dnf), and only
+/// a name that is a package name. Ok(false) when there is nothing to install.
+pub(crate) fn install_headers(manifest: &Manifest) -> Result<bool, String> {
+    let (Some(dir), Some(pkg)) = (&manifest.kernel.headers, &manifest.kernel.headers_package)
+    else {
+        return Ok(false);
+    };
+    if dir.join("Makefile").is_file() {
+        return Ok(false);
+    }
+    let is_name = pkg
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+        && !pkg.starts_with('-');
+    if !is_name {
+        return Err(format!(
+            "{}: [kernel] headers_package {pkg:?} is not a package name",
+            manifest.path.display()
+        ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(format!(
+            "{} is missing: as root run `apt-get install -y {pkg}` (or `dnf install -y {pkg}`), then run again",
+            dir.display()
+        ));
+    }
+    let tool = ["apt-get", "dnf"]
+        .into_iter()
+        .find(|t| crate::util::find_in_path(t).is_some())
+        .ok_or_else(|| format!("neither apt-get nor dnf is here to install {pkg}"))?;
+    let output = std::process::Command::new(tool)
+        .args(["install", "-y", pkg])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if !output.status.success() || !dir.join("Makefile").is_file() {
+        return Err(format!(
+            "`{tool} install -y {pkg}` did not provide {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(true)
+}
+
 /// The release a module was built for: the first word of its `vermagic=` entry
 /// (in the module's `.modinfo` section), or None when the file has none.
 pub(crate) fn module_vermagic(module: &[u8]) -> Option<String> {
@@ -178,6 +227,19 @@ mod tests {
         let (_d, bare) = load(&distro(""));
         let err = headers(&bare.unwrap()).unwrap_err();
         assert!(err.contains("[kernel]") && err.contains("release"), "{err}");
+    }
+
+    #[test]
+    fn only_a_package_name_is_ever_installed() {
+        let text = format!(
+            "{}\n[kernel]\nrelease = \"r\"\nheaders = \"missing\"\nheaders_package = \"-o APT::x=1 evil\"\n",
+            distro("")
+        );
+        let (_d, m) = load(&text);
+        let err = install_headers(&m.unwrap()).unwrap_err();
+        assert!(err.contains("is not a package name"), "{err}");
+        let (_d, m) = load(&distro(""));
+        assert_eq!(install_headers(&m.unwrap()), Ok(false), "nothing named");
     }
 
     #[test]

@@ -10,7 +10,6 @@ pub mod snapshot;
 pub(crate) mod tpm;
 pub(crate) mod vm;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The system emulator bootgate runs; `BOOTGATE_QEMU` overrides it.
@@ -69,22 +68,7 @@ pub enum ToolError {
     Version { binary: String, message: String },
 }
 
-/// Finds `binary` (a name looked up in PATH, or a path).
-pub(crate) fn find_in_path(binary: &str) -> Option<PathBuf> {
-    if binary.contains('/') {
-        let p = Path::new(binary);
-        return p.is_file().then(|| p.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(binary))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
+pub(crate) use crate::util::find_in_path;
 
 /// The first line of `binary --version`, e.g. "QEMU emulator version 7.2.22 (Debian ...)".
 pub(crate) fn version(binary: &str) -> Result<String, ToolError> {

@@ -71,6 +71,12 @@ pub(crate) fn prepare(
         )));
     }
     let source = suite_dir.join(source);
+    // A user's image names its headers package: installed here as root, the way
+    // the built-in images' recipes install theirs.
+    kernel::install_headers(manifest).map_err(|why| DriverError::NoHeaders {
+        name: name.to_string(),
+        why,
+    })?;
     let (kernel, headers) = kernel::headers(manifest).map_err(|why| DriverError::NoHeaders {
         name: name.to_string(),
         why,

@@ -63,11 +63,12 @@ pub fn load_path_with(path: &Path, policy: PathPolicy) -> Result<Vec<Suite>, Sui
         }
         // A folder is the plain suites in it: rollout suites are gates of their own,
         // run by `bootgate rollout FILE`, and recovery drills (minutes of crashing
-        // boots per path) run when named: `bootgate run DRILL.toml`.
+        // boots per path) and `standalone` suites (another image's minutes of
+        // boots) run when named: `bootgate run FILE.toml`.
         let mut suites = Vec::new();
         for file in &files {
             let suite = load_file_with(file, policy)?;
-            if suite.rollout.is_none() && suite.drill.is_none() {
+            if suite.rollout.is_none() && suite.drill.is_none() && !suite.standalone {
                 suites.push(suite);
             }
         }
@@ -194,6 +195,7 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         boot_timeout: raw.suite.boot_timeout,
         recovery_settle: raw.suite.recovery_settle,
         evidence: raw.suite.evidence,
+        standalone: raw.suite.standalone,
         drivers,
         scenarios,
         rollout,
@@ -244,6 +246,8 @@ pub(super) struct RawSuite {
     recovery_settle: Option<Duration>,
     #[serde(default)]
     evidence: Evidence,
+    #[serde(default)]
+    standalone: bool,
 }
 
 #[derive(Deserialize)]

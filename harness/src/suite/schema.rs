@@ -24,6 +24,8 @@ pub struct Suite {
     /// The suite's default for its scenarios' `recovery_settle`.
     pub recovery_settle: Option<Duration>,
     pub evidence: Evidence,
+    /// Runs only when named (`bootgate run FILE`), not with the rest of its folder.
+    pub standalone: bool,
     /// Candidate drivers by name.
     pub drivers: BTreeMap<String, Driver>,
     pub scenarios: Vec<Scenario>,

@@ -395,3 +395,21 @@ fn drill_scenarios_take_the_suites_recovery_settle() {
         assert_eq!(s.recovery_settle, Duration::from_secs(30), "{}", s.name);
     }
 }
+
+#[test]
+fn a_standalone_suite_runs_when_named_not_with_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = "[suite]\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nsteps = [{ boot = {} }]\n";
+    std::fs::write(dir.path().join("a.toml"), plain).unwrap();
+    let other = plain.replace(
+        "image = \"demo\"",
+        "image = \"debian12\"\nstandalone = true",
+    );
+    std::fs::write(dir.path().join("b.toml"), other).unwrap();
+    let suites = load_path(dir.path()).unwrap();
+    assert_eq!(suites.len(), 1);
+    assert_eq!(suites[0].image, "demo");
+    let named = load_path(&dir.path().join("b.toml")).unwrap();
+    assert!(named[0].standalone);
+    assert_eq!(named[0].image, "debian12");
+}
