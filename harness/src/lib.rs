@@ -20,7 +20,7 @@
 //!   [`report`] (terminal, live, run.json, junit.xml, report.html, manifest.json);
 //!   [`model::exit::Exit`] is the exit code of an outcome or error.
 //! - the other commands: [`runner::rerun`], [`runner::merge`], [`runner::shard`],
-//!   [`runner::rollout`], [`fuzz::campaign`], [`doctor`], [`image::demo`].
+//!   [`runner::rollout`], [`fuzz::campaign`], [`doctor`], [`image::builtin`].
 //! - the VM layer, for tests that drive a real guest directly: [`qemu::qmp`],
 //!   [`qemu::snapshot`], [`qemu::console`], [`qemu::accel`], [`agent::AgentClient`],
 //!   and the console crash parser [`detect::CrashDetector`].

@@ -209,9 +209,9 @@ pub struct DoctorArgs {
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Build a built-in image (demo) into the per-user cache; reuses it when nothing changed.
+    /// Build a built-in image (demo, debian12) into the per-user cache; reuses it when nothing changed.
     Build {
-        /// Image name: demo.
+        /// Image name: demo (no root needed) or debian12 (Debian 12 with systemd; needs root).
         name: String,
         /// Rebuild even if the cache holds an up-to-date image.
         #[arg(long)]

@@ -21,14 +21,14 @@ pub fn doctor(args: DoctorArgs) -> Exit {
 }
 
 pub fn image_build(name: &str, force: bool) -> Exit {
-    if !image::BUILT_IN.contains(&name) {
+    let Some(built_in) = image::builtin::find(name) else {
         return fail(&image::ImageError::Unknown(name.to_string()), Exit::Usage);
-    }
+    };
     let mut notify = |text: &str| eprintln!("bootgate: {text}");
-    match image::demo::build(force, &mut notify) {
+    match image::builtin::build(built_in, force, &mut notify) {
         Ok(manifest) => {
             println!("image: {}", manifest.display());
-            if let Some(info) = image::demo::build_info(&manifest) {
+            if let Some(info) = image::kernel::build_info(&manifest) {
                 if let Some(kernel) = info.get("kernel_version").and_then(|v| v.as_str()) {
                     println!("kernel: {kernel}");
                 }

@@ -1,6 +1,6 @@
-//! Images: manifests, the built-in demo image and its cache, per-VM overlays.
+//! Images: manifests, the built-in images and their cache, per-VM overlays.
 
-pub mod demo;
+pub mod builtin;
 pub(crate) mod firmware;
 pub mod kernel;
 pub mod manifest;
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub use manifest::{Manifest, ManifestError};
 
 /// Names of images bootgate can build itself.
-pub const BUILT_IN: &[&str] = &["demo"];
+pub const BUILT_IN: &[&str] = &["demo", "debian12"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -32,7 +32,7 @@ pub enum ImageError {
     },
 }
 
-/// Progress notices from long image operations ("building the demo image...").
+/// Progress notices from long image operations ("building the debian12 image...").
 pub(crate) type Notify<'a> = &'a mut dyn FnMut(&str);
 
 /// Resolves a suite's `image` reference to a loaded manifest, building the built-in
@@ -42,8 +42,8 @@ pub(crate) fn resolve(
     base_dir: &Path,
     notify: Notify,
 ) -> Result<Manifest, ImageError> {
-    if BUILT_IN.contains(&reference) {
-        let path = demo::ensure_built(notify)?;
+    if let Some(image) = builtin::find(reference) {
+        let path = builtin::ensure_built(image, notify)?;
         return Ok(Manifest::load(&path)?);
     }
     let looks_like_path = reference.contains('/') || reference.ends_with(".toml");

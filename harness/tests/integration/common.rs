@@ -74,7 +74,8 @@ pub fn demo_manifest() -> &'static Path {
     static MANIFEST: OnceLock<PathBuf> = OnceLock::new();
     MANIFEST.get_or_init(|| {
         let mut notify = |text: &str| eprintln!("{text}");
-        bootgate::image::demo::ensure_built(&mut notify).expect("the demo image builds")
+        let demo = bootgate::image::builtin::find("demo").expect("demo is built in");
+        bootgate::image::builtin::ensure_built(demo, &mut notify).expect("the demo image builds")
     })
 }
 

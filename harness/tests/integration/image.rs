@@ -15,7 +15,7 @@ fn image_build_reuses_the_cache_and_records_kernel_and_headers() {
         "an up-to-date image is not rebuilt: {stderr}"
     );
     assert!(stdout.contains("kernel: 6."), "{stdout}");
-    let info = bootgate::image::demo::build_info(manifest).expect("build-info.json");
+    let info = bootgate::image::kernel::build_info(manifest).expect("build-info.json");
     let kernel = info["kernel_version"].as_str().unwrap();
     assert!(kernel.ends_with("-cloud-amd64"), "{kernel}");
     // Base files are read-only so nothing can write them by accident.

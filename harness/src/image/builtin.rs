@@ -1,6 +1,7 @@
-//! The built-in demo Linux guest: its recipe (images/demo) is compiled into the
-//! binary, so `bootgate` builds it from anywhere, into a per-user cache keyed by a
-//! hash of the recipe and the exact Debian package versions it resolves to.
+//! The built-in images (`demo`, `debian12`): their recipes (images/NAME) are compiled
+//! into the binary, so `bootgate` builds them from anywhere, each into its own folder
+//! of a per-user cache keyed by a hash of its recipe and the exact Debian package
+//! versions it resolves to.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,16 +12,56 @@ use super::{ImageError, Notify};
 use crate::cache::cache_root;
 use crate::util::{sha256_bytes, FileLock};
 
-/// The recipe, embedded: (file name, contents).
-const RECIPE: &[(&str, &str)] = &[
-    ("build.sh", include_str!("../../../images/demo/build.sh")),
-    ("init", include_str!("../../../images/demo/init")),
-    ("shutdown", include_str!("../../../images/demo/shutdown")),
-    (
-        "image.toml",
-        include_str!("../../../images/demo/image.toml"),
-    ),
-];
+/// An image bootgate can build itself from its embedded recipe.
+#[derive(Debug)]
+pub struct BuiltIn {
+    /// What a suite's `image` names; also names its cache folder, lock and build log.
+    pub name: &'static str,
+    /// The recipe, embedded: (file name, contents). `build.sh` is its entry point.
+    recipe: &'static [(&'static str, &'static str)],
+    /// How long a first build takes, for the notice printed before it starts.
+    build_time: &'static str,
+}
+
+/// The demo guest: a busybox initramfs, qemu-ga and the cloud kernel (images/demo).
+const DEMO: BuiltIn = BuiltIn {
+    name: "demo",
+    recipe: &[
+        ("build.sh", include_str!("../../../images/demo/build.sh")),
+        ("init", include_str!("../../../images/demo/init")),
+        ("shutdown", include_str!("../../../images/demo/shutdown")),
+        (
+            "image.toml",
+            include_str!("../../../images/demo/image.toml"),
+        ),
+    ],
+    build_time: "about a minute",
+};
+
+/// Debian 12 with systemd and its packaged agent, made with mmdebstrap
+/// (images/debian12). Its build runs a chroot, so it needs root.
+const DEBIAN12: BuiltIn = BuiltIn {
+    name: "debian12",
+    recipe: &[
+        (
+            "build.sh",
+            include_str!("../../../images/debian12/build.sh"),
+        ),
+        (
+            "image.toml",
+            include_str!("../../../images/debian12/image.toml"),
+        ),
+    ],
+    build_time: "about 2 minutes; needs root",
+};
+
+/// Every built-in image, in the order [`super::BUILT_IN`] names them.
+pub(crate) const IMAGES: &[&BuiltIn] = &[&DEMO, &DEBIAN12];
+
+/// The built-in image called `name`.
+pub fn find(name: &str) -> Option<&'static BuiltIn> {
+    IMAGES.iter().copied().find(|image| image.name == name)
+}
 
 /// Marks a finished build; a folder without it is never used.
 const COMPLETE_MARKER: &str = ".complete";
@@ -35,9 +76,9 @@ fn build_error(message: impl Into<String>) -> ImageError {
     }
 }
 
-/// Writes the embedded recipe into `dir`.
-fn write_recipe(dir: &Path) -> Result<(), ImageError> {
-    for (name, text) in RECIPE {
+/// Writes the embedded recipe of `image` into `dir`.
+fn write_recipe(image: &BuiltIn, dir: &Path) -> Result<(), ImageError> {
+    for (name, text) in image.recipe {
         let path = dir.join(name);
         fs::write(&path, text)
             .map_err(|e| build_error(format!("cannot write {}: {e}", path.display())))?;
@@ -96,14 +137,11 @@ fn memo_store(memo: &Path, fingerprint: &str, resolved: &str) {
 /// keeps no binary cache (Debian's container images): every run paid it. The answer
 /// is remembered per recipe with a fingerprint of apt's lists and configuration, and
 /// asked again as soon as either changes (an `apt-get update`, a new source, a pin).
-pub(crate) fn cache_key(recipe_dir: &Path) -> Result<(String, String), ImageError> {
-    let mut recipe_material = Vec::new();
-    for (name, text) in RECIPE {
-        recipe_material.extend_from_slice(name.as_bytes());
-        recipe_material.push(0);
-        recipe_material.extend_from_slice(text.as_bytes());
-        recipe_material.push(0);
-    }
+pub(crate) fn cache_key(
+    image: &BuiltIn,
+    recipe_dir: &Path,
+) -> Result<(String, String), ImageError> {
+    let recipe_material = recipe_material(image);
     let recipe_hash = sha256_bytes(&recipe_material);
     let memo = cache_root()
         .join("images")
@@ -113,20 +151,37 @@ pub(crate) fn cache_key(recipe_dir: &Path) -> Result<(String, String), ImageErro
     let resolved = match remembered {
         Some(resolved) => resolved,
         None => {
-            let resolved = resolve(recipe_dir)?;
+            let resolved = resolve(image, recipe_dir)?;
             if let Some(f) = &fingerprint {
                 memo_store(&memo, f, &resolved);
             }
             resolved
         }
     };
-    let mut material = recipe_material;
+    Ok((key_of(recipe_material, &resolved), resolved))
+}
+
+/// The recipe's files, each name and contents NUL-terminated: what the key hashes
+/// besides the resolved versions.
+fn recipe_material(image: &BuiltIn) -> Vec<u8> {
+    let mut recipe_material = Vec::new();
+    for (name, text) in image.recipe {
+        recipe_material.extend_from_slice(name.as_bytes());
+        recipe_material.push(0);
+        recipe_material.extend_from_slice(text.as_bytes());
+        recipe_material.push(0);
+    }
+    recipe_material
+}
+
+/// The cache key from the recipe material and the `build.sh resolve` answer.
+fn key_of(mut material: Vec<u8>, resolved: &str) -> String {
     material.extend_from_slice(resolved.as_bytes());
-    Ok((sha256_bytes(&material)[..16].to_string(), resolved))
+    sha256_bytes(&material)[..16].to_string()
 }
 
 /// Runs `build.sh resolve`: "PACKAGE VERSION" per package the image is made of.
-fn resolve(recipe_dir: &Path) -> Result<String, ImageError> {
+fn resolve(image: &BuiltIn, recipe_dir: &Path) -> Result<String, ImageError> {
     let output = Command::new("bash")
         .arg(recipe_dir.join("build.sh"))
         .arg("resolve")
@@ -136,33 +191,36 @@ fn resolve(recipe_dir: &Path) -> Result<String, ImageError> {
         .map_err(|e| build_error(format!("cannot run bash: {e}")))?;
     if !output.status.success() {
         return Err(build_error(format!(
-            "resolving the demo image's packages failed: {}",
+            "resolving the {} image's packages failed: {}",
+            image.name,
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Where a built image with `key` lives.
-pub(crate) fn image_dir(key: &str) -> PathBuf {
-    cache_root().join("images").join(format!("demo-{key}"))
+/// Where `image` built with `key` lives.
+pub(crate) fn image_dir(image: &BuiltIn, key: &str) -> PathBuf {
+    cache_root()
+        .join("images")
+        .join(format!("{}-{key}", image.name))
 }
 
-/// Returns the manifest path of the built demo image, building it first if the cache
+/// Returns the manifest path of the built image, building it first if the cache
 /// has no image for the current recipe and package versions.
-pub fn ensure_built(notify: Notify) -> Result<PathBuf, ImageError> {
-    build(false, notify)
+pub fn ensure_built(image: &BuiltIn, notify: Notify) -> Result<PathBuf, ImageError> {
+    build(image, false, notify)
 }
 
-/// Builds the demo image (or reuses the cached one unless `force`); returns its manifest.
-pub fn build(force: bool, notify: Notify) -> Result<PathBuf, ImageError> {
+/// Builds `image` (or reuses the cached one unless `force`); returns its manifest.
+pub fn build(image: &BuiltIn, force: bool, notify: Notify) -> Result<PathBuf, ImageError> {
     let recipe = tempfile::Builder::new()
         .prefix("bootgate-recipe-")
         .tempdir()
         .map_err(|e| build_error(format!("cannot create a temp folder: {e}")))?;
-    write_recipe(recipe.path())?;
-    let (key, _resolved) = cache_key(recipe.path())?;
-    let target = image_dir(&key);
+    write_recipe(image, recipe.path())?;
+    let (key, _resolved) = cache_key(image, recipe.path())?;
+    let target = image_dir(image, &key);
     let manifest = target.join("image.toml");
     if !force && target.join(COMPLETE_MARKER).is_file() {
         return Ok(manifest);
@@ -171,21 +229,23 @@ pub fn build(force: bool, notify: Notify) -> Result<PathBuf, ImageError> {
     fs::create_dir_all(&images)
         .map_err(|e| build_error(format!("cannot create cache {}: {e}", images.display())))?;
     // One build at a time per cache: a second bootgate waits, then reuses the result.
-    let lock = images.join(".demo.lock");
+    let name = image.name;
+    let lock = images.join(format!(".{name}.lock"));
     let _lock = FileLock::acquire(&lock)
         .map_err(|e| build_error(format!("cannot lock {}: {e}", lock.display())))?;
     if !force && target.join(COMPLETE_MARKER).is_file() {
         return Ok(manifest);
     }
     notify(&format!(
-        "building the demo image into {} (first run only: downloads Debian packages, about a minute)",
-        target.display()
+        "building the {name} image into {} (first run only: downloads Debian packages, {})",
+        target.display(),
+        image.build_time
     ));
     let work = tempfile::Builder::new()
-        .prefix(&format!(".demo-{key}-"))
+        .prefix(&format!(".{name}-{key}-"))
         .tempdir_in(&images)
         .map_err(|e| build_error(format!("cannot create a build folder: {e}")))?;
-    let log_path = images.join(format!("build-demo-{key}.log"));
+    let log_path = images.join(format!("build-{name}-{key}.log"));
     let log = fs::File::create(&log_path)
         .map_err(|e| build_error(format!("cannot create {}: {e}", log_path.display())))?;
     let log_err = log
@@ -235,13 +295,6 @@ pub fn build(force: bool, notify: Notify) -> Result<PathBuf, ImageError> {
     Ok(manifest)
 }
 
-/// `build-info.json` of a built image (kernel version, packages, headers folder).
-pub fn build_info(manifest: &Path) -> Option<serde_json::Value> {
-    let dir = manifest.parent()?;
-    let text = fs::read_to_string(dir.join("build-info.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +320,101 @@ mod tests {
             None,
             "an empty answer is not kept"
         );
+    }
+
+    #[test]
+    fn the_table_has_every_built_in_name_with_its_recipe() {
+        let names: Vec<&str> = IMAGES.iter().map(|image| image.name).collect();
+        assert_eq!(names, super::super::BUILT_IN);
+        for image in IMAGES {
+            assert_eq!(find(image.name).map(|i| i.name), Some(image.name));
+            let file = |name: &str| {
+                image
+                    .recipe
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, text)| *text)
+                    .unwrap_or_else(|| panic!("{} has no {name}", image.name))
+            };
+            assert!(file("build.sh").starts_with("#!/usr/bin/env bash"));
+            // The manifest copied next to the built files names the image it belongs to.
+            let manifest: toml::Table = toml::from_str(file("image.toml")).unwrap();
+            assert_eq!(manifest["name"].as_str(), Some(image.name));
+        }
+        assert!(find("demoo").is_none());
+    }
+
+    #[test]
+    fn each_image_has_its_own_cache_folder_and_key() {
+        let resolved = "linux-image-cloud-amd64 6.1\n";
+        let demo = key_of(recipe_material(&DEMO), resolved);
+        let debian12 = key_of(recipe_material(&DEBIAN12), resolved);
+        assert_ne!(demo, debian12, "same packages, different recipes");
+        assert_ne!(image_dir(&DEMO, &demo), image_dir(&DEBIAN12, &demo));
+        assert!(image_dir(&DEBIAN12, &debian12).ends_with(format!("debian12-{debian12}")));
+        assert_ne!(
+            sha256_bytes(&recipe_material(&DEMO)),
+            sha256_bytes(&recipe_material(&DEBIAN12)),
+            "the remembered resolutions are per recipe"
+        );
+    }
+
+    /// The debian12 manifest loads as a distribution's, with its rescue boot and
+    /// initramfs tool.
+    #[test]
+    fn debian12_manifest_loads_as_a_distribution() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, text) = DEBIAN12
+            .recipe
+            .iter()
+            .find(|(name, _)| *name == "image.toml")
+            .unwrap();
+        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("image.toml"), text).unwrap();
+        let manifest = super::super::Manifest::load(&dir.path().join("image.toml")).unwrap();
+        assert_eq!(manifest.name, "debian12");
+        assert!(manifest.boot.append.contains("oops=panic panic=-1"));
+        assert!(manifest.ready.agent);
+        assert_eq!(manifest.linux_profile, crate::guest::LinuxProfile::Distro);
+        let profile = manifest.guest_profile();
+        assert_eq!(
+            profile.safe_mode_append(&["demo_sensor".into()]).unwrap(),
+            "modprobe.blacklist=demo_sensor"
+        );
+        assert!(profile
+            .register_driver("demo_sensor", "", false, true)
+            .is_ok());
+    }
+
+    /// The demo's cache key is what it was before the table: an existing cache stays valid.
+    #[test]
+    fn demo_cache_key_is_unchanged_by_the_table() {
+        let mut material = Vec::new();
+        for (name, path) in [
+            ("build.sh", "build.sh"),
+            ("init", "init"),
+            ("shutdown", "shutdown"),
+            ("image.toml", "image.toml"),
+        ] {
+            let text = std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../images/demo")
+                    .join(path),
+            )
+            .unwrap();
+            material.extend_from_slice(name.as_bytes());
+            material.push(0);
+            material.extend_from_slice(&text);
+            material.push(0);
+        }
+        material.extend_from_slice(b"busybox-static 1\n");
+        assert_eq!(
+            key_of(recipe_material(&DEMO), "busybox-static 1\n"),
+            sha256_bytes(&material)[..16]
+        );
+        assert!(image_dir(&DEMO, "k").ends_with("demo-k"));
     }
 
     #[test]
