@@ -49,7 +49,19 @@ if [ "$BG_INITRAMFS" = 1 ]; then
 fi
 sync
 if [ "$BG_LOAD" = 1 ]; then modprobe "$BG_NAME"; fi
-echo "$dir/$BG_NAME.ko""#;
+echo "bootgate-installed: $dir/$BG_NAME.ko""#;
+
+/// The line of [`REGISTER`]'s output that says where the module went.
+const INSTALLED_MARKER: &str = "bootgate-installed: ";
+
+/// Where [`REGISTER`] put the module, from its output (other lines are the
+/// initramfs tool's and depmod's).
+pub(crate) fn installed_path(stdout: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(INSTALLED_MARKER))
+        .map(|p| p.trim().to_string())
+}
 
 /// Reverses [`REGISTER`]: unloads, removes the module and its load and
 /// option files, re-indexes, and rebuilds the initramfs if the module was in it.
@@ -72,3 +84,19 @@ if [ -f "/etc/dracut.conf.d/$BG_NAME.conf" ]; then
 fi
 if [ "$rebuild" = 1 ] && [ -n "$BG_INITRAMFS_UPDATE" ]; then sh -c "$BG_INITRAMFS_UPDATE"; fi
 sync"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installed_path_is_the_marked_line_whatever_else_is_printed() {
+        let out = b"update-initramfs: Generating /boot/initrd.img-6.1\nbootgate-installed: /lib/modules/6.1/updates/bootgate/x.ko\n";
+        assert_eq!(
+            installed_path(out).as_deref(),
+            Some("/lib/modules/6.1/updates/bootgate/x.ko")
+        );
+        assert!(REGISTER.ends_with(&format!("echo \"{INSTALLED_MARKER}$dir/$BG_NAME.ko\"")));
+        assert_eq!(installed_path(b"insmod ok\n"), None);
+    }
+}

@@ -99,7 +99,7 @@ fn the_distro_suite_shows_the_cf291_story_on_debian12() {
         s["steps"][1]["detail"]
             .as_str()
             .unwrap()
-            .contains("in the guest's initramfs"),
+            .contains("in the guest's initramfs (which this image does not boot"),
         "{s:#}"
     );
     assert_no_vm_left(&run);

@@ -7,6 +7,8 @@
 //! [`crate::detect::boot_watch`]'s to say; this module acts on it.
 //!
 //! - `machine`: QEMU's lifecycle and the waits that drive the boot watch;
+//! - `crash_watch`: after a crash, the boots watched for a loop or a recovery that
+//!   holds the settle window;
 //! - `evidence`: what a crash or hang leaves behind (screenshots, dumps, the
 //!   guest's own dumps);
 //! - `steps`: the suite's steps, run through the guest agent;
@@ -31,12 +33,14 @@ use crate::runner::verdict::{after_ready_span, judge, Observed};
 use crate::suite::{Scenario, Step};
 use crate::util::human_duration;
 
+mod crash_watch;
 mod evidence;
 mod machine;
 mod recovery;
 mod steps;
 
-use machine::{Machine, MachineSetup, Watched};
+use crash_watch::Watched;
+use machine::{Machine, MachineSetup};
 
 /// Why a wait ended other than with what it waited for.
 #[derive(Debug)]

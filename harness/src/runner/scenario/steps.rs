@@ -10,7 +10,7 @@ use super::machine::{Machine, Wake};
 use super::{StepError, Stop};
 use crate::agent::worker::{Answer, JobError, Request, REQUEST_TIMEOUT};
 use crate::agent::{AgentError, ShutdownMode};
-use crate::guest::{linux, GuestCommand, OsFamily, RebootMethod};
+use crate::guest::{distro, linux, GuestCommand, RebootMethod};
 use crate::model::record::StepOutcome;
 use crate::model::Emitter;
 use crate::qemu::vm::QMP_COMMAND_TIMEOUT;
@@ -146,8 +146,8 @@ impl Machine<'_> {
             s.initramfs,
         ))?;
         self.write_guest_file(&built.module, upload.clone())?;
-        let output = match self.exec(register, 0, DRIVER_COMMAND_TIMEOUT) {
-            Ok(output) => output,
+        let stdout = match self.exec_output(register, DRIVER_COMMAND_TIMEOUT) {
+            Ok(stdout) => stdout,
             Err(StepError::Failed(outcome, detail)) => {
                 // A module for another kernel is the user's build problem: no verdict
                 // on the driver can be made from it.
@@ -161,24 +161,20 @@ impl Machine<'_> {
         if !self.installed.contains(&s.driver) {
             self.installed.push(s.driver.clone());
         }
-        // The distro script prints where the module went (its folder depends on
-        // the guest's kernel release); the demo's is the upload path itself.
-        let placed = match self.profile.linux {
-            crate::guest::LinuxProfile::Distro if self.profile.os == OsFamily::Linux => output
-                .split("stdout: ")
-                .nth(1)
-                .map_or(upload, |out| out.trim().to_string()),
-            _ => upload,
+        // The distro script says where the module went (its folder depends on the
+        // guest's kernel release); the demo's is the upload path itself.
+        let placed = distro::installed_path(&stdout).unwrap_or(upload);
+        let initramfs = match (s.initramfs, self.setup.manifest.boot.initrd.is_some()) {
+            (false, _) => "",
+            (true, false) => ", and in the guest's initramfs",
+            // Said, so nobody reads it as an early-boot test: this image boots the
+            // host-side initrd its manifest names.
+            (true, true) => ", and in the guest's initramfs (which this image does not boot: its manifest's boot.initrd is used instead)",
         };
         Ok(format!(
-            "{} (sha256 {}) installed at {placed}{}{}",
+            "{} (sha256 {}) installed at {placed}{initramfs}{}",
             s.driver,
             built.sha256.get(..12).unwrap_or(&built.sha256),
-            if s.initramfs {
-                ", in the initramfs"
-            } else {
-                ""
-            },
             if s.load_now {
                 " and loaded"
             } else {
