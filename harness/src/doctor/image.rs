@@ -77,10 +77,14 @@ pub fn run(path: &Path, choice: AccelChoice, out: &mut dyn Write) -> bool {
     };
     let manifest = match Manifest::load(&manifest_path) {
         Ok(m) => {
+            let kind = match m.os {
+                OsFamily::Linux => format!("linux, profile {}", m.linux_profile.as_str()),
+                OsFamily::Windows => "windows".to_string(),
+            };
             report.line(
                 Level::Ok,
                 "manifest",
-                &format!("{} ({:?})", manifest_path.display(), m.os),
+                &format!("{} ({kind})", manifest_path.display()),
             );
             m
         }

@@ -25,6 +25,15 @@ pub enum LinuxProfile {
     Distro,
 }
 
+impl LinuxProfile {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            LinuxProfile::Demo => "demo",
+            LinuxProfile::Distro => "distro",
+        }
+    }
+}
+
 /// What bootgate does to reboot the guest when the agent's `guest-shutdown` fails
 /// (the guest's own shutdown command failed, say, as systemd's does without D-Bus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -86,6 +86,18 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The debian12 image's manifest, built once into the shared cache (needs root, as
+/// CI is).
+pub fn debian12_manifest() -> &'static Path {
+    static MANIFEST: OnceLock<PathBuf> = OnceLock::new();
+    MANIFEST.get_or_init(|| {
+        let mut notify = |text: &str| eprintln!("{text}");
+        let image = bootgate::image::builtin::find("debian12").expect("debian12 is built in");
+        bootgate::image::builtin::ensure_built(image, &mut notify)
+            .expect("the debian12 image builds")
+    })
+}
+
 /// A copy of the demo image manifest in `dir` (absolute paths to the built files),
 /// with extra kernel parameters and a different ready timeout.
 pub fn demo_variant(dir: &Path, extra_append: &str, ready_timeout: &str) -> PathBuf {

@@ -104,3 +104,33 @@ fn the_distro_suite_shows_the_cf291_story_on_debian12() {
     );
     assert_no_vm_left(&run);
 }
+
+/// `doctor --image` on a distribution checks what the distro profile needs: kmod's
+/// tools, a boot-time reader of modules-load.d, the initramfs tool, the kernel
+/// release against the image's record, the host's headers for it.
+#[test]
+fn doctor_checks_what_the_distro_profile_needs() {
+    let manifest = debian12_manifest();
+    let out = run(&[
+        "doctor",
+        "--image",
+        manifest.to_str().unwrap(),
+        "--accel",
+        "tcg",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "(linux, profile distro)",
+        "ok   guest agent: answered",
+        "ok   pvpanic: driver bound",
+        "ok   kernel headers: 6.",
+        "ok   depmod, modprobe, modinfo: ",
+        "ok   modules-load.d: ",
+        "ok   initramfs tool: ",
+        "ok   kernel release: 6.",
+        "note content_dir: /var/lib/sensor does not exist yet: bootgate creates it",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}

@@ -9,8 +9,10 @@ use crate::common::*;
 const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
 
 /// Two scenarios on the real sensor with the 21-field content applied live: one
-/// crashes 4 s after load at every boot, one crashes so once and then its guard
-/// skips the content.
+/// crashes 10 s after load at every boot, one crashes so once and then its guard
+/// skips the content. The demo guest answers 2-5 s after its drivers load, so the
+/// crash comes some seconds after ready; on a host so loaded that a boot takes
+/// longer, that boot crashes before ready, which the loop counts the same way.
 fn late_suite(dir: &std::path::Path) -> std::path::PathBuf {
     let demo = std::path::Path::new(DEMO_SUITES).canonicalize().unwrap();
     write(
@@ -31,7 +33,7 @@ reload = "echo 1 > /sys/module/demo_sensor/parameters/reload"
 name = "crashes-after-every-ready"
 boot_loop_boots = 2
 steps = [
-  {{ install_driver = {{ driver = "demo_sensor", params = "boot_delay_ms=4000", load_now = true }} }},
+  {{ install_driver = {{ driver = "demo_sensor", params = "boot_delay_ms=10000", load_now = true }} }},
   {{ apply_content = {{ driver = "demo_sensor", file = "{demo}/content/cf291-21-fields.content", reload = true }} }},
 ]
 
@@ -43,7 +45,7 @@ expect = "crash"
 expect_title = "sensor_match_fields"
 recovery_settle = "12s"
 steps = [
-  {{ install_driver = {{ driver = "demo_sensor", params = "boot_delay_ms=4000 loop_guard=1", load_now = true }} }},
+  {{ install_driver = {{ driver = "demo_sensor", params = "boot_delay_ms=10000 loop_guard=1", load_now = true }} }},
   {{ apply_content = {{ driver = "demo_sensor", file = "{demo}/content/cf291-21-fields.content", reload = true }} }},
   {{ exec = {{ run = "dmesg | grep -q 'boot-loop guard: 1 unclean boots, skipping content'" }} }},
 ]
@@ -78,17 +80,25 @@ fn late_crashes_make_a_boot_loop_and_a_recovery_waits_out_the_settle_window() {
     assert!(every["recovery"].is_null(), "no recovery: {every}");
     let boots = every["boots"].as_array().unwrap();
     assert_eq!(boots.len(), 3, "{boots:?}");
+    let mut late_boots = 0;
     for boot in &boots[1..] {
-        assert_eq!(boot["outcome"], "ready", "it answered first: {boot}");
-        assert_eq!(crashed(boot), "after_ready", "{boot}");
-        assert_eq!(boot["crash"], TITLE);
-        let late = boot["crash_after_ready_ms"].as_u64().unwrap();
-        assert!(late < 20_000, "inside the default window: {boot}");
+        assert_eq!(boot["crash"], TITLE, "every watched boot crashed: {boot}");
+        if crashed(boot) == "after_ready" {
+            assert_eq!(boot["outcome"], "ready", "it answered first: {boot}");
+            let late = boot["crash_after_ready_ms"].as_u64().unwrap();
+            assert!(late < 20_000, "inside the default window: {boot}");
+            late_boots += 1;
+        }
     }
+    assert!(
+        late_boots >= 1,
+        "the loop is made of boots that answered, then crashed: {boots:?}"
+    );
     let reason = every["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("boot loop: 2 consecutive boots crashed (2 of them ")
-            && reason.contains(" s after ready): ")
+        reason.starts_with(&format!(
+            "boot loop: 2 consecutive boots crashed ({late_boots} of them "
+        )) && reason.contains(" s after ready): ")
             && reason.ends_with(TITLE),
         "{reason}"
     );
@@ -96,7 +106,9 @@ fn late_crashes_make_a_boot_loop_and_a_recovery_waits_out_the_settle_window() {
     assert_eq!(apply["kind"], "apply_content");
     let detail = apply["detail"].as_str().unwrap();
     assert!(
-        detail.contains("boot loop: 2 consecutive boots crashed (2 of them"),
+        detail.contains(&format!(
+            "boot loop: 2 consecutive boots crashed ({late_boots} of them"
+        )),
         "{detail}"
     );
     assert!(
@@ -111,7 +123,11 @@ fn late_crashes_make_a_boot_loop_and_a_recovery_waits_out_the_settle_window() {
     assert_eq!(once["boot_loop"], false, "{once}");
     let boots = once["boots"].as_array().unwrap();
     assert_eq!(boots.len(), 3, "{boots:?}");
-    assert_eq!(crashed(&boots[1]), "after_ready", "{once}");
+    assert_ne!(
+        crashed(&boots[1]),
+        "none",
+        "the first reboot crashed: {once}"
+    );
     assert_eq!(crashed(&boots[2]), "none", "{once}");
     let recovery = &once["recovery"];
     assert_eq!(recovery["boots"], 2, "{recovery}");
