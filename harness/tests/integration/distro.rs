@@ -134,3 +134,56 @@ fn doctor_checks_what_the_distro_profile_needs() {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
 }
+
+/// With `guest.reboot = "acpi"`, a reboot the agent cannot do (the guest's
+/// shutdown command fails, as systemd's does without D-Bus) goes through the ACPI
+/// power button, which systemd-logind answers with a clean power-off, and a fresh
+/// power-on of the same disk; the boot records how it came.
+#[test]
+fn acpi_fallback_powers_a_distribution_off_and_on_when_guest_shutdown_fails() {
+    let manifest = debian12_manifest();
+    let image_dir = manifest.parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = std::fs::read_to_string(manifest).unwrap();
+    for file in ["vmlinuz", "initrd.img", "system.qcow2"] {
+        let abs = image_dir.join(file).display().to_string();
+        text = text.replace(&format!("\"{file}\""), &format!("{abs:?}"));
+    }
+    let text = text.replace(
+        "safe_mode_append = ",
+        "reboot = \"acpi\"\nsafe_mode_append = ",
+    );
+    write(dir.path(), "image.toml", &text);
+    std::fs::copy(
+        image_dir.join("build-info.json"),
+        dir.path().join("build-info.json"),
+    )
+    .unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        r#"[suite]
+name = "acpi"
+image = "image.toml"
+
+[[scenario]]
+name = "fallback"
+steps = [
+  { exec = { run = "rm -f /sbin/shutdown && printf '#!/bin/sh\\nsleep 2\\necho Failed to connect to bus >&2\\nexit 1\\n' > /sbin/shutdown && chmod +x /sbin/shutdown && sync" } },
+  { reboot = { times = 1 } },
+  { exec = { run = "test \"$(cat /var/lib/bootgate/bootcount)\" -eq 2" } },
+]
+"#,
+    );
+    let out_dir = dir.path().join("results");
+    let out = run_tcg(&suite, &out_dir, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let run = run_json(&out_dir);
+    let s = scenario(&run, "acpi/fallback");
+    let via = s["boots"][1]["reboot_via"].as_str().unwrap();
+    assert!(
+        via.contains("guest.reboot = \"acpi\"") && via.contains("failed to shutdown"),
+        "{via}"
+    );
+    assert_no_vm_left(&run);
+}
