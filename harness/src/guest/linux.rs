@@ -61,6 +61,18 @@ pub(crate) fn wrong_kernel(driver: &str, exit: Option<i32>, output: &str) -> Opt
     ))
 }
 
+/// A failed install whose script could not run a tool (the shell's exit 127, "not
+/// found"): the image lacks what its profile needs, which is setup trouble, said
+/// with the command that checks an image.
+pub(crate) fn missing_tool(driver: &str, manifest: &str, output: &str) -> Option<String> {
+    output.starts_with("exit 127").then(|| {
+        format!(
+            "installing {driver} needs a tool the guest does not have ({}): the image lacks what its profile needs; `bootgate doctor --image {manifest}` lists it",
+            output.trim()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +92,17 @@ mod tests {
             wrong_kernel("x", Some(1), "stderr: modprobe: FATAL: Module x not found"),
             None
         );
+    }
+
+    #[test]
+    fn a_missing_tool_is_setup_trouble() {
+        let out = "exit 127, expected exit 0; stderr: sh: 1: depmod: not found";
+        let why = missing_tool("x", "img/image.toml", out).unwrap();
+        assert!(
+            why.contains("depmod: not found") && why.contains("doctor --image img/image.toml"),
+            "{why}"
+        );
+        assert_eq!(missing_tool("x", "m", "exit 1, expected exit 0"), None);
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
         let missing = &b.drivers.as_ref()?.missing;
         (!missing.is_empty()).then(|| {
             format!(
-                "driver {} was not loaded at boot {} (installed to load at every boot; the guest did not load it: see the console log)",
+                "driver {} was not loaded at boot {} (installed to load at every boot; the guest did not load it: its console log says why, and `bootgate doctor --image` checks that the image loads installed drivers at boot)",
                 missing.join(", "),
                 b.index
             )

@@ -129,7 +129,7 @@ steps = [{{ install_driver = {{ driver = "junk", load_now = true }} }}]
     assert_eq!(s["verdict"], "fail", "{s:#}");
     assert_eq!(
         s["reason"].as_str().unwrap(),
-        "driver demo_sensor was not loaded at boot 2 (installed to load at every boot; the guest did not load it: see the console log)"
+        "driver demo_sensor was not loaded at boot 2 (installed to load at every boot; the guest did not load it: its console log says why, and `bootgate doctor --image` checks that the image loads installed drivers at boot)"
     );
     assert_eq!(s["boots"][1]["drivers"]["missing"][0], "demo_sensor");
     assert_eq!(

@@ -149,9 +149,12 @@ impl Machine<'_> {
         let stdout = match self.exec_output(register, DRIVER_COMMAND_TIMEOUT) {
             Ok(stdout) => stdout,
             Err(StepError::Failed(outcome, detail)) => {
-                // A module for another kernel is the user's build problem: no verdict
-                // on the driver can be made from it.
-                return Err(match linux::wrong_kernel(&s.driver, None, &detail) {
+                // A module for another kernel is the user's build problem, a tool the
+                // image lacks is the image's: no verdict on the driver either way.
+                let manifest = self.setup.manifest.path.display().to_string();
+                let setup = linux::wrong_kernel(&s.driver, None, &detail)
+                    .or_else(|| linux::missing_tool(&s.driver, &manifest, &detail));
+                return Err(match setup {
                     Some(why) => Stop::Infra(why).into(),
                     None => StepError::Failed(outcome, detail),
                 });
