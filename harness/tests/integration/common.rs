@@ -98,10 +98,9 @@ pub fn debian12_manifest() -> &'static Path {
     })
 }
 
-/// A copy of the demo image manifest in `dir` (absolute paths to the built files),
-/// with extra kernel parameters and a different ready timeout.
-pub fn demo_variant(dir: &Path, extra_append: &str, ready_timeout: &str) -> PathBuf {
-    let manifest = demo_manifest();
+/// A copy in `dir` of a built image's manifest, its files named by absolute path and
+/// its build record (kernel, headers) beside it, with `edit` applied to its text.
+pub fn image_variant(manifest: &Path, dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let image_dir = manifest.parent().unwrap();
     let mut text = std::fs::read_to_string(manifest).unwrap();
     for file in ["vmlinuz", "initrd.img", "system.qcow2"] {
@@ -111,21 +110,34 @@ pub fn demo_variant(dir: &Path, extra_append: &str, ready_timeout: &str) -> Path
             &format!("{:?}", abs.display().to_string()),
         );
     }
-    let append_line = text
-        .lines()
-        .find(|l| l.starts_with("append = "))
-        .unwrap()
-        .to_string();
-    let new_append = format!(
-        "{}\"",
-        append_line.trim_end_matches('"').to_string() + " " + extra_append
-    );
-    text = text.replace(&append_line, &new_append);
-    text = text.replace(
-        "timeout = \"120s\"",
-        &format!("timeout = {ready_timeout:?}"),
-    );
-    write(dir, "image.toml", &text)
+    std::fs::copy(
+        image_dir.join("build-info.json"),
+        dir.join("build-info.json"),
+    )
+    .unwrap();
+    let edited = edit(text.clone());
+    write(dir, "image.toml", &edited)
+}
+
+/// A copy of the demo image manifest in `dir` (absolute paths to the built files),
+/// with extra kernel parameters and a different ready timeout.
+pub fn demo_variant(dir: &Path, extra_append: &str, ready_timeout: &str) -> PathBuf {
+    image_variant(demo_manifest(), dir, |mut text| {
+        let append_line = text
+            .lines()
+            .find(|l| l.starts_with("append = "))
+            .unwrap()
+            .to_string();
+        let new_append = format!(
+            "{}\"",
+            append_line.trim_end_matches('"').to_string() + " " + extra_append
+        );
+        text = text.replace(&append_line, &new_append);
+        text.replace(
+            "timeout = \"120s\"",
+            &format!("timeout = {ready_timeout:?}"),
+        )
+    })
 }
 
 /// run.json of the latest run in `out`.

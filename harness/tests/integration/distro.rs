@@ -141,24 +141,13 @@ fn doctor_checks_what_the_distro_profile_needs() {
 /// power-on of the same disk; the boot records how it came.
 #[test]
 fn acpi_fallback_powers_a_distribution_off_and_on_when_guest_shutdown_fails() {
-    let manifest = debian12_manifest();
-    let image_dir = manifest.parent().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut text = std::fs::read_to_string(manifest).unwrap();
-    for file in ["vmlinuz", "initrd.img", "system.qcow2"] {
-        let abs = image_dir.join(file).display().to_string();
-        text = text.replace(&format!("\"{file}\""), &format!("{abs:?}"));
-    }
-    let text = text.replace(
-        "safe_mode_append = ",
-        "reboot = \"acpi\"\nsafe_mode_append = ",
-    );
-    write(dir.path(), "image.toml", &text);
-    std::fs::copy(
-        image_dir.join("build-info.json"),
-        dir.path().join("build-info.json"),
-    )
-    .unwrap();
+    image_variant(debian12_manifest(), dir.path(), |text| {
+        text.replace(
+            "safe_mode_append = ",
+            "reboot = \"acpi\"\nsafe_mode_append = ",
+        )
+    });
     let suite = write(
         dir.path(),
         "suite.toml",

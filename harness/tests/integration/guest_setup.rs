@@ -11,14 +11,11 @@ use crate::common::*;
 
 /// A demo image manifest in `dir` with `edit` applied to its text.
 fn demo_manifest_with(dir: &Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
-    let path = demo_variant(dir, "", "120s");
-    // The built image's record of its kernel and headers, which `source` builds use.
-    let info = demo_manifest().with_file_name("build-info.json");
-    std::fs::copy(info, dir.join("build-info.json")).unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let edited = edit(text.clone());
-    assert_ne!(edited, text, "the edit changed the manifest");
-    write(dir, "image.toml", &edited)
+    image_variant(demo_manifest(), dir, |text| {
+        let edited = edit(text.clone());
+        assert_ne!(edited, text, "the edit changed the manifest");
+        edited
+    })
 }
 
 /// A guest shutdown command that fails the way systemd's does without D-Bus: after
