@@ -205,6 +205,15 @@ fn is_executable(path: &std::path::Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// True when `path` is relative and made only of plain names (no root, `.`, `..`
+/// or prefix): joined to a folder, it stays below that folder (symlinks aside,
+/// which bootgate's own run folders do not hold).
+pub(crate) fn is_relative_below(path: &std::path::Path) -> bool {
+    use std::path::Component;
+    path.components().next().is_some()
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +269,14 @@ mod tests {
             sha256_bytes(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn only_plain_relative_paths_stay_below() {
+        use std::path::Path;
+        assert!(is_relative_below(Path::new("demo/cf291")));
+        for bad in ["", "/etc", "../x", "demo/../../x", "./x", "demo/.."] {
+            assert!(!is_relative_below(Path::new(bad)), "{bad}");
+        }
     }
 }

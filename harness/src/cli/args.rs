@@ -103,12 +103,12 @@ pub struct RunArgs {
     /// Keep each VM's disk overlay in the results (system.qcow2).
     #[arg(long, short)]
     pub keep: bool,
-    /// VMs to run at once (default: one per core, as free memory allows).
-    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// VMs to run at once (default: one per core, as free memory allows; at most 64).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
     /// Retry a scenario that ended in `error` (infrastructure trouble) up to N more
-    /// times. Every attempt's evidence is kept (<scenario>.attempt-K folders).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// times (at most 10). Every attempt's evidence is kept (<scenario>.attempt-K folders).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub retries: u32,
     /// With --retries, retry `fail` too. A pass after a failure is `flaky`, never a
     /// plain pass: it is reported as such everywhere.
@@ -240,14 +240,14 @@ pub struct FuzzArgs {
     /// Stop after this long (30s, 10m, 2h).
     #[arg(long, default_value = "10m", value_parser = suite::parse_duration, value_name = "DURATION")]
     pub time: std::time::Duration,
-    /// Stop after this many executions (minimizing not counted).
-    #[arg(long, value_name = "N")]
+    /// Stop after this many executions (minimizing not counted; at most 100 million).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub execs: Option<u64>,
     /// Stop once N unique crashes are found (CI: prove the bug is findable).
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
-    /// VMs at once (default: one per core, as free memory allows).
-    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// VMs at once (default: one per core, as free memory allows; at most 64).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
     /// Output folder; each run lands in DIR/<run-id>, DIR/latest points at it.
     #[arg(long, short, default_value = "results/fuzz", value_name = "DIR")]
@@ -274,8 +274,8 @@ pub struct RolloutArgs {
     /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
-    /// VMs at once within a target's run (default: one per core, as memory allows).
-    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// VMs at once within a target's run (default: one per core, as memory allows; at most 64).
+    #[arg(long, short, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: Option<u32>,
     /// Let the suite name files outside its own folder.
     #[arg(long)]

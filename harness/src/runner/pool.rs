@@ -306,7 +306,15 @@ impl Pool<'_> {
             interrupted: false,
         };
         let prepared = self.prepared;
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        // Names are checked at load (one plain path component each); checked again
+        // here, before anything is written, so a name can never place evidence
+        // outside the run folder.
+        if !crate::util::is_relative_below(rel_dir) {
+            ran.record.reason = Some(format!(
+                "refusing to write {}: it is not a folder below the run folder",
+                rel_dir.display()
+            ));
+        } else if let Err(e) = std::fs::create_dir_all(&dir) {
             ran.record.reason = Some(format!("cannot create {}: {e}", dir.display()));
         } else if let Some(problem) = &prepared.qemu_problem {
             ran.record.reason = Some(problem.clone());

@@ -148,11 +148,12 @@ impl Drill {
         if self.paths().is_empty() {
             return Err("[drill] measures no recovery path: add one or more of [drill.path.guard], [drill.path.rescue_boot], [drill.path.offline], [drill.path.agent_rollback]".into());
         }
-        if self.recovers_within == 0 {
-            return Err("[drill] `recovers_within` must be at least 1 (boots from the crash to a ready boot)".into());
+        let most = super::validate::MAX_WATCHED_BOOTS;
+        if self.recovers_within == 0 || self.recovers_within > most {
+            return Err(format!("[drill] `recovers_within` must be 1 to {most} (boots from the crash to a ready boot)"));
         }
-        if self.intervene_after == 0 {
-            return Err("[drill] `intervene_after` must be at least 1 (reboots that crash again before a rescue boot or the helper VM steps in)".into());
+        if self.intervene_after == 0 || self.intervene_after > most {
+            return Err(format!("[drill] `intervene_after` must be 1 to {most} (reboots that crash again before a rescue boot or the helper VM steps in)"));
         }
         Ok(())
     }

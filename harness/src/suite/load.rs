@@ -150,6 +150,13 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
     for (name, driver) in raw.driver {
         let span = driver.span();
         let driver = driver.into_inner();
+        if !validate::valid_name(&name) {
+            let header = [format!("[driver.{name}]"), format!("[driver.\"{name}\"]")]
+                .iter()
+                .find_map(|h| text.find(h.as_str()))
+                .unwrap_or(span.start);
+            return Err(at(header, validate::name_error("driver", &name)));
+        }
         validate::driver(&name, &driver, dir, policy).map_err(|m| at(span.start, m))?;
         drivers.insert(name, driver);
     }
@@ -172,10 +179,26 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
     for scenario in raw.scenario {
         scenarios.push(checks.scenario(scenario, &mut names)?);
     }
-    let name = raw.suite.name.unwrap_or_else(|| {
-        path.file_stem()
-            .map_or_else(|| "suite".into(), |s| s.to_string_lossy().into_owned())
-    });
+    let name = match raw.suite.name {
+        Some(name) => {
+            let span = name.span();
+            let name = name.into_inner();
+            if !validate::valid_name(&name) {
+                return Err(at(span.start, validate::name_error("suite `name`", &name)));
+            }
+            name
+        }
+        None => {
+            let stem = path
+                .file_stem()
+                .map_or_else(|| "suite".into(), |s| s.to_string_lossy().into_owned());
+            if !validate::valid_name(&stem) {
+                let message = validate::name_error("the suite's file name", &stem);
+                return Err(at(0, format!("{message}; or give [suite] a `name`")));
+            }
+            stem
+        }
+    };
     if let Some(rollout) = &raw.rollout {
         let offset = text
             .find("[rollout")
@@ -238,7 +261,7 @@ pub(super) struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSuite {
-    name: Option<String>,
+    name: Option<Spanned<String>>,
     image: String,
     #[serde(default, deserialize_with = "opt_duration")]
     boot_timeout: Option<Duration>,

@@ -127,7 +127,7 @@ fn boot_only_first_and_reboot_at_least_once() {
     let (_, _, m) = invalid(&GOOD.replace("{ exec = { run = \"true\" } }", "{ boot = {} }"));
     assert!(m.contains("only come first"), "{m}");
     let (_, _, m) = invalid(&GOOD.replace("times = 2", "times = 0"));
-    assert!(m.contains("at least 1"), "{m}");
+    assert!(m.contains("must be 1 to 100 (got 0)"), "{m}");
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn drill_mistakes_are_located_and_say_what_to_do() {
         "{m}"
     );
     let (_, m) = message(&DRILL.replace("recovers_within = 4", "recovers_within = 0"));
-    assert!(m.contains("at least 1"), "{m}");
+    assert!(m.contains("must be 1 to 20"), "{m}");
     let (_, m) = message(&format!(
         "[[scenario]]\nname = \"recover-by-guard\"\nsteps = [{{ boot = {{}} }}]\n{DRILL}"
     ));
@@ -309,7 +309,8 @@ fn recover_and_rollback_steps_are_checked() {
             .contains("none.content")
     );
     assert!(
-        err("{ rollback_content = { driver = \"sensor\", boots = 0 } }").contains("at least 1")
+        err("{ rollback_content = { driver = \"sensor\", boots = 0 } }")
+            .contains("must be 1 to 20 (got 0)")
     );
 }
 
@@ -412,4 +413,45 @@ fn a_standalone_suite_runs_when_named_not_with_its_folder() {
     let named = load_path(&dir.path().join("b.toml")).unwrap();
     assert!(named[0].standalone);
     assert_eq!(named[0].image, "debian12");
+}
+
+#[test]
+fn names_are_one_plain_path_component_and_counts_are_bounded() {
+    let base = "[suite]\nname = \"s\"\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nsteps = [{ reboot = { times = 1 } }]\n";
+    for (from, to, want) in [
+        (
+            "name = \"s\"",
+            "name = \"../../../escape\"",
+            "suite `name` \"../../../escape\" must start with a letter or digit",
+        ),
+        (
+            "name = \"s\"",
+            "name = \".hidden\"",
+            "suite `name` \".hidden\"",
+        ),
+        ("name = \"a\"", "name = \"..\"", "scenario `name` \"..\""),
+        (
+            "times = 1",
+            "times = 4294967295",
+            "must be 1 to 100 (got 4294967295)",
+        ),
+        (
+            "steps = [",
+            "boot_loop_boots = 1000\nsteps = [",
+            "`boot_loop_boots` must be 2 to 20 (got 1000)",
+        ),
+    ] {
+        let text = base.replacen(from, to, 1);
+        assert_ne!(text, base);
+        let (line, _, m) = invalid(&text);
+        assert!(m.contains(want), "{to}: {m}");
+        assert!(line >= 1, "located: {m}");
+    }
+    let long = "x".repeat(65);
+    let (_, _, m) = invalid(&base.replace("name = \"a\"", &format!("name = \"{long}\"")));
+    assert!(m.contains("at most 64"), "{m}");
+    let driver = format!("{base}[driver.\"../d\"]\nmodule = \"m.ko\"\n");
+    let (line, _, m) = invalid(&driver);
+    assert!(m.contains("driver \"../d\" must start"), "{m}");
+    assert_eq!(line, 7, "at the driver's header: {m}");
 }

@@ -38,10 +38,7 @@ impl Checks<'_> {
         let name_span = scenario.name.span();
         let name = scenario.name.into_inner();
         if !valid_name(&name) {
-            return Err(at(
-                name_span.start,
-                format!("scenario `name` {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"),
-            ));
+            return Err(at(name_span.start, name_error("scenario `name`", &name)));
         }
         if !names.insert(name.clone()) {
             return Err(at(
@@ -76,9 +73,9 @@ impl Checks<'_> {
             )));
         }
         let boot_loop_boots = scenario.boot_loop_boots.unwrap_or(DEFAULT_BOOT_LOOP_BOOTS);
-        if boot_loop_boots < 2 {
+        if !(2..=MAX_WATCHED_BOOTS).contains(&boot_loop_boots) {
             return Err(at(format!(
-                "scenario {name:?}: `boot_loop_boots` must be at least 2"
+                "scenario {name:?}: `boot_loop_boots` must be 2 to {MAX_WATCHED_BOOTS} (got {boot_loop_boots})"
             )));
         }
         let cold_boot = scenario.cold_boot || matches!(steps.first(), Some(Step::Boot(_)));
@@ -207,13 +204,17 @@ pub(super) fn rollout(rollout: &Rollout) -> Result<(), String> {
     let mut names = BTreeSet::new();
     for ring in &rollout.rings {
         if !valid_name(&ring.name) {
-            return Err(format!(
-                "ring `name` {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
-                ring.name
-            ));
+            return Err(name_error("ring `name`", &ring.name));
         }
         if !names.insert(ring.name.clone()) {
             return Err(format!("ring `name` {:?} is used twice", ring.name));
+        }
+        if ring.targets.len() > MAX_RING_TARGETS {
+            return Err(format!(
+                "ring {:?} has {} targets, more than the {MAX_RING_TARGETS} a ring may have: split it into rings",
+                ring.name,
+                ring.targets.len()
+            ));
         }
         if ring.targets.is_empty() {
             return Err(format!(
@@ -257,12 +258,14 @@ fn step(
             "a `boot` step may only come first (the first boot is implicit; use `reboot` later)"
                 .into(),
         ),
-        Step::Reboot(r) if r.times == 0 => {
-            Err("`times` in a reboot step must be at least 1".into())
-        }
-        Step::RollbackContent(r) if r.boots == 0 => {
-            Err("`boots` in a rollback_content step must be at least 1".into())
-        }
+        Step::Reboot(r) if r.times == 0 || r.times > MAX_REBOOT_TIMES => Err(format!(
+            "`times` in a reboot step must be 1 to {MAX_REBOOT_TIMES} (got {})",
+            r.times
+        )),
+        Step::RollbackContent(r) if r.boots == 0 || r.boots > MAX_WATCHED_BOOTS => Err(format!(
+            "`boots` in a rollback_content step must be 1 to {MAX_WATCHED_BOOTS} (got {})",
+            r.boots
+        )),
         // A rescue boot with nothing to run still proves the machine comes back
         // through safe mode; a helper VM with nothing to do is a mistake.
         Step::Recover(r)
@@ -339,9 +342,36 @@ fn step_driver(
     Ok(())
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+/// Most reboots one `reboot` step may ask for: each is a real boot (tens of
+/// seconds under TCG), so more is a run that does not end in a working day.
+pub(crate) const MAX_REBOOT_TIMES: u32 = 100;
+/// Most boots watched after a crash (`boot_loop_boots`, a rollback's `boots`, a
+/// drill's limits). In July 2024 Microsoft advised up to 15 reboots for the race
+/// to fetch the fixed file to be won; 20 covers that with room.
+pub(crate) const MAX_WATCHED_BOOTS: u32 = 20;
+/// Most targets in one rollout ring.
+pub(crate) const MAX_RING_TARGETS: usize = 256;
+
+/// Longest suite, scenario, driver or ring name: names become folder and file names
+/// in the results.
+pub(crate) const MAX_NAME_CHARS: usize = 64;
+
+/// The one rule for every name a suite gives (suite, scenario, driver, ring): a
+/// letter or digit first, then letters, digits, '-', '_' and '.', at most
+/// [`MAX_NAME_CHARS`]. So a name is one plain path component: never empty, `.`,
+/// `..`, hidden, or holding a separator.
+pub(crate) fn valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_CHARS
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The error for a name that breaks [`valid_name`]'s rule.
+pub(super) fn name_error(what: &str, name: &str) -> String {
+    format!("{what} {name:?} must start with a letter or digit and use only letters, digits, '-', '_' and '.' (at most {MAX_NAME_CHARS}): names become folder names in the results")
 }

@@ -211,3 +211,42 @@ fn rollout_of_a_suite_without_a_rollout_section_exits_2_and_says_what_to_do() {
         "{stderr}"
     );
 }
+
+/// A hostile suite name cannot place results outside the results folder: it is
+/// refused at load with its line and column (exit 2), and nothing is written above
+/// `--out`. Counts that would make a run never end are refused the same way.
+#[test]
+fn hostile_names_and_endless_counts_are_refused_before_anything_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_dir = dir.join("results");
+    for (suite_text, want) in [
+        (
+            "[suite]\nname = \"../../../escape\"\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nsteps = [{ exec = { run = \"true\" } }]\n",
+            "suite.toml:2:8: suite `name` \"../../../escape\" must start with a letter or digit",
+        ),
+        (
+            "[suite]\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nsteps = [{ reboot = { times = 4294967295 } }]\n",
+            "must be 1 to 100 (got 4294967295)",
+        ),
+    ] {
+        let suite = write(&dir, "suite.toml", suite_text);
+        let out = run(&[
+            "run",
+            suite.to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(!root.path().join("escape").exists());
+        assert!(!out_dir.exists(), "nothing written for a refused suite");
+    }
+    let out = run(&["run", "x.toml", "--retries", "11"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("11"));
+}
