@@ -10,8 +10,6 @@ pub(crate) const DEFAULT_DRIVERS_DIR: &str = "/lib/modules/{release}/updates/boo
 /// Distro profile: where the host uploads a module before the install script moves
 /// it into place (the final folder depends on the guest's `uname -r`).
 pub(crate) const STAGING_DIR: &str = "/var/lib/bootgate/staging";
-/// Exit code of the install script when the module's vermagic names another kernel.
-pub(crate) const WRONG_KERNEL_EXIT: i32 = 90;
 
 /// Installs an uploaded module the way a distribution loads modules at boot. The
 /// vermagic check comes first: a module for another kernel would fail to load at
@@ -25,7 +23,7 @@ magic=$(modinfo -F vermagic "$BG_STAGED" 2>/dev/null | cut -d' ' -f1 || true)
 if [ -n "$magic" ] && [ "$magic" != "$rel" ]; then
   echo "bootgate: $BG_NAME.ko was built for kernel $magic, but the guest runs $rel" >&2
   rm -f "$BG_STAGED"
-  exit 90
+  exit 1
 fi
 dir=$(printf '%s\n' "$BG_DIR" | sed "s/{release}/$rel/g")
 mkdir -p "$dir" /etc/modules-load.d /etc/modprobe.d

@@ -1,12 +1,10 @@
-//! What every Linux guest shares, whatever its [`LinuxProfile`]: folders made
+//! What every Linux guest shares, whatever its
+//! [`LinuxProfile`](super::LinuxProfile): folders made
 //! before the agent writes into them, the loaded-driver check of every ready boot,
 //! and telling a module built for another kernel from a driver defect. The
 //! profiles' own install scripts are in [`super::demo`] and [`super::distro`].
 //! Every value reaches the scripts through the environment (`BG_*`), never as
 //! script text.
-
-use super::paths::LinuxProfile;
-use super::{demo, distro};
 
 /// Creates a folder (and its parents) for a file the host is about to write: the
 /// agent's `guest-file-open` creates files, not folders.
@@ -18,14 +16,6 @@ pub(super) const LOADED_DRIVERS: &str = r#"for n in $BG_NAMES; do
   m=$(printf '%s' "$n" | tr - _)
   if [ -d "/sys/module/$m" ]; then echo "$n"; fi
 done"#;
-
-/// The install script for a profile.
-pub(super) fn register_script(profile: LinuxProfile) -> &'static str {
-    match profile {
-        LinuxProfile::Demo => demo::REGISTER,
-        LinuxProfile::Distro => distro::REGISTER,
-    }
-}
 
 /// The names of [`LOADED_DRIVERS`]'s output.
 pub(crate) fn parse_loaded(stdout: &[u8]) -> Vec<String> {
@@ -42,17 +32,17 @@ pub(crate) fn parse_loaded(stdout: &[u8]) -> Vec<String> {
 /// module loader word it: `Invalid module format` is ENOEXEC, `Unknown symbol` and
 /// `disagrees about version of symbol` a build against other headers). That is the
 /// user's build problem, said with what to do; None for any other failure.
-pub(crate) fn wrong_kernel(driver: &str, exit: Option<i32>, output: &str) -> Option<String> {
+pub(crate) fn wrong_kernel(driver: &str, output: &str) -> Option<String> {
     let lower = output.to_ascii_lowercase();
-    let built_for =
-        exit == Some(distro::WRONG_KERNEL_EXIT) || lower.contains("was built for kernel");
     let signs = [
+        // The distro install script's own vermagic check.
+        "was built for kernel",
         "invalid module format",
         "exec format error",
         "unknown symbol",
         "disagrees about version of symbol",
     ];
-    if !built_for && !signs.iter().any(|s| lower.contains(s)) {
+    if !signs.iter().any(|s| lower.contains(s)) {
         return None;
     }
     Some(format!(
@@ -80,16 +70,16 @@ mod tests {
     #[test]
     fn wrong_kernel_is_recognised_by_the_loaders_words() {
         let busybox = "stderr: insmod: can't insert '/system/drivers/x.ko': invalid module format";
-        assert!(wrong_kernel("x", Some(1), busybox)
+        assert!(wrong_kernel("x", busybox)
             .unwrap()
             .contains("build problem"));
         let kmod = "stderr: modprobe: ERROR: could not insert 'x': Exec format error";
-        assert!(wrong_kernel("x", Some(1), kmod).is_some());
+        assert!(wrong_kernel("x", kmod).is_some());
         let vermagic = "stderr: bootgate: x.ko was built for kernel 6.1.0-9-amd64, but the guest runs 6.1.0-28-cloud-amd64";
-        let why = wrong_kernel("x", Some(distro::WRONG_KERNEL_EXIT), vermagic).unwrap();
+        let why = wrong_kernel("x", vermagic).unwrap();
         assert!(why.contains("6.1.0-9-amd64"), "{why}");
         assert_eq!(
-            wrong_kernel("x", Some(1), "stderr: modprobe: FATAL: Module x not found"),
+            wrong_kernel("x", "stderr: modprobe: FATAL: Module x not found"),
             None
         );
     }

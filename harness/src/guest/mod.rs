@@ -180,11 +180,16 @@ impl GuestProfile {
         }
     }
 
+    /// The manifest's drivers folder (the distro profile's default filled in).
+    fn drivers_dir(&self) -> Result<&str, GuestError> {
+        self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")
+    }
+
     /// Where a driver's module goes on the system disk: Linux `DIR/NAME.ko`; Windows
     /// `DIR\NAME.sys` for a service driver, `DIR\NAME.zip` (the driver package) for PnP.
     /// Distro profile: the folder may hold `{release}`, which only the guest knows.
     pub(crate) fn driver_path(&self, name: &str) -> Result<String, GuestError> {
-        let dir = self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?;
+        let dir = self.drivers_dir()?;
         Ok(match (self.os, self.driver_kind) {
             (OsFamily::Linux, _) => format!("{dir}/{name}.ko"),
             (OsFamily::Windows, DriverKind::Service) => winpath::join(dir, &format!("{name}.sys")),
@@ -240,7 +245,7 @@ impl GuestProfile {
 
     /// Windows, PnP: the folder a driver package zip is expanded into.
     fn package_dir(&self, name: &str) -> Result<String, GuestError> {
-        let dir = self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?;
+        let dir = self.drivers_dir()?;
         Ok(winpath::join(dir, name))
     }
 
@@ -323,10 +328,7 @@ impl GuestProfile {
                     format!("BG_NAME={name}"),
                     format!("BG_PARAMS={params}"),
                     format!("BG_STAGED={}", self.driver_upload_path(name)?),
-                    format!(
-                        "BG_DIR={}",
-                        self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?
-                    ),
+                    format!("BG_DIR={}", self.drivers_dir()?),
                     format!("BG_LOAD={}", u8::from(load_now)),
                     format!("BG_INITRAMFS={}", u8::from(initramfs)),
                     format!("BG_INITRAMFS_UPDATE={update}"),
@@ -341,7 +343,7 @@ impl GuestProfile {
         }
         let registry = self.registry()?;
         Ok(self.script(
-            linux::register_script(self.linux),
+            demo::REGISTER,
             vec![
                 format!("BG_NAME={name}"),
                 format!("BG_PARAMS={params}"),
@@ -371,10 +373,7 @@ impl GuestProfile {
                 distro::UNREGISTER,
                 vec![
                     format!("BG_NAME={name}"),
-                    format!(
-                        "BG_DIR={}",
-                        self.need(&self.drivers_dir, "drivers_dir", "drivers are installed")?
-                    ),
+                    format!("BG_DIR={}", self.drivers_dir()?),
                     format!(
                         "BG_INITRAMFS_UPDATE={}",
                         self.initramfs_update.clone().unwrap_or_default()

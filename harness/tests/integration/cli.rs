@@ -232,14 +232,7 @@ fn hostile_names_and_endless_counts_are_refused_before_anything_is_written() {
         ),
     ] {
         let suite = write(&dir, "suite.toml", suite_text);
-        let out = run(&[
-            "run",
-            suite.to_str().unwrap(),
-            "--accel",
-            "tcg",
-            "--out",
-            out_dir.to_str().unwrap(),
-        ]);
+        let out = run_tcg(&suite, &out_dir, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(want), "{stderr}");

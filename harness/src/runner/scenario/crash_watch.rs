@@ -53,12 +53,7 @@ impl Machine<'_> {
     /// A ready normal boot after a crash is the recovery's candidate; it becomes the
     /// recovery once it has held the settle window ([`Machine::confirm_recovery`]).
     pub(super) fn note_recovery(&mut self) {
-        let rescue = self
-            .found
-            .boots
-            .last()
-            .is_some_and(|b| b.extra_append.is_some());
-        if self.recovery.record.is_some() || rescue {
+        if self.recovery.record.is_some() || self.in_rescue_boot() {
             return;
         }
         let (index, ready_at) = (

@@ -412,15 +412,19 @@ impl Machine<'_> {
         self.check_drivers_loaded()
     }
 
+    /// Whether the current boot is a rescue boot (it skips third-party drivers on
+    /// purpose: neither a recovery nor a boot that should load them).
+    pub(super) fn in_rescue_boot(&self) -> bool {
+        self.found
+            .boots
+            .last()
+            .is_some_and(|b| b.extra_append.is_some())
+    }
+
     /// Records which installed drivers this ready boot loaded. A rescue boot skips
     /// them on purpose, so it is not checked; Windows proves it another way.
     fn check_drivers_loaded(&mut self) -> Result<(), Stop> {
-        let rescue = self
-            .found
-            .boots
-            .last()
-            .is_some_and(|b| b.extra_append.is_some());
-        if self.installed.is_empty() || rescue {
+        if self.installed.is_empty() || self.in_rescue_boot() {
             return Ok(());
         }
         let Some(command) = self.profile.loaded_drivers(&self.installed) else {

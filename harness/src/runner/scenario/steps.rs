@@ -152,7 +152,7 @@ impl Machine<'_> {
                 // A module for another kernel is the user's build problem, a tool the
                 // image lacks is the image's: no verdict on the driver either way.
                 let manifest = self.setup.manifest.path.display().to_string();
-                let setup = linux::wrong_kernel(&s.driver, None, &detail)
+                let setup = linux::wrong_kernel(&s.driver, &detail)
                     .or_else(|| linux::missing_tool(&s.driver, &manifest, &detail));
                 return Err(match setup {
                     Some(why) => Stop::Infra(why).into(),
