@@ -181,6 +181,11 @@ pub struct RerunArgs {
     /// Results folder for the new run (default: the one holding RUN_DIR).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Needed when the original run used --allow-outside-paths: a run.json (perhaps
+    /// from someone else) cannot grant that permission by itself. Grants no more
+    /// than the original run had.
+    #[arg(long)]
+    pub allow_outside_paths: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

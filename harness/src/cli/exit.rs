@@ -18,6 +18,9 @@ pub fn parse_error(error: &clap::Error) -> Exit {
 /// Prints a command's error the one way bootgate does (its message already carries
 /// its causes) and hands back the code it stands for.
 pub fn fail(error: &dyn Display, code: Exit) -> Exit {
-    eprintln!("bootgate: error: {error}");
+    // Errors quote what a results folder or guest said (a scenario name, a path): a
+    // hostile one must not drive the terminal.
+    let text = bootgate::report::terminal_text::lines(&error.to_string());
+    eprintln!("bootgate: error: {text}");
     code
 }

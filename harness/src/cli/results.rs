@@ -7,6 +7,7 @@ use bootgate::model::ReportError;
 use bootgate::report::html;
 use bootgate::report::manifest;
 use bootgate::report::terminal::summary_text;
+use bootgate::report::terminal_text;
 use bootgate::runner;
 
 use super::args::MergeArgs;
@@ -26,7 +27,8 @@ pub fn verify(run_dir: &Path) -> Exit {
     match manifest::verify(run_dir) {
         Ok(findings) => {
             for finding in &findings {
-                println!("{finding}");
+                // File names come from the folder: one could carry an escape.
+                println!("{}", terminal_text::line(&finding.to_string()));
             }
             let problems = findings.iter().filter(|f| f.is_problem()).count();
             if problems == 0 {

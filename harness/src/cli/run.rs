@@ -67,7 +67,7 @@ pub fn run(args: RunArgs) -> Exit {
 }
 
 pub fn rerun(args: RerunArgs) -> Exit {
-    let plan = match runner::rerun::plan(&args.run_dir, &args.scenarios) {
+    let plan = match runner::rerun::plan(&args.run_dir, &args.scenarios, args.allow_outside_paths) {
         Ok(plan) => plan,
         Err(e) => return fail(&e, e.exit_code()),
     };

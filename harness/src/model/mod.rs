@@ -5,6 +5,7 @@
 pub(crate) mod event;
 pub mod exit;
 pub(crate) mod record;
+pub mod result_file;
 pub mod run_file;
 pub(crate) mod sink;
 pub(crate) mod target;

@@ -8,3 +8,4 @@ pub mod live;
 pub mod manifest;
 pub(crate) mod recovery;
 pub mod terminal;
+pub mod terminal_text;

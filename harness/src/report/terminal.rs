@@ -258,8 +258,10 @@ impl Sink for TerminalSink {
 const SHOW_EXCERPT_LINES: usize = 20;
 
 /// The text of `bootgate show`: the run's summary, one line per scenario, and for
-/// each failing scenario its reason, crash title and the end of the excerpt.
+/// each failing scenario its reason, crash title and the end of the excerpt. The
+/// record may be someone else's: every text from it goes through `terminal_text`.
 pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
+    use super::terminal_text::{line, lines};
     use std::fmt::Write as _;
     let mut out = String::new();
     let s = &run.summary;
@@ -267,9 +269,9 @@ pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
     let _ = writeln!(
         out,
         "run {} ({} .. {}): {banner}: {} pass, {} fail, {} error, {} flaky",
-        run.run_id,
-        run.started_at,
-        run.finished_at.as_deref().unwrap_or("unfinished"),
+        line(&run.run_id),
+        line(&run.started_at),
+        line(run.finished_at.as_deref().unwrap_or("unfinished")),
         s.pass,
         s.fail,
         s.error,
@@ -278,41 +280,48 @@ pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
     let _ = writeln!(
         out,
         "QEMU: {} ({})",
-        run.qemu.version.as_deref().unwrap_or("?"),
-        run.qemu.accel.as_deref().unwrap_or("?")
+        line(run.qemu.version.as_deref().unwrap_or("?")),
+        line(run.qemu.accel.as_deref().unwrap_or("?"))
     );
     for scenario in &run.scenarios {
         let _ = writeln!(
             out,
             "{:<5} {} ({})",
             scenario.verdict.as_str().to_uppercase(),
-            scenario.name,
+            line(&scenario.name),
             ms(scenario.duration_ms)
         );
         if !matches!(scenario.verdict, Verdict::Fail | Verdict::Error) {
             continue;
         }
         if let Some(reason) = &scenario.reason {
-            let _ = writeln!(out, "      {}", reason.replace('\n', "\n      "));
+            let _ = writeln!(out, "      {}", lines(reason).replace('\n', "\n      "));
         }
         if let Some(crash) = scenario.crashes.first() {
             let _ = writeln!(
                 out,
                 "      crash: {} (boot {})",
-                crash.title, crash.boot_index
+                line(&crash.title),
+                crash.boot_index
             );
             let tail = &crash.excerpt[crash.excerpt.len().saturating_sub(SHOW_EXCERPT_LINES)..];
-            for line in tail {
-                let _ = writeln!(out, "      | {line}");
+            for excerpt_line in tail {
+                let _ = writeln!(out, "      | {}", line(excerpt_line));
             }
         }
         let _ = writeln!(
             out,
             "      rerun: {}",
-            crate::util::shell_join(&scenario.rerun)
+            line(&crate::util::shell_join(&scenario.rerun))
         );
     }
-    if let Some(table) = super::recovery::text(&super::recovery::rows(run)) {
+    let mut rows = super::recovery::rows(run);
+    for row in &mut rows {
+        row.scenario = line(&row.scenario);
+        row.crash = line(&row.crash);
+        row.how = line(&row.how);
+    }
+    if let Some(table) = super::recovery::text(&rows) {
         let _ = writeln!(out, "{table}");
     }
     out
@@ -381,6 +390,29 @@ mod tests {
                 reason: None
             }),
             "bootgate: ring all: promoted"
+        );
+    }
+
+    /// `bootgate show` of someone else's run.json: a hostile title or name cannot
+    /// drive the terminal or forge a line.
+    #[test]
+    fn show_text_carries_no_escape_from_the_record() {
+        use crate::model::record::Verdict;
+        use crate::testing::records;
+        let mut sc = records::scenario("s", "a\u{1b}[2J", Verdict::Fail);
+        sc.reason = Some("why\u{1b}]0;owned\u{7}\nsecond".into());
+        let mut crash = records::crash(1, "BUG: x\nPASS  s/forged");
+        crash.excerpt = vec!["\u{1b}[31mred\u{9b}".into()];
+        sc.crashes = vec![crash];
+        let text = summary_text(&records::run(vec![sc]));
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(!text.contains("\nPASS  s/forged"), "{text}");
+        assert!(
+            text.contains("      second"),
+            "the reason keeps its lines: {text}"
         );
     }
 }

@@ -408,15 +408,21 @@ impl ScenarioRun {
 }
 
 /// The command that reruns one scenario of this run with the same inputs and settings.
+/// A run that let its suites read files anywhere says so in the command: rerun asks
+/// for that permission again rather than taking it from run.json.
 fn rerun_command(opts: &RunOptions, run_dir: &Path, scenario: &str) -> Vec<String> {
-    vec![
+    let mut argv: Vec<String> = vec![
         "bootgate".into(),
         "rerun".into(),
         absolute(run_dir),
         scenario.into(),
         "--out".into(),
         absolute(&opts.out_dir),
-    ]
+    ];
+    if opts.path_policy == crate::suite::PathPolicy::Anywhere {
+        argv.push("--allow-outside-paths".into());
+    }
+    argv
 }
 
 /// sha256 of every file in a scenario's folder, paths relative to the run folder.

@@ -43,7 +43,7 @@ fn crash_evidence_verify_show_and_rerun() {
     let suite = write(dir.path(), "suite.toml", &suite_text());
     let out_dir = dir.path().join("results");
     // The suite names the demo's driver and content where they are; the rerun
-    // below must keep that permission from run.json.
+    // below must be given that permission again (run.json cannot grant it).
     let out = run_tcg(&suite, &out_dir, &["--allow-outside-paths"]);
     assert_eq!(out.status.code(), Some(1), "the hostile scenario fails");
     let run_dir = std::fs::canonicalize(out_dir.join("latest")).unwrap();
@@ -96,7 +96,15 @@ fn crash_evidence_verify_show_and_rerun() {
         text.contains("FAIL  ev/hostile") && text.contains("expected exit 0"),
         "{text}"
     );
-    let rerun = run(&["rerun", run_dir.to_str().unwrap(), "ev/cf291"]);
+    let refused = run(&["rerun", run_dir.to_str().unwrap(), "ev/cf291"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--allow-outside-paths"));
+    let rerun = run(&[
+        "rerun",
+        run_dir.to_str().unwrap(),
+        "ev/cf291",
+        "--allow-outside-paths",
+    ]);
     assert_eq!(rerun.status.code(), Some(0));
     let again = run_json(&out_dir);
     assert_ne!(again["run_id"], record["run_id"], "a new run");
@@ -108,7 +116,12 @@ fn crash_evidence_verify_show_and_rerun() {
 
     // An input that changed makes rerun refuse, naming it.
     std::fs::write(&suite, suite_text() + "\n# edited\n").unwrap();
-    let refused = run(&["rerun", run_dir.to_str().unwrap(), "ev/cf291"]);
+    let refused = run(&[
+        "rerun",
+        run_dir.to_str().unwrap(),
+        "ev/cf291",
+        "--allow-outside-paths",
+    ]);
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(

@@ -374,9 +374,15 @@ pub(super) fn embed_png(path: &str, run_dir: &Path) -> Result<Value, String> {
     let Some(rel) = inside_run_folder(path) else {
         return Err("not embedded: the recorded path is outside the run folder".to_string());
     };
-    let full = run_dir.join(rel);
-    let mut file = std::fs::File::open(&full)
-        .map_err(|e| format!("not embedded: the file is missing from the run folder ({e})"))?;
+    // Never through a link: a planted screenshot.png -> host file must not be
+    // copied into the report.
+    let mut file = crate::model::result_file::open(run_dir, Path::new(rel)).map_err(|e| {
+        if e.is_not_found() {
+            "not embedded: the file is missing from the run folder".to_string()
+        } else {
+            format!("not embedded: {e}")
+        }
+    })?;
     let len = file
         .metadata()
         .map_err(|e| format!("not embedded: cannot read the file ({e})"))?

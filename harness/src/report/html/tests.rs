@@ -464,3 +464,58 @@ fn boots_that_crash_after_ready_say_so_in_the_loop_table_and_timeline() {
         "the timeline"
     );
 }
+
+/// Every text a results folder carries into the page, hostile at once: the
+/// scenario name, crash titles, boot crash, driver names, reasons, hangs, step
+/// kinds and the run's own fields. None may come out as markup.
+#[test]
+fn hostile_titles_and_names_from_the_folder_are_escaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hostile = format!("{HOSTILE_SCRIPT}{HOSTILE_IMG}");
+    let mut sc = scenario(&hostile, Verdict::Fail);
+    sc.reason = Some(hostile.clone());
+    sc.hangs = vec![hostile.clone()];
+    sc.image = hostile.clone();
+    sc.expect = Some(hostile.clone());
+    let mut b = boot(1, 0, BootOutcome::Crash, None);
+    b.crash = Some(hostile.clone());
+    b.drivers = Some(crate::model::record::DriversAtBoot {
+        loaded: vec![hostile.clone()],
+        missing: vec![hostile.clone()],
+    });
+    sc.boots = vec![b];
+    sc.steps = vec![step(&hostile, 0, 1, StepOutcome::Failed, &hostile)];
+    let mut c = crash(1, &hostile);
+    c.kind = hostile.clone();
+    c.console = Some(hostile.clone());
+    sc.crashes = vec![c];
+    sc.recovers_within = Some(1);
+    let mut run = records::run(vec![sc]);
+    run.run_id = hostile.clone();
+    run.host.hostname = hostile.clone();
+    run.qemu.version = Some(hostile.clone());
+    let html = render(&run, dir.path()).expect("renders");
+    let lower = html.to_ascii_lowercase();
+    assert!(!lower.contains("<script"), "a script tag survived");
+    assert!(!lower.contains("<img src=x"), "an img tag survived");
+    assert!(!html.contains("\"><img"), "an attribute was closed");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"));
+    assert!(html.contains("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"));
+}
+
+/// A screenshot in the folder that is a link (here to a real PNG outside it) is
+/// not embedded: the report copies no host file in.
+#[test]
+fn a_linked_screenshot_is_not_embedded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(PNG_1X1)
+        .expect("decode png");
+    let outside = dir.path().join("host.png");
+    std::fs::write(&outside, png).expect("write png");
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, run_dir.join("shot.png")).expect("symlink");
+    let note = embed_png("shot.png", &run_dir).expect_err("not embedded");
+    assert!(note.contains("symlink"), "{note}");
+}

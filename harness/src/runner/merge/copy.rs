@@ -1,14 +1,16 @@
 //! Copying one shard's scenario folder into the merged run: real folders and regular
-//! files only, each hashed as it is copied and checked against the shard's manifest.
+//! files only (read without following links), each hashed as it is copied and
+//! checked against the shard's manifest, and each written whole or not at all.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::path::{Component, Path};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::{MergeError, ShardRun};
+use crate::model::result_file;
 use crate::model::run_file::MANIFEST_JSON;
 
 pub(super) fn copy_scenario(
@@ -60,7 +62,7 @@ pub(super) fn copy_scenario(
                 source,
             })?;
         } else if kind.is_file() {
-            let sha256 = copy_hashed(entry.path(), &dst)?;
+            let sha256 = copy_hashed(&shard.dir, rel, &dst)?;
             let rel = rel.display().to_string();
             if let Some(listed) = &shard.manifest {
                 if listed.get(&rel) != Some(&sha256) {
@@ -100,19 +102,23 @@ fn check_listed(
     }
 }
 
-/// Copies one file, never over an existing one, and returns the sha256 of the bytes
-/// copied, so checking against the shard's manifest costs no second read.
-fn copy_hashed(from: &Path, to: &Path) -> Result<String, MergeError> {
+/// Copies one file of the shard (`rel`, below `shard_dir`, opened without following
+/// links) to `to`, never over an existing one and never half: the bytes go to a temp
+/// file beside `to` that is renamed into place only once complete and synced.
+/// Returns the sha256 of the bytes copied, so checking against the shard's manifest
+/// costs no second read.
+fn copy_hashed(shard_dir: &Path, rel: &Path, to: &Path) -> Result<String, MergeError> {
+    let from = shard_dir.join(rel);
     let fail = |source| MergeError::Copy {
-        from: from.to_path_buf(),
+        from: from.clone(),
         to: to.to_path_buf(),
         source,
     };
-    let mut src = fs::File::open(from).map_err(fail)?;
-    let mut dst = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)
+    let mut src = result_file::open(shard_dir, rel)?;
+    let dir = to.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
         .map_err(fail)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -122,9 +128,10 @@ fn copy_hashed(from: &Path, to: &Path) -> Result<String, MergeError> {
             break;
         }
         hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n]).map_err(fail)?;
+        tmp.write_all(&buf[..n]).map_err(fail)?;
     }
-    dst.sync_all().map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist_noclobber(to).map_err(|e| fail(e.error))?;
     Ok(hasher
         .finalize()
         .iter()
@@ -134,7 +141,5 @@ fn copy_hashed(from: &Path, to: &Path) -> Result<String, MergeError> {
 
 /// `suite/scenario`-style: relative, no `..`, no root, not empty.
 pub(super) fn is_plain_relative(dir: &str) -> bool {
-    let path = Path::new(dir);
-    path.components().next().is_some()
-        && path.components().all(|c| matches!(c, Component::Normal(_)))
+    crate::util::is_relative_below(Path::new(dir))
 }

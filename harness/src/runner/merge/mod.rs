@@ -15,6 +15,7 @@ use crate::model::exit::Exit;
 use crate::model::record::{
     FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
 };
+use crate::model::result_file::{self, ResultFileError};
 use crate::model::run_file::RUN_JSON;
 use crate::model::run_file::{JUNIT_XML, MANIFEST_JSON, REPORT_HTML};
 use crate::model::ReportError;
@@ -94,6 +95,9 @@ pub enum MergeError {
     },
     #[error("{0} is a symlink or special file; a merged run holds only the shards' regular files")]
     NotRegular(PathBuf),
+    /// A path the shard names outside itself, or a link where a result file should be.
+    #[error(transparent)]
+    Folder(#[from] ResultFileError),
     #[error("{file} does not match {manifest} (changed after its shard ran, or never listed there); refusing to merge evidence that does not verify")]
     Altered { file: PathBuf, manifest: PathBuf },
     #[error("{file} is listed in {manifest} but missing; refusing to merge an incomplete shard")]
@@ -150,11 +154,16 @@ struct ShardRun {
 impl ShardRun {
     fn read(dir: &Path) -> Result<ShardRun, MergeError> {
         let path = dir.join(RUN_JSON);
-        let text = fs::read_to_string(&path).map_err(|source| MergeError::Read {
-            path: path.clone(),
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        let unreadable = |path: &Path, e: ResultFileError| match e {
+            ResultFileError::Io { source, .. } => MergeError::Read {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+                source,
+            },
+            other => MergeError::Folder(other),
+        };
+        let text = result_file::read_to_string(dir, Path::new(RUN_JSON))
+            .map_err(|e| unreadable(&path, e))?;
         let record: RunRecord = serde_json::from_str(&text).map_err(|e| MergeError::Invalid {
             path: path.clone(),
             message: e.to_string(),
@@ -166,15 +175,25 @@ impl ShardRun {
                 expected: SCHEMA_VERSION,
             });
         }
+        // The merged run.json carries these paths on: one leaving the shard's folder
+        // is refused here, naming the field, not passed to the merged report.
+        result_file::check_record_paths(&record, &path)?;
         let manifest_path = dir.join(MANIFEST_JSON);
         // A shard killed outright (a CI job timeout) leaves run.json but no manifest:
         // its files are merged unchecked rather than lost.
-        let manifest = match fs::read_to_string(&manifest_path) {
+        let manifest = match result_file::read_to_string(dir, Path::new(MANIFEST_JSON)) {
             Ok(text) => {
                 let m: Manifest = serde_json::from_str(&text).map_err(|e| MergeError::Invalid {
                     path: manifest_path.clone(),
                     message: e.to_string(),
                 })?;
+                for (i, file) in m.artifacts.iter().enumerate() {
+                    result_file::check_rel(
+                        &manifest_path,
+                        &format!("artifacts[{i}].path"),
+                        &file.path,
+                    )?;
+                }
                 Some(
                     m.artifacts
                         .into_iter()
@@ -182,14 +201,8 @@ impl ShardRun {
                         .collect(),
                 )
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(MergeError::Read {
-                    path: manifest_path,
-                    dir: dir.to_path_buf(),
-                    source,
-                })
-            }
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(unreadable(&manifest_path, e)),
         };
         Ok(ShardRun {
             dir: dir.to_path_buf(),

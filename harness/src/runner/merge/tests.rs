@@ -368,6 +368,86 @@ fn a_scenario_folder_outside_the_run_or_a_symlink_is_refused() {
     assert!(err.contains("leak") && err.contains("symlink"), "{err}");
 }
 
+/// A hostile shard: run.json or manifest.json as links, evidence paths and
+/// manifest entries outside the folder, a linked scenario folder. Each is refused
+/// naming the file (and field), before anything is written to --out.
+#[test]
+fn hostile_shards_are_refused_naming_file_and_field() {
+    let fx = Fixture::new();
+    let secret = fx.root.join("secret.json");
+    let shard = |name: &str| {
+        fx.shard(
+            name,
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            vec![scenario("alpha", "boot", Verdict::Fail)],
+            Vec::new(),
+        )
+    };
+    let out = fx.root.join("out");
+
+    // run.json a link to a host file (here a valid record: it still is not read).
+    let a = shard("a");
+    fs::rename(a.join(RUN_JSON), &secret).unwrap();
+    std::os::unix::fs::symlink(&secret, a.join(RUN_JSON)).unwrap();
+    let err = merge_err(&[a], &out);
+    assert!(err.contains("run.json") && err.contains("symlink"), "{err}");
+
+    // manifest.json a link.
+    let b = shard("b");
+    let elsewhere = fx.root.join("manifest-elsewhere.json");
+    fs::rename(b.join(MANIFEST_JSON), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, b.join(MANIFEST_JSON)).unwrap();
+    let err = merge_err(&[b], &out);
+    assert!(
+        err.contains("manifest.json") && err.contains("symlink"),
+        "{err}"
+    );
+
+    // An evidence path in run.json outside the folder.
+    let c = shard("c");
+    let mut record: RunRecord =
+        serde_json::from_str(&fs::read_to_string(c.join(RUN_JSON)).unwrap()).unwrap();
+    let mut crash = records::crash(1, "BUG");
+    crash.screenshot = Some("/etc/shadow".into());
+    record.scenarios[0].crashes = vec![crash];
+    fs::write(c.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
+    let err = merge_err(&[c], &out);
+    assert!(
+        err.contains("run.json")
+            && err.contains("scenarios[0].crashes[0].screenshot")
+            && err.contains("/etc/shadow"),
+        "{err}"
+    );
+
+    // A manifest entry climbing out.
+    let d = shard("d");
+    let path = d.join(MANIFEST_JSON);
+    let mut m: Manifest = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    m.artifacts.push(FileHash {
+        path: "alpha/boot/../../../secret.json".into(),
+        sha256: String::new(),
+    });
+    fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let err = merge_err(&[d], &out);
+    assert!(
+        err.contains("manifest.json") && err.contains("artifacts["),
+        "{err}"
+    );
+
+    // The scenario folder a link to a folder outside.
+    let e = shard("e");
+    let outside = fx.root.join("outside-folder");
+    fs::rename(e.join("alpha/boot"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, e.join("alpha/boot")).unwrap();
+    let err = merge_err(&[e], &out);
+    assert!(
+        err.contains("alpha/boot") && err.contains("symlink"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_unfinished_shard_makes_the_merge_interrupted() {
     let fx = Fixture::new();
