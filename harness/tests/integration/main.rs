@@ -12,6 +12,7 @@ mod evidence;
 mod faults;
 mod fuzz_content;
 mod guest_setup;
+mod hostile_results;
 mod image;
 mod late_loops;
 mod platform;
