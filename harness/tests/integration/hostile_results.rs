@@ -46,7 +46,11 @@ fn genuine() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         demo_manifest();
-        let dir = tempfile::tempdir().unwrap().keep();
+        // Kept for the whole process (the copies' run.json names its suite), in
+        // cargo's scratch folder for integration tests rather than /tmp.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
         let suite = write(&dir, "suite.toml", SUITE);
         let out = dir.join("results");
         let output = run_tcg(&suite, &out, &[]);
