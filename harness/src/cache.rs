@@ -16,3 +16,10 @@ pub(crate) fn cache_root() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
     home.join(".cache").join("bootgate")
 }
+
+/// Where built images live: `<cache>/images`. Only bootgate writes there, so an
+/// image manifest may name files below it (a test's or user's variant of a built
+/// image) without naming arbitrary host files.
+pub(crate) fn images_root() -> PathBuf {
+    cache_root().join("images")
+}

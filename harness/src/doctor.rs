@@ -148,7 +148,7 @@ pub fn run(out: &mut dyn Write) -> bool {
 
 /// The newest complete demo image in the cache, whatever its key.
 fn built_demo_manifest() -> Option<std::path::PathBuf> {
-    let images = crate::cache::cache_root().join("images");
+    let images = crate::cache::images_root();
     let mut built: Vec<_> = std::fs::read_dir(images)
         .ok()?
         .filter_map(Result::ok)

@@ -27,6 +27,7 @@
 
 pub mod agent;
 pub mod cache;
+pub mod confine;
 pub mod detect;
 pub mod doctor;
 pub mod fuzz;

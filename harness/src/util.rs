@@ -110,6 +110,41 @@ impl FloorCharBoundary for str {
     }
 }
 
+/// Where a TOML field `key` (optionally with the string `value`) is written in
+/// `text`, searching from byte `from` up to the next table header: the offset of
+/// the key, so an error about the field points at it rather than at its table.
+/// None when it is not found that way (the caller falls back to the table).
+pub(crate) fn field_offset(
+    text: &str,
+    from: usize,
+    key: &str,
+    value: Option<&str>,
+) -> Option<usize> {
+    let rest = text.get(from..)?;
+    // The table's own header line comes first; the next header ends the search.
+    let end = rest
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| rest[i..].trim_start().starts_with('[') && i > 0)
+        .unwrap_or(rest.len());
+    let region = &rest[..end];
+    region.match_indices(key).find_map(|(at, _)| {
+        let before = region[..at].chars().next_back();
+        if before.is_some_and(|c| !(c.is_whitespace() || c == '{' || c == ',')) {
+            return None;
+        }
+        let after = region[at + key.len()..].trim_start();
+        let after = after.strip_prefix('=')?.trim_start();
+        match value {
+            None => Some(from + at),
+            Some(v) => {
+                let quoted = after.strip_prefix(['"', '\''])?;
+                quoted.starts_with(v).then_some(from + at)
+            }
+        }
+    })
+}
+
 /// A source excerpt pointing at `line`:`column` (both 1-based), for error messages.
 pub(crate) fn snippet(text: &str, line: usize, column: usize) -> String {
     let Some(content) = text.lines().nth(line.saturating_sub(1)) else {
@@ -217,6 +252,31 @@ pub(crate) fn is_relative_below(path: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_offset_finds_the_key_in_its_table() {
+        let text = "[suite]\nimage = \"x\"\n[driver.a]\nreload = \"r\"\nsource = \"s\"\n[driver.b]\nsource = \"t\"\n";
+        let a = text.find("[driver.a]").unwrap();
+        assert_eq!(
+            field_offset(text, a, "source", None),
+            text.find("source = \"s\"")
+        );
+        let b = text.find("[driver.b]").unwrap();
+        assert_eq!(
+            field_offset(text, b, "source", None),
+            text.find("source = \"t\"")
+        );
+        // Not in the table: the next header ends the search.
+        assert_eq!(field_offset(text, 0, "source", None), None);
+        let steps = "steps = [{ apply = { file = \"a\" } }, { apply = { file = 'b' } }]";
+        assert_eq!(
+            field_offset(steps, 0, "file", Some("b")),
+            steps.find("file = 'b'")
+        );
+        assert_eq!(field_offset(steps, 0, "file", Some("c")), None);
+        // A key that is the tail of another is not it.
+        assert_eq!(field_offset("profile = 1", 0, "file", None), None);
+    }
 
     #[test]
     fn line_col_counts_from_one() {

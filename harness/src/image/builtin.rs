@@ -225,7 +225,7 @@ pub fn build(image: &BuiltIn, force: bool, notify: Notify) -> Result<PathBuf, Im
     if !force && target.join(COMPLETE_MARKER).is_file() {
         return Ok(manifest);
     }
-    let images = cache_root().join("images");
+    let images = crate::cache::images_root();
     fs::create_dir_all(&images)
         .map_err(|e| build_error(format!("cannot create cache {}: {e}", images.display())))?;
     // One build at a time per cache: a second bootgate waits, then reuses the result.

@@ -10,11 +10,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::confine::{confine, PathPolicy};
 use crate::guest::{windows, GuestProfile};
 pub(crate) use crate::guest::{GuestPaths, LinuxProfile, OsFamily};
 use crate::image::firmware;
 use crate::image::kernel::Kernel;
-use crate::util::{line_col, snippet};
+use crate::util::{field_offset, line_col, snippet};
+
+/// Host folders that hold firmware packages (OVMF, SeaBIOS, QEMU's own): an
+/// image may name its UEFI files there.
+const FIRMWARE_ROOTS: &[&str] = &["/usr/share"];
+/// Host folders where distributions install kernel build headers: an image may
+/// name its `[kernel] headers` there (they are read only, by the sandboxed build).
+const HEADERS_ROOTS: &[&str] = &["/usr/src", "/lib/modules", "/usr/lib/modules"];
 
 /// Ready timeout used when a manifest does not give one.
 pub(crate) const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -205,32 +213,77 @@ impl Manifest {
         GuestProfile::new(self.os, self.linux_profile, &self.path, &self.guest)
     }
 
+    /// Loads a manifest whose own files must lie in its folder (or the host's
+    /// package folders, [`system_roots`]), quoting its text in errors: a manifest
+    /// the user names, or one bootgate built.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::load_with(path, PathPolicy::InsideSuite, true)
+    }
+
+    /// [`Manifest::load`] with a path policy for its files (`--allow-outside-paths`
+    /// lets them be anywhere) and whether its text may be quoted in a parse error:
+    /// not when the file is outside the suite's folder, so a suite cannot make
+    /// bootgate print a host file (`image = "/etc/passwd"`).
+    pub fn load_with(
+        path: &Path,
+        policy: PathPolicy,
+        quote: bool,
+    ) -> Result<Manifest, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let raw: RawManifest = toml::from_str(&text).map_err(|e| {
-            let (line, column) = line_col(&text, e.span().map_or(0, |s| s.start));
+        let invalid = |offset: usize, message: String| {
+            let (line, column) = line_col(&text, offset);
             ManifestError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
-                snippet: snippet(&text, line, column),
+                message,
+                snippet: if quote {
+                    snippet(&text, line, column)
+                } else {
+                    String::new()
+                },
             }
+        };
+        let raw: RawManifest = toml::from_str(&text).map_err(|e| {
+            let message = if quote {
+                e.message().trim().to_string()
+            } else {
+                // toml's own message can quote the file ("invalid type: string ..."),
+                // so only the place is told.
+                "not a valid image manifest (the file is outside the suite's folder, so its text is not shown)".to_string()
+            };
+            invalid(e.span().map_or(0, |s| s.start), message)
         })?;
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let absolute = |p: PathBuf| if p.is_absolute() { p } else { dir.join(p) };
+        let cache = crate::cache::images_root();
+        // Every file the manifest names, by the one rule (crate::confine): in the
+        // manifest's folder, or below the host folders that hold only package
+        // files of that kind, or bootgate's own image cache.
+        let place = |table: &str, key: &'static str, written: PathBuf, roots: &[&str]| {
+            let mut allowed = vec![cache.as_path()];
+            allowed.extend(roots.iter().map(Path::new));
+            confine(dir, &written, policy, &allowed).map_err(|outside| {
+                let header = text.find(&format!("[{table}]")).unwrap_or(0);
+                let offset = field_offset(&text, header, key, None).unwrap_or(header);
+                invalid(offset, outside.message(&format!("{table}.{key}")))
+            })
+        };
+        let place_opt =
+            |table: &str, key: &'static str, written: Option<PathBuf>, roots: &[&str]| {
+                written.map(|w| place(table, key, w, roots)).transpose()
+            };
         let mut boot = raw.boot;
-        boot.kernel = boot.kernel.map(absolute);
-        boot.initrd = boot.initrd.map(absolute);
-        boot.uefi_code = boot.uefi_code.map(absolute);
-        boot.uefi_vars = boot.uefi_vars.map(absolute);
+        boot.kernel = place_opt("boot", "kernel", boot.kernel, &[])?;
+        boot.initrd = place_opt("boot", "initrd", boot.initrd, &[])?;
+        boot.uefi_code = place_opt("boot", "uefi_code", boot.uefi_code, FIRMWARE_ROOTS)?;
+        boot.uefi_vars = place_opt("boot", "uefi_vars", boot.uefi_vars, FIRMWARE_ROOTS)?;
         let mut disk = raw.disk;
-        disk.path = absolute(disk.path);
+        disk.path = place("disk", "path", disk.path, &[])?;
         let mut kernel = raw.kernel;
-        kernel.headers = kernel.headers.map(absolute);
+        kernel.headers = place_opt("kernel", "headers", kernel.headers, HEADERS_ROOTS)?;
         let inferred = match raw.guest.drivers_registry {
             Some(_) => LinuxProfile::Demo,
             None => LinuxProfile::Distro,
@@ -410,6 +463,76 @@ mod tests {
         let path = dir.join("image.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// Each file a manifest names, pointed outside its folder: refused at the
+    /// field's own line, with the flag named; allowed with it.
+    #[test]
+    fn manifest_files_outside_its_folder_are_refused_at_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), image.join("link")).unwrap();
+        let secret = dir.path().join("secret").display().to_string();
+        for (field, was) in [
+            ("kernel", "kernel = \"vmlinuz\""),
+            ("initrd", "initrd = \"initrd.img\""),
+            ("path", "path = \"system.qcow2\""),
+        ] {
+            for written in [secret.as_str(), "../secret", "link"] {
+                let key = was.split(' ').next().unwrap();
+                let text = DEMO.replace(was, &format!("{key} = {written:?}"));
+                let path = write_image(&image, &text);
+                let want = text
+                    .lines()
+                    .position(|l| l.starts_with(&format!("{key} =")))
+                    .unwrap()
+                    + 1;
+                match Manifest::load(&path) {
+                    Err(ManifestError::Invalid {
+                        line,
+                        column,
+                        message,
+                        ..
+                    }) => {
+                        assert_eq!((line, column), (want, 1), "{field} {written}: {message}");
+                        assert!(message.contains("--allow-outside-paths"), "{message}");
+                    }
+                    other => panic!("{field} {written}: expected Invalid, got {other:?}"),
+                }
+                assert!(
+                    Manifest::load_with(&path, PathPolicy::Anywhere, true).is_ok(),
+                    "{field} {written} with the flag"
+                );
+            }
+        }
+        // [kernel] headers: the manifest's folder or the host's header folders only.
+        let text =
+            format!("{DEMO}\n[kernel]\nrelease = \"6.1.0-1-amd64\"\nheaders = \"/home/x/hdrs\"\n");
+        let err = Manifest::load(&write_image(&image, &text))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kernel.headers") && err.contains("is an absolute path"),
+            "{err}"
+        );
+        let text = text.replace("/home/x/hdrs", "/usr/src/linux-headers-6.1.0-1-amd64");
+        assert!(Manifest::load(&write_image(&image, &text)).is_ok());
+    }
+
+    #[test]
+    fn an_outside_manifest_that_does_not_parse_is_located_but_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        std::fs::write(&path, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let quiet = Manifest::load_with(&path, PathPolicy::Anywhere, false)
+            .unwrap_err()
+            .to_string();
+        assert!(quiet.contains("passwd:1:"), "{quiet}");
+        assert!(!quiet.contains("root:x"), "the file's text leaked: {quiet}");
+        let own = Manifest::load(&path).unwrap_err().to_string();
+        assert!(own.contains("root:x"), "a user's own file is quoted: {own}");
     }
 
     #[test]

@@ -8,6 +8,9 @@ pub(crate) mod overlay;
 
 use std::path::{Path, PathBuf};
 
+use crate::confine::{confine, is_inside, PathPolicy};
+use crate::suite;
+
 pub use manifest::{Manifest, ManifestError};
 
 /// Names of images bootgate can build itself.
@@ -22,6 +25,9 @@ pub enum ImageError {
         builtin = BUILT_IN.join(", ")
     )]
     Unknown(String),
+    /// A suite's image path that leaves the suite's folder.
+    #[error("{0}")]
+    Outside(String),
     #[error("image build failed: {message}")]
     Build { message: String },
     #[error("cannot create overlay {overlay} on {base}: {message}")]
@@ -36,23 +42,28 @@ pub enum ImageError {
 pub(crate) type Notify<'a> = &'a mut dyn FnMut(&str);
 
 /// Resolves a suite's `image` reference to a loaded manifest, building the built-in
-/// image first if needed. Paths are relative to `base_dir` (the suite's folder).
+/// image first if needed. Paths are relative to `base_dir` (the suite's folder)
+/// and confined to it by `policy`, as every path a suite names is; so are the
+/// manifest's own files to the manifest's folder.
 pub(crate) fn resolve(
     reference: &str,
     base_dir: &Path,
+    policy: PathPolicy,
     notify: Notify,
 ) -> Result<Manifest, ImageError> {
     if let Some(image) = builtin::find(reference) {
         let path = builtin::ensure_built(image, notify)?;
         return Ok(Manifest::load(&path)?);
     }
-    let looks_like_path = reference.contains('/') || reference.ends_with(".toml");
-    if !looks_like_path {
+    if !suite::image_is_path(reference) {
         return Err(ImageError::Unknown(reference.to_string()));
     }
-    let mut path = base_dir.join(reference);
+    let mut path = confine(base_dir, Path::new(reference), policy, &[])
+        .map_err(|outside| ImageError::Outside(outside.message("image")))?;
     if path.is_dir() {
         path = path.join("image.toml");
     }
-    Ok(Manifest::load(&path)?)
+    // Its text is quoted in a parse error only when it is the suite's own file.
+    let quote = is_inside(base_dir, &path);
+    Ok(Manifest::load_with(&path, policy, quote)?)
 }

@@ -32,7 +32,7 @@ impl Target {
         if self.append.is_some() {
             parts.push("append".into());
         }
-        parts
+        let label: String = parts
             .join("-")
             .chars()
             .map(|c| {
@@ -42,6 +42,18 @@ impl Target {
                     '-'
                 }
             })
-            .collect()
+            .collect();
+        // A plain folder name (the suite's name rule): a letter or digit first, at
+        // most 64 characters, whatever the image path was.
+        let label: String = label
+            .trim_start_matches(['-', '_'])
+            .chars()
+            .take(64)
+            .collect();
+        if label.is_empty() {
+            "target".into()
+        } else {
+            label
+        }
     }
 }

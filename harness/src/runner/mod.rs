@@ -79,7 +79,10 @@ impl RunError {
         match self {
             RunError::NoMatch(_) => true,
             RunError::Image { source, .. } => {
-                matches!(source, ImageError::Unknown(_) | ImageError::Manifest(_))
+                matches!(
+                    source,
+                    ImageError::Unknown(_) | ImageError::Manifest(_) | ImageError::Outside(_)
+                )
             }
             RunError::InputChanged(_) | RunError::InputNew(_) => true,
             RunError::Results { .. } | RunError::Report(_) => false,

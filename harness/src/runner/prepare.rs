@@ -68,7 +68,8 @@ pub(crate) fn resolve_image(
     let reference = target
         .and_then(|t| t.image.clone())
         .unwrap_or_else(|| suite.image.clone());
-    let mut manifest = image::resolve(&reference, suite.dir(), &mut |text: &str| {
+    let policy = suite.path_policy;
+    let mut manifest = image::resolve(&reference, suite.dir(), policy, &mut |text: &str| {
         emitter.notice(text)
     })?;
     if let Some(target) = target {

@@ -349,8 +349,20 @@ impl Gate<'_> {
         target: &Target,
     ) -> Result<TargetResult, RolloutError> {
         let started = Instant::now();
+        // Ring and target names are checked at load; checked again before anything
+        // is written, so no name can place results outside the rollout's folder.
+        let rel = Path::new(&ring.name).join(target.label());
+        if !crate::util::is_relative_below(&rel) || rel.components().count() != 2 {
+            return Err(RolloutError::Io {
+                path: self.dir.join(&rel),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "ring and target names must each be one plain folder name",
+                ),
+            });
+        }
         let options = RunOptions {
-            out_dir: self.dir.join(&ring.name).join(target.label()),
+            out_dir: self.dir.join(rel),
             target: Some(target.clone()),
             ..self.base.clone()
         };

@@ -17,28 +17,7 @@ use super::{
 };
 use crate::util::{line_col, snippet};
 
-/// Which host files a suite may name (driver sources and modules, content files).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PathPolicy {
-    /// Only files inside the suite's own folder (after `..` and symlinks): a suite
-    /// from elsewhere cannot copy an arbitrary host file into the guest and its
-    /// results. The default.
-    #[default]
-    InsideSuite,
-    /// Anywhere (`--allow-outside-paths`).
-    Anywhere,
-}
-
-impl PathPolicy {
-    /// The policy `--allow-outside-paths` (or a run's recorded choice) asks for.
-    pub fn allowing_outside(allow: bool) -> PathPolicy {
-        if allow {
-            PathPolicy::Anywhere
-        } else {
-            PathPolicy::InsideSuite
-        }
-    }
-}
+pub use crate::confine::PathPolicy;
 
 /// Loads one suite file, or every `*.toml` in a folder (sorted by name), with
 /// paths confined to the suite's folder.
@@ -150,17 +129,30 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
     for (name, driver) in raw.driver {
         let span = driver.span();
         let driver = driver.into_inner();
+        let header = [format!("[driver.{name}]"), format!("[driver.\"{name}\"]")]
+            .iter()
+            .find_map(|h| text.find(h.as_str()))
+            .unwrap_or(span.start);
         if !validate::valid_name(&name) {
-            let header = [format!("[driver.{name}]"), format!("[driver.\"{name}\"]")]
-                .iter()
-                .find_map(|h| text.find(h.as_str()))
-                .unwrap_or(span.start);
             return Err(at(header, validate::name_error("driver", &name)));
         }
-        validate::driver(&name, &driver, dir, policy).map_err(|m| at(span.start, m))?;
+        validate::driver(&name, &driver, dir, policy)
+            .map_err(|p| validate::locate(text, header, p, &[], &at))?;
         drivers.insert(name, driver);
     }
+    let image_span = raw.suite.image.span();
+    let image = raw.suite.image.into_inner();
+    if validate::image_is_path(&image) {
+        validate::inside(dir, Path::new(&image), "image", "[suite] `image`", policy).map_err(
+            |p| {
+                let table = text.find("[suite]").unwrap_or(0);
+                let offset = crate::util::field_offset(text, table, "image", Some(&image));
+                at(offset.unwrap_or(image_span.start), p.message)
+            },
+        )?;
+    }
     let checks = validate::Checks {
+        text,
         dir,
         policy,
         drivers: &drivers,
@@ -205,6 +197,18 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
             .or_else(|| text.find("[[rollout"))
             .unwrap_or(0);
         validate::rollout(rollout).map_err(|m| at(offset, m))?;
+        // Each ring's header, so a target's image is found in its own ring.
+        let rings: Vec<usize> = text
+            .match_indices("[[rollout.ring]]")
+            .map(|(i, _)| i)
+            .collect();
+        validate::rollout_images(rollout, dir, policy).map_err(|p| {
+            let value = p.value.as_deref();
+            let found = rings
+                .iter()
+                .find_map(|&ring| crate::util::field_offset(text, ring, "image", value));
+            at(found.unwrap_or(offset), p.message)
+        })?;
     }
     if let Some(drill) = &raw.drill {
         let offset = text.find("[drill").unwrap_or(0);
@@ -214,7 +218,7 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
     Ok(Suite {
         path: path.to_path_buf(),
         name,
-        image: raw.suite.image,
+        image,
         boot_timeout: raw.suite.boot_timeout,
         recovery_settle: raw.suite.recovery_settle,
         evidence: raw.suite.evidence,
@@ -223,6 +227,7 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         scenarios,
         rollout,
         drill: raw.drill,
+        path_policy: policy,
     })
 }
 
@@ -262,7 +267,7 @@ pub(super) struct RawFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSuite {
     name: Option<Spanned<String>>,
-    image: String,
+    image: Spanned<String>,
     #[serde(default, deserialize_with = "opt_duration")]
     boot_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "opt_recovery_settle")]

@@ -34,6 +34,7 @@ pub use step::{
     RecoverStep, RecoverVia, RollbackContentStep, Step, DEFAULT_ROLLBACK_BOOTS,
     DEFAULT_ROLLBACK_SETTLE,
 };
+pub(crate) use validate::image_is_path;
 
 /// Default time a single guest command may take.
 pub(crate) const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);

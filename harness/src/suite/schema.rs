@@ -33,6 +33,9 @@ pub struct Suite {
     pub rollout: Option<Rollout>,
     /// A recovery drill; its scenarios (one per path) are in `scenarios`.
     pub drill: Option<Drill>,
+    /// The path policy the suite was loaded with: the image it names is resolved,
+    /// and its manifest's files confined, by the same.
+    pub path_policy: crate::confine::PathPolicy,
 }
 
 /// `[rollout]`: rings of targets the suite's scenarios run on, one ring after the

@@ -163,7 +163,8 @@ fn driver_references_and_files_are_checked() {
     let bad_source = base.replace("source = \"src\"", "source = \"nowhere\"");
     match parse(&path, &format!("{bad_source}steps = [{{ boot = {{}} }}]\n")) {
         Err(SuiteError::Invalid { line, message, .. }) => {
-            assert_eq!(line, 4);
+            // At the field itself, not its table's header.
+            assert_eq!(line, 5);
             assert!(message.contains("nowhere"), "{message}");
         }
         other => panic!("expected Invalid, got {other:?}"),
@@ -454,4 +455,180 @@ fn names_are_one_plain_path_component_and_counts_are_bounded() {
     let (line, _, m) = invalid(&driver);
     assert!(m.contains("driver \"../d\" must start"), "{m}");
     assert_eq!(line, 7, "at the driver's header: {m}");
+}
+
+/// Every path field a suite has, pointed outside its folder three ways (absolute,
+/// `..`, a symlink out): each refused at its own line and column, naming the
+/// field and the flag; and with `--allow-outside-paths` the same suite loads.
+#[test]
+fn every_path_field_pointing_outside_is_refused_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite_dir = dir.path().join("suite");
+    std::fs::create_dir_all(suite_dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.path().join("outside/src")).unwrap();
+    for f in ["good.content", "m.ko"] {
+        std::fs::write(suite_dir.join(f), b"x").unwrap();
+        std::fs::write(dir.path().join("outside").join(f), b"x").unwrap();
+    }
+    std::fs::write(dir.path().join("outside/image.toml"), b"x").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside"), suite_dir.join("out")).unwrap();
+    let outside = dir.path().join("outside");
+    let path = suite_dir.join("suite.toml");
+    // (the field's text with PATH for the path, the path's file in `outside`)
+    let template = "[suite]\nimage = IMAGE\n\n[driver.s]\nsource = SOURCE\ncontent_file = \"s.content\"\n\n[driver.m]\nmodule = MODULE\n\n[[scenario]]\nname = \"a\"\nsteps = [\n  { apply_content = { driver = \"s\", file = APPLY } },\n  { rollback_content = { driver = \"s\", file = ROLLBACK } },\n]\n\n[rollout]\n[[rollout.ring]]\nname = \"r\"\ntargets = [{ image = TARGET }]\n";
+    let good = [
+        ("IMAGE", "\"demo\"", ""),
+        ("SOURCE", "\"src\"", ""),
+        ("MODULE", "\"m.ko\"", ""),
+        ("APPLY", "\"good.content\"", ""),
+        ("ROLLBACK", "\"good.content\"", ""),
+        ("TARGET", "\"demo\"", ""),
+    ];
+    let fill = |field: &str, value: &str| {
+        good.iter()
+            .fold(template.to_string(), |text, (key, ok, _)| {
+                text.replace(key, if *key == field { value } else { ok })
+            })
+    };
+    assert!(parse(&path, &fill("", "")).is_ok());
+    for (field, file) in [
+        ("IMAGE", "image.toml"),
+        ("SOURCE", "src"),
+        ("MODULE", "m.ko"),
+        ("APPLY", "good.content"),
+        ("ROLLBACK", "good.content"),
+        ("TARGET", "image.toml"),
+    ] {
+        for (written, how) in [
+            (
+                outside.join(file).display().to_string(),
+                "is an absolute path",
+            ),
+            (format!("../outside/{file}"), "climbs out with `..`"),
+            (format!("out/{file}"), "leads through a symlink"),
+        ] {
+            let text = fill(field, &format!("{written:?}"));
+            let at = text.find(&format!("{written:?}")).unwrap();
+            let key_at = text[..at].rfind(['\n', '{', ',']).unwrap() + 1;
+            let key_at = key_at + text[key_at..].len() - text[key_at..].trim_start().len();
+            let (want_line, want_col) = crate::util::line_col(&text, key_at);
+            match parse(&path, &text) {
+                Err(SuiteError::Invalid {
+                    line,
+                    column,
+                    message,
+                    ..
+                }) => {
+                    assert!(message.contains(how), "{field} {written}: {message}");
+                    assert!(message.contains("--allow-outside-paths"), "{message}");
+                    assert_eq!(
+                        (line, column),
+                        (want_line, want_col),
+                        "{field} {written}: {message}"
+                    );
+                }
+                other => panic!("{field} {written}: expected Invalid, got {other:?}"),
+            }
+            let allowed = parse_with(&path, &text, PathPolicy::Anywhere);
+            assert!(
+                allowed.is_ok(),
+                "{field} {written} with the flag: {allowed:?}"
+            );
+        }
+    }
+}
+
+/// The fields of the schemas that name host files, and where each is confined.
+/// A new `PathBuf` field in a schema fails this test until it is added here,
+/// with the confinement (crate::confine) that its loader applies to it.
+const CONFINED_PATH_FIELDS: &[(&str, &str)] = &[
+    // The suite file itself: named by the user, not by the suite.
+    ("src/suite/schema.rs", "path"),
+    ("src/suite/schema.rs", "source"),
+    ("src/suite/schema.rs", "module"),
+    ("src/suite/step.rs", "file"),
+    ("src/suite/drill.rs", "update"),
+    ("src/suite/drill.rs", "previous"),
+    ("src/image/manifest.rs", "uefi_code"),
+    ("src/image/manifest.rs", "uefi_vars"),
+    ("src/image/manifest.rs", "kernel"),
+    ("src/image/manifest.rs", "initrd"),
+    ("src/image/manifest.rs", "path"),
+    ("src/image/kernel.rs", "headers"),
+];
+
+#[test]
+fn every_path_field_is_confined() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for file in [
+        "src/suite/schema.rs",
+        "src/suite/step.rs",
+        "src/suite/drill.rs",
+        "src/image/manifest.rs",
+        "src/image/kernel.rs",
+        "src/model/target.rs",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for line in text.lines() {
+            let line = line.trim();
+            let Some(rest) = line
+                .strip_prefix("pub ")
+                .or_else(|| line.strip_prefix("pub(crate) "))
+                .or_else(|| line.strip_prefix("pub(super) "))
+            else {
+                continue;
+            };
+            if let Some((name, ty)) = rest.split_once(':') {
+                if ty.contains("PathBuf") && !name.contains('(') && !name.contains(' ') {
+                    found.push((file, name.trim().to_string()));
+                }
+            }
+        }
+    }
+    for (file, name) in &found {
+        assert!(
+            CONFINED_PATH_FIELDS.contains(&(file, name.as_str())),
+            "{file}: field `{name}` names a host path: confine it in its loader (crate::confine::confine) and list it in CONFINED_PATH_FIELDS"
+        );
+    }
+    // And the list holds no field that is gone.
+    for (file, name) in CONFINED_PATH_FIELDS {
+        assert!(
+            found.iter().any(|(f, n)| f == file && n == name),
+            "{file}: no field `{name}` any more: remove it from the list"
+        );
+    }
+    // A suite's `image` (and a rollout target's) is a String: a built-in name or
+    // a path, confined by validate::image_is_path + confine (tested above).
+}
+
+#[test]
+fn drill_files_outside_the_folder_are_refused_at_their_field() {
+    for (key, written) in [("update", "/etc/passwd"), ("previous", "../good.content")] {
+        let drill = DRILL.replace(
+            &format!(
+                "{key} = \"{}\"",
+                if key == "update" {
+                    "bad.content"
+                } else {
+                    "good.content"
+                }
+            ),
+            &format!("{key} = {written:?}"),
+        );
+        let line = drill.lines().position(|l| l.starts_with(key)).unwrap() + 9;
+        match drill_suite(&drill).1 {
+            Err(SuiteError::Invalid {
+                line: got,
+                column,
+                message,
+                ..
+            }) => {
+                assert!(message.contains("--allow-outside-paths"), "{message}");
+                assert_eq!((got, column), (line, 1), "{key}: {message}");
+            }
+            other => panic!("{key}: expected Invalid, got {other:?}"),
+        }
+    }
 }

@@ -2,16 +2,18 @@
 //! suite's folder, steps that refer to defined drivers, rollout rings.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
 use super::drill::Drill;
-use super::load::{PathPolicy, RawScenario};
+use super::load::RawScenario;
 use super::{
     Driver, Expect, RecoverVia, RollbackContentStep, Rollout, Scenario, Step, SuiteError,
     DEFAULT_BOOT_LOOP_BOOTS,
 };
+use crate::confine::{confine, PathPolicy};
+use crate::util::field_offset;
 
 /// What checking a scenario needs: where relative paths start, which may be named,
 /// the defined drivers, and how to locate an error in the suite's text.
@@ -20,6 +22,8 @@ pub(super) struct Checks<'a> {
     pub(super) policy: PathPolicy,
     pub(super) drivers: &'a BTreeMap<String, Driver>,
     pub(super) at: &'a dyn Fn(usize, String) -> SuiteError,
+    /// The suite's text, to point an error about one field at that field.
+    pub(super) text: &'a str,
     /// The suite's `recovery_settle` (or the default), for scenarios without their own.
     pub(super) recovery_settle: std::time::Duration,
 }
@@ -50,7 +54,8 @@ impl Checks<'_> {
         for (index, step) in scenario.steps.into_iter().enumerate() {
             let span = step.span();
             let step = step.into_inner();
-            self::step(&step, index, drivers, dir, policy).map_err(|m| at(span.start, m))?;
+            self::step(&step, index, drivers, dir, policy)
+                .map_err(|p| locate(self.text, span.start, p, &[], at))?;
             steps.push(step);
         }
         let at = |m: String| at(scenario_span.start, m);
@@ -118,8 +123,14 @@ impl Checks<'_> {
             // Generated steps get the same checks as written ones (driver defined,
             // content files present and inside the suite's folder).
             for (index, step) in scenario.steps.iter().enumerate() {
-                self::step(step, index, self.drivers, self.dir, self.policy)
-                    .map_err(|m| at(format!("[drill]: {m}")))?;
+                self::step(step, index, self.drivers, self.dir, self.policy).map_err(|p| {
+                    // A generated step's `file` is the drill's `update` or `previous`.
+                    let p = Problem {
+                        message: format!("[drill]: {}", p.message),
+                        ..p
+                    };
+                    locate(self.text, offset, p, &["update", "previous"], self.at)
+                })?;
             }
             if !names.insert(scenario.name.clone()) {
                 return Err(at(format!(
@@ -136,24 +147,72 @@ impl Checks<'_> {
     }
 }
 
-/// Checks that `path` (named by `field`) lies inside the suite folder `dir` once
-/// `..` and symlinks are resolved, unless the policy allows anywhere. A path that
-/// does not exist is left to the existence checks, which say so.
-fn check_inside(dir: &Path, path: &Path, field: &str, policy: PathPolicy) -> Result<(), String> {
-    if policy == PathPolicy::Anywhere {
-        return Ok(());
+/// A problem with one field: the message, and the key (and the value written)
+/// that locate it in the suite's text, when it is about one field.
+#[derive(Debug)]
+pub(super) struct Problem {
+    pub(super) key: Option<&'static str>,
+    pub(super) value: Option<String>,
+    pub(super) message: String,
+}
+
+impl From<String> for Problem {
+    fn from(message: String) -> Problem {
+        Problem {
+            key: None,
+            value: None,
+            message,
+        }
     }
-    let (Ok(real), Ok(folder)) = (path.canonicalize(), dir.canonicalize()) else {
-        return Ok(());
-    };
-    if real.starts_with(&folder) {
-        return Ok(());
+}
+
+impl Problem {
+    fn at_field(key: &'static str, value: &Path, message: String) -> Problem {
+        Problem {
+            key: Some(key),
+            value: Some(value.display().to_string()),
+            message,
+        }
     }
-    Err(format!(
-        "{field} {} is outside the suite's folder {}: a suite reads only files in its own folder (so a suite from elsewhere cannot copy any host file into the guest); move the file there, or pass --allow-outside-paths",
-        real.display(),
-        folder.display()
-    ))
+}
+
+/// The error for `problem`, pointed at its field when the field is found after
+/// `anchor` (under its own key, or one of `aliases`: the key a generated step's
+/// field was written under), else at `anchor`.
+pub(super) fn locate(
+    text: &str,
+    anchor: usize,
+    problem: Problem,
+    aliases: &[&'static str],
+    at: &dyn Fn(usize, String) -> SuiteError,
+) -> SuiteError {
+    let value = problem.value.as_deref();
+    let offset = problem
+        .key
+        .iter()
+        .chain(aliases)
+        .find_map(|key| field_offset(text, anchor, key, value))
+        .unwrap_or(anchor);
+    at(offset, problem.message)
+}
+
+/// The host path for `written` (the suite's `field`, written under `key`), confined
+/// to the suite's folder by the one rule every path follows ([`confine`]).
+pub(super) fn inside(
+    dir: &Path,
+    written: &Path,
+    key: &'static str,
+    field: &str,
+    policy: PathPolicy,
+) -> Result<PathBuf, Problem> {
+    confine(dir, written, policy, &[])
+        .map_err(|outside| Problem::at_field(key, written, outside.message(field)))
+}
+
+/// True when a suite's `image` names a manifest file or folder rather than a
+/// built-in image: it holds a '/' or ends in ".toml". Built-in names stay names.
+pub(crate) fn image_is_path(reference: &str) -> bool {
+    reference.contains('/') || reference.ends_with(".toml")
 }
 
 pub(super) fn driver(
@@ -161,40 +220,46 @@ pub(super) fn driver(
     driver: &Driver,
     dir: &Path,
     policy: PathPolicy,
-) -> Result<(), String> {
+) -> Result<(), Problem> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(
             "driver name {name:?} must use only letters, digits and '_' (it is the module's name)"
-        ));
+        )
+        .into());
     }
-    let file = match (&driver.source, &driver.module) {
+    match (&driver.source, &driver.module) {
         (Some(_), Some(_)) => {
-            return Err(format!("driver {name:?} takes `source` or `module`, not both"))
+            Err(format!("driver {name:?} takes `source` or `module`, not both").into())
         }
-        (None, None) => {
-            return Err(format!(
-                "driver {name:?} needs `source` (a kernel module source folder) or `module` (a built .ko)"
-            ))
-        }
+        (None, None) => Err(format!(
+            "driver {name:?} needs `source` (a kernel module source folder) or `module` (a built .ko)"
+        )
+        .into()),
         (Some(source), None) => {
-            let path = dir.join(source);
+            let field = format!("driver {name:?}: `source`");
+            let path = inside(dir, source, "source", &field, policy)?;
             if !path.is_dir() {
-                return Err(format!(
-                    "driver {name:?}: `source` folder {} does not exist",
-                    path.display()
+                return Err(Problem::at_field(
+                    "source",
+                    source,
+                    format!("{field} folder {} does not exist", path.display()),
                 ));
             }
-            return check_inside(dir, &path, &format!("driver {name:?}: `source`"), policy);
+            Ok(())
         }
-        (None, Some(module)) => dir.join(module),
-    };
-    if !file.is_file() {
-        return Err(format!(
-            "driver {name:?}: `module` file {} does not exist",
-            file.display()
-        ));
+        (None, Some(module)) => {
+            let field = format!("driver {name:?}: `module`");
+            let path = inside(dir, module, "module", &field, policy)?;
+            if !path.is_file() {
+                return Err(Problem::at_field(
+                    "module",
+                    module,
+                    format!("{field} file {} does not exist", path.display()),
+                ));
+            }
+            Ok(())
+        }
     }
-    check_inside(dir, &file, &format!("driver {name:?}: `module`"), policy)
 }
 
 pub(super) fn rollout(rollout: &Rollout) -> Result<(), String> {
@@ -224,6 +289,13 @@ pub(super) fn rollout(rollout: &Rollout) -> Result<(), String> {
         }
         let mut labels = BTreeSet::new();
         for target in &ring.targets {
+            if !valid_name(&target.label()) {
+                return Err(format!(
+                    "ring {:?}: {}",
+                    ring.name,
+                    name_error("target `name`", &target.label())
+                ));
+            }
             if target.cpus == Some(0) || target.memory_mib == Some(0) {
                 return Err(format!(
                     "ring {:?}: `cpus` and `memory_mib` must be at least 1",
@@ -242,6 +314,23 @@ pub(super) fn rollout(rollout: &Rollout) -> Result<(), String> {
     Ok(())
 }
 
+/// The images rollout targets name: a path is confined like any other.
+pub(super) fn rollout_images(
+    rollout: &Rollout,
+    dir: &Path,
+    policy: PathPolicy,
+) -> Result<(), Problem> {
+    for ring in &rollout.rings {
+        for image in ring.targets.iter().filter_map(|t| t.image.as_deref()) {
+            if image_is_path(image) {
+                let field = format!("ring {:?}: target `image`", ring.name);
+                inside(dir, Path::new(image), "image", &field, policy)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One step, at `index` in its scenario.
 fn step(
     step: &Step,
@@ -249,10 +338,15 @@ fn step(
     drivers: &BTreeMap<String, Driver>,
     dir: &Path,
     policy: PathPolicy,
-) -> Result<(), String> {
+) -> Result<(), Problem> {
     if let Some(name) = step.driver() {
         step_driver(step, name, drivers, dir, policy)?;
     }
+    step_shape(step, index).map_err(Problem::from)
+}
+
+/// What a step asks for, apart from drivers and files.
+fn step_shape(step: &Step, index: usize) -> Result<(), String> {
     match step {
         Step::Boot(_) if index != 0 => Err(
             "a `boot` step may only come first (the first boot is implicit; use `reboot` later)"
@@ -293,17 +387,17 @@ fn step_driver(
     drivers: &BTreeMap<String, Driver>,
     dir: &Path,
     policy: PathPolicy,
-) -> Result<(), String> {
+) -> Result<(), Problem> {
     let Some(driver) = drivers.get(name) else {
         let known: Vec<&str> = drivers.keys().map(String::as_str).collect();
-        return Err(format!(
+        return Err(Problem::from(format!(
             "unknown driver {name:?}: define it in a [driver.{name}] table (defined: {})",
             if known.is_empty() {
                 "none".to_string()
             } else {
                 known.join(", ")
             }
-        ));
+        )));
     };
     let needs_content = matches!(
         step,
@@ -313,31 +407,36 @@ fn step_driver(
             | Step::Recover(_)
     );
     if needs_content && driver.content_file.is_none() {
-        return Err(format!(
+        return Err(Problem::from(format!(
             "driver {name:?} has no `content_file`: say which file in the content folder it reads"
-        ));
+        )));
     }
     if let Step::ApplyContent(apply) = step {
         if apply.reload && driver.reload.is_none() {
-            return Err(format!(
+            return Err(Problem::from(format!(
                 "`reload = true` but driver {name:?} has no `reload` command"
-            ));
+            )));
         }
-        let file = dir.join(&apply.file);
-        if !file.is_file() {
-            return Err(format!("content `file` {} does not exist", file.display()));
-        }
-        check_inside(dir, &file, "content `file`", policy)?;
+        content_file(dir, &apply.file, policy)?;
     }
     if let Step::RollbackContent(RollbackContentStep {
         file: Some(file), ..
     }) = step
     {
-        let file = dir.join(file);
-        if !file.is_file() {
-            return Err(format!("content `file` {} does not exist", file.display()));
-        }
-        check_inside(dir, &file, "content `file`", policy)?;
+        content_file(dir, file, policy)?;
+    }
+    Ok(())
+}
+
+/// A content file a step uploads: inside the suite's folder, and there.
+fn content_file(dir: &Path, written: &Path, policy: PathPolicy) -> Result<(), Problem> {
+    let file = inside(dir, written, "file", "content `file`", policy)?;
+    if !file.is_file() {
+        return Err(Problem::at_field(
+            "file",
+            written,
+            format!("content `file` {} does not exist", file.display()),
+        ));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A module may name modules of earlier rows only.
 const LAYERS: &[&[&str]] = &[
-    &["util", "cache"],
+    &["util", "cache", "confine"],
     &["model"],
     &["suite", "detect", "agent"],
     &["guest"],

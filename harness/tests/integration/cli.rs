@@ -143,48 +143,158 @@ fn list_applies_cargo_test_style_filters() {
     assert_eq!(list(&["--include-ignored"]).len(), 4);
 }
 
-/// A suite that names a file outside its own folder is refused, naming the file,
-/// line and the flag that allows it; `..` and symlinks do not get around it.
+/// Every path field a suite names, pointed outside its folder three ways (absolute,
+/// `..`, a symlink out), through the real CLI: exit 2, the suite's file:line:col
+/// at the field, the flag that allows it; nothing is written anywhere but `--out`.
+/// Needs no guest: the suite is refused at load.
 #[test]
 fn suite_paths_outside_the_suite_folder_are_refused() {
-    let outside = tempfile::tempdir().unwrap();
-    let secret = write(outside.path(), "secret.content", "host secret");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("src")).unwrap();
-    std::os::unix::fs::symlink(&secret, dir.path().join("link.content")).unwrap();
-    let relative_escape = format!(
-        "../{}/secret.content",
-        outside.path().file_name().unwrap().to_string_lossy()
-    );
-    for (file, how) in [
-        (secret.display().to_string(), "absolute"),
-        (relative_escape, "dot-dot"),
-        ("link.content".to_string(), "symlink"),
-    ] {
-        let suite = write(
-            dir.path(),
-            "suite.toml",
-            &format!(
-                "[suite]\nimage = \"demo\"\n\n[driver.s]\nsource = \"src\"\ncontent_file = \"s.content\"\n\n[[scenario]]\nname = \"a\"\nsteps = [\n  {{ apply_content = {{ driver = \"s\", file = {file:?} }} }},\n]\n"
-            ),
-        );
-        let out = run(&[
-            "run",
-            suite.to_str().unwrap(),
-            "--out",
-            "/nonexistent-never-created",
-        ]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{how}: {stderr}");
-        assert!(
-            stderr.contains("suite.toml:11:")
-                && stderr.contains("outside the suite's folder")
-                && stderr.contains("--allow-outside-paths")
-                && stderr.contains("secret.content"),
-            "{how}: {stderr}"
-        );
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(outside.join("src")).unwrap();
+    write(&outside, "secret.content", "host secret");
+    write(&outside, "m.ko", "x");
+    write(&outside, "image.toml", "x");
+    let dir = root.path().join("suite");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    write(&dir, "good.content", "x");
+    write(&dir, "m.ko", "x");
+    std::os::unix::fs::symlink(&outside, dir.join("out")).unwrap();
+    let template = "[suite]\nimage = IMAGE\n\n[driver.s]\nsource = SOURCE\ncontent_file = \"s.content\"\n\n[driver.m]\nmodule = MODULE\n\n[[scenario]]\nname = \"a\"\nsteps = [\n  { apply_content = { driver = \"s\", file = APPLY } },\n  { rollback_content = { driver = \"s\", file = ROLLBACK } },\n]\n";
+    let fields = [
+        ("IMAGE", "\"demo\"", "image.toml", "2:1"),
+        ("SOURCE", "\"src\"", "src", "5:1"),
+        ("MODULE", "\"m.ko\"", "m.ko", "9:1"),
+        ("APPLY", "\"good.content\"", "secret.content", "14:37"),
+        ("ROLLBACK", "\"good.content\"", "secret.content", "15:40"),
+    ];
+    let out_dir = root.path().join("results");
+    write(&dir, "suite.toml", "the test writes each suite here");
+    let before = listing(root.path());
+    for (field, _, file, at) in fields {
+        for written in [
+            outside.join(file).display().to_string(),
+            format!("../outside/{file}"),
+            format!("out/{file}"),
+        ] {
+            let text = fields
+                .iter()
+                .fold(template.to_string(), |text, (key, ok, _, _)| {
+                    let value = if *key == field {
+                        format!("{written:?}")
+                    } else {
+                        ok.to_string()
+                    };
+                    text.replace(key, &value)
+                });
+            let suite = write(&dir, "suite.toml", &text);
+            let out = run_tcg(&suite, &out_dir, &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{field} {written}: {stderr}");
+            assert!(
+                stderr.contains(&format!("suite.toml:{at}:"))
+                    && stderr.contains("outside the folder")
+                    && stderr.contains("--allow-outside-paths"),
+                "{field} {written}: {stderr}"
+            );
+            assert!(!stderr.contains("host secret"), "{stderr}");
+        }
     }
-    assert!(!std::path::Path::new("/nonexistent-never-created").exists());
+    assert_eq!(
+        listing(root.path()),
+        before,
+        "nothing may be written for a refused suite"
+    );
+}
+
+/// Every file under `dir`, for before/after comparisons.
+fn listing(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// An image manifest is held to the same rule for its own files (a suite that
+/// ships one naming `disk.path = "/etc/passwd"` is refused at the manifest's
+/// line), and a file outside the suite's folder that does not parse is located
+/// but never quoted: `image = "/etc/passwd"` with --allow-outside-paths names
+/// the file and line, and prints none of it.
+#[test]
+fn hostile_image_manifests_are_refused_and_never_quoted() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    write(&outside, "passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    let dir = root.path().join("suite");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        write(&dir, f, "x");
+    }
+    let manifest = include_str!("../../../images/demo/image.toml").replace(
+        "path = \"system.qcow2\"",
+        &format!("path = {:?}", outside.join("passwd")),
+    );
+    write(&dir, "image.toml", &manifest);
+    let want = manifest
+        .lines()
+        .position(|l| l.starts_with("path ="))
+        .unwrap()
+        + 1;
+    let body = "\n[[scenario]]\nname = \"a\"\nsteps = [{ exec = { run = \"true\" } }]\n";
+    let out_dir = root.path().join("results");
+
+    let suite = write(
+        &dir,
+        "suite.toml",
+        &format!("[suite]\nimage = \"image.toml\"\n{body}"),
+    );
+    let out = run_tcg(&suite, &out_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("image.toml:{want}:1: disk.path"))
+            && stderr.contains("is an absolute path")
+            && stderr.contains("--allow-outside-paths"),
+        "{stderr}"
+    );
+
+    let passwd = outside.join("passwd");
+    let suite = write(
+        &dir,
+        "suite.toml",
+        &format!(
+            "[suite]\nimage = {:?}\n{body}",
+            passwd.display().to_string()
+        ),
+    );
+    let out = run_tcg(&suite, &out_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("suite.toml:2:1:") && stderr.contains("is an absolute path"),
+        "{stderr}"
+    );
+    let out = run_tcg(&suite, &out_dir, &["--allow-outside-paths"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("passwd:1:"),
+        "the file and line are named: {stderr}"
+    );
+    assert!(
+        !stderr.contains("root:x") && !stderr.contains("/bin/bash"),
+        "its text is not: {stderr}"
+    );
+    let results: String = listing(&out_dir)
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    assert!(!results.contains("root:x"), "nor is it in the results");
 }
 
 /// Regression (issue 13): a suite without [rollout] given to `bootgate rollout` is a
@@ -225,6 +335,14 @@ fn hostile_names_and_endless_counts_are_refused_before_anything_is_written() {
         (
             "[suite]\nname = \"../../../escape\"\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nsteps = [{ exec = { run = \"true\" } }]\n",
             "suite.toml:2:8: suite `name` \"../../../escape\" must start with a letter or digit",
+        ),
+        (
+            "[suite]\nname = \"a/b\"\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nsteps = [{ exec = { run = \"true\" } }]\n",
+            "suite.toml:2:8: suite `name` \"a/b\" must start with a letter or digit",
+        ),
+        (
+            "[suite]\nimage = \"demo\"\n[[scenario]]\nname = \"x/../../up\"\nsteps = [{ exec = { run = \"true\" } }]\n",
+            "suite.toml:4:8: scenario `name`",
         ),
         (
             "[suite]\nimage = \"demo\"\n[[scenario]]\nname = \"a\"\nsteps = [{ reboot = { times = 4294967295 } }]\n",
