@@ -10,12 +10,22 @@ use bootgate::runner::options::DEFAULT_OUT_DIR;
 use bootgate::runner::shard::Shard;
 use bootgate::suite;
 
+/// `--unsandboxed-builds`, the same on every command that builds drivers.
+const UNSANDBOXED_BUILDS: &str =
+    "Build `source` drivers directly on this host instead of in the build sandbox. \
+A Kbuild file runs arbitrary commands, so bootgate builds in a bubblewrap sandbox: no network, \
+nothing of the host writable, no host file but the toolchain, the kernel headers and the driver \
+source. Where that sandbox cannot be made (bubblewrap missing, user namespaces refused, as in \
+many containers), bootgate refuses to build; this flag builds anyway, as you, with your network \
+and every file you can read or write (keys, the bootgate cache, other results): only for suites \
+you trust. Recorded in run.json; `rerun` never takes it from there, pass it again.";
+
 #[derive(Parser)]
 #[command(
     name = "bootgate",
     version,
     about = "Boot-gate kernel drivers and content updates: boot VM images under QEMU, run scenario suites, record crashes, hangs and boot times as pass/fail gates.",
-    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG (binaries), BOOTGATE_CACHE (image cache folder)."
+    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG, BOOTGATE_BWRAP (binaries), BOOTGATE_CACHE (image cache folder)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -119,6 +129,8 @@ pub struct RunArgs {
     /// cannot copy an arbitrary host file into the guest and the results).
     #[arg(long)]
     pub allow_outside_paths: bool,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
     /// Run only scenarios whose "suite/scenario" name contains this text (repeatable;
     /// like cargo test's FILTER).
     #[arg(long, value_name = "TEXT")]
@@ -181,6 +193,8 @@ pub struct RerunArgs {
     /// Results folder for the new run (default: the one holding RUN_DIR).
     #[arg(long, short, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -261,6 +275,8 @@ pub struct FuzzArgs {
     /// Let the suite name files outside its own folder.
     #[arg(long)]
     pub allow_outside_paths: bool,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
 }
 
 /// `bootgate rollout`'s arguments.
@@ -280,6 +296,8 @@ pub struct RolloutArgs {
     /// Let the suite name files outside its own folder.
     #[arg(long)]
     pub allow_outside_paths: bool,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -287,6 +305,7 @@ pub struct RolloutArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bootgate::model::DriverBuilds;
     use bootgate::runner::{IgnoredPolicy, RunOptions};
 
     /// `RunOptions::default()` is what `bootgate run PATH` does without flags, so the
@@ -306,6 +325,10 @@ mod tests {
         assert_eq!(
             suite::PathPolicy::allowing_outside(args.allow_outside_paths),
             defaults.path_policy
+        );
+        assert_eq!(
+            DriverBuilds::unsandboxed_if(args.unsandboxed_builds),
+            defaults.driver_builds
         );
         assert_eq!(args.only, defaults.only);
         assert_eq!(args.skip, defaults.skip);

@@ -178,6 +178,48 @@ pub struct RunSettings {
     /// The rollout target the suites ran on instead of their own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<super::target::Target>,
+    /// Whether `source` drivers were built in the build sandbox. A record from before
+    /// the sandbox existed has none: its builds ran unsandboxed.
+    #[serde(default = "DriverBuilds::before_the_sandbox")]
+    pub driver_builds: DriverBuilds,
+}
+
+/// How a suite's `source` drivers are built: in the bubblewrap sandbox, or, when the
+/// user passed `--unsandboxed-builds`, directly on the host as the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverBuilds {
+    #[default]
+    Sandboxed,
+    Unsandboxed,
+}
+
+impl DriverBuilds {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverBuilds::Sandboxed => "sandboxed",
+            DriverBuilds::Unsandboxed => "unsandboxed",
+        }
+    }
+
+    /// `--unsandboxed-builds` given or not.
+    pub fn unsandboxed_if(flag: bool) -> DriverBuilds {
+        if flag {
+            DriverBuilds::Unsandboxed
+        } else {
+            DriverBuilds::Sandboxed
+        }
+    }
+
+    fn before_the_sandbox() -> DriverBuilds {
+        DriverBuilds::Unsandboxed
+    }
+
+    /// What runs made this way together amount to (shards merged into one run): one
+    /// unsandboxed build makes the whole unsandboxed.
+    pub(crate) fn weakest(all: impl IntoIterator<Item = DriverBuilds>) -> DriverBuilds {
+        DriverBuilds::unsandboxed_if(all.into_iter().any(|b| b == DriverBuilds::Unsandboxed))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
