@@ -341,6 +341,43 @@ mod tests {
         assert!(defaults.required_inputs.is_none());
     }
 
+    /// Every command that builds drivers takes `--unsandboxed-builds`, and none
+    /// turns the sandbox off without it.
+    #[test]
+    fn every_building_command_takes_the_unsandboxed_builds_flag() {
+        let fuzz = [
+            "fuzz-content",
+            "s.toml",
+            "--driver",
+            "d",
+            "--format",
+            "f.toml",
+        ];
+        let commands: [&[&str]; 4] = [
+            &["run", "s.toml"],
+            &["rerun", "results/latest"],
+            &["rollout", "s.toml"],
+            &fuzz,
+        ];
+        for command in commands {
+            for (extra, expected) in [(None, false), (Some("--unsandboxed-builds"), true)] {
+                let argv: Vec<&str> = ["bootgate"]
+                    .into_iter()
+                    .chain(command.iter().copied())
+                    .chain(extra)
+                    .collect();
+                let flag = match Cli::parse_from(&argv).command {
+                    Command::Run(a) => a.unsandboxed_builds,
+                    Command::Rerun(a) => a.unsandboxed_builds,
+                    Command::Rollout(a) => a.unsandboxed_builds,
+                    Command::FuzzContent(a) => a.unsandboxed_builds,
+                    _ => panic!("{argv:?} parsed as another command"),
+                };
+                assert_eq!(flag, expected, "{argv:?}");
+            }
+        }
+    }
+
     /// clap's own consistency checks (conflicting or missing argument names).
     #[test]
     fn the_command_line_definition_is_consistent() {

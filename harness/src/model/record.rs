@@ -498,6 +498,24 @@ pub struct RecoveryRecord {
 mod tests {
     use super::*;
 
+    /// A run.json from before the sandbox says nothing of driver builds: they ran
+    /// unsandboxed, and a merge with one such shard is unsandboxed too.
+    #[test]
+    fn settings_without_driver_builds_were_unsandboxed() {
+        let old: RunSettings =
+            serde_json::from_str(r#"{"accel":"tcg","keep":false,"suites":[]}"#).unwrap();
+        assert_eq!(old.driver_builds, DriverBuilds::Unsandboxed);
+        assert_eq!(
+            RunSettings::default().driver_builds,
+            DriverBuilds::Sandboxed
+        );
+        let json = serde_json::to_value(RunSettings::default()).unwrap();
+        assert_eq!(json["driver_builds"], "sandboxed");
+        use DriverBuilds::{Sandboxed, Unsandboxed};
+        assert_eq!(DriverBuilds::weakest([Sandboxed, Sandboxed]), Sandboxed);
+        assert_eq!(DriverBuilds::weakest([Sandboxed, Unsandboxed]), Unsandboxed);
+    }
+
     #[test]
     fn boot_records_without_the_crash_phase_still_load_and_say_when() {
         // A boot from a run.json written before `crashed` existed: a crash after

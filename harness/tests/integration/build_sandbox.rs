@@ -286,3 +286,61 @@ fn doctor_says_whether_the_build_sandbox_works() {
         assert!(line.contains(needed), "{needed:?} in {line}");
     }
 }
+
+/// Copies the demo image's kernel headers to `dir` (outside /usr), their relative
+/// links made absolute so they still resolve; the copy's path.
+fn headers_copy(dir: &Path) -> (String, PathBuf) {
+    let info = bootgate::image::kernel::build_info(demo_manifest()).expect("build-info.json");
+    let release = info["kernel_version"].as_str().unwrap().to_string();
+    let headers = PathBuf::from(info["headers_dir"].as_str().unwrap());
+    let copy = dir.join("linux-headers");
+    for entry in walkdir::WalkDir::new(&headers)
+        .into_iter()
+        .map(Result::unwrap)
+    {
+        let to = copy.join(entry.path().strip_prefix(&headers).unwrap());
+        if entry.path_is_symlink() {
+            let target = std::fs::canonicalize(entry.path()).unwrap();
+            std::os::unix::fs::symlink(target, &to).unwrap();
+        } else if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    (release, copy)
+}
+
+/// Headers outside /usr, named through a symlink: the sandbox shows them at both
+/// paths, read-only, and the driver builds against them and loads.
+#[test]
+fn headers_outside_usr_are_shown_to_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_dir();
+    let (release, copy) = headers_copy(host.path());
+    let link = host.path().join("headers-link");
+    std::os::unix::fs::symlink(&copy, &link).unwrap();
+    image_variant(demo_manifest(), dir.path(), |text| {
+        format!(
+            "{text}\n[kernel]\nrelease = {release:?}\nheaders = {:?}\n",
+            link.display().to_string()
+        )
+    });
+    let marker = unique("elsewhere");
+    let suite = driver_suite(dir.path(), "elsewhere", "obj-m := elsewhere.o\n", &marker);
+    let text = std::fs::read_to_string(&suite)
+        .unwrap()
+        .replace("image = \"demo\"", "image = \"image.toml\"");
+    std::fs::write(&suite, text).unwrap();
+    let out_dir = dir.path().join("results");
+    let out = run_tcg(&suite, &out_dir, &[]);
+    let run = run_json(&out_dir);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:#}",
+        scenario(&run, "sandbox/load")
+    );
+    assert_eq!(run["settings"]["driver_builds"], "sandboxed");
+    forget_modules(&marker);
+}
