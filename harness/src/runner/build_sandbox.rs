@@ -111,14 +111,15 @@ pub(crate) fn build(
         let path = path.to_path_buf();
         move |source| BuildError::Io { path, source }
     };
+    // Absolute: the script changes folders before make reads the headers.
+    let headers = std::path::absolute(job.headers).map_err(io_at(job.headers))?;
+    let source = std::fs::canonicalize(job.source).map_err(io_at(job.source))?;
     // Held to the end: the unsandboxed build's folder on the host.
     let mut scratch = None;
     let argv = match how {
         DriverBuilds::Sandboxed => {
             probe().map_err(BuildError::Unavailable)?;
-            let headers = std::path::absolute(job.headers).map_err(io_at(job.headers))?;
             let canonical = std::fs::canonicalize(job.headers).map_err(io_at(job.headers))?;
-            let source = std::fs::canonicalize(job.source).map_err(io_at(job.source))?;
             let mut argv = vec![bwrap_binary()];
             argv.extend(bwrap_args(
                 &HostLayout::under(Path::new("/")),
@@ -135,7 +136,7 @@ pub(crate) fn build(
         }
         DriverBuilds::Unsandboxed => {
             let dir = private_tempdir("bootgate-build-").map_err(io_at(&std::env::temp_dir()))?;
-            let argv = script_argv(job.name, job.headers, job.source, dir.path());
+            let argv = script_argv(job.name, &headers, &source, dir.path());
             scratch = Some(dir);
             argv
         }
