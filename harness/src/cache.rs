@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// The per-user cache: `$BOOTGATE_CACHE`, else `$XDG_CACHE_HOME/bootgate`, else
 /// `~/.cache/bootgate`.
-pub(crate) fn cache_root() -> PathBuf {
+pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("BOOTGATE_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }

@@ -25,8 +25,10 @@ const RECIPE_TOOLS: &[(&str, &str)] = &[
     ("gcc", "gcc"),
 ];
 
-/// Prints the checks to `out`; true when nothing blocks a run.
-pub fn run(out: &mut dyn Write) -> bool {
+/// Prints the checks to `out`; true when nothing blocks a run. `build_sandbox` is
+/// the runner's probe of the driver build sandbox (`runner::build_sandbox::probe`),
+/// handed in by the binary: the runner, which owns the sandbox, sits above doctor.
+pub fn run(out: &mut dyn Write, build_sandbox: Result<(), String>) -> bool {
     let tools = QemuTools::from_env();
     let mut ok = true;
     let mut line = |good: bool, what: &str, text: &str| {
@@ -96,6 +98,18 @@ pub fn run(out: &mut dyn Write) -> bool {
             )
         };
     }
+    ok &= match build_sandbox {
+        Ok(()) => line(
+            true,
+            "build sandbox",
+            "bubblewrap works: `source` drivers build with no network and nothing of the host writable or visible but the toolchain, headers and source",
+        ),
+        Err(why) => line(
+            false,
+            "build sandbox",
+            &format!("{why}; until it works, bootgate refuses to build `source` drivers unless given --unsandboxed-builds (which runs their Kbuild on this host as you)"),
+        ),
+    };
     let cache = crate::cache::cache_root();
     for (what, dir) in [
         ("cache disk", cache.as_path()),

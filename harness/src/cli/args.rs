@@ -10,12 +10,22 @@ use bootgate::runner::options::DEFAULT_OUT_DIR;
 use bootgate::runner::shard::Shard;
 use bootgate::suite;
 
+/// `--unsandboxed-builds`, the same on every command that builds drivers.
+const UNSANDBOXED_BUILDS: &str =
+    "Build `source` drivers directly on this host instead of in the build sandbox. \
+A Kbuild file runs arbitrary commands, so bootgate builds in a bubblewrap sandbox: no network, \
+nothing of the host writable, no host file but the toolchain, the kernel headers and the driver \
+source. Where that sandbox cannot be made (bubblewrap missing, user namespaces refused, as in \
+many containers), bootgate refuses to build; this flag builds anyway, as you, with your network \
+and every file you can read or write (keys, the bootgate cache, other results): only for suites \
+you trust. Recorded in run.json; `rerun` never takes it from there, pass it again.";
+
 #[derive(Parser)]
 #[command(
     name = "bootgate",
     version,
     about = "Boot-gate kernel drivers and content updates: boot VM images under QEMU, run scenario suites, record crashes, hangs and boot times as pass/fail gates.",
-    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG (binaries), BOOTGATE_CACHE (image cache folder)."
+    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG, BOOTGATE_BWRAP (binaries), BOOTGATE_CACHE (image cache folder)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -119,6 +129,8 @@ pub struct RunArgs {
     /// cannot copy an arbitrary host file into the guest and the results).
     #[arg(long)]
     pub allow_outside_paths: bool,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
     /// Run only scenarios whose "suite/scenario" name contains this text (repeatable;
     /// like cargo test's FILTER).
     #[arg(long, value_name = "TEXT")]
@@ -186,6 +198,8 @@ pub struct RerunArgs {
     /// than the original run had.
     #[arg(long)]
     pub allow_outside_paths: bool,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -266,6 +280,8 @@ pub struct FuzzArgs {
     /// Let the suite name files outside its own folder.
     #[arg(long)]
     pub allow_outside_paths: bool,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
 }
 
 /// `bootgate rollout`'s arguments.
@@ -285,6 +301,8 @@ pub struct RolloutArgs {
     /// Let the suite name files outside its own folder.
     #[arg(long)]
     pub allow_outside_paths: bool,
+    #[arg(long, help = UNSANDBOXED_BUILDS)]
+    pub unsandboxed_builds: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -292,6 +310,7 @@ pub struct RolloutArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bootgate::model::DriverBuilds;
     use bootgate::runner::{IgnoredPolicy, RunOptions};
 
     /// `RunOptions::default()` is what `bootgate run PATH` does without flags, so the
@@ -312,6 +331,10 @@ mod tests {
             suite::PathPolicy::allowing_outside(args.allow_outside_paths),
             defaults.path_policy
         );
+        assert_eq!(
+            DriverBuilds::unsandboxed_if(args.unsandboxed_builds),
+            defaults.driver_builds
+        );
         assert_eq!(args.only, defaults.only);
         assert_eq!(args.skip, defaults.skip);
         assert_eq!(args.exact, defaults.exact);
@@ -321,6 +344,43 @@ mod tests {
         assert!(args.shard_timings.is_none() && defaults.timings_file.is_none());
         assert!(defaults.expected_ms.is_empty() && defaults.target.is_none());
         assert!(defaults.required_inputs.is_none());
+    }
+
+    /// Every command that builds drivers takes `--unsandboxed-builds`, and none
+    /// turns the sandbox off without it.
+    #[test]
+    fn every_building_command_takes_the_unsandboxed_builds_flag() {
+        let fuzz = [
+            "fuzz-content",
+            "s.toml",
+            "--driver",
+            "d",
+            "--format",
+            "f.toml",
+        ];
+        let commands: [&[&str]; 4] = [
+            &["run", "s.toml"],
+            &["rerun", "results/latest"],
+            &["rollout", "s.toml"],
+            &fuzz,
+        ];
+        for command in commands {
+            for (extra, expected) in [(None, false), (Some("--unsandboxed-builds"), true)] {
+                let argv: Vec<&str> = ["bootgate"]
+                    .into_iter()
+                    .chain(command.iter().copied())
+                    .chain(extra)
+                    .collect();
+                let flag = match Cli::parse_from(&argv).command {
+                    Command::Run(a) => a.unsandboxed_builds,
+                    Command::Rerun(a) => a.unsandboxed_builds,
+                    Command::Rollout(a) => a.unsandboxed_builds,
+                    Command::FuzzContent(a) => a.unsandboxed_builds,
+                    _ => panic!("{argv:?} parsed as another command"),
+                };
+                assert_eq!(flag, expected, "{argv:?}");
+            }
+        }
     }
 
     /// clap's own consistency checks (conflicting or missing argument names).

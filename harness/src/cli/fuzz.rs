@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use bootgate::fuzz::campaign::{self, FuzzOptions, FuzzReport};
+use bootgate::model::DriverBuilds;
 use bootgate::model::Emitter;
 use bootgate::qemu::QemuTools;
 use bootgate::report::terminal::{TerminalSink, Verbosity};
@@ -28,6 +29,7 @@ pub fn fuzz_content(args: FuzzArgs) -> Exit {
         accel: args.accel,
         tools: QemuTools::from_env(),
         path_policy: suite::PathPolicy::allowing_outside(args.allow_outside_paths),
+        driver_builds: DriverBuilds::unsandboxed_if(args.unsandboxed_builds),
         progress: true,
     };
     let progress = Emitter::new(vec![Box::new(TerminalSink::new(Verbosity::Normal))]);

@@ -1,6 +1,6 @@
 //! The commands about the host rather than a suite: `doctor` and `image build`.
 
-use bootgate::{doctor, image};
+use bootgate::{doctor, image, runner};
 
 use super::args::DoctorArgs;
 use super::exit::{fail, Exit};
@@ -9,7 +9,7 @@ pub fn doctor(args: DoctorArgs) -> Exit {
     let mut stdout = std::io::stdout();
     let healthy = match &args.image {
         Some(image) => doctor::image::run(image, args.accel, &mut stdout),
-        None => doctor::run(&mut stdout),
+        None => doctor::run(&mut stdout, runner::build_sandbox::probe()),
     };
     // Each failed check already printed what to do; a host that is not ready is
     // infrastructure trouble, as a run on it would be.

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use bootgate::model::DriverBuilds;
 use bootgate::model::Emitter;
 use bootgate::report::terminal::TerminalSink;
 use bootgate::runner::rollout::RolloutReport;
@@ -25,6 +26,7 @@ pub fn rollout(args: RolloutArgs) -> Exit {
         jobs: super::jobs(args.jobs),
         accel: args.accel,
         path_policy: policy,
+        driver_builds: DriverBuilds::unsandboxed_if(args.unsandboxed_builds),
         ..super::run_options()
     };
     let make_emitter = || Emitter::new(report_sinks(verbosity));

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use bootgate::model::run_file::RUN_JSON;
+use bootgate::model::DriverBuilds;
 use bootgate::model::Emitter;
 use bootgate::runner::options::DEFAULT_OUT_DIR;
 use bootgate::runner::{self, shard, IgnoredPolicy, RunOptions};
@@ -44,6 +45,7 @@ pub fn run(args: RunArgs) -> Exit {
         retries: args.retries,
         retry_failures: args.retry_failures,
         path_policy: policy,
+        driver_builds: DriverBuilds::unsandboxed_if(args.unsandboxed_builds),
         only: args.only,
         skip: args.skip,
         exact: args.exact,
@@ -82,6 +84,9 @@ pub fn rerun(args: RerunArgs) -> Exit {
         accel: plan.accel,
         keep: plan.keep,
         path_policy: plan.path_policy,
+        // Only this command line decides: the run folder may come from someone else,
+        // so its run.json never turns the sandbox off.
+        driver_builds: DriverBuilds::unsandboxed_if(args.unsandboxed_builds),
         target: plan.target.clone(),
         only: plan.scenarios,
         exact: true,

@@ -25,6 +25,7 @@ use crate::agent::AgentClient;
 use crate::guest::GuestCommand;
 use crate::image::{self, Manifest};
 use crate::model::exit::Exit;
+use crate::model::record::DriverBuilds;
 use crate::model::Emitter;
 use crate::qemu::accel::{Accel, AccelChoice};
 use crate::qemu::snapshot::{self, SavedState, StateSetup};
@@ -62,6 +63,8 @@ pub struct FuzzOptions {
     pub accel: AccelChoice,
     pub tools: QemuTools,
     pub path_policy: PathPolicy,
+    /// Whether the driver's source builds in the build sandbox (`--unsandboxed-builds`).
+    pub driver_builds: DriverBuilds,
     /// Print a progress line every few seconds.
     pub progress: bool,
 }
@@ -261,7 +264,14 @@ impl Machine {
         if let Some(notice) = &decision.notice {
             emitter.notice(notice);
         }
-        let built = prepare::build_driver(&opts.driver, &plan.def, &plan.suite, &manifest)?;
+        let built = prepare::build_driver(
+            &opts.driver,
+            &plan.def,
+            &plan.suite,
+            &manifest,
+            opts.driver_builds,
+            emitter,
+        )?;
         let state = driver_loaded_state(opts, &manifest, &built, decision.accel, emitter)?;
         Ok(Machine {
             manifest,

@@ -11,4 +11,5 @@ pub(crate) mod sink;
 pub(crate) mod target;
 
 pub use event::{Emitter, Event};
+pub use record::DriverBuilds;
 pub use sink::{ReportError, Sink};

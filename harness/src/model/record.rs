@@ -178,6 +178,48 @@ pub struct RunSettings {
     /// The rollout target the suites ran on instead of their own image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<super::target::Target>,
+    /// Whether `source` drivers were built in the build sandbox. A record from before
+    /// the sandbox existed has none: its builds ran unsandboxed.
+    #[serde(default = "DriverBuilds::before_the_sandbox")]
+    pub driver_builds: DriverBuilds,
+}
+
+/// How a suite's `source` drivers are built: in the bubblewrap sandbox, or, when the
+/// user passed `--unsandboxed-builds`, directly on the host as the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverBuilds {
+    #[default]
+    Sandboxed,
+    Unsandboxed,
+}
+
+impl DriverBuilds {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverBuilds::Sandboxed => "sandboxed",
+            DriverBuilds::Unsandboxed => "unsandboxed",
+        }
+    }
+
+    /// `--unsandboxed-builds` given or not.
+    pub fn unsandboxed_if(flag: bool) -> DriverBuilds {
+        if flag {
+            DriverBuilds::Unsandboxed
+        } else {
+            DriverBuilds::Sandboxed
+        }
+    }
+
+    fn before_the_sandbox() -> DriverBuilds {
+        DriverBuilds::Unsandboxed
+    }
+
+    /// What runs made this way together amount to (shards merged into one run): one
+    /// unsandboxed build makes the whole unsandboxed.
+    pub(crate) fn weakest(all: impl IntoIterator<Item = DriverBuilds>) -> DriverBuilds {
+        DriverBuilds::unsandboxed_if(all.into_iter().any(|b| b == DriverBuilds::Unsandboxed))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -455,6 +497,24 @@ pub struct RecoveryRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run.json from before the sandbox says nothing of driver builds: they ran
+    /// unsandboxed, and a merge with one such shard is unsandboxed too.
+    #[test]
+    fn settings_without_driver_builds_were_unsandboxed() {
+        let old: RunSettings =
+            serde_json::from_str(r#"{"accel":"tcg","keep":false,"suites":[]}"#).unwrap();
+        assert_eq!(old.driver_builds, DriverBuilds::Unsandboxed);
+        assert_eq!(
+            RunSettings::default().driver_builds,
+            DriverBuilds::Sandboxed
+        );
+        let json = serde_json::to_value(RunSettings::default()).unwrap();
+        assert_eq!(json["driver_builds"], "sandboxed");
+        use DriverBuilds::{Sandboxed, Unsandboxed};
+        assert_eq!(DriverBuilds::weakest([Sandboxed, Sandboxed]), Sandboxed);
+        assert_eq!(DriverBuilds::weakest([Sandboxed, Unsandboxed]), Unsandboxed);
+    }
 
     #[test]
     fn boot_records_without_the_crash_phase_still_load_and_say_when() {

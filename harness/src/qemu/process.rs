@@ -1,12 +1,13 @@
-//! The process guard: every QEMU runs in its own process group with a parent-death
-//! signal, and is torn down on every path — normal end, error, panic, Ctrl-C — by
-//! QMP `quit`, then SIGTERM to the group, then SIGKILL to the group.
+//! The process guard: every QEMU (and every driver build, `runner::build_sandbox`)
+//! runs in its own process group with a parent-death signal, and is torn down on
+//! every path — normal end, error, panic, Ctrl-C — by QMP `quit` (QEMU), then SIGTERM
+//! to the group, then SIGKILL to the group.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::util::{wait_until, Waited};
@@ -79,10 +80,47 @@ impl ProcessGuard {
             .args(args)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            // Own group: the terminal's Ctrl-C reaches bootgate only, which then tears
-            // the VM down in order; and killpg reaches every helper QEMU forks.
-            .process_group(0);
+            .stderr(log2);
+        let child = Self::start(command, binary, passed)?;
+        Ok(Self::own(child))
+    }
+
+    /// Spawns `argv` with stdin closed and stdout and stderr as pipes, which the
+    /// caller reads (a driver build writes its module on one and its log on the other).
+    pub(crate) fn spawn_piped(
+        argv: &[String],
+    ) -> Result<(ProcessGuard, ChildStdout, ChildStderr), ProcessError> {
+        let (binary, args) = argv.split_first().ok_or_else(|| ProcessError::Spawn {
+            binary: String::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "empty command line"),
+        })?;
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = Self::start(command, binary, None)?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            // Stdio::piped always gives both; a guard still reaps the child.
+            drop(Self::own(child));
+            return Err(ProcessError::Spawn {
+                binary: binary.clone(),
+                source: io::Error::other("no pipes to the child"),
+            });
+        };
+        Ok((Self::own(child), stdout, stderr))
+    }
+
+    /// Spawns `command` in a process group of its own with the parent-death signal.
+    fn start(
+        mut command: Command,
+        binary: &str,
+        passed: Option<&File>,
+    ) -> Result<Child, ProcessError> {
+        // Own group: the terminal's Ctrl-C reaches bootgate only, which then tears
+        // the child down in order; and killpg reaches every helper it forks.
+        command.process_group(0);
         let parent = std::process::id() as libc::pid_t;
         let passed = passed.map(std::os::fd::AsRawFd::as_raw_fd);
         // SAFETY: only async-signal-safe calls (prctl, getppid, dup2, fcntl, _exit)
@@ -111,16 +149,19 @@ impl ProcessGuard {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|source| ProcessError::Spawn {
-            binary: binary.clone(),
+        command.spawn().map_err(|source| ProcessError::Spawn {
+            binary: binary.to_string(),
             source,
-        })?;
+        })
+    }
+
+    fn own(child: Child) -> ProcessGuard {
         let pgid = child.id() as i32;
-        Ok(ProcessGuard {
+        ProcessGuard {
             child,
             pgid,
             status: None,
-        })
+        }
     }
 
     /// The leader's pid: the tests check the group is gone after teardown.

@@ -1,15 +1,17 @@
 //! Candidate drivers: a prebuilt module, or a kernel module built from source against
-//! the image's own kernel headers (recorded by the image build), cached by a hash of
-//! the sources and the kernel version so an unchanged driver is built once.
+//! the image's own kernel headers (recorded by the image build), in the build sandbox
+//! (`build_sandbox.rs`) unless the user asked otherwise, cached by a hash of the
+//! sources, the kernel version and the build mode so an unchanged driver is built once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use super::build_sandbox::{self, BuildError};
 use crate::cache::cache_root;
 use crate::image::kernel;
 use crate::image::manifest::Manifest;
+use crate::model::record::DriverBuilds;
 use crate::suite::Driver;
-use crate::util::{sha256_bytes, sha256_file};
+use crate::util::{sha256_bytes, sha256_file, tail_lines};
 
 /// Lines of a failed build's log quoted in the error.
 const BUILD_LOG_TAIL: usize = 30;
@@ -18,9 +20,14 @@ const BUILD_LOG_TAIL: usize = 30;
 pub enum DriverError {
     #[error("driver {name}: cannot build from source: {why}; build it yourself and give `module = \"path/{name}.ko\"` instead")]
     NoHeaders { name: String, why: String },
-    #[error("driver {name}: build failed (log: {log}):\n{tail}")]
+    #[error("driver {name}: refusing to build its source: {why}. Builds of `source` drivers run in a sandbox (bubblewrap: no network, nothing of the host writable, no host file but the toolchain, headers and source) because a Kbuild file runs arbitrary commands; install bubblewrap where user namespaces are allowed, give a prebuilt `module`, or pass --unsandboxed-builds to build it on the host as this user")]
+    NoSandbox { name: String, why: String },
+    /// `context` says where the build ran when that may explain the failure.
+    #[error("driver {name}: build failed: {why}{context} (log: {log}):\n{tail}")]
     Build {
         name: String,
+        why: String,
+        context: String,
         log: PathBuf,
         tail: String,
     },
@@ -40,11 +47,14 @@ pub struct BuiltDriver {
 }
 
 /// Resolves a suite's driver to a module file, building it if it is given as source.
+/// `notice` gets the warning of an unsandboxed build.
 pub(crate) fn prepare(
     name: &str,
     driver: &Driver,
     suite_dir: &Path,
     manifest: &Manifest,
+    builds: DriverBuilds,
+    notice: &mut dyn FnMut(&str),
 ) -> Result<BuiltDriver, DriverError> {
     let io = |message: String| DriverError::Io {
         name: name.to_string(),
@@ -89,56 +99,49 @@ pub(crate) fn prepare(
         .map(|e| e.into_path())
         .collect();
     sources.sort();
-    let mut material = kernel.clone().into_bytes();
-    for file in &sources {
-        let rel = file.strip_prefix(&source).unwrap_or(file);
-        material.extend_from_slice(rel.display().to_string().as_bytes());
-        material.push(0);
-        material.extend(std::fs::read(file).map_err(|e| io(format!("{}: {e}", file.display())))?);
-        material.push(0);
-    }
-    let key = &sha256_bytes(&material)[..16];
+    let key = build_key(builds, &kernel, &source, &sources)
+        .map_err(|(file, e)| io(format!("{}: {e}", file.display())))?;
     let drivers = cache_root().join("drivers");
     let target = drivers.join(format!("{name}-{kernel}-{key}"));
     let module = target.join(format!("{name}.ko"));
     if !module.is_file() {
         std::fs::create_dir_all(&drivers).map_err(|e| io(format!("{}: {e}", drivers.display())))?;
+        if builds == DriverBuilds::Unsandboxed {
+            notice(&format!(
+                "warning: driver {name}: building its source unsandboxed (--unsandboxed-builds): its Kbuild runs as this user, with the network and every file this user can reach"
+            ));
+        }
+        let log = drivers.join(format!("build-{name}-{key}.log"));
+        let job = build_sandbox::Build {
+            name,
+            source: &source,
+            headers: &headers,
+        };
+        let bytes = build_sandbox::build(&job, builds, &log).map_err(|e| match e {
+            BuildError::Unavailable(why) => DriverError::NoSandbox {
+                name: name.to_string(),
+                why,
+            },
+            BuildError::Failed(why) => DriverError::Build {
+                name: name.to_string(),
+                why,
+                context: match builds {
+                    DriverBuilds::Sandboxed => format!("; {}", build_sandbox::SANDBOX_DENIES),
+                    DriverBuilds::Unsandboxed => String::new(),
+                },
+                tail: tail_lines(&log, BUILD_LOG_TAIL),
+                log: log.clone(),
+            },
+            other => io(other.to_string()),
+        })?;
+        // bootgate, not the build, writes the cache: a folder of its own holding only
+        // the module, renamed into place whole.
         let work = tempfile::Builder::new()
             .prefix(&format!(".build-{name}-"))
             .tempdir_in(&drivers)
             .map_err(|e| io(format!("build folder: {e}")))?;
-        for file in &sources {
-            let rel = file.strip_prefix(&source).unwrap_or(file);
-            let dest = work.path().join(rel);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io(e.to_string()))?;
-            }
-            std::fs::copy(file, &dest).map_err(|e| io(format!("{}: {e}", file.display())))?;
-        }
-        let log = drivers.join(format!("build-{name}-{key}.log"));
-        let log_file =
-            std::fs::File::create(&log).map_err(|e| io(format!("{}: {e}", log.display())))?;
-        let log_err = log_file.try_clone().map_err(|e| io(e.to_string()))?;
-        let status = Command::new("make")
-            .arg("-C")
-            .arg(&headers)
-            .arg(format!("M={}", work.path().display()))
-            .arg("modules")
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .status()
-            .map_err(|e| io(format!("cannot run make: {e} (install make and gcc)")))?;
         let built = work.path().join(format!("{name}.ko"));
-        if !status.success() || !built.is_file() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            return Err(DriverError::Build {
-                name: name.to_string(),
-                log,
-                tail: lines[lines.len().saturating_sub(BUILD_LOG_TAIL)..].join("\n"),
-            });
-        }
+        std::fs::write(&built, &bytes).map_err(|e| io(format!("{}: {e}", built.display())))?;
         // Another bootgate may have finished the same build meanwhile: either copy is fine.
         let done = work.keep();
         if std::fs::rename(&done, &target).is_err() {
@@ -152,6 +155,26 @@ pub(crate) fn prepare(
         sha256,
         sources,
     })
+}
+
+/// The cache key of a build: the build mode, the kernel, and each source file's
+/// path and bytes. The mode is part of it so a module built unsandboxed is never
+/// taken for a sandboxed build's, nor the other way round.
+fn build_key(
+    builds: DriverBuilds,
+    kernel: &str,
+    source: &Path,
+    files: &[PathBuf],
+) -> Result<String, (PathBuf, std::io::Error)> {
+    let mut material = format!("{}\0{kernel}", builds.as_str()).into_bytes();
+    for file in files {
+        let rel = file.strip_prefix(source).unwrap_or(file);
+        material.extend_from_slice(rel.display().to_string().as_bytes());
+        material.push(0);
+        material.extend(std::fs::read(file).map_err(|e| (file.clone(), e))?);
+        material.push(0);
+    }
+    Ok(sha256_bytes(&material)[..16].to_string())
 }
 
 /// Refuses, before any boot, a Linux module whose vermagic names another kernel
@@ -186,6 +209,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_build_key_changes_with_the_mode_the_kernel_and_every_source_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("drv.c");
+        std::fs::write(&file, "int x;").unwrap();
+        let files = [file.clone()];
+        let key = |builds, kernel: &str| build_key(builds, kernel, dir.path(), &files).unwrap();
+        let sandboxed = key(DriverBuilds::Sandboxed, "6.1.0");
+        assert_eq!(sandboxed, key(DriverBuilds::Sandboxed, "6.1.0"), "stable");
+        assert_ne!(sandboxed, key(DriverBuilds::Unsandboxed, "6.1.0"));
+        assert_ne!(sandboxed, key(DriverBuilds::Sandboxed, "6.2.0"));
+        std::fs::write(&file, "int y;").unwrap();
+        assert_ne!(sandboxed, key(DriverBuilds::Sandboxed, "6.1.0"));
+    }
+
+    #[test]
     fn windows_drivers_must_come_built() {
         let dir = tempfile::tempdir().unwrap();
         crate::testing::images::write_windows_image(
@@ -199,9 +237,16 @@ mod tests {
             content_file: None,
             reload: None,
         };
-        let err = prepare("sensor", &driver, dir.path(), &manifest)
-            .unwrap_err()
-            .to_string();
+        let err = prepare(
+            "sensor",
+            &driver,
+            dir.path(),
+            &manifest,
+            DriverBuilds::Sandboxed,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("module = \"path/sensor.sys\""), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! scenarios and emits events. It never formats results itself: every output (the
 //! terminal, run.json, junit.xml) is a `Sink` that consumes the events.
 
+pub mod build_sandbox;
 pub(crate) mod driver;
 pub(crate) mod folder;
 pub mod merge;
@@ -206,6 +207,7 @@ fn start_record(
             suites: suites.iter().map(|s| absolute(&s.path)).collect(),
             allow_outside_paths: opts.path_policy == crate::suite::PathPolicy::Anywhere,
             target: opts.target.clone(),
+            driver_builds: opts.driver_builds,
         },
         host: host_info(),
         qemu: std::mem::take(&mut prepared.qemu),

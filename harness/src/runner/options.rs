@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::shard;
-use crate::model::record::FileHash;
+use crate::model::record::{DriverBuilds, FileHash};
 use crate::qemu::accel::AccelChoice;
 use crate::qemu::QemuTools;
 
@@ -47,6 +47,10 @@ pub struct RunOptions {
     /// split with different timings cannot be merged.
     pub timings_file: Option<PathBuf>,
     pub tools: QemuTools,
+    /// Whether `source` drivers build in the build sandbox (the default) or on the
+    /// host (`--unsandboxed-builds`). Never taken from a run being repeated: a
+    /// results folder may come from someone else.
+    pub driver_builds: DriverBuilds,
     /// bootgate's own command line, recorded in run.json.
     pub command: Vec<String>,
 }
@@ -74,6 +78,7 @@ impl Default for RunOptions {
             expected_ms: BTreeMap::new(),
             timings_file: None,
             tools: QemuTools::from_env(),
+            driver_builds: DriverBuilds::Sandboxed,
             command: Vec::new(),
         }
     }

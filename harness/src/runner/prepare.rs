@@ -14,7 +14,7 @@ use super::driver::{self, BuiltDriver, DriverError};
 use super::folder::{self, FolderError};
 use super::{RunError, RunOptions};
 use crate::image::{self, ImageError, Manifest};
-use crate::model::record::{FileHash, QemuInfo};
+use crate::model::record::{DriverBuilds, FileHash, QemuInfo};
 use crate::model::Emitter;
 use crate::qemu::accel::{self, Accel, AccelChoice, AccelDecision};
 use crate::qemu::snapshot::{self, SavedState, SnapshotError, StateSetup};
@@ -119,20 +119,31 @@ pub(crate) fn saved_state(
     })
 }
 
-/// Builds (or takes prebuilt) one candidate driver against the image.
+/// Builds (or takes prebuilt) one candidate driver against the image; the warning
+/// of an unsandboxed build goes out as a notice.
 pub(crate) fn build_driver(
     name: &str,
     def: &suite::Driver,
     suite: &Suite,
     manifest: &Manifest,
+    builds: DriverBuilds,
+    emitter: &Emitter,
 ) -> Result<BuiltDriver, DriverError> {
-    driver::prepare(name, def, suite.dir(), manifest)
+    driver::prepare(
+        name,
+        def,
+        suite.dir(),
+        manifest,
+        builds,
+        &mut |text: &str| emitter.notice(text),
+    )
 }
 
 /// Every driver of a suite; each one that cannot be built is reported as a notice.
 pub(crate) fn build_drivers(
     suite: &Suite,
     manifest: Option<&Manifest>,
+    builds: DriverBuilds,
     emitter: &Emitter,
 ) -> Drivers {
     let mut drivers = Drivers::new();
@@ -140,7 +151,8 @@ pub(crate) fn build_drivers(
         return drivers;
     };
     for (name, def) in &suite.drivers {
-        let result = build_driver(name, def, suite, manifest).map_err(|e| e.to_string());
+        let result =
+            build_driver(name, def, suite, manifest, builds, emitter).map_err(|e| e.to_string());
         if let Err(why) = &result {
             emitter.notice(why);
         }
@@ -249,7 +261,7 @@ impl Prepared {
                 prepared.decision = Some(decision);
             }
         }
-        prepared.build_drivers(selected, emitter);
+        prepared.build_drivers(selected, opts.driver_builds, emitter);
         prepared.digest_inputs(selected, opts.timings_file.as_deref())?;
         if let Some(required) = &opts.required_inputs {
             check_required(&prepared.inputs, required)?;
@@ -313,10 +325,15 @@ impl Prepared {
     }
 
     /// Candidate drivers, built against each suite's image (or taken prebuilt).
-    fn build_drivers(&mut self, selected: &[(&Suite, usize)], emitter: &Emitter) {
+    fn build_drivers(
+        &mut self,
+        selected: &[(&Suite, usize)],
+        builds: DriverBuilds,
+        emitter: &Emitter,
+    ) {
         for (suite, _) in selected {
             if !self.drivers.contains_key(&suite.path) {
-                let built = build_drivers(suite, self.manifests.get(&suite.path), emitter);
+                let built = build_drivers(suite, self.manifests.get(&suite.path), builds, emitter);
                 self.drivers.insert(suite.path.clone(), built);
             }
         }

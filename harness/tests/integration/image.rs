@@ -35,6 +35,7 @@ fn doctor_reports_each_check() {
         "qemu-img:",
         "firmware:",
         "accelerator:",
+        "build sandbox:",
         "image cache:",
     ] {
         assert!(

@@ -3,6 +3,7 @@
 
 mod architecture;
 mod boot;
+mod build_sandbox;
 mod cli;
 mod common;
 mod distro;

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::model::exit::Exit;
 use crate::model::record::{
-    FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
+    DriverBuilds, FileHash, HostInfo, QemuInfo, RunRecord, RunSettings, Summary, SCHEMA_VERSION,
 };
 use crate::model::result_file::{self, ResultFileError};
 use crate::model::run_file::RUN_JSON;
@@ -431,6 +431,7 @@ fn combine(shards: &[ShardRun], command: Vec<String>) -> Result<RunRecord, Merge
             suites,
             allow_outside_paths: records().any(|r| r.settings.allow_outside_paths),
             target: first.settings.target.clone(),
+            driver_builds: DriverBuilds::weakest(records().map(|r| r.settings.driver_builds)),
         },
         host: HostInfo {
             hostname: distinct(records().map(|r| r.host.hostname.as_str()), ", "),
