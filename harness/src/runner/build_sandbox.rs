@@ -413,7 +413,7 @@ fn run_bounded<W: Write + Send + 'static>(
         let copied = copy_bounded(stderr, &mut log, MAX_LOG_BYTES);
         let _ = log_tx.send(copied.map(|()| log));
     });
-    let ended = match wait_until(timeout, EXIT_POLL, || {
+    let mut ended = match wait_until(timeout, EXIT_POLL, || {
         if too_large.load(Ordering::SeqCst) {
             return Some(Ended::ModuleTooLarge);
         }
@@ -433,7 +433,12 @@ fn run_bounded<W: Write + Send + 'static>(
         .map_err(|_| held_open())?
     {
         Ok(Bounded::Whole(bytes)) => bytes,
-        Ok(Bounded::TooLarge) => Vec::new(),
+        // The reader stops at the bound and closes the pipe, so the writer may die
+        // of SIGPIPE before the poll above saw the flag: the bound is why it ended.
+        Ok(Bounded::TooLarge) => {
+            ended = Ended::ModuleTooLarge;
+            Vec::new()
+        }
         Err(e) => return Err(read_failed(e)),
     };
     let log = log_rx
