@@ -224,6 +224,11 @@ pub struct DoctorArgs {
     /// Accelerator for the image check: auto probes KVM and falls back to TCG.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
+    /// Let the manifest name files outside its own folder (its disk elsewhere, say),
+    /// as `run --allow-outside-paths` does: by default an image's files must be in
+    /// its folder, bootgate's image cache, or the host's firmware and header folders.
+    #[arg(long, requires = "image")]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Subcommand)]

@@ -8,7 +8,12 @@ use super::exit::{fail, Exit};
 pub fn doctor(args: DoctorArgs) -> Exit {
     let mut stdout = std::io::stdout();
     let healthy = match &args.image {
-        Some(image) => doctor::image::run(image, args.accel, &mut stdout),
+        Some(image) => doctor::image::run(
+            image,
+            args.accel,
+            bootgate::confine::PathPolicy::allowing_outside(args.allow_outside_paths),
+            &mut stdout,
+        ),
         None => doctor::run(&mut stdout, runner::build_sandbox::probe()),
     };
     // Each failed check already printed what to do; a host that is not ready is

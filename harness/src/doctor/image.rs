@@ -67,15 +67,21 @@ struct GuestCheck {
     judge: fn(i64, &str) -> (Level, String),
 }
 
-/// Boots the image at `path` and reports; true when nothing blocks a run.
-pub fn run(path: &Path, choice: AccelChoice, out: &mut dyn Write) -> bool {
+/// Boots the image at `path` and reports; true when nothing blocks a run. The
+/// manifest's files are confined to its folder by `policy`, as in a run.
+pub fn run(
+    path: &Path,
+    choice: AccelChoice,
+    policy: crate::confine::PathPolicy,
+    out: &mut dyn Write,
+) -> bool {
     let mut report = Report { out, ok: true };
     let manifest_path = if path.is_dir() {
         path.join("image.toml")
     } else {
         path.to_path_buf()
     };
-    let manifest = match Manifest::load(&manifest_path) {
+    let manifest = match Manifest::load_with(&manifest_path, policy, true) {
         Ok(m) => {
             let kind = match m.os {
                 OsFamily::Linux => format!("linux, profile {}", m.linux_profile.as_str()),

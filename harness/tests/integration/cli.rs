@@ -361,3 +361,46 @@ fn hostile_names_and_endless_counts_are_refused_before_anything_is_written() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("11"));
 }
+
+/// `doctor --image` holds a manifest to the same rule as a run, and takes the
+/// same flag its refusal names. Needs no guest: it stops at the manifest.
+#[test]
+fn doctor_confines_an_image_manifest_and_takes_the_flag_it_names() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("image");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        write(&dir, f, "x");
+    }
+    write(root.path(), "elsewhere.qcow2", "x");
+    let manifest = include_str!("../../../images/demo/image.toml")
+        .replace("path = \"system.qcow2\"", "path = \"../elsewhere.qcow2\"");
+    let path = write(&dir, "image.toml", &manifest);
+    let out = run(&[
+        "doctor",
+        "--image",
+        path.to_str().unwrap(),
+        "--accel",
+        "tcg",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("disk.path")
+            && stdout.contains("climbs out with `..`")
+            && stdout.contains("--allow-outside-paths"),
+        "{stdout}"
+    );
+    let missing = root.path().join("none.toml");
+    let out = run(&[
+        "doctor",
+        "--image",
+        missing.to_str().unwrap(),
+        "--allow-outside-paths",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("cannot read image manifest"),
+        "the flag is accepted: {stdout}"
+    );
+}
