@@ -82,25 +82,28 @@ pub fn confine(
         folder: folder.to_path_buf(),
         how,
     };
-    let roots: Vec<PathBuf> = if written.is_absolute() {
-        let below: Vec<PathBuf> = system_roots
-            .iter()
-            .filter(|root| written.starts_with(root))
-            .map(|root| real(root))
-            .collect();
-        if below.is_empty() {
-            return Err(outside("is an absolute path".into()));
-        }
-        below
-    } else {
-        vec![real(folder)]
-    };
     if written.components().any(|c| c == Component::ParentDir) {
         return Err(outside("climbs out with `..`".into()));
     }
+    // The folder itself (an absolute path into it is as good as a relative one),
+    // and for an absolute path the package folders it lies below.
+    let folder_real = real(folder);
+    let mut roots = vec![folder_real.clone()];
+    if written.is_absolute() {
+        roots.extend(
+            system_roots
+                .iter()
+                .filter(|root| written.starts_with(root))
+                .map(|root| real(root)),
+        );
+    }
     let resolved = real(&joined);
     if roots.iter().any(|root| resolved.starts_with(root)) {
-        Ok(joined)
+        return Ok(joined);
+    }
+    let written_inside = written.starts_with(folder) || written.starts_with(&folder_real);
+    if written.is_absolute() && !written_inside && roots.len() == 1 {
+        Err(outside("is an absolute path".into()))
     } else {
         Err(outside(format!(
             "leads through a symlink to {}",
@@ -188,6 +191,24 @@ mod tests {
             assert!(message.contains("--allow-outside-paths"), "{message}");
             assert!(message.contains(written), "{message}");
         }
+    }
+
+    #[test]
+    fn an_absolute_path_into_the_folder_is_fine_unless_a_symlink_leads_out() {
+        let dir = folder();
+        let suite = dir.path().join("suite");
+        let inside = suite.join("a.ko");
+        assert_eq!(
+            confine(&suite, &inside, PathPolicy::InsideSuite, &[]).unwrap(),
+            inside
+        );
+        std::os::unix::fs::symlink(dir.path().join("secret"), suite.join("link")).unwrap();
+        let err = confine(&suite, &suite.join("link"), PathPolicy::InsideSuite, &[]).unwrap_err();
+        assert!(
+            err.how.starts_with("leads through a symlink"),
+            "{}",
+            err.how
+        );
     }
 
     #[test]
