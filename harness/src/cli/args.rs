@@ -124,9 +124,11 @@ pub struct RunArgs {
     /// plain pass: it is reported as such everywhere.
     #[arg(long, requires = "retries")]
     pub retry_failures: bool,
-    /// Let the suite name driver and content files outside its own folder (by
-    /// default a suite reads only files in its folder, so a suite from elsewhere
-    /// cannot copy an arbitrary host file into the guest and the results).
+    /// You vouch for the suite: let it (and its image manifest) name files outside
+    /// its own folder: an image elsewhere, driver sources, content files. By default
+    /// every path must stay in the naming file's folder (no absolute path, `..` or
+    /// symlink out), so a suite from elsewhere cannot copy a host file into the guest
+    /// and the results (docs/security.md).
     #[arg(long)]
     pub allow_outside_paths: bool,
     #[arg(long, help = UNSANDBOXED_BUILDS)]
