@@ -143,13 +143,9 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
     let image_span = raw.suite.image.span();
     let image = raw.suite.image.into_inner();
     if validate::image_is_path(&image) {
-        validate::inside(dir, Path::new(&image), "image", "[suite] `image`", policy).map_err(
-            |p| {
-                let table = text.find("[suite]").unwrap_or(0);
-                let offset = crate::util::field_offset(text, table, "image", Some(&image));
-                at(offset.unwrap_or(image_span.start), p.message)
-            },
-        )?;
+        let table = text.find("[suite]").unwrap_or(0);
+        validate::inside(dir, Path::new(&image), "image", "[suite] `image`", policy)
+            .map_err(|p| validate::locate_among(text, &[table], image_span.start, p, &[], &at))?;
     }
     let checks = validate::Checks {
         text,
@@ -202,13 +198,8 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
             .match_indices("[[rollout.ring]]")
             .map(|(i, _)| i)
             .collect();
-        validate::rollout_images(rollout, dir, policy).map_err(|p| {
-            let value = p.value.as_deref();
-            let found = rings
-                .iter()
-                .find_map(|&ring| crate::util::field_offset(text, ring, "image", value));
-            at(found.unwrap_or(offset), p.message)
-        })?;
+        validate::rollout_images(rollout, dir, policy)
+            .map_err(|p| validate::locate_among(text, &rings, offset, p, &[], &at))?;
     }
     if let Some(drill) = &raw.drill {
         let offset = text.find("[drill").unwrap_or(0);

@@ -186,13 +186,31 @@ pub(super) fn locate(
     aliases: &[&'static str],
     at: &dyn Fn(usize, String) -> SuiteError,
 ) -> SuiteError {
+    locate_among(text, &[anchor], anchor, problem, aliases, at)
+}
+
+/// [`locate`] for a field that may stand in any of several tables (a target's
+/// `image` in one of the rings): searched after each anchor in turn, else at
+/// `fallback`.
+pub(super) fn locate_among(
+    text: &str,
+    anchors: &[usize],
+    fallback: usize,
+    problem: Problem,
+    aliases: &[&'static str],
+    at: &dyn Fn(usize, String) -> SuiteError,
+) -> SuiteError {
     let value = problem.value.as_deref();
-    let offset = problem
-        .key
+    let offset = anchors
         .iter()
-        .chain(aliases)
-        .find_map(|key| field_offset(text, anchor, key, value))
-        .unwrap_or(anchor);
+        .find_map(|&anchor| {
+            problem
+                .key
+                .iter()
+                .chain(aliases)
+                .find_map(|key| field_offset(text, anchor, key, value))
+        })
+        .unwrap_or(fallback);
     at(offset, problem.message)
 }
 
