@@ -74,10 +74,125 @@ const NAMES: &[(u32, &str)] = &[
     (0x154, "UNEXPECTED_STORE_EXCEPTION"),
     // What QEMU's win-dmp writes when the guest has not crashed (a live dump).
     (0x161, "LIVE_SYSTEM_DUMP"),
-    // The `_M` codes mean the same as 0x7E and 0x8E; Windows reports either.
+    (0x1C4, "DRIVER_VERIFIER_DETECTED_VIOLATION_LIVEDUMP"),
+    // The `_M` codes: the base code with bit 28 set, "the same meaning and parameters
+    // as" the base code (Microsoft's "Bug Check Code Reference" lists 0x1000007E,
+    // 0x1000007F, 0x1000008E and 0x100000EA; the SDK's bugcodes.h also defines
+    // 0x10000050). Windows reports either for the same bug.
+    (0x1000_0050, "PAGE_FAULT_IN_NONPAGED_AREA_M"),
     (0x1000_007E, "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M"),
+    (0x1000_007F, "UNEXPECTED_KERNEL_MODE_TRAP_M"),
     (0x1000_008E, "KERNEL_MODE_EXCEPTION_NOT_HANDLED_M"),
+    (0x1000_00EA, "THREAD_STUCK_IN_DEVICE_DRIVER_M"),
 ];
+
+/// The bit that makes a `_M` code of a base code.
+const M_VARIANT_BIT: u32 = 0x1000_0000;
+
+/// 0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION (and its live-dump twin 0x1C4): parameter 1
+/// is the violation (Microsoft's "Bug Check 0xC4" page; 0x1C4's page lists the same
+/// subclasses). The common ones, in the page's words, shortened; sorted by value.
+const VERIFIER_VIOLATIONS: &[(u64, &str)] = &[
+    (0x00, "zero-byte pool allocation"),
+    (0x01, "paged pool allocated at IRQL > APC_LEVEL"),
+    (0x02, "nonpaged pool allocated at IRQL > DISPATCH_LEVEL"),
+    (0x10, "freed an address no allocation returned"),
+    (0x11, "paged pool freed at IRQL > APC_LEVEL"),
+    (0x12, "nonpaged pool freed at IRQL > DISPATCH_LEVEL"),
+    (0x13, "pool freed twice"),
+    (0x14, "pool freed twice"),
+    (0x15, "freed pool holds an active timer"),
+    (0x16, "pool freed at a bad address"),
+    (0x17, "freed pool holds an active ERESOURCE"),
+    (0x30, "bad IRQL passed to KeRaiseIrql"),
+    (0x31, "bad IRQL passed to KeLowerIrql"),
+    (0x32, "KeReleaseSpinLock not at DISPATCH_LEVEL"),
+    (0x33, "fast mutex acquired at IRQL > APC_LEVEL"),
+    (0x34, "fast mutex released not at APC_LEVEL"),
+    (0x3C, "ObReferenceObjectByHandle with a bad handle"),
+    (0x3E, "KeLeaveCriticalRegion outside a critical region"),
+    (
+        0x3F,
+        "object referenced or dereferenced at reference count zero",
+    ),
+    (0x40, "KeAcquireSpinLockAtDpcLevel below DISPATCH_LEVEL"),
+    (0x41, "KeReleaseSpinLockFromDpcLevel below DISPATCH_LEVEL"),
+    (0x42, "KeAcquireSpinLock above DISPATCH_LEVEL"),
+    (
+        0x51,
+        "freed memory after writing past the end of the allocation",
+    ),
+    (
+        0x52,
+        "freed memory after writing past the end of the allocation",
+    ),
+    (
+        0x53,
+        "freed memory after writing past the end of the allocation",
+    ),
+    (
+        0x54,
+        "freed memory after writing past the end of the allocation",
+    ),
+    (
+        0x59,
+        "freed memory after writing past the end of the allocation",
+    ),
+    (
+        0x60,
+        "driver unloading without freeing its pool allocations",
+    ),
+    (0x61, "pool allocated while the driver unloads"),
+    (
+        0x62,
+        "driver unloading without freeing its pool allocations",
+    ),
+    (0x70, "MmProbeAndLockPages at IRQL > DISPATCH_LEVEL"),
+    (0x91, "unsupported kernel stack switch"),
+    (0x1000, "self-deadlock: resource acquired recursively"),
+    (0x1001, "deadlock: lock hierarchy violation"),
+    (0x1002, "uninitialized resource acquired"),
+    (0x1003, "resource released out of order"),
+    (0x1004, "resource released by the wrong thread"),
+    (0x1005, "resource initialized twice"),
+    (0x1007, "resource released before it was acquired"),
+    (0x1008, "lock acquired with an API mismatched to its type"),
+    (0x1009, "lock released with an API mismatched to its type"),
+    (0x100A, "terminated thread owns a lock"),
+    (0x100B, "deleted lock still owned by a thread"),
+    (0x2_0002, "DDI compliance rule IrqlApcLte"),
+    (0x2_0003, "DDI compliance rule IrqlDispatch"),
+    (0x2_0004, "DDI compliance rule IrqlExAllocatePool"),
+    (0x2_0005, "DDI compliance rule IrqlExApcLte1"),
+    (0x2_0006, "DDI compliance rule IrqlExApcLte2"),
+];
+
+/// 0xC1 SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION: Microsoft's "Bug Check 0xC1" page
+/// says *parameter 4* holds the type of violation (parameters 1..3 are addresses and
+/// sizes), so the subtype comes from there, not from parameter 1 as for 0xC4.
+const SPECIAL_POOL_VIOLATIONS: &[(u64, &str)] = &[
+    (0x20, "freed pool that was not allocated"),
+    (0x21, "freed a bad address"),
+    (0x22, "freed a bad address"),
+    (0x23, "bytes near a freed address corrupted"),
+    (
+        0x24,
+        "bytes after the end of a freed allocation overwritten",
+    ),
+    (0x30, "pool allocated at an incorrect IRQL"),
+    (0x31, "pool freed at an incorrect IRQL"),
+    (0x32, "single-bit error near a freed address"),
+];
+
+/// The parameter that says which violation a verifier bugcheck is, and the table
+/// naming its values.
+fn violation_table(code: u32) -> Option<(usize, &'static [(u64, &'static str)])> {
+    match code {
+        0xC4 | 0x1C4 => Some((0, VERIFIER_VIOLATIONS)),
+        0xC1 => Some((3, SPECIAL_POOL_VIOLATIONS)),
+        _ => None,
+    }
+}
 
 /// The name of a bugcheck code, if it is one this table knows.
 pub(crate) fn name_of(code: u32) -> Option<&'static str> {
@@ -130,16 +245,51 @@ impl Bugcheck {
         name_of(self.code)
     }
 
+    /// The code whose meaning and parameters this one has: 0x7E for 0x1000007E (a
+    /// `_M` code this table names), the code itself otherwise.
+    pub(crate) fn meaning_code(&self) -> u32 {
+        let base = self.code & !M_VARIANT_BIT;
+        let is_m_variant = self.code != base
+            && matches!((name_of(self.code), name_of(base)),
+                (Some(m), Some(b)) if m.strip_suffix("_M") == Some(b));
+        if is_m_variant {
+            base
+        } else {
+            self.code
+        }
+    }
+
+    /// A verifier bugcheck's violation: the subtype value and, for the common ones,
+    /// what it means. The value is a code, not an address, so it keeps a title stable.
+    pub(crate) fn violation(&self) -> Option<(u64, Option<&'static str>)> {
+        let (param, table) = violation_table(self.meaning_code())?;
+        let value = self.params[param];
+        let meaning = table
+            .binary_search_by_key(&value, |&(v, _)| v)
+            .ok()
+            .map(|i| table[i].1);
+        Some((value, meaning))
+    }
+
     /// A title for de-duplication: `0x50 PAGE_FAULT_IN_NONPAGED_AREA in sensor.sys`.
     /// The parameters are left out on purpose: they hold addresses, which change from
     /// boot to boot, so the same bug would otherwise get a new title every run. The
     /// module is reduced to its lowercased file name for the same reason (Windows
     /// names are case-insensitive and paths vary).
+    ///
+    /// A verifier bugcheck (0xC4, 0xC1) adds its violation subtype, which is a code:
+    /// `0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION 0x62 (driver unloading without
+    /// freeing its pool allocations) in sensor.sys`.
     pub(crate) fn title(&self, module: Option<&str>) -> String {
         let mut title = match self.name() {
             Some(name) => format!("0x{:X} {name}", self.code),
             None => format!("0x{:X} (unknown bugcheck)", self.code),
         };
+        match self.violation() {
+            Some((value, Some(meaning))) => title.push_str(&format!(" {value:#x} ({meaning})")),
+            Some((value, None)) => title.push_str(&format!(" {value:#x}")),
+            None => {}
+        }
         if let Some(module) = module.and_then(module_file_name) {
             title.push_str(" in ");
             title.push_str(&module);
@@ -354,6 +504,109 @@ mod tests {
         ];
         for (code, name) in required {
             assert_eq!(name_of(code), Some(name), "{code:#x}");
+        }
+    }
+
+    fn bugcheck(code: u32, params: [u64; 4]) -> Bugcheck {
+        Bugcheck { code, params }
+    }
+
+    #[test]
+    fn m_variants_are_named_and_mean_their_base_code() {
+        // Microsoft's Bug Check Code Reference: each `_M` code "has the same meaning
+        // and parameters as" its base code; the title keeps the code Windows reported.
+        for (m, base) in [
+            (0x1000_007E, 0x7E),
+            (0x1000_007F, 0x7F),
+            (0x1000_008E, 0x8E),
+            (0x1000_00EA, 0xEA),
+            (0x1000_0050, 0x50),
+        ] {
+            let b = bugcheck(m, [0xC000_0005, 0xffff_f802_1234_5678, 0, 0]);
+            let base_name = name_of(base).unwrap();
+            assert_eq!(b.name().unwrap(), format!("{base_name}_M"), "{m:#x}");
+            assert_eq!(b.meaning_code(), base, "{m:#x}");
+            assert_eq!(
+                b.title(Some(r"\SystemRoot\System32\drivers\Sensor.sys")),
+                format!("0x{m:X} {base_name}_M in sensor.sys")
+            );
+        }
+        assert_eq!(
+            bugcheck(0x1000_007E, [0; 4]).title(None),
+            "0x1000007E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M"
+        );
+        // Bit 28 on a code with no documented `_M` twin is not guessed at.
+        let odd = bugcheck(0x1000_00D1, [0; 4]);
+        assert_eq!(odd.name(), None);
+        assert_eq!(odd.meaning_code(), 0x1000_00D1);
+        assert_eq!(bugcheck(0x7E, [0; 4]).meaning_code(), 0x7E);
+    }
+
+    #[test]
+    fn verifier_violations_title_their_subtype_from_parameter_1() {
+        // Bug Check 0xC4: parameter 1 identifies the violation; the others are
+        // addresses and counts, which must stay out of the title.
+        let leak = bugcheck(0xC4, [0x62, 0xffff_a001_2345_6780, 0, 0x11]);
+        assert_eq!(
+            leak.title(Some("sensor.sys")),
+            "0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION 0x62 (driver unloading without freeing its pool allocations) in sensor.sys"
+        );
+        let other_addresses = bugcheck(0xC4, [0x62, 0xffff_b00b_0000_0000, 0, 0x3]);
+        assert_eq!(leak.title(None), other_addresses.title(None));
+        assert_eq!(
+            bugcheck(0xC4, [0x1001, 0xffff_8000_0000_1000, 0, 0]).title(None),
+            "0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION 0x1001 (deadlock: lock hierarchy violation)"
+        );
+        assert_eq!(
+            bugcheck(0xC4, [0x2_0004, 0xfffff, 0, 0]).title(None),
+            "0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION 0x20004 (DDI compliance rule IrqlExAllocatePool)"
+        );
+        assert_eq!(
+            bugcheck(0xC4, [0, 2, 0, 0]).title(None),
+            "0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION 0x0 (zero-byte pool allocation)"
+        );
+        // A subtype not in the table keeps its number, so the title is still stable.
+        assert_eq!(
+            bugcheck(0xC4, [0x2_0019, 0, 0, 0]).title(None),
+            "0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION 0x20019"
+        );
+        // The live-dump twin carries the same subclasses.
+        assert_eq!(
+            bugcheck(0x1C4, [0x1001, 0, 0, 0]).violation(),
+            Some((0x1001, Some("deadlock: lock hierarchy violation")))
+        );
+    }
+
+    #[test]
+    fn special_pool_corruption_titles_its_subtype_from_parameter_4() {
+        // Bug Check 0xC1: "Parameter 4 indicates the type of violation".
+        let overrun = bugcheck(
+            0xC1,
+            [0xffff_c000_1234_5ff0, 0xffff_c000_1234_6000, 0, 0x24],
+        );
+        assert_eq!(
+            overrun.title(Some("Sensor.SYS")),
+            "0xC1 SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION 0x24 (bytes after the end of a freed allocation overwritten) in sensor.sys"
+        );
+        assert_eq!(
+            bugcheck(0xC1, [0xffff_0000_dead_0000, 0, 0, 0x20]).violation(),
+            Some((0x20, Some("freed pool that was not allocated")))
+        );
+        // Other bugchecks have no subtype, whatever their first parameter.
+        assert_eq!(bugcheck(0x50, [0x62, 0, 0, 0]).violation(), None);
+    }
+
+    #[test]
+    fn violation_tables_are_sorted_and_unique() {
+        for table in [VERIFIER_VIOLATIONS, SPECIAL_POOL_VIOLATIONS] {
+            for pair in table.windows(2) {
+                assert!(
+                    pair[0].0 < pair[1].0,
+                    "{:#x} !< {:#x}",
+                    pair[0].0,
+                    pair[1].0
+                );
+            }
         }
     }
 

@@ -234,6 +234,33 @@ mod tests {
     }
 
     #[test]
+    fn a_verifier_minidump_is_titled_with_its_violation() {
+        // A Driver Verifier minidump (DumpType 4): parameter 1 of 0xC4 is the
+        // violation, the rest are addresses that change from boot to boot.
+        let a = DumpHeader::parse(
+            &header(0xC4, [0x62, 0xffff_a001_0000_0000, 0, 7], 4),
+            Path::new("Mini1.dmp"),
+        )
+        .unwrap();
+        let b = DumpHeader::parse(
+            &header(0xC4, [0x62, 0xffff_b002_0000_0000, 0, 9], 4),
+            Path::new("Mini2.dmp"),
+        )
+        .unwrap();
+        assert_eq!(a.bugcheck.title(None), b.bugcheck.title(None));
+        assert_eq!(
+            a.bugcheck.title(None),
+            "0xC4 DRIVER_VERIFIER_DETECTED_VIOLATION 0x62 (driver unloading without freeing its pool allocations)"
+        );
+        let m = DumpHeader::parse(&header(0x1000_008E, PARAMS, 4), Path::new("Mini3.dmp")).unwrap();
+        assert_eq!(
+            m.bugcheck.title(None),
+            "0x1000008E KERNEL_MODE_EXCEPTION_NOT_HANDLED_M"
+        );
+        assert_eq!(m.bugcheck.meaning_code(), 0x8E);
+    }
+
+    #[test]
     fn reads_only_the_header_of_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("MEMORY.DMP");
