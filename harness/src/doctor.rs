@@ -2,6 +2,7 @@
 //! do about what is not.
 
 pub mod image;
+mod windows;
 
 use std::ffi::CString;
 use std::io::Write;

@@ -116,6 +116,16 @@ pub enum ShutdownMode {
     Halt,
 }
 
+/// What `guest-info` says about the agent itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentInfo {
+    /// The agent's own version string (qemu-ga's QEMU version, e.g. "7.2.0" or
+    /// virtio-win's "107.0.1").
+    pub version: String,
+    /// The commands it has enabled.
+    pub enabled: Vec<String>,
+}
+
 impl ShutdownMode {
     fn as_str(self) -> &'static str {
         match self {
@@ -190,8 +200,17 @@ impl AgentClient {
 
     /// Names of the commands the agent reports as enabled in `guest-info`.
     pub fn info_commands(&mut self, timeout: Duration) -> Result<Vec<String>, AgentError> {
+        self.info(timeout).map(|info| info.enabled)
+    }
+
+    /// `guest-info`: the agent's version and the commands it has enabled
+    /// (qapi/qga-qapi-schema.json, GuestAgentInfo).
+    pub(crate) fn info(&mut self, timeout: Duration) -> Result<AgentInfo, AgentError> {
         #[derive(Deserialize)]
         struct Info {
+            // Always sent by qemu-ga; a reply without it still lists the commands.
+            #[serde(default)]
+            version: String,
             supported_commands: Vec<CommandInfo>,
         }
         #[derive(Deserialize)]
@@ -203,12 +222,15 @@ impl AgentClient {
             "guest-info",
             self.call("guest-info", None, Budget::new(timeout))?,
         )?;
-        Ok(info
-            .supported_commands
-            .into_iter()
-            .filter(|c| c.enabled)
-            .map(|c| c.name)
-            .collect())
+        Ok(AgentInfo {
+            version: info.version,
+            enabled: info
+                .supported_commands
+                .into_iter()
+                .filter(|c| c.enabled)
+                .map(|c| c.name)
+                .collect(),
+        })
     }
 
     /// `guest-exec` with captured output; `argv[0]` is the program path. An

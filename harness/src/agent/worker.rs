@@ -41,7 +41,7 @@ pub(crate) enum Request {
         path: String,
     },
     Shutdown(ShutdownMode),
-    /// The agent commands the guest has enabled (`guest-info`).
+    /// The agent's version and the commands it has enabled (`guest-info`).
     Commands,
 }
 
@@ -53,7 +53,7 @@ pub(crate) enum Answer {
     ExecTimedOut,
     Done,
     Data(Vec<u8>),
-    Commands(Vec<String>),
+    Commands(super::AgentInfo),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +178,6 @@ fn perform(
             client.shutdown(mode, SHUTDOWN_REPLY_WINDOW, cancelled)?;
             Ok(Answer::Done)
         }
-        Request::Commands => Ok(Answer::Commands(client.info_commands(REQUEST_TIMEOUT)?)),
+        Request::Commands => Ok(Answer::Commands(client.info(REQUEST_TIMEOUT)?)),
     }
 }

@@ -60,6 +60,7 @@ fn doctor_image_checks_inside_the_guest() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     for line in [
         "ok   guest agent: answered",
+        "ok   agent version: qemu-ga ",
         "ok   agent commands:",
         "ok   pvpanic: driver bound",
         "ok   panic settings: oops=panic",
