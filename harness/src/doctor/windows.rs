@@ -89,8 +89,7 @@ const PROBE: &[&str] = &[
 /// quoted literals, then [`PROBE`].
 pub(crate) fn probe_argv(dirs: &[&str]) -> Vec<String> {
     let quoted: Vec<String> = dirs.iter().map(|d| ps_quote(d)).collect();
-    // A leading comma keeps an array of one an array (`@(,'x')` is still `@('x')`,
-    // but `@()` of nothing must stay empty, so build it explicitly).
+    // `@(...)` keeps one folder an array; no folder is the empty array.
     let dirs = if quoted.is_empty() {
         "@()".to_string()
     } else {
