@@ -52,7 +52,7 @@ const PROBE: &[&str] = &[
     // Win32_PnPEntity (Windows 10 and later carry HardwareID): ConfigManagerErrorCode
     // 0 is "working properly"; Status is a CIM keyword (OK, Error, Degraded...), not
     // localized text. Filtered here to QEMU's devices; the host classifies them.
-    "$bgDevices = @(Get-CimInstance -ClassName Win32_PnPEntity | Where-Object { $_.PNPDeviceID -like 'ACPI\\QEMU000*' -or $_.PNPDeviceID -like 'PCI\\VEN_1B36&DEV_0011*' } | ForEach-Object { [ordered]@{ instance = [string]$_.PNPDeviceID; hardware = @($_.HardwareID | ForEach-Object { [string]$_ }); error = $_.ConfigManagerErrorCode; status = [string]$_.Status; service = [string]$_.Service } })",
+    "$bgDevices = @(Get-CimInstance -ClassName Win32_PnPEntity | Where-Object { $_.PNPDeviceID -like 'ACPI\\QEMU000*' -or $_.PNPDeviceID -like 'PCI\\VEN_1B36&DEV_0011*' } | ForEach-Object { $bgD = $_; [ordered]@{ instance = [string]$bgD.PNPDeviceID; hardware = @($bgD.HardwareID | ForEach-Object { [string]$_ }); error = $bgD.ConfigManagerErrorCode; status = [string]$bgD.Status; service = [string]$bgD.Service } })",
     // Win32_DeviceGuard exists from Windows 10 / Server 2016; absent, the entry is null.
     "$bgDg = $null",
     "try { $bgG = Get-CimInstance -Namespace 'root\\Microsoft\\Windows\\DeviceGuard' -ClassName Win32_DeviceGuard; $bgDg = [ordered]@{ vbs = $bgG.VirtualizationBasedSecurityStatus; running = @($bgG.SecurityServicesRunning); configured = @($bgG.SecurityServicesConfigured); ci = $bgG.CodeIntegrityPolicyEnforcementStatus } } catch { }",
@@ -80,7 +80,10 @@ const PROBE: &[&str] = &[
     // -InputObject, not the pipeline, so an array of one stays an array; escape
     // everything beyond ASCII so the console code page cannot mangle a localized name.
     "$bgJson = ConvertTo-Json -InputObject $bgReport -Depth 6 -Compress",
-    "$bgJson = [regex]::Replace($bgJson, '[^\\x00-\\x7F]', { param($m) '\\u{0:x4}' -f [int][char]$m.Value })",
+    // An explicit MatchEvaluator: no reliance on PowerShell converting a bare
+    // script block to the delegate. A character outside the BMP is two UTF-16 units,
+    // each escaped, which JSON reads back as the one character.
+    "$bgJson = [regex]::Replace($bgJson, '[^\\x00-\\x7F]', [Text.RegularExpressions.MatchEvaluator]{ param($m) '\\u{0:x4}' -f [int][char]$m.Value })",
     "[Console]::Out.Write($bgTag + $bgJson + [char]10)",
     "exit 0",
 ];
