@@ -372,15 +372,7 @@ fn windows_probe(vm: &mut Vm, manifest: &Manifest, accel: Accel, report: &mut Re
             return;
         }
     };
-    let ctx = windows::Context {
-        model: windows::capture_model(manifest, accel),
-        dump_format: manifest.guest.dump_format,
-        secure_boot: manifest.boot.secure_boot,
-        service_start: match manifest.guest.driver_kind {
-            Some(crate::guest::windows::DriverKind::Service) | None => manifest.guest.service_start,
-            Some(_) => None,
-        },
-    };
+    let ctx = windows::Context::of(manifest, accel);
     for (level, what, text) in windows::judge(&probe, &ctx) {
         report.line(level, what, &text);
     }

@@ -366,6 +366,26 @@ pub(crate) struct Context {
     pub service_start: Option<ServiceStart>,
 }
 
+impl Context {
+    /// The context a run of `manifest` under `accel` has. The boot-start caveat is
+    /// about service drivers: a PnP package loads when Plug and Play starts it.
+    pub(crate) fn of(
+        manifest: &crate::image::manifest::Manifest,
+        accel: crate::qemu::accel::Accel,
+    ) -> Context {
+        let service_start = match manifest.guest.driver_kind {
+            Some(crate::guest::windows::DriverKind::Service) | None => manifest.guest.service_start,
+            Some(_) => None,
+        };
+        Context {
+            model: capture_model(manifest, accel),
+            dump_format: manifest.guest.dump_format,
+            secure_boot: manifest.boot.secure_boot,
+            service_start,
+        }
+    }
+}
+
 /// One report line.
 pub(crate) type Finding = (Level, &'static str, String);
 

@@ -282,4 +282,12 @@ fn capture_model_follows_the_command_line() {
     assert_eq!(capture_model(&m, Accel::Tcg), CaptureModel::Pvpanic);
     m.machine.hyperv = false;
     assert_eq!(capture_model(&m, Accel::Kvm), CaptureModel::Pvpanic);
+    // The template: a boot-start service driver, win-dmp host dumps, BIOS.
+    let ctx = Context::of(&m, Accel::Tcg);
+    assert_eq!(ctx.service_start, Some(ServiceStart::Boot));
+    assert_eq!(ctx.dump_format, DumpFormat::WinDmp);
+    assert!(!ctx.secure_boot);
+    // A PnP package is started by Plug and Play: no boot-start caveat.
+    m.guest.driver_kind = Some(crate::guest::windows::DriverKind::Pnp);
+    assert_eq!(Context::of(&m, Accel::Tcg).service_start, None);
 }
