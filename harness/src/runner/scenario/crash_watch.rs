@@ -231,7 +231,7 @@ impl Machine<'_> {
                 self.found.boot_loop = true;
                 return Ok(Watched::BootLoop);
             }
-            self.reset()?;
+            self.begin_boot_after_crash()?;
             let up = self.wait_ready(self.setup.boot_timeout, emitter);
             let held = up.and_then(|()| {
                 if hand_over {

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::capture::{self, CapturePlan, GuestDump, HostDump};
 use super::machine::Machine;
 use super::{StepError, Stop};
 use crate::agent::worker::{Answer, Request, MAX_READ_BYTES, REQUEST_TIMEOUT};
@@ -31,6 +32,15 @@ pub(crate) const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
 impl Machine<'_> {
     /// Records the crash the watch decided, with its evidence; the stop it makes.
     pub(super) fn record_crash(&mut self, crash: Crash) -> Stop {
+        let hv_crash = crate::qemu::command::has_hv_crash(self.setup.manifest, self.setup.accel);
+        let plan = capture::plan(crash.capture, hv_crash, self.setup.accel);
+        self.after_crash = Some((plan.next_boot, crash.seen_at));
+        let seen_utc = jiff::Timestamp::now()
+            .checked_sub(
+                jiff::SignedDuration::try_from(crash.seen_at.elapsed()).unwrap_or_default(),
+            )
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        self.crash_seen_utc.push(seen_utc);
         self.note_crash_timing(crash.seen_at, crash.after_ready);
         self.note_crash(crash.seen_at, crash.boot);
         let console = self
@@ -53,10 +63,15 @@ impl Machine<'_> {
             dump_note: None,
             bugcheck: crash.bugcheck.map(|b| BugcheckRecord::of(&b, "hyperv")),
             guest_dumps: Vec::new(),
-            guest_dumps_note: None,
+            guest_dumps_note: match plan.guest_dump {
+                GuestDump::Expected => None,
+                GuestDump::NotExpected(why) => Some(why.into()),
+            },
             console,
+            capture: Some(crash.capture.as_str().into()),
+            capture_note: None,
         });
-        self.capture_crash_evidence();
+        self.capture_crash_evidence(&plan);
         // The boot keeps the title the signals gave, whatever a dump renames it to.
         if let Some(boot) = self.found.boots.last_mut() {
             boot.crash = Some(crash.title);
@@ -102,18 +117,21 @@ impl Machine<'_> {
 
     /// Screenshot (and, by the suite's policy, memory dump) of the crash just recorded,
     /// taken while the crashed guest is still paused.
-    fn capture_crash_evidence(&mut self) {
+    fn capture_crash_evidence(&mut self, plan: &CapturePlan) {
         let n = self.found.crashes.len();
-        let screenshot = self.screenshot(&format!("crash-{n}.png"));
+        let screenshot = if plan.screenshot {
+            self.screenshot(&format!("crash-{n}.png"))
+        } else {
+            None
+        };
         let wanted = match self.setup.evidence.memory_dumps {
             DumpPolicy::All => true,
             DumpPolicy::First => n == 1,
             DumpPolicy::None => false,
         };
-        let (dump, note) = if wanted {
-            self.dump(&format!("crash-{n}"))
-        } else {
-            (
+        let (dump, note, format) = match plan.host_dump {
+            HostDump::Skip(why) => (None, Some(why.to_string()), None),
+            HostDump::Take | HostDump::StopAndTake if !wanted => (
                 None,
                 Some(
                     format!(
@@ -122,9 +140,22 @@ impl Machine<'_> {
                     )
                     .to_lowercase(),
                 ),
-            )
+                None,
+            ),
+            HostDump::Take | HostDump::StopAndTake => {
+                if plan.host_dump == HostDump::StopAndTake {
+                    // A console report without a paused panic event: the guest may
+                    // still run, so stop it for a consistent dump (`system_reset`
+                    // and `cont` resume it later).
+                    if let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) {
+                        let _ = qmp.execute("stop", None, QMP_COMMAND_TIMEOUT);
+                    }
+                }
+                let (dump, note, format) = self.dump_with_fallback(&format!("crash-{n}"));
+                (dump, note, Some(format))
+            }
         };
-        let format = self.setup.manifest.guest.dump_format;
+        let format = format.unwrap_or(self.setup.manifest.guest.dump_format);
         // A WinDbg dump records the bugcheck in its header: where the panic event
         // carried none (no hv-crash, e.g. under TCG), it names the crash.
         let from_dump = match (&dump, format) {
@@ -168,7 +199,7 @@ impl Machine<'_> {
             if let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) {
                 let _ = qmp.execute("stop", None, QMP_COMMAND_TIMEOUT);
             }
-            if let (Some(dump), _) = self.dump(&format!("hang-{n}")) {
+            if let (Some(dump), _, _) = self.dump_with_fallback(&format!("hang-{n}")) {
                 if let Some(hang) = self.found.hangs.last_mut() {
                     hang.push_str(&format!(" (memory dump: {dump})"));
                 }
@@ -187,9 +218,30 @@ impl Machine<'_> {
         }
     }
 
+    /// A dump in the manifest's format; a win-dmp that QEMU refuses because the
+    /// guest's fwcfg driver did not fill vmcoreinfo (QEMU 7.2 dump/win_dump.c:
+    /// "win-dump: invalid vmcoreinfo note size", "win-dump: invalid header") is
+    /// taken again as ELF, with a note saying why.
+    fn dump_with_fallback(&mut self, stem: &str) -> (Option<String>, Option<String>, DumpFormat) {
+        let format = self.setup.manifest.guest.dump_format;
+        let (dump, note) = self.dump(stem, format);
+        match (&dump, &note) {
+            (None, Some(why)) if format == DumpFormat::WinDmp && why.contains("win-dump") => {
+                let (dump, elf_note) = self.dump(stem, DumpFormat::Elf);
+                let note = format!("win-dmp refused ({why}; is the virtio-win fwcfg driver installed?): dumped as ELF instead");
+                let note = match elf_note {
+                    Some(more) => format!("{note}; {more}"),
+                    None => note,
+                };
+                (dump, Some(note), DumpFormat::Elf)
+            }
+            _ => (dump, note, format),
+        }
+    }
+
     /// dump-guest-memory in the background (`detach`), waiting for DUMP_COMPLETED:
     /// the dump's run-relative path, or a note on why there is none.
-    fn dump(&mut self, stem: &str) -> (Option<String>, Option<String>) {
+    fn dump(&mut self, stem: &str, format: DumpFormat) -> (Option<String>, Option<String>) {
         let memory = self.setup.manifest.machine.memory_mib;
         if memory > self.setup.evidence.dump_max_mib {
             return (
@@ -200,7 +252,6 @@ impl Machine<'_> {
                 )),
             );
         }
-        let format = self.setup.manifest.guest.dump_format;
         let (path, rel) = self.evidence_path(&format!("{stem}.{}", format.extension()));
         let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) else {
             return (None, Some("not dumped: QMP is not connected".into()));

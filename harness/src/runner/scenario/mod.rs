@@ -33,6 +33,7 @@ use crate::runner::verdict::{after_ready_span, judge, Observed};
 use crate::suite::{Scenario, Step};
 use crate::util::human_duration;
 
+mod capture;
 mod crash_watch;
 mod evidence;
 mod machine;
