@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::capture::{self, CapturePlan, GuestDump, HostDump};
 use super::machine::Machine;
-use super::{StepError, Stop};
-use crate::agent::worker::{Answer, Request, MAX_READ_BYTES, REQUEST_TIMEOUT};
+use super::Stop;
 use crate::detect;
 use crate::detect::boot_watch::{bugcheck_line, Crash};
-use crate::guest::windows::{self, command::GuestDumpFile};
 use crate::guest::DumpFormat;
 use crate::model::record::{BootOutcome, BugcheckRecord, CrashRecord};
 use crate::qemu::vm::QMP_COMMAND_TIMEOUT;
@@ -280,137 +278,10 @@ impl Machine<'_> {
             Err(why) => (None, Some(format!("dump failed: {why}"))),
         }
     }
-
-    /// After a crash, the next ready Windows boot has written its own dumps (the
-    /// minidump folder, MEMORY.DMP): copy them into the crash's evidence, and name
-    /// the crash from a dump's bugcheck when nothing else named it. Problems are
-    /// noted on the crash; a crash or hang while copying ends the wait as usual.
-    pub(super) fn collect_guest_dumps(&mut self) -> Result<(), Stop> {
-        let Some(crash_index) = self
-            .found
-            .crashes
-            .iter()
-            .rposition(|c| c.guest_dumps.is_empty() && c.guest_dumps_note.is_none())
-        else {
-            return Ok(());
-        };
-        let files = match self.list_guest_dumps()? {
-            Ok(files) => files,
-            Err(note) => {
-                self.found.crashes[crash_index].guest_dumps_note = Some(note);
-                return Ok(());
-            }
-        };
-        let mut copied = Vec::new();
-        let mut skipped = Vec::new();
-        for (n, file) in files.iter().enumerate() {
-            match self.copy_guest_dump(crash_index, n, file)? {
-                Ok(rel) => copied.push(rel),
-                Err(why) => skipped.push(why),
-            }
-        }
-        let crash = &mut self.found.crashes[crash_index];
-        crash.guest_dumps = copied;
-        crash.guest_dumps_note = if files.is_empty() {
-            Some(
-                "the guest wrote no dump (check its crash dump settings: bootgate doctor --image)"
-                    .into(),
-            )
-        } else if skipped.is_empty() {
-            None
-        } else {
-            Some(format!("not copied: {}", skipped.join("; ")))
-        };
-        Ok(())
-    }
-
-    /// The dumps the guest wrote, or the note on why they could not be listed.
-    fn list_guest_dumps(&mut self) -> Result<Result<Vec<GuestDumpFile>, String>, Stop> {
-        let command = match self.profile.list_crash_dumps() {
-            Ok(command) => command,
-            Err(e) => return Ok(Err(format!("not collected: {e}"))),
-        };
-        let listing = match self.agent(
-            Request::Exec {
-                argv: command.argv,
-                env: command.env,
-                timeout: GUEST_DUMP_TIMEOUT,
-            },
-            GUEST_DUMP_TIMEOUT + REQUEST_TIMEOUT * 2,
-        ) {
-            Ok(Answer::Exited(status)) => String::from_utf8_lossy(&status.stdout).into_owned(),
-            Ok(other) => return Ok(Err(format!("listing the guest's dumps: {other:?}"))),
-            Err(StepError::Failed(_, why)) => {
-                return Ok(Err(format!("listing the guest's dumps: {why}")))
-            }
-            Err(StepError::Stopped(stop)) => return Err(stop),
-        };
-        Ok(windows::command::parse_crash_dump_listing(&listing)
-            .map_err(|e| format!("listing the guest's dumps: {e}")))
-    }
-
-    /// Copies the `n`th guest dump into the crash's evidence: its run-relative path,
-    /// or why it was skipped.
-    fn copy_guest_dump(
-        &mut self,
-        crash_index: usize,
-        n: usize,
-        file: &GuestDumpFile,
-    ) -> Result<Result<String, String>, Stop> {
-        if file.bytes > MAX_READ_BYTES {
-            return Ok(Err(format!(
-                "{} ({} MiB, over the {} MiB copy limit)",
-                file.path,
-                file.bytes >> 20,
-                MAX_READ_BYTES >> 20
-            )));
-        }
-        let data = match self.agent(
-            Request::ReadFile {
-                path: file.path.clone(),
-            },
-            GUEST_DUMP_TIMEOUT,
-        ) {
-            Ok(Answer::Data(data)) => data,
-            Ok(_) | Err(StepError::Failed(..)) => {
-                return Ok(Err(format!("{} (could not be read)", file.path)))
-            }
-            Err(StepError::Stopped(stop)) => return Err(stop),
-        };
-        let name = file.path.rsplit('\\').next().unwrap_or("dump.dmp");
-        let (path, rel) = self.evidence_path(&format!(
-            "guest-dump-{}-{}-{}",
-            crash_index + 1,
-            n + 1,
-            sanitize_file_name(name)
-        ));
-        if let Err(e) = crate::util::write_atomic(&path, &data) {
-            return Ok(Err(format!(
-                "{} (cannot write {}: {e})",
-                file.path,
-                path.display()
-            )));
-        }
-        let crash = &mut self.found.crashes[crash_index];
-        if crash.bugcheck.is_none() {
-            if let Ok(header) = detect::win_dump::DumpHeader::parse(&data, &path) {
-                let bugcheck = header.bugcheck;
-                if crash.source != "console" {
-                    crash.title = bugcheck.title(None);
-                    crash.kind = "bugcheck".into();
-                    crash.source = "guest-dump".into();
-                    crash.excerpt = vec![bugcheck_line(&bugcheck)];
-                }
-                crash.signals.push("guest-dump".into());
-                crash.bugcheck = Some(BugcheckRecord::of(&bugcheck, "guest-dump"));
-            }
-        }
-        Ok(Ok(rel))
-    }
 }
 
 /// A guest file name made safe as a host file name (no separators, no dot-dot).
-fn sanitize_file_name(name: &str) -> String {
+pub(super) fn sanitize_file_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {

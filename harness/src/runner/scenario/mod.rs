@@ -36,6 +36,7 @@ use crate::util::human_duration;
 mod capture;
 mod crash_watch;
 mod evidence;
+mod guest_dumps;
 mod machine;
 mod recovery;
 mod steps;
