@@ -201,4 +201,116 @@ mod tests {
         assert_eq!(p.host_dump, HostDump::StopAndTake);
         assert_eq!(p.next_boot, NextBoot::HostResets);
     }
+
+    /// The transcripts through the real QMP client: a fake QMP peer
+    /// (testing/fake_peer.rs) sends QEMU 7.2's lines for each case, because no
+    /// Windows guest can run here to make real QEMU send them; the client's events
+    /// go through the boot watch to the plan, as in `Machine::next`.
+    mod through_the_qmp_client {
+        use std::time::{Duration, Instant};
+
+        use serde_json::Value;
+
+        use super::*;
+        use crate::detect::boot_watch::{BootWatch, Happening, Signal, CONSOLE_TRAIL};
+        use crate::qemu::qmp::{QmpClient, QmpMessage};
+        use crate::testing::fake_peer::{FakePeer, QmpPeer};
+
+        const TEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+        /// What the boot watch made of `transcript`'s events (after its greeting and
+        /// capabilities reply, which the peer's handshake plays), polled as time
+        /// goes by.
+        fn replay(transcript: &'static str) -> Vec<Happening> {
+            let server = FakePeer::bind("qmp.sock");
+            let peer = server.serve(move |stream| {
+                let mut peer = QmpPeer::new(stream);
+                peer.handshake();
+                for line in transcript.lines().filter(|l| l.contains("\"event\"")) {
+                    peer.line(line);
+                }
+            });
+            let (_client, rx) = QmpClient::connect(server.path(), TEST_TIMEOUT).unwrap();
+            let t0 = Instant::now();
+            let mut watch = BootWatch::new(t0);
+            watch.begin_boot(t0);
+            watch.mark_ready(t0);
+            let mut first = None;
+            let mut seen = Vec::new();
+            while let Ok(QmpMessage::Event(event)) = rx.recv_timeout(TEST_TIMEOUT) {
+                let base = *first.get_or_insert(event.timestamp_micros);
+                let at = t0 + Duration::from_micros(event.timestamp_micros - base);
+                let data: &Value = &event.data;
+                seen.extend(watch.feed(
+                    Signal::Qmp {
+                        name: &event.name,
+                        data,
+                    },
+                    at,
+                ));
+                seen.extend(watch.poll(at + CONSOLE_TRAIL));
+            }
+            peer.join().unwrap();
+            seen.retain(|h| !matches!(h, Happening::Pending { .. }));
+            seen
+        }
+
+        fn crash_capture(h: &Happening) -> Capture {
+            match h {
+                Happening::Crash(c) => c.capture,
+                other => panic!("expected a crash, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn crashloaded_is_left_to_write_its_dump_and_its_reset_ends_the_crash() {
+            let seen = replay(include_str!(
+                "../../detect/testdata/guest_crashloaded_pvpanic.qmp"
+            ));
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            let capture = crash_capture(&seen[0]);
+            assert_eq!(capture, Capture::GuestWritingDump);
+            assert!(matches!(seen[1], Happening::CrashEnded { boot: 2, .. }));
+            let p = plan(capture, false, Accel::Tcg);
+            assert_eq!(p.host_dump, HostDump::Skip(WRITING_NO_DUMP));
+            assert!(matches!(p.next_boot, NextBoot::GuestResetsItself { .. }));
+        }
+
+        #[test]
+        fn hv_crash_is_paused_and_dumped_from_the_host() {
+            let seen = replay(include_str!(
+                "../../detect/testdata/guest_panicked_hyperv.qmp"
+            ));
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            let capture = crash_capture(&seen[0]);
+            assert_eq!(capture, Capture::HostPaused);
+            let p = plan(capture, true, Accel::Kvm);
+            assert_eq!(p.host_dump, HostDump::Take);
+            assert_eq!(p.guest_dump, GuestDump::NotExpected(HV_CRASH_NO_GUEST_DUMP));
+        }
+
+        #[test]
+        fn pvpanic_panicked_then_the_hosts_reset_is_one_crash() {
+            let seen = replay(include_str!(
+                "../../detect/testdata/guest_panicked_pvpanic.qmp"
+            ));
+            assert_eq!(
+                seen.len(),
+                1,
+                "the host-qmp-system-reset is no crash: {seen:?}"
+            );
+            assert_eq!(crash_capture(&seen[0]), Capture::HostPaused);
+        }
+
+        #[test]
+        fn a_reset_without_panic_is_a_reset_crash() {
+            let seen = replay(include_str!(
+                "../../detect/testdata/guest_reset_no_panic.qmp"
+            ));
+            // The burst is one; the later reset is in the same (not yet re-begun)
+            // boot here, so it is a second crash as in a boot loop.
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            assert!(seen.iter().all(|h| crash_capture(h) == Capture::Reset));
+        }
+    }
 }
