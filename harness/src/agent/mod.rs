@@ -198,6 +198,13 @@ impl AgentClient {
             .map(drop)
     }
 
+    /// `guest-get-time`: the guest's clock, nanoseconds since the Unix epoch (UTC as
+    /// the guest sees it; qga's Windows side reads GetSystemTimeAsFileTime).
+    pub fn guest_time(&mut self, timeout: Duration) -> Result<i64, AgentError> {
+        let command = "guest-get-time";
+        decode(command, self.call(command, None, Budget::new(timeout))?)
+    }
+
     /// Names of the commands the agent reports as enabled in `guest-info`.
     pub fn info_commands(&mut self, timeout: Duration) -> Result<Vec<String>, AgentError> {
         self.info(timeout).map(|info| info.enabled)
@@ -334,6 +341,54 @@ impl AgentClient {
         let handle = self.open(guest_path, "r", budget)?;
         let read = self.read_chunks(handle, guest_path, max_bytes, budget);
         self.finish_with_close(handle, read, budget)
+    }
+
+    /// Reads at most `max_bytes` from the start of `guest_path` (a dump's header),
+    /// however large the file: `guest-file-read` takes a `count`, so the rest never
+    /// crosses. The handle is closed either way.
+    pub fn read_file_head(
+        &mut self,
+        guest_path: &str,
+        max_bytes: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, AgentError> {
+        #[derive(Deserialize)]
+        struct Chunk {
+            #[serde(rename = "buf-b64")]
+            buf_b64: String,
+            eof: bool,
+        }
+        let budget = Budget::new(timeout);
+        let handle = self.open(guest_path, "r", budget)?;
+        let command = "guest-file-read";
+        let mut read = || -> Result<Vec<u8>, AgentError> {
+            let mut data = Vec::new();
+            while (data.len() as u64) < max_bytes {
+                let wanted = READ_CHUNK_BYTES.min(max_bytes - data.len() as u64);
+                let chunk: Chunk = decode(
+                    command,
+                    self.call(
+                        command,
+                        Some(json!({"handle": handle, "count": wanted})),
+                        budget,
+                    )?,
+                )?;
+                let bytes = decode_base64(command, &chunk.buf_b64)?;
+                if bytes.len() as u64 > wanted {
+                    return Err(protocol(format!(
+                        "{command} sent {} bytes for a count of {wanted}",
+                        bytes.len()
+                    )));
+                }
+                data.extend_from_slice(&bytes);
+                if chunk.eof || bytes.is_empty() {
+                    break;
+                }
+            }
+            Ok(data)
+        };
+        let result = read();
+        self.finish_with_close(handle, result, budget)
     }
 
     /// Sends `guest-shutdown`, then listens for its error reply for up to

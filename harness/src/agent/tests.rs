@@ -495,3 +495,47 @@ fn command_error_reply_keeps_the_stream_in_sync() {
     client.ping(TEST_TIMEOUT).unwrap();
     peer.join().unwrap();
 }
+
+/// A dump's header from a file of any size: the reads stop at `max_bytes` and
+/// never ask for more (a big MEMORY.DMP stays in the guest), and the handle closes.
+#[test]
+fn read_file_head_stops_at_its_count_and_closes() {
+    let (_dir, mut client, peer) = fake(|mut agent| {
+        let (reads, closed) = serve_read(&mut agent, b"PAGEDU64 and gigabytes more");
+        assert_eq!(reads, 3, "three 3-byte pieces for 8 bytes");
+        assert!(closed);
+    });
+    assert_eq!(
+        client.read_file_head("/etc/f", 8, TEST_TIMEOUT).unwrap(),
+        b"PAGEDU64"
+    );
+    peer.join().unwrap();
+}
+
+#[test]
+fn read_file_head_of_a_short_file_ends_at_eof() {
+    let (_dir, mut client, peer) = fake(|mut agent| {
+        serve_read(&mut agent, b"PAGE");
+    });
+    assert_eq!(
+        client
+            .read_file_head("/etc/f", 0x2000, TEST_TIMEOUT)
+            .unwrap(),
+        b"PAGE"
+    );
+    peer.join().unwrap();
+}
+
+/// `guest-get-time` answers an integer: nanoseconds since the epoch (qga/qapi-schema.json).
+#[test]
+fn guest_time_is_nanoseconds_since_the_epoch() {
+    let (_dir, mut client, peer) = fake(|mut agent| {
+        assert_eq!(agent.command()["execute"], "guest-get-time");
+        agent.reply(json!(1_721_362_129_551_584_000_i64));
+    });
+    assert_eq!(
+        client.guest_time(TEST_TIMEOUT).unwrap(),
+        1_721_362_129_551_584_000
+    );
+    peer.join().unwrap();
+}

@@ -40,6 +40,13 @@ pub(crate) enum Request {
     ReadFile {
         path: String,
     },
+    /// The first `bytes` of a file, however large it is.
+    ReadHead {
+        path: String,
+        bytes: u64,
+    },
+    /// The guest's clock (`guest-get-time`).
+    GuestTime,
     Shutdown(ShutdownMode),
     /// The agent's version and the commands it has enabled (`guest-info`).
     Commands,
@@ -54,6 +61,8 @@ pub(crate) enum Answer {
     Done,
     Data(Vec<u8>),
     Commands(super::AgentInfo),
+    /// The guest's clock: nanoseconds since the Unix epoch.
+    Time(i64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +183,12 @@ fn perform(
             MAX_READ_BYTES,
             REQUEST_TIMEOUT,
         )?)),
+        Request::ReadHead { path, bytes } => Ok(Answer::Data(client.read_file_head(
+            &path,
+            bytes,
+            REQUEST_TIMEOUT,
+        )?)),
+        Request::GuestTime => Ok(Answer::Time(client.guest_time(REQUEST_TIMEOUT)?)),
         Request::Shutdown(mode) => {
             client.shutdown(mode, SHUTDOWN_REPLY_WINDOW, cancelled)?;
             Ok(Answer::Done)

@@ -442,6 +442,19 @@ pub struct CrashRecord {
     pub guest_dumps_note: Option<String>,
     /// The console log this crash appears in (path in the run folder).
     pub console: Option<String>,
+    /// How the crash reached the host, which decided what was captured: "host-paused"
+    /// (QEMU paused the guest at its panic event; host-side dump), "host-stopped" (a
+    /// console report: bootgate stopped the guest), "guest-writing-dump"
+    /// (GUEST_CRASHLOADED: the guest wrote its own dump and rebooted itself) or
+    /// "reset" (an unasked reset: nothing left to capture). Absent in run.json files
+    /// from before the capture model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+    /// What the capture model did about this crash, or could not do (the guest's own
+    /// reset after its dump, a wait for it that ran out, why no in-guest dump is
+    /// expected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_note: Option<String>,
 }
 
 /// One earlier attempt at a scenario that was retried.
@@ -514,6 +527,26 @@ mod tests {
         use DriverBuilds::{Sandboxed, Unsandboxed};
         assert_eq!(DriverBuilds::weakest([Sandboxed, Sandboxed]), Sandboxed);
         assert_eq!(DriverBuilds::weakest([Sandboxed, Unsandboxed]), Unsandboxed);
+    }
+
+    /// A crash from a run.json written before the capture model has no `capture`:
+    /// it still loads, and a new one writes the field.
+    #[test]
+    fn crash_records_from_before_the_capture_model_still_load() {
+        let old = serde_json::json!({
+            "title": "t", "kind": "reset", "source": "reset", "signals": ["reset"],
+            "boot_index": 2, "excerpt": [], "detect_ms": 0, "screenshot": null,
+            "dump": null, "dump_format": null, "dump_note": null, "console": null
+        });
+        let crash: CrashRecord = serde_json::from_value(old).unwrap();
+        assert!(crash.capture.is_none() && crash.capture_note.is_none());
+        let new = CrashRecord {
+            capture: Some("guest-writing-dump".into()),
+            ..crash
+        };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["capture"], "guest-writing-dump");
+        assert!(json.get("capture_note").is_none());
     }
 
     #[test]

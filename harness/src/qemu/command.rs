@@ -105,6 +105,12 @@ const RAM_BACKEND_ID: &str = "ram0";
 /// report its bugcheck code and parameters in the panic event.
 pub(crate) const HYPERV_FLAGS: &str = "hv-relaxed,hv-vapic,hv-spinlocks=0x1fff,hv-time,hv-vpindex,hv-synic,hv-stimer,hv-reset,hv-frequencies,hv-runtime,hv-crash";
 
+/// Whether the guest gets the Hyper-V crash MSRs (`hv-crash`, in [`HYPERV_FLAGS`]):
+/// KVM with the manifest's `machine.hyperv`. What decides the crash-capture model.
+pub(crate) fn has_hv_crash(manifest: &Manifest, accel: Accel) -> bool {
+    accel == Accel::Kvm && manifest.machine.hyperv
+}
+
 /// Builds the argv (binary first) for one VM.
 pub fn build(
     binary: &str,
@@ -120,7 +126,7 @@ pub fn build(
     push(&["-name", &format!("bootgate-{}", manifest.name)]);
     push(&["-accel", accel.as_str()]);
     if accel == Accel::Kvm {
-        if manifest.machine.hyperv {
+        if has_hv_crash(manifest, accel) {
             push(&["-cpu", &format!("host,{HYPERV_FLAGS}")]);
         } else {
             push(&["-cpu", "host"]);

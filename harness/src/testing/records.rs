@@ -123,6 +123,8 @@ pub fn crash(boot_index: u32, title: &str) -> CrashRecord {
         guest_dumps: Vec::new(),
         guest_dumps_note: None,
         console: None,
+        capture: None,
+        capture_note: None,
     }
 }
 

@@ -6,6 +6,7 @@ mod boot;
 mod build_sandbox;
 mod cli;
 mod common;
+mod crash_capture;
 mod distro;
 mod drill;
 mod drivers;

@@ -64,6 +64,58 @@ pub(crate) enum Happening {
     Pending { what: Pending, until: Instant },
     /// The guest powered itself off.
     PoweredOff { boot: u32 },
+    /// The guest that was writing its own dump after a crash
+    /// ([`Capture::GuestWritingDump`]) reset itself (Windows' AutoReboot, or a Linux
+    /// kdump kernel done with its vmcore): that crash is over, and boot `boot` began
+    /// `at`. Not a crash of its own.
+    CrashEnded { boot: u32, at: Instant },
+}
+
+/// How a crash reached the host, which decides what can be captured of it and how
+/// the next boot begins. QEMU 7.2's event sequences (softmmu/runstate.c):
+///
+/// - `qemu_system_guest_panicked` with `-action panic=pause` (bootgate's): event
+///   GUEST_PANICKED `{action: "pause", info?}`, then `vm_stop(RUN_STATE_GUEST_PANICKED)`
+///   and so STOP. pvpanic's bit 0 (hw/misc/pvpanic.c) and, under KVM with `hv-crash`,
+///   Windows' write of HV_X64_MSR_CRASH_CTL (accel/kvm/kvm-all.c,
+///   KVM_SYSTEM_EVENT_CRASH, with the crash MSRs as `info` of type hyper-v) both
+///   come this way.
+/// - `qemu_system_guest_crashloaded`: event GUEST_CRASHLOADED `{action: "run"}` and
+///   nothing else: the guest keeps running. pvpanic's bit 1, which virtio-win's
+///   pvpanic driver (pvpanic/pvpanic/bugcheck.c, KbCallbackDumpIo) writes when
+///   Windows *starts* writing its dump, and Linux's pvpanic when a kdump kernel
+///   is loaded.
+/// - A guest reset: `qemu_system_reset` sends RESET `{guest: true, reason:
+///   "guest-reset"}`; bootgate's own `system_reset` sends `{guest: false, reason:
+///   "host-qmp-system-reset"}` (qapi/run-state.json, ShutdownCause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Capture {
+    /// QEMU paused the guest at its panic event: screenshot and memory dump from
+    /// the host, then bootgate resets it.
+    HostPaused,
+    /// A console crash report without a paused panic event: the guest may still
+    /// run, so bootgate stops it before taking the same evidence.
+    HostStopped,
+    /// GUEST_CRASHLOADED: the guest is writing its own dump. Not paused, not dumped
+    /// from the host, not reset: it reboots itself, and its dump is collected at the
+    /// next ready boot.
+    GuestWritingDump,
+    /// A reset nobody asked for, with no panic event: the crashed boot is already
+    /// gone (a triple fault, a boot-start driver's reset, a Windows crash before the
+    /// demand-start pvpanic driver loaded). The reset begins the next boot.
+    Reset,
+}
+
+impl Capture {
+    /// The word run.json records (`CrashRecord::capture`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Capture::HostPaused => "host-paused",
+            Capture::HostStopped => "host-stopped",
+            Capture::GuestWritingDump => "guest-writing-dump",
+            Capture::Reset => "reset",
+        }
+    }
 }
 
 /// What a pending decision waits for.
@@ -95,6 +147,8 @@ pub(crate) struct Crash {
     pub signals: Vec<&'static str>,
     /// The bugcheck the panic event carried (Hyper-V crash MSRs).
     pub bugcheck: Option<Bugcheck>,
+    /// How it reached the host: what can be captured, how the next boot begins.
+    pub capture: Capture,
 }
 
 /// The watch over one machine's boots. Boot indexes start at 1 with the first
@@ -107,6 +161,14 @@ pub(crate) struct BootWatch {
     ready: bool,
     detector: CrashDetector,
     panic_at: Option<Instant>,
+    /// The panic event was GUEST_CRASHLOADED (the guest writes its own dump).
+    crash_loaded: bool,
+    /// A GUEST_PANICKED event said QEMU paused the guest (`action: "pause"`).
+    paused: bool,
+    /// A crash decided as [`Capture::GuestWritingDump`]: its guest's next own
+    /// RESET ends it ([`Happening::CrashEnded`]), and further panic events belong
+    /// to it.
+    writing_dump: bool,
     /// Hyper-V crash parameters from the panic event (Windows bugcheck code first).
     hyperv: Option<Bugcheck>,
     console_crash_at: Option<Instant>,
@@ -130,6 +192,9 @@ impl BootWatch {
             ready: false,
             detector: CrashDetector::new(),
             panic_at: None,
+            crash_loaded: false,
+            paused: false,
+            writing_dump: false,
             hyperv: None,
             console_crash_at: None,
             console_hang_at: None,
@@ -146,6 +211,9 @@ impl BootWatch {
         self.ready = false;
         self.detector = CrashDetector::new();
         self.panic_at = None;
+        self.crash_loaded = false;
+        self.paused = false;
+        self.writing_dump = false;
         self.hyperv = None;
         self.console_crash_at = None;
         self.console_hang_at = None;
@@ -279,9 +347,16 @@ impl BootWatch {
 
     fn event(&mut self, name: &str, data: &Value, at: Instant) -> Option<Happening> {
         match name {
-            // GUEST_CRASHLOADED: a Windows guest began writing its own dump (it keeps
-            // running for that); still the crash it reports.
+            // The crash whose dump the guest is writing is decided: later panic
+            // events are its own (virtio-win's bugcheck.c sends PANICKED only when
+            // it sent no CRASHLOADED; a driver that sends both is still one crash).
+            "GUEST_PANICKED" | "GUEST_CRASHLOADED" if self.writing_dump => None,
             "GUEST_PANICKED" | "GUEST_CRASHLOADED" => {
+                if name == "GUEST_CRASHLOADED" {
+                    self.crash_loaded = true;
+                } else if data.get("action").and_then(|a| a.as_str()) == Some("pause") {
+                    self.paused = true;
+                }
                 let first = *self.panic_at.get_or_insert(at);
                 if let Some(bugcheck) = Bugcheck::from_hyperv(&data["info"]) {
                     self.hyperv = Some(bugcheck);
@@ -293,7 +368,7 @@ impl BootWatch {
                         until: first + CONSOLE_TRAIL,
                     })
             }
-            "RESET" => self.reset(at),
+            "RESET" => self.reset(data, at),
             // Other SHUTDOWN reasons (guest-reset, host-qmp-quit...) come with a RESET
             // or with QEMU leaving; only the guest's own power-off is news.
             "SHUTDOWN" if data.get("reason").and_then(|r| r.as_str()) == Some("guest-shutdown") => {
@@ -304,16 +379,23 @@ impl BootWatch {
         }
     }
 
-    fn reset(&mut self, at: Instant) -> Option<Happening> {
+    fn reset(&mut self, data: &Value, at: Instant) -> Option<Happening> {
         let burst = self
             .last_reset
             .is_some_and(|last| at.saturating_duration_since(last) < RESET_COALESCE);
         self.last_reset = Some(at);
+        // bootgate is QMP's only client: a system_reset is always its own
+        // (ShutdownCause host-qmp-system-reset in qapi/run-state.json).
+        let by_host = data.get("reason").and_then(|r| r.as_str()) == Some("host-qmp-system-reset");
         if self.own_reset {
             self.own_reset = false;
             None
-        } else if burst {
+        } else if burst || by_host {
             None
+        } else if self.writing_dump {
+            // The guest finished its dump and rebooted itself: the crash's end.
+            let boot = self.begin_boot(at);
+            Some(Happening::CrashEnded { boot, at })
         } else if self.reboot_asked {
             let boot = self.begin_boot(at);
             Some(Happening::Reboot { boot, at })
@@ -375,6 +457,15 @@ impl BootWatch {
                 Vec::new(),
             ),
         };
+        let capture = if reset {
+            Capture::Reset
+        } else if self.panic_at.is_some() && self.crash_loaded {
+            Capture::GuestWritingDump
+        } else if self.panic_at.is_some() && self.paused {
+            Capture::HostPaused
+        } else {
+            Capture::HostStopped
+        };
         let crash = Crash {
             boot: self.boot,
             after_ready: self.ready,
@@ -385,7 +476,11 @@ impl BootWatch {
             excerpt,
             signals,
             bugcheck: self.hyperv,
+            capture,
         };
+        self.writing_dump = capture == Capture::GuestWritingDump;
+        self.crash_loaded = false;
+        self.paused = false;
         self.panic_at = None;
         self.hyperv = None;
         self.console_crash_at = None;

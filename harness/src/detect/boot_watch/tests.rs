@@ -296,6 +296,7 @@ fn a_hyperv_bugcheck_names_a_crash_without_console_report() {
         c.title
     );
     assert_eq!(c.excerpt, vec![bugcheck_line(&c.bugcheck.unwrap())]);
+    assert_eq!(c.capture, Capture::GuestWritingDump);
 }
 
 #[test]
@@ -389,4 +390,196 @@ fn bugcheck_excerpt_has_the_title_and_parameters() {
         bugcheck_line(&b),
         "0x50 PAGE_FAULT_IN_NONPAGED_AREA (0xffffd26040096000, 0x0, 0xfffff80612345678, 0x2)"
     );
+}
+
+/// The events of a recorded QMP transcript (testdata/, each naming the QEMU source
+/// it follows), with their instants: `t0` plus each event's QEMU timestamp offset
+/// from the first event's.
+fn transcript(text: &str, t0: Instant) -> Vec<(String, Value, Instant)> {
+    let mut first = None;
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .filter(|v| v.get("event").is_some())
+        .map(|v| {
+            let us = v["timestamp"]["seconds"].as_u64().unwrap() * 1_000_000
+                + v["timestamp"]["microseconds"].as_u64().unwrap();
+            let base = *first.get_or_insert(us);
+            (
+                v["event"].as_str().unwrap().to_string(),
+                v.get("data").cloned().unwrap_or(Value::Null),
+                t0 + Duration::from_micros(us - base),
+            )
+        })
+        .collect()
+}
+
+/// Feeds every event of `events`, then polls past the console trail; what happened.
+fn replay(w: &mut BootWatch, events: &[(String, Value, Instant)]) -> Vec<Happening> {
+    let mut seen = Vec::new();
+    for (name, data, at) in events {
+        seen.extend(w.feed(Signal::Qmp { name, data }, *at));
+        seen.extend(w.poll(*at + CONSOLE_TRAIL));
+    }
+    seen.retain(|h| !matches!(h, Happening::Pending { .. }));
+    seen
+}
+
+/// KVM with hv-crash (testdata/guest_panicked_hyperv.qmp): the bugcheck from the
+/// panic event, the guest paused for a host-side dump.
+#[test]
+fn hv_crash_transcript_is_a_paused_named_crash() {
+    let t0 = Instant::now();
+    let mut w = ready_boot(t0);
+    let events = transcript(include_str!("../testdata/guest_panicked_hyperv.qmp"), t0);
+    let seen = replay(&mut w, &events);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let c = crash(seen.into_iter().next());
+    assert_eq!(c.capture, Capture::HostPaused);
+    assert_eq!(c.source, "hyperv");
+    assert_eq!(c.bugcheck.map(|b| b.code), Some(0x50));
+}
+
+/// pvpanic with Windows dumps disabled (testdata/guest_panicked_pvpanic.qmp): a
+/// paused crash; bootgate's own system_reset that follows is no crash of its own,
+/// even without `expect_own_reset` (its reason says it came from QMP).
+#[test]
+fn pvpanic_panicked_transcript_is_paused_and_the_host_reset_is_not_a_crash() {
+    let t0 = Instant::now();
+    let mut w = ready_boot(t0);
+    let events = transcript(include_str!("../testdata/guest_panicked_pvpanic.qmp"), t0);
+    let (crash_events, after) = events.split_at(3);
+    let seen = replay(&mut w, crash_events);
+    let c = crash(seen.into_iter().next());
+    assert_eq!(c.capture, Capture::HostPaused);
+    assert_eq!(c.source, "pvpanic");
+    assert_eq!(c.bugcheck, None);
+    w.begin_boot(after[0].2);
+    assert_eq!(replay(&mut w, after), Vec::new());
+}
+
+/// pvpanic with Windows dumps enabled (testdata/guest_crashloaded_pvpanic.qmp): a
+/// crash the guest is writing its dump of, left running; its own RESET 42 s later
+/// ends the crash and begins the next boot, not a new crash.
+#[test]
+fn crashloaded_transcript_waits_for_the_guests_own_reset_as_the_crash_end() {
+    let t0 = Instant::now();
+    let mut w = ready_boot(t0);
+    let events = transcript(
+        include_str!("../testdata/guest_crashloaded_pvpanic.qmp"),
+        t0,
+    );
+    let seen = replay(&mut w, &events);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let c = crash(Some(seen[0].clone()));
+    assert_eq!(c.capture, Capture::GuestWritingDump);
+    assert_eq!((c.boot, c.after_ready), (1, true));
+    let reset_at = events[2].2;
+    assert_eq!(
+        seen[1],
+        Happening::CrashEnded {
+            boot: 2,
+            at: reset_at
+        }
+    );
+    assert_eq!((w.boot(), w.started()), (2, reset_at));
+    // The next boot is an ordinary one: an unasked reset in it is a crash again.
+    let later = reset_at + ms(30_000);
+    let again = crash(event(&mut w, "RESET", later));
+    assert_eq!(again.capture, Capture::Reset);
+}
+
+/// A panic event while the guest writes its dump belongs to that crash.
+#[test]
+fn panic_events_while_the_dump_is_written_are_the_same_crash() {
+    let t0 = Instant::now();
+    let mut w = ready_boot(t0);
+    let run = json!({"action": "run"});
+    let at = t0 + ms(2000);
+    w.feed(
+        Signal::Qmp {
+            name: "GUEST_CRASHLOADED",
+            data: &run,
+        },
+        at,
+    );
+    crash(w.poll(at + CONSOLE_TRAIL));
+    let pause = json!({"action": "pause"});
+    assert_eq!(
+        w.feed(
+            Signal::Qmp {
+                name: "GUEST_PANICKED",
+                data: &pause
+            },
+            at + ms(500)
+        ),
+        None
+    );
+    assert_eq!(w.poll(at + ms(5000)), None);
+}
+
+/// When bootgate gives up waiting and resets the guest itself, that reset is its
+/// own: no crash end from the guest, and the new boot begins clean.
+#[test]
+fn the_hosts_reset_after_a_dump_wait_is_not_the_crash_end() {
+    let t0 = Instant::now();
+    let mut w = ready_boot(t0);
+    let at = t0 + ms(2000);
+    w.feed(
+        Signal::Qmp {
+            name: "GUEST_CRASHLOADED",
+            data: &json!({"action": "run"}),
+        },
+        at,
+    );
+    crash(w.poll(at + CONSOLE_TRAIL));
+    w.expect_own_reset();
+    let reset = json!({"guest": false, "reason": "host-qmp-system-reset"});
+    let r = at + ms(600_000);
+    assert_eq!(
+        w.feed(
+            Signal::Qmp {
+                name: "RESET",
+                data: &reset
+            },
+            r
+        ),
+        None
+    );
+    w.begin_boot(r);
+    let late = crash(event(&mut w, "RESET", r + ms(20_000)));
+    assert_eq!(late.capture, Capture::Reset);
+}
+
+/// A guest that resets itself during boot with no panic event
+/// (testdata/guest_reset_no_panic.qmp): a crashing boot named "reset", before
+/// ready; the burst of RESETs of one reset is one crash, and the next boot's reset
+/// is the next crash (what a boot loop counts).
+#[test]
+fn reset_transcript_is_one_crash_per_resetting_boot() {
+    let t0 = Instant::now();
+    let mut w = BootWatch::new(t0);
+    w.begin_boot(t0);
+    let events = transcript(include_str!("../testdata/guest_reset_no_panic.qmp"), t0);
+    let (first, second) = events.split_at(3);
+    let seen = replay(&mut w, first);
+    assert_eq!(seen.len(), 1, "the burst is one reset: {seen:?}");
+    let c = crash(Some(seen[0].clone()));
+    assert_eq!(c.capture, Capture::Reset);
+    assert_eq!((c.source, c.boot, c.after_ready), ("reset", 1, false));
+    assert_eq!(c.signals, ["reset"]);
+    // The runner begins the next boot at the reset itself.
+    w.begin_boot(c.seen_at);
+    let next = crash(replay(&mut w, second).into_iter().next());
+    assert_eq!((next.capture, next.boot), (Capture::Reset, 2));
+}
+
+/// A console report with no paused panic event: the guest may still run.
+#[test]
+fn a_console_crash_alone_is_stopped_by_the_host() {
+    let t0 = Instant::now();
+    let mut w = ready_boot(t0);
+    let at = t0 + ms(2000);
+    lines(&mut w, &oops(), at);
+    let c = crash(w.poll(at + CRASH_SETTLE));
+    assert_eq!(c.capture, Capture::HostStopped);
 }

@@ -229,9 +229,10 @@ impl Machine<'_> {
         loop {
             if consecutive >= loop_boots {
                 self.found.boot_loop = true;
+                self.note_dumps_left_in_a_boot_loop();
                 return Ok(Watched::BootLoop);
             }
-            self.reset()?;
+            self.begin_boot_after_crash()?;
             let up = self.wait_ready(self.setup.boot_timeout, emitter);
             let held = up.and_then(|()| {
                 if hand_over {
@@ -255,9 +256,24 @@ impl Machine<'_> {
                     }
                     self.found.stalled_after_crash = Some(why);
                     self.found.boot_loop = true;
+                    self.note_dumps_left_in_a_boot_loop();
                     return Ok(Watched::BootLoop);
                 }
                 Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// In a boot loop no boot becomes ready, so a Windows guest's own dumps cannot
+    /// be listed through the agent: each crash still waiting for them says where
+    /// they are to be had instead.
+    fn note_dumps_left_in_a_boot_loop(&mut self) {
+        if self.profile.os != crate::guest::OsFamily::Windows {
+            return;
+        }
+        for crash in &mut self.found.crashes {
+            if crash.guest_dumps.is_empty() && crash.guest_dumps_note.is_none() {
+                crash.guest_dumps_note = Some(super::guest_dumps::BOOT_LOOP_NOTE.into());
             }
         }
     }

@@ -6,12 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::capture::{self, CapturePlan, GuestDump, HostDump};
 use super::machine::Machine;
-use super::{StepError, Stop};
-use crate::agent::worker::{Answer, Request, MAX_READ_BYTES, REQUEST_TIMEOUT};
+use super::Stop;
 use crate::detect;
 use crate::detect::boot_watch::{bugcheck_line, Crash};
-use crate::guest::windows::{self, command::GuestDumpFile};
 use crate::guest::DumpFormat;
 use crate::model::record::{BootOutcome, BugcheckRecord, CrashRecord};
 use crate::qemu::vm::QMP_COMMAND_TIMEOUT;
@@ -31,6 +30,15 @@ pub(crate) const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
 impl Machine<'_> {
     /// Records the crash the watch decided, with its evidence; the stop it makes.
     pub(super) fn record_crash(&mut self, crash: Crash) -> Stop {
+        let hv_crash = crate::qemu::command::has_hv_crash(self.setup.manifest, self.setup.accel);
+        let plan = capture::plan(crash.capture, hv_crash, self.setup.accel);
+        self.after_crash = Some((plan.next_boot, crash.seen_at));
+        let seen_utc = jiff::Timestamp::now()
+            .checked_sub(
+                jiff::SignedDuration::try_from(crash.seen_at.elapsed()).unwrap_or_default(),
+            )
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        self.crash_seen_utc.push(seen_utc);
         self.note_crash_timing(crash.seen_at, crash.after_ready);
         self.note_crash(crash.seen_at, crash.boot);
         let console = self
@@ -53,10 +61,15 @@ impl Machine<'_> {
             dump_note: None,
             bugcheck: crash.bugcheck.map(|b| BugcheckRecord::of(&b, "hyperv")),
             guest_dumps: Vec::new(),
-            guest_dumps_note: None,
+            guest_dumps_note: match plan.guest_dump {
+                GuestDump::Expected => None,
+                GuestDump::NotExpected(why) => Some(why.into()),
+            },
             console,
+            capture: Some(crash.capture.as_str().into()),
+            capture_note: None,
         });
-        self.capture_crash_evidence();
+        self.capture_crash_evidence(&plan);
         // The boot keeps the title the signals gave, whatever a dump renames it to.
         if let Some(boot) = self.found.boots.last_mut() {
             boot.crash = Some(crash.title);
@@ -102,18 +115,21 @@ impl Machine<'_> {
 
     /// Screenshot (and, by the suite's policy, memory dump) of the crash just recorded,
     /// taken while the crashed guest is still paused.
-    fn capture_crash_evidence(&mut self) {
+    fn capture_crash_evidence(&mut self, plan: &CapturePlan) {
         let n = self.found.crashes.len();
-        let screenshot = self.screenshot(&format!("crash-{n}.png"));
+        let screenshot = if plan.screenshot {
+            self.screenshot(&format!("crash-{n}.png"))
+        } else {
+            None
+        };
         let wanted = match self.setup.evidence.memory_dumps {
             DumpPolicy::All => true,
             DumpPolicy::First => n == 1,
             DumpPolicy::None => false,
         };
-        let (dump, note) = if wanted {
-            self.dump(&format!("crash-{n}"))
-        } else {
-            (
+        let (dump, note, format) = match plan.host_dump {
+            HostDump::Skip(why) => (None, Some(why.to_string()), None),
+            HostDump::Take | HostDump::StopAndTake if !wanted => (
                 None,
                 Some(
                     format!(
@@ -122,9 +138,22 @@ impl Machine<'_> {
                     )
                     .to_lowercase(),
                 ),
-            )
+                None,
+            ),
+            HostDump::Take | HostDump::StopAndTake => {
+                if plan.host_dump == HostDump::StopAndTake {
+                    // A console report without a paused panic event: the guest may
+                    // still run, so stop it for a consistent dump (`system_reset`
+                    // and `cont` resume it later).
+                    if let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) {
+                        let _ = qmp.execute("stop", None, QMP_COMMAND_TIMEOUT);
+                    }
+                }
+                let (dump, note, format) = self.dump_with_fallback(&format!("crash-{n}"));
+                (dump, note, Some(format))
+            }
         };
-        let format = self.setup.manifest.guest.dump_format;
+        let format = format.unwrap_or(self.setup.manifest.guest.dump_format);
         // A WinDbg dump records the bugcheck in its header: where the panic event
         // carried none (no hv-crash, e.g. under TCG), it names the crash.
         let from_dump = match (&dump, format) {
@@ -168,7 +197,7 @@ impl Machine<'_> {
             if let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) {
                 let _ = qmp.execute("stop", None, QMP_COMMAND_TIMEOUT);
             }
-            if let (Some(dump), _) = self.dump(&format!("hang-{n}")) {
+            if let (Some(dump), _, _) = self.dump_with_fallback(&format!("hang-{n}")) {
                 if let Some(hang) = self.found.hangs.last_mut() {
                     hang.push_str(&format!(" (memory dump: {dump})"));
                 }
@@ -187,9 +216,30 @@ impl Machine<'_> {
         }
     }
 
+    /// A dump in the manifest's format; a win-dmp that QEMU refuses because the
+    /// guest's fwcfg driver did not fill vmcoreinfo (QEMU 7.2 dump/win_dump.c:
+    /// "win-dump: invalid vmcoreinfo note size", "win-dump: invalid header") is
+    /// taken again as ELF, with a note saying why.
+    fn dump_with_fallback(&mut self, stem: &str) -> (Option<String>, Option<String>, DumpFormat) {
+        let format = self.setup.manifest.guest.dump_format;
+        let (dump, note) = self.dump(stem, format);
+        match (&dump, &note) {
+            (None, Some(why)) if format == DumpFormat::WinDmp && why.contains("win-dump") => {
+                let (dump, elf_note) = self.dump(stem, DumpFormat::Elf);
+                let note = format!("win-dmp refused ({why}; is the virtio-win fwcfg driver installed?): dumped as ELF instead");
+                let note = match elf_note {
+                    Some(more) => format!("{note}; {more}"),
+                    None => note,
+                };
+                (dump, Some(note), DumpFormat::Elf)
+            }
+            _ => (dump, note, format),
+        }
+    }
+
     /// dump-guest-memory in the background (`detach`), waiting for DUMP_COMPLETED:
     /// the dump's run-relative path, or a note on why there is none.
-    fn dump(&mut self, stem: &str) -> (Option<String>, Option<String>) {
+    fn dump(&mut self, stem: &str, format: DumpFormat) -> (Option<String>, Option<String>) {
         let memory = self.setup.manifest.machine.memory_mib;
         if memory > self.setup.evidence.dump_max_mib {
             return (
@@ -200,7 +250,6 @@ impl Machine<'_> {
                 )),
             );
         }
-        let format = self.setup.manifest.guest.dump_format;
         let (path, rel) = self.evidence_path(&format!("{stem}.{}", format.extension()));
         let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) else {
             return (None, Some("not dumped: QMP is not connected".into()));
@@ -229,137 +278,10 @@ impl Machine<'_> {
             Err(why) => (None, Some(format!("dump failed: {why}"))),
         }
     }
-
-    /// After a crash, the next ready Windows boot has written its own dumps (the
-    /// minidump folder, MEMORY.DMP): copy them into the crash's evidence, and name
-    /// the crash from a dump's bugcheck when nothing else named it. Problems are
-    /// noted on the crash; a crash or hang while copying ends the wait as usual.
-    pub(super) fn collect_guest_dumps(&mut self) -> Result<(), Stop> {
-        let Some(crash_index) = self
-            .found
-            .crashes
-            .iter()
-            .rposition(|c| c.guest_dumps.is_empty() && c.guest_dumps_note.is_none())
-        else {
-            return Ok(());
-        };
-        let files = match self.list_guest_dumps()? {
-            Ok(files) => files,
-            Err(note) => {
-                self.found.crashes[crash_index].guest_dumps_note = Some(note);
-                return Ok(());
-            }
-        };
-        let mut copied = Vec::new();
-        let mut skipped = Vec::new();
-        for (n, file) in files.iter().enumerate() {
-            match self.copy_guest_dump(crash_index, n, file)? {
-                Ok(rel) => copied.push(rel),
-                Err(why) => skipped.push(why),
-            }
-        }
-        let crash = &mut self.found.crashes[crash_index];
-        crash.guest_dumps = copied;
-        crash.guest_dumps_note = if files.is_empty() {
-            Some(
-                "the guest wrote no dump (check its crash dump settings: bootgate doctor --image)"
-                    .into(),
-            )
-        } else if skipped.is_empty() {
-            None
-        } else {
-            Some(format!("not copied: {}", skipped.join("; ")))
-        };
-        Ok(())
-    }
-
-    /// The dumps the guest wrote, or the note on why they could not be listed.
-    fn list_guest_dumps(&mut self) -> Result<Result<Vec<GuestDumpFile>, String>, Stop> {
-        let command = match self.profile.list_crash_dumps() {
-            Ok(command) => command,
-            Err(e) => return Ok(Err(format!("not collected: {e}"))),
-        };
-        let listing = match self.agent(
-            Request::Exec {
-                argv: command.argv,
-                env: command.env,
-                timeout: GUEST_DUMP_TIMEOUT,
-            },
-            GUEST_DUMP_TIMEOUT + REQUEST_TIMEOUT * 2,
-        ) {
-            Ok(Answer::Exited(status)) => String::from_utf8_lossy(&status.stdout).into_owned(),
-            Ok(other) => return Ok(Err(format!("listing the guest's dumps: {other:?}"))),
-            Err(StepError::Failed(_, why)) => {
-                return Ok(Err(format!("listing the guest's dumps: {why}")))
-            }
-            Err(StepError::Stopped(stop)) => return Err(stop),
-        };
-        Ok(windows::command::parse_crash_dump_listing(&listing)
-            .map_err(|e| format!("listing the guest's dumps: {e}")))
-    }
-
-    /// Copies the `n`th guest dump into the crash's evidence: its run-relative path,
-    /// or why it was skipped.
-    fn copy_guest_dump(
-        &mut self,
-        crash_index: usize,
-        n: usize,
-        file: &GuestDumpFile,
-    ) -> Result<Result<String, String>, Stop> {
-        if file.bytes > MAX_READ_BYTES {
-            return Ok(Err(format!(
-                "{} ({} MiB, over the {} MiB copy limit)",
-                file.path,
-                file.bytes >> 20,
-                MAX_READ_BYTES >> 20
-            )));
-        }
-        let data = match self.agent(
-            Request::ReadFile {
-                path: file.path.clone(),
-            },
-            GUEST_DUMP_TIMEOUT,
-        ) {
-            Ok(Answer::Data(data)) => data,
-            Ok(_) | Err(StepError::Failed(..)) => {
-                return Ok(Err(format!("{} (could not be read)", file.path)))
-            }
-            Err(StepError::Stopped(stop)) => return Err(stop),
-        };
-        let name = file.path.rsplit('\\').next().unwrap_or("dump.dmp");
-        let (path, rel) = self.evidence_path(&format!(
-            "guest-dump-{}-{}-{}",
-            crash_index + 1,
-            n + 1,
-            sanitize_file_name(name)
-        ));
-        if let Err(e) = crate::util::write_atomic(&path, &data) {
-            return Ok(Err(format!(
-                "{} (cannot write {}: {e})",
-                file.path,
-                path.display()
-            )));
-        }
-        let crash = &mut self.found.crashes[crash_index];
-        if crash.bugcheck.is_none() {
-            if let Ok(header) = detect::win_dump::DumpHeader::parse(&data, &path) {
-                let bugcheck = header.bugcheck;
-                if crash.source != "console" {
-                    crash.title = bugcheck.title(None);
-                    crash.kind = "bugcheck".into();
-                    crash.source = "guest-dump".into();
-                    crash.excerpt = vec![bugcheck_line(&bugcheck)];
-                }
-                crash.signals.push("guest-dump".into());
-                crash.bugcheck = Some(BugcheckRecord::of(&bugcheck, "guest-dump"));
-            }
-        }
-        Ok(Ok(rel))
-    }
 }
 
 /// A guest file name made safe as a host file name (no separators, no dot-dot).
-fn sanitize_file_name(name: &str) -> String {
+pub(super) fn sanitize_file_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {

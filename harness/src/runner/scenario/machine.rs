@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+use super::capture::NextBoot;
 use super::crash_watch::RecoveryWatch;
 use super::{Findings, Stop};
 use crate::agent::worker::{Answer, JobError, Request};
@@ -51,6 +52,12 @@ pub(super) struct Machine<'a> {
     pub(super) made_dirs: BTreeSet<String>,
     /// When the current boot reached ready, once it has.
     pub(super) ready_at: Option<Instant>,
+    /// How the boot after the crash just recorded begins, and when that crash was
+    /// seen ([`Machine::begin_boot_after_crash`]).
+    pub(super) after_crash: Option<(NextBoot, Instant)>,
+    /// When each recorded crash was seen, host UTC, index for index with
+    /// `found.crashes`: what the guest's own dumps are matched against.
+    pub(super) crash_seen_utc: Vec<jiff::Timestamp>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -86,8 +93,9 @@ pub(super) struct Qemu {
 /// What [`Machine::next`] saw, when it is not a stop.
 pub(super) enum Wake {
     Agent(u64, Result<Answer, JobError>),
-    /// The guest rebooted as asked ([`BootWatch::ask_reboot`]); the new boot is
-    /// recorded. Only comes while a reboot is asked.
+    /// The guest rebooted as asked ([`BootWatch::ask_reboot`]), or rebooted itself
+    /// after writing its dump of a crash ([`Machine::begin_boot_after_crash`]); the
+    /// new boot is recorded. Only comes while one of those is awaited.
     Rebooted,
     Deadline,
 }
@@ -113,6 +121,8 @@ impl<'a> Machine<'a> {
             installed: Vec::new(),
             made_dirs: BTreeSet::new(),
             ready_at: None,
+            after_crash: None,
+            crash_seen_utc: Vec::new(),
         }
     }
 }
@@ -208,6 +218,8 @@ impl Machine<'_> {
 
     /// Begins the next boot at `at`: in the watch, and in the boots list.
     fn begin_boot(&mut self, at: Instant, extra_append: Option<String>) {
+        // However the boot came, the plan for the boot after a crash is moot.
+        self.after_crash = None;
         self.ready_at = None;
         self.watch.begin_boot(at);
         self.record_boot(at, extra_append);
@@ -302,7 +314,7 @@ impl Machine<'_> {
             Happening::Crash(crash) => Err(self.record_crash(crash)),
             Happening::Hang { boot, title } => Err(self.hang(format!("{title} (boot {boot})"))),
             Happening::PoweredOff { .. } => Err(Stop::PoweredOff),
-            Happening::Reboot { at, .. } => {
+            Happening::Reboot { at, .. } | Happening::CrashEnded { at, .. } => {
                 self.record_boot(at, None);
                 Ok(Some(Wake::Rebooted))
             }
@@ -451,6 +463,61 @@ impl Machine<'_> {
             boot.drivers = Some(DriversAtBoot { loaded, missing });
         }
         Ok(())
+    }
+
+    /// Begins the boot after the crash just recorded, the way its capture model
+    /// says: bootgate resets a stopped guest; a guest's own reset already began it;
+    /// a guest writing its own dump is waited for until it reboots itself (bounded:
+    /// then reset from here, with a note on the crash).
+    pub(super) fn begin_boot_after_crash(&mut self) -> Result<(), Stop> {
+        match self.after_crash.take() {
+            None | Some((NextBoot::HostResets, _)) => self.reset(),
+            Some((NextBoot::BegunByTheReset, at)) => {
+                // The crashed boot's requests died with it.
+                self.vm()?.agent().cancel_all();
+                self.begin_boot(at, None);
+                Ok(())
+            }
+            Some((NextBoot::GuestResetsItself { within }, seen_at)) => {
+                self.await_guest_reset(within, seen_at)
+            }
+        }
+    }
+
+    /// Waits for a guest that is writing its own dump to reboot itself: its RESET
+    /// ends the crash and begins the next boot. If none comes by `seen_at + within`
+    /// (AutoReboot off, a dump write that hangs), bootgate resets it and says so.
+    fn await_guest_reset(&mut self, within: Duration, seen_at: Instant) -> Result<(), Stop> {
+        let deadline = seen_at + within;
+        loop {
+            match self.next(deadline)? {
+                Wake::Rebooted => {
+                    let took = human_duration(seen_at.elapsed());
+                    self.note_on_last_crash(format!(
+                        "the guest wrote its own dump and reset itself {took} after GUEST_CRASHLOADED; that reset ended the crash"
+                    ));
+                    return Ok(());
+                }
+                Wake::Agent(..) => {}
+                Wake::Deadline => {
+                    self.note_on_last_crash(format!(
+                        "the guest did not reset itself within {} of GUEST_CRASHLOADED (AutoReboot off, or its dump write hung): bootgate reset it, so its dump may be incomplete",
+                        human_duration(within)
+                    ));
+                    return self.reset();
+                }
+            }
+        }
+    }
+
+    /// Adds `note` to the last crash's capture note.
+    pub(super) fn note_on_last_crash(&mut self, note: String) {
+        if let Some(crash) = self.found.crashes.last_mut() {
+            crash.capture_note = Some(match crash.capture_note.take() {
+                Some(earlier) => format!("{earlier}; {note}"),
+                None => note,
+            });
+        }
     }
 
     /// Resets the (paused, crashed) guest and begins the next boot.

@@ -33,8 +33,10 @@ use crate::runner::verdict::{after_ready_span, judge, Observed};
 use crate::suite::{Scenario, Step};
 use crate::util::human_duration;
 
+mod capture;
 mod crash_watch;
 mod evidence;
+mod guest_dumps;
 mod machine;
 mod recovery;
 mod steps;

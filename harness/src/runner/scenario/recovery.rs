@@ -187,7 +187,7 @@ impl Machine<'_> {
         let mut up = true;
         for _ in 0..s.boots {
             if !up {
-                self.reset()?;
+                self.begin_boot_after_crash()?;
                 match self.wait_ready(self.setup.boot_timeout, emitter) {
                     Ok(()) => {}
                     Err(Stop::Crash) => {

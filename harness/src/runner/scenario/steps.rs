@@ -240,7 +240,8 @@ impl Machine<'_> {
             Request::WaitReady => "guest-sync",
             Request::Exec { .. } => "guest-exec",
             Request::WriteFile { .. } => "guest-file-write",
-            Request::ReadFile { .. } => "guest-file-read",
+            Request::ReadFile { .. } | Request::ReadHead { .. } => "guest-file-read",
+            Request::GuestTime => "guest-get-time",
             Request::Shutdown(_) => "guest-shutdown",
             Request::Commands => "guest-info",
         };

@@ -550,12 +550,12 @@ const LIST_DUMPS: &[&str] = &[
     // The paths may hold %SystemRoot%, as the CrashControl registry values do.
     "$bgMiniDir = [Environment]::ExpandEnvironmentVariables($bgMinidumps)",
     "$bgFull = [Environment]::ExpandEnvironmentVariables($bgMemoryDump)",
-    "if (Test-Path -LiteralPath $bgMiniDir -PathType Container) { Get-ChildItem -LiteralPath $bgMiniDir -Filter '*.dmp' -File | Sort-Object LastWriteTimeUtc | ForEach-Object { Write-BgDump 'mini' $_ } }",
+    "if (Test-Path -LiteralPath $bgMiniDir -PathType Container) { Get-ChildItem -LiteralPath $bgMiniDir -Filter '*.dmp' -File | Sort-Object LastWriteTimeUtc -Descending | ForEach-Object { Write-BgDump 'mini' $_ } }",
     "if (Test-Path -LiteralPath $bgFull -PathType Leaf) { Write-BgDump 'memory' (Get-Item -LiteralPath $bgFull) }",
     "$bgOut.Flush()",
 ];
 
-/// Lists the minidumps in `minidump_dir` (`*.dmp`, oldest first) and the memory dump
+/// Lists the minidumps in `minidump_dir` (`*.dmp`, newest first) and the memory dump
 /// `memory_dump` if it exists; parse the output with [`parse_crash_dump_listing`].
 pub(crate) fn list_crash_dumps(
     minidump_dir: &str,
@@ -590,6 +590,8 @@ pub(crate) struct GuestDumpFile {
     pub bytes: u64,
     /// Last write time, UTC, as the guest printed it (ISO 8601).
     pub(crate) modified_utc: String,
+    /// The same, parsed: by the guest's clock, which may differ from the host's.
+    pub(crate) modified: jiff::Timestamp,
     /// Full guest path (copy it out with guest-file-read).
     pub path: String,
 }
@@ -622,9 +624,13 @@ pub(crate) fn parse_crash_dump_listing(stdout: &str) -> Result<Vec<GuestDumpFile
         if modified.is_empty() || path.is_empty() {
             return Err(bad("empty time or path"));
         }
+        let parsed: jiff::Timestamp = modified
+            .parse()
+            .map_err(|_| bad("time is not an ISO 8601 UTC time"))?;
         files.push(GuestDumpFile {
             kind,
             bytes,
+            modified: parsed,
             modified_utc: modified.to_string(),
             path: path.to_string(),
         });

@@ -478,6 +478,7 @@ fn crash_dump_listing_parses_and_rejects_malformed_lines() {
             kind: GuestDumpKind::Minidump,
             bytes: 2_359_296,
             modified_utc: "2024-07-19T04:09:12.1234567Z".into(),
+            modified: "2024-07-19T04:09:12.1234567Z".parse().unwrap(),
             path: r"C:\Windows\Minidump\071924-7000-01.dmp".into(),
         }
     );
@@ -491,6 +492,10 @@ fn crash_dump_listing_parses_and_rejects_malformed_lines() {
         "dump\tfull\t12\tt\tC:\\x.dmp",
         "dump\tmini\ttwelve\tt\tC:\\x.dmp",
         "dump\tmini\t12\t\tC:\\x.dmp",
+        // A time that is not UTC ISO 8601 (a localized date, no zone) cannot be
+        // matched to a crash.
+        "dump\tmini\t12\t19.07.2024 04:09:12\tC:\\x.dmp",
+        "dump\tmini\t12\t2024-07-19T04:09:12\tC:\\x.dmp",
     ] {
         assert!(
             matches!(
