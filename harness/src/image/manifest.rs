@@ -284,7 +284,45 @@ impl Manifest {
         disk.path = place("disk", "path", disk.path, &[])?;
         let mut kernel = raw.kernel;
         kernel.headers = place_opt("kernel", "headers", kernel.headers, HEADERS_ROOTS)?;
-        let inferred = match raw.guest.drivers_registry {
+        let mut guest = raw.guest;
+        if let Some(helper) = guest.offline_helper.clone() {
+            let header = text.find("[guest]").unwrap_or(0);
+            let offset = field_offset(&text, header, "offline_helper", None).unwrap_or(header);
+            if raw.os != OsFamily::Windows {
+                return Err(invalid(
+                    offset,
+                    "guest.offline_helper: only windows images take this field (a linux image's helper VM is the image itself, with guest.offline_mount)".into(),
+                ));
+            }
+            if super::builtin::find(&helper).is_none() {
+                if !crate::suite::image_is_path(&helper) {
+                    return Err(invalid(
+                        offset,
+                        format!(
+                            "guest.offline_helper: {helper:?} is neither a built-in image ({}) nor a path to an image.toml",
+                            super::BUILT_IN.join(", ")
+                        ),
+                    ));
+                }
+                let placed = place("guest", "offline_helper", PathBuf::from(&helper), &[])?;
+                let manifest_file = if placed.is_dir() {
+                    placed.join("image.toml")
+                } else {
+                    placed
+                };
+                if !manifest_file.is_file() {
+                    return Err(invalid(
+                        offset,
+                        format!(
+                            "guest.offline_helper: {} does not exist (name a helper image's image.toml, or leave the field out for the built-in \"ntfs-helper\")",
+                            manifest_file.display()
+                        ),
+                    ));
+                }
+                guest.offline_helper = Some(manifest_file.display().to_string());
+            }
+        }
+        let inferred = match guest.drivers_registry {
             Some(_) => LinuxProfile::Demo,
             None => LinuxProfile::Distro,
         };
@@ -297,7 +335,7 @@ impl Manifest {
             disk,
             machine: raw.machine,
             ready: raw.ready,
-            guest: raw.guest,
+            guest,
             kernel,
         };
         manifest.check_profile(raw.profile.is_some())?;

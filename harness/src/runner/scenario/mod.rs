@@ -36,6 +36,7 @@ use crate::util::human_duration;
 mod crash_watch;
 mod evidence;
 mod machine;
+pub(crate) mod ntfs;
 mod recovery;
 mod steps;
 

@@ -249,7 +249,7 @@ impl Machine<'_> {
 }
 
 /// A step error in words, for errors reported on another step's behalf.
-fn step_error_text(e: StepError) -> String {
+pub(super) fn step_error_text(e: StepError) -> String {
     match e {
         StepError::Failed(_, detail) => detail,
         StepError::Stopped(Stop::Crash) => "it crashed".into(),
