@@ -759,6 +759,69 @@ mod tests {
         );
     }
 
+    /// guest.offline_helper: a built-in name or an image.toml path, Windows only,
+    /// errors at its line; %SystemRoot% (system_root) a Windows path.
+    #[test]
+    fn offline_helper_names_a_built_in_or_a_manifest_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |extra: &str| WINDOWS.replace("[guest]\n", &format!("[guest]\n{extra}\n"));
+        let ok = Manifest::load(&write_windows_image(
+            dir.path(),
+            &with("offline_helper = \"ntfs-helper\""),
+        ))
+        .unwrap();
+        assert_eq!(ok.guest_profile().offline_helper().unwrap(), "ntfs-helper");
+        let default = Manifest::load(&write_windows_image(dir.path(), WINDOWS)).unwrap();
+        assert_eq!(
+            default.guest_profile().offline_helper().unwrap(),
+            "ntfs-helper"
+        );
+        assert_eq!(default.guest_profile().windows_system_root(), r"C:\Windows");
+        std::fs::create_dir_all(dir.path().join("helper")).unwrap();
+        std::fs::write(dir.path().join("helper/image.toml"), "x").unwrap();
+        let path = Manifest::load(&write_windows_image(
+            dir.path(),
+            &with("offline_helper = \"./helper\""),
+        ))
+        .unwrap();
+        assert!(path
+            .guest_profile()
+            .offline_helper()
+            .unwrap()
+            .ends_with("helper/image.toml"));
+        for (extra, expect) in [
+            (
+                "offline_helper = \"ntfs-helpr\"",
+                "neither a built-in image",
+            ),
+            ("offline_helper = \"nothere/image.toml\"", "does not exist"),
+        ] {
+            let text = with(extra);
+            let line = text.lines().position(|l| l == extra).unwrap() + 1;
+            let err = Manifest::load(&write_windows_image(dir.path(), &text))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(":{line}:"))
+                    && err.contains("guest.offline_helper")
+                    && err.contains(expect),
+                "{err}"
+            );
+        }
+        let linux = DEMO.replace("[guest]\n", "[guest]\noffline_helper = \"ntfs-helper\"\n");
+        let err = Manifest::load(&write_image(dir.path(), &linux))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only windows images take this field"), "{err}");
+        let err = Manifest::load(&write_windows_image(
+            dir.path(),
+            &with("system_root = '/windows'"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("guest.system_root"), "{err}");
+    }
+
     #[test]
     fn windows_and_linux_only_fields_stay_on_their_side() {
         let dir = tempfile::tempdir().unwrap();

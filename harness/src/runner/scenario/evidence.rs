@@ -54,6 +54,7 @@ impl Machine<'_> {
             bugcheck: crash.bugcheck.map(|b| BugcheckRecord::of(&b, "hyperv")),
             guest_dumps: Vec::new(),
             guest_dumps_note: None,
+            offline_evidence: Vec::new(),
             console,
         });
         self.capture_crash_evidence();
