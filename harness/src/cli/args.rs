@@ -297,9 +297,9 @@ pub struct DoctorArgs {
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Build a built-in image (demo, debian12) into the per-user cache; reuses it when nothing changed.
+    /// Build a built-in image (demo, debian12, ntfs-helper) into the per-user cache; reuses it when nothing changed.
     Build {
-        /// Image name: demo (no root needed) or debian12 (Debian 12 with systemd; needs root).
+        /// Image name: demo (no root needed), debian12 (Debian 12 with systemd; needs root) or ntfs-helper (the demo with ntfs-3g: the Windows offline helper).
         name: String,
         /// Rebuild even if the cache holds an up-to-date image.
         #[arg(long)]

@@ -416,6 +416,36 @@ mod tests {
             .is_ok());
     }
 
+    /// The NTFS helper is the Windows images' default offline helper, and its
+    /// recipe is the demo's plus its variant (ntfs-3g, fuse, bootgate-ntfs).
+    #[test]
+    fn ntfs_helper_is_the_demo_recipe_with_its_variant() {
+        assert_eq!(
+            NTFS_HELPER_NAME,
+            crate::guest::windows::DEFAULT_OFFLINE_HELPER
+        );
+        let file = |image: &BuiltIn, name: &str| {
+            image
+                .recipe
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+        };
+        for shared in ["build.sh", "init", "shutdown"] {
+            assert_eq!(file(&NTFS_HELPER, shared), file(&DEMO, shared), "{shared}");
+        }
+        let variant = file(&NTFS_HELPER, "variant.sh").unwrap();
+        assert!(
+            variant.contains("ntfs-3g bin/ntfs-3g") && variant.contains("VARIANT_MODULES=(fuse)")
+        );
+        assert!(file(&NTFS_HELPER, "bootgate-ntfs")
+            .unwrap()
+            .starts_with("#!/bin/sh"));
+        assert!(file(&DEMO, "build.sh")
+            .unwrap()
+            .contains("source \"$HERE/variant.sh\""));
+    }
+
     /// The demo's cache key is what it was before the table: an existing cache stays valid.
     #[test]
     fn demo_cache_key_is_unchanged_by_the_table() {
