@@ -372,3 +372,98 @@ fn offline_refuses_bad_input_before_booting_anything() {
         "no overlay for refused input"
     );
 }
+
+/// A disk with no partition table, one NTFS volume over all of it (as some cloud
+/// images and `qemu-img convert`ed partitions are): found without `--partition`,
+/// and `--in-place` writes the disk itself.
+#[test]
+fn offline_finds_windows_on_a_whole_disk_volume_and_edits_it_in_place() {
+    need_ntfs_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("whole.raw");
+    std::fs::write(&raw, b"").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&raw)
+        .unwrap()
+        .set_len(48 << 20)
+        .unwrap();
+    tool("mkntfs", &["-F", "-Q", "-q", "-L", "Whole", s(&raw)]);
+    let disk = d.join("whole.qcow2");
+    raw_to_qcow2(&raw, &disk);
+    let placeholder = d.join("p.txt");
+    std::fs::write(&placeholder, b"p\n").unwrap();
+    let out = run(&[
+        "offline",
+        "--disk",
+        s(&disk),
+        "--in-place",
+        "--partition",
+        "0",
+        "--accel",
+        "tcg",
+        "--put",
+        &format!(
+            "{}=\\Windows\\System32\\drivers\\p.txt",
+            placeholder.display()
+        ),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    qcow2_to_raw(&disk, &raw);
+    let content = d.join("content.sys");
+    std::fs::write(&content, vec![0x29; 1000]).unwrap();
+    tool(
+        "ntfscp",
+        &[
+            "-f",
+            s(&raw),
+            s(&content),
+            "/Windows/System32/drivers/C-00000291-1.sys",
+        ],
+    );
+    raw_to_qcow2(&raw, &disk);
+    let out = run(&[
+        "offline",
+        "--disk",
+        s(&disk),
+        "--in-place",
+        "--accel",
+        "tcg",
+        "--remove",
+        r"%SystemRoot%\system32\drivers\c-00000291*",
+        "--remove",
+        r"C:\Windows\System32\drivers\not-there.sys",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a --remove that matched nothing is exit 1: {stdout}{stderr}"
+    );
+    assert!(stdout.contains("volume: /dev/vdb\n"), "{stdout}");
+    assert!(
+        stderr.contains(r"nothing matched --remove \Windows\System32\drivers\not-there.sys"),
+        "{stderr}"
+    );
+    assert!(
+        !d.join("whole.offline.qcow2").exists(),
+        "--in-place makes no overlay"
+    );
+    qcow2_to_raw(&disk, &raw);
+    let listing = tool(
+        "ntfsls",
+        &["-f", "-p", "/Windows/System32/drivers", s(&raw)],
+    );
+    assert!(
+        !listing.contains("C-00000291") && listing.contains("p.txt"),
+        "{listing}"
+    );
+    assert!(tool("ntfsfix", &["-n", s(&raw)]).contains("processed successfully"));
+}
