@@ -209,6 +209,36 @@ impl Machine<'_> {
             .collect();
         if let Some(crash) = self.found.crashes.last_mut() {
             crash.offline_evidence = listed;
+            // A crash nothing named yet (a boot-start driver crashing before pvpanic
+            // loads reaches the host as a reset) is named by the dump Windows wrote:
+            // the newest minidump, else the memory dump's header.
+            if crash.bugcheck.is_none() {
+                // Windows names minidumps MMDDYY-N-NN.dmp: in name order the newest of
+                // a year comes last (across a new year it does not; no time is kept).
+                let of_kind = |kind: &'static str| {
+                    report.evidence.iter().filter(move |e| e.kind == kind).rev()
+                };
+                let header = of_kind("minidump")
+                    .chain(of_kind("memory-dump-header"))
+                    .find_map(|e| {
+                        let bytes = std::fs::read(&e.file).ok()?;
+                        crate::detect::win_dump::DumpHeader::parse(&bytes, &e.file).ok()
+                    });
+                if let Some(header) = header {
+                    let bugcheck = header.bugcheck;
+                    if crash.source != "console" {
+                        crash.title = bugcheck.title(None);
+                        crash.kind = "bugcheck".into();
+                        crash.source = "offline-dump".into();
+                        crash.excerpt = vec![crate::detect::boot_watch::bugcheck_line(&bugcheck)];
+                    }
+                    crash.signals.push("offline-dump".into());
+                    crash.bugcheck = Some(crate::model::record::BugcheckRecord::of(
+                        &bugcheck,
+                        "offline-dump",
+                    ));
+                }
+            }
         }
         let helper_time = started.elapsed();
         self.recovery.by = Some("offline removal (helper VM)");
