@@ -35,7 +35,8 @@ pub fn offline(args: OfflineArgs) -> Exit {
         overlay: args.overlay,
         accel: args.accel,
     };
-    let outcome = match offline_disk(&opts) {
+    let mut notify = |text: &str| eprintln!("bootgate: {text}");
+    let outcome = match offline_disk(&opts, &mut notify) {
         Ok(outcome) => outcome,
         Err(e) => {
             let code = match e.exit_code() {

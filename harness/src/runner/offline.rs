@@ -31,8 +31,8 @@ pub struct OfflineOptions {
     pub in_place: bool,
     /// Where the overlay goes (default: `DISK-STEM.offline.qcow2` in the current folder).
     pub overlay: Option<PathBuf>,
-    /// Where the helper's logs and offline.json go (default: the collect folder, or
-    /// a temporary folder removed after a success).
+    /// The helper VM's accelerator. Its logs go in the collect folder's
+    /// `helper-vm/` (without one: a temporary folder, kept and named on failure).
     pub accel: AccelChoice,
 }
 
@@ -109,12 +109,14 @@ fn windows_profile(image: Option<&Path>) -> Result<(GuestProfile, Option<Manifes
 }
 
 /// The helper image a Windows profile names, built first if it is a built-in.
-fn helper_manifest(profile: &GuestProfile) -> Result<Manifest, OfflineError> {
+fn helper_manifest(
+    profile: &GuestProfile,
+    notify: &mut dyn FnMut(&str),
+) -> Result<Manifest, OfflineError> {
     let reference = profile.offline_helper()?;
     match builtin::find(reference) {
         Some(image) => {
-            let path =
-                builtin::ensure_built(image, &mut |text: &str| eprintln!("bootgate: {text}"))?;
+            let path = builtin::ensure_built(image, notify)?;
             Ok(Manifest::load(&path)?)
         }
         None => Ok(Manifest::load(Path::new(reference))?),
@@ -157,8 +159,12 @@ fn default_overlay(disk: &Path) -> PathBuf {
     PathBuf::from(format!("{stem}.offline.qcow2"))
 }
 
-/// Runs the helper on the disk as `opts` say.
-pub fn offline_disk(opts: &OfflineOptions) -> Result<OfflineOutcome, OfflineError> {
+/// Runs the helper on the disk as `opts` say; progress (a first build of the
+/// helper image) goes to `notify`.
+pub fn offline_disk(
+    opts: &OfflineOptions,
+    notify: &mut dyn FnMut(&str),
+) -> Result<OfflineOutcome, OfflineError> {
     if opts.edit.remove.is_empty() && opts.edit.put.is_empty() && opts.edit.collect.is_none() {
         return Err(OfflineError::Usage(
             "nothing to do: give --remove, --put or --collect (see bootgate offline --help)".into(),
@@ -210,7 +216,7 @@ pub fn offline_disk(opts: &OfflineOptions) -> Result<OfflineOutcome, OfflineErro
         overlay::create(&tools.img, &opts.disk, format, &overlay_path)?;
         overlay_path
     };
-    let helper = helper_manifest(&profile)?;
+    let helper = helper_manifest(&profile, notify)?;
     let accel = super::prepare::decide_accel(opts.accel, &tools, Some(&helper)).accel;
     let mut temp_logs = None;
     let logs = match &opts.edit.collect {
@@ -240,7 +246,7 @@ pub fn offline_disk(opts: &OfflineOptions) -> Result<OfflineOutcome, OfflineErro
         name: "offline helper VM",
         boot_timeout: HELPER_BOOT_TIMEOUT,
     };
-    let (result, _argvs) = run_helper(&setup, &written_disk, &profile, &opts.edit);
+    let (result, argvs) = run_helper(&setup, &written_disk, &profile, &opts.edit);
     let report = match result {
         Ok(report) => report,
         Err(why) => {
@@ -262,6 +268,7 @@ pub fn offline_disk(opts: &OfflineOptions) -> Result<OfflineOutcome, OfflineErro
                 "disk": opts.disk,
                 "written_disk": written_disk,
                 "in_place": opts.in_place,
+                "helper_qemu_argv": argvs,
                 "report": report,
             });
             let text = serde_json::to_vec_pretty(&json)
