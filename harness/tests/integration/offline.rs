@@ -467,3 +467,157 @@ fn offline_finds_windows_on_a_whole_disk_volume_and_edits_it_in_place() {
     );
     assert!(tool("ntfsfix", &["-n", s(&raw)]).contains("processed successfully"));
 }
+
+/// CRC-32 (IEEE 802.3, reflected), which GPT headers and partition arrays carry.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A GUID in GPT's mixed-endian byte order.
+fn guid(text: &str) -> [u8; 16] {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    let b: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut g = [0u8; 16];
+    g[..4].copy_from_slice(&[b[3], b[2], b[1], b[0]]);
+    g[4..6].copy_from_slice(&[b[5], b[4]]);
+    g[6..8].copy_from_slice(&[b[7], b[6]]);
+    g[8..].copy_from_slice(&b[8..]);
+    g
+}
+
+/// A raw GPT disk (UEFI spec 2.10, chapter 5) with the layout Windows setup makes,
+/// shortened: partition 1 an empty "Microsoft reserved" range, partition 2 a "basic
+/// data" range for NTFS. Primary header and array only (Linux uses the primary when
+/// it is valid). Returns the NTFS partition's byte range.
+fn write_gpt_disk(path: &Path, mib: u64) -> (u64, u64) {
+    let size = mib << 20;
+    let sectors = size / SECTOR;
+    let mut disk = vec![0u8; size as usize];
+    // Protective MBR: one 0xEE partition over the disk.
+    let e = &mut disk[446..462];
+    e[4] = 0xee;
+    e[8..12].copy_from_slice(&1u32.to_le_bytes());
+    e[12..16].copy_from_slice(&((sectors - 1).min(u64::from(u32::MAX)) as u32).to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    let ranges = [(2048u64, 4095u64), (4096u64, sectors - 2048)];
+    let types = [
+        "E3C9E316-0B5C-4DB8-817D-F92DF00215AE",
+        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+    ];
+    let mut array = vec![0u8; 128 * 128];
+    for (i, ((first, last), kind)) in ranges.iter().zip(types).enumerate() {
+        let entry = &mut array[128 * i..128 * (i + 1)];
+        entry[..16].copy_from_slice(&guid(kind));
+        entry[16..32].copy_from_slice(&guid(&format!("6F0C8A52-4B1E-4C47-9D0A-B0079A7E010{i}")));
+        entry[32..40].copy_from_slice(&first.to_le_bytes());
+        entry[40..48].copy_from_slice(&last.to_le_bytes());
+    }
+    let mut header = vec![0u8; 92];
+    header[..8].copy_from_slice(b"EFI PART");
+    header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+    header[12..16].copy_from_slice(&92u32.to_le_bytes());
+    header[24..32].copy_from_slice(&1u64.to_le_bytes());
+    header[32..40].copy_from_slice(&(sectors - 1).to_le_bytes());
+    header[40..48].copy_from_slice(&34u64.to_le_bytes());
+    header[48..56].copy_from_slice(&(sectors - 34).to_le_bytes());
+    header[56..72].copy_from_slice(&guid("6F0C8A52-4B1E-4C47-9D0A-B0079A7E0200"));
+    header[72..80].copy_from_slice(&2u64.to_le_bytes());
+    header[80..84].copy_from_slice(&128u32.to_le_bytes());
+    header[84..88].copy_from_slice(&128u32.to_le_bytes());
+    header[88..92].copy_from_slice(&crc32(&array).to_le_bytes());
+    let crc = crc32(&header);
+    header[16..20].copy_from_slice(&crc.to_le_bytes());
+    disk[512..512 + 92].copy_from_slice(&header);
+    disk[1024..1024 + array.len()].copy_from_slice(&array);
+    std::fs::write(path, disk).unwrap();
+    let (first, last) = ranges[1];
+    (first * SECTOR, (last + 1) * SECTOR)
+}
+
+/// GPT, as a UEFI Windows install is laid out: the volume holding Windows is found
+/// past a partition that is not NTFS.
+#[test]
+fn offline_finds_windows_in_the_second_partition_of_a_gpt_disk() {
+    need_ntfs_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("gpt.raw");
+    let (start, end) = write_gpt_disk(&raw, 64);
+    let part = d.join("part.raw");
+    let mut bytes = std::fs::read(&raw).unwrap();
+    std::fs::write(&part, &bytes[start as usize..end as usize]).unwrap();
+    tool("mkntfs", &["-F", "-Q", "-q", "-L", "Windows", s(&part)]);
+    bytes[start as usize..end as usize].copy_from_slice(&std::fs::read(&part).unwrap());
+    std::fs::write(&raw, &bytes).unwrap();
+    let disk = d.join("gpt.qcow2");
+    raw_to_qcow2(&raw, &disk);
+    let placeholder = d.join("p.txt");
+    std::fs::write(&placeholder, b"p\n").unwrap();
+    let out = run(&[
+        "offline",
+        "--disk",
+        s(&disk),
+        "--in-place",
+        "--partition",
+        "2",
+        "--accel",
+        "tcg",
+        "--put",
+        &format!(
+            "{}=C:\\Windows\\System32\\drivers\\CrowdStrike\\p.txt",
+            placeholder.display()
+        ),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "offline",
+        "--disk",
+        s(&disk),
+        "--in-place",
+        "--accel",
+        "tcg",
+        "--remove",
+        r"C:\Windows\System32\drivers\CrowdStrike\p.txt",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("volume: /dev/vdb2\n"), "{stdout}");
+    qcow2_to_raw(&disk, &raw);
+    let bytes = std::fs::read(&raw).unwrap();
+    std::fs::write(&part, &bytes[start as usize..end as usize]).unwrap();
+    let listing = tool(
+        "ntfsls",
+        &[
+            "-f",
+            "-p",
+            "/Windows/System32/drivers/CrowdStrike",
+            s(&part),
+        ],
+    );
+    assert!(!listing.contains("p.txt"), "{listing}");
+    assert!(tool("ntfsfix", &["-n", s(&part)]).contains("processed successfully"));
+}
