@@ -6,7 +6,7 @@ mod cli;
 use clap::Parser;
 
 use cli::args::{Cli, Command, ImageCommand};
-use cli::{fuzz, host, results, rollout, run};
+use cli::{fuzz, host, offline, results, rollout, run};
 
 fn main() -> std::process::ExitCode {
     let parsed = match Cli::try_parse() {
@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
             command: ImageCommand::Build { name, force },
         } => host::image_build(&name, force),
         Command::Doctor(args) => host::doctor(args),
+        Command::Offline(args) => offline::offline(args),
     };
     exit.into()
 }

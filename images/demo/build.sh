@@ -30,6 +30,20 @@ readonly DISK_UUID=6f0c8a52-4b1e-4c47-9d0a-b0079a7e0001
 readonly DISK_HASH_SEED=6f0c8a52-4b1e-4c47-9d0a-b0079a7e0002
 readonly EPOCH=1700000000
 
+# A variant recipe (images/ntfs-helper) ships this script beside its own variant.sh,
+# which adds to the image without copying the recipe:
+#   VARIANT_PACKAGES  packages resolved and downloaded with the rest
+#   VARIANT_BINARIES  "PACKAGE PATH": files copied to PATH in the initramfs, with the
+#                     shared libraries they need (ELF NEEDED, transitively)
+#   VARIANT_MODULES   kernel modules shipped (with their dependencies) but not loaded at boot
+#   VARIANT_FILES     "RECIPE_FILE PATH MODE": recipe files installed into the initramfs
+#   VARIANT_LINKS     "TARGET PATH": symlinks made in the initramfs
+VARIANT_PACKAGES=() VARIANT_BINARIES=() VARIANT_MODULES=() VARIANT_FILES=() VARIANT_LINKS=()
+if [[ -f $HERE/variant.sh ]]; then
+  # shellcheck source=/dev/null
+  source "$HERE/variant.sh"
+fi
+
 die() { # die EXIT_CODE MESSAGE...
   local code=$1; shift
   printf 'build.sh: error: %s\n' "$*" >&2
@@ -81,13 +95,15 @@ resolve_packages() {
   # Pre-Depends are skipped on purpose (init-system-helpers, for systemd units, drags in
   # perl); which files of these packages are shipped is decided from ELF NEEDED at build.
   local libs
+  local roots=("$AGENT_PKG:$ARCH") p
+  for p in "${VARIANT_PACKAGES[@]}"; do roots+=("$p:$ARCH"); done
   libs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
-           --no-breaks --no-replaces --no-enhances --no-pre-depends "$AGENT_PKG:$ARCH" \
+           --no-breaks --no-replaces --no-enhances --no-pre-depends "${roots[@]}" \
          | awk '/^[^ <]/ {sub(/:.*/, ""); print}' | grep -E '^lib' | LC_ALL=C sort -u)
   [[ -n $libs ]] || die 1 "could not resolve the library dependencies of $AGENT_PKG"
 
-  local pkgs=("$KERNEL_META" "$kpkg" "$BUSYBOX_PKG" "$AGENT_PKG")
-  mapfile -t -O ${#pkgs[@]} pkgs <<<"$libs"
+  local pkgs=("$KERNEL_META" "$kpkg" "$BUSYBOX_PKG" "$AGENT_PKG" "${VARIANT_PACKAGES[@]}")
+  mapfile -t -O ${#pkgs[@]} pkgs < <(LC_ALL=C comm -13 <(printf '%s\n' "${pkgs[@]}" | LC_ALL=C sort -u) - <<<"$libs")
   apt_show "${pkgs[@]}" 2>/dev/null \
     | awk '/^Package: /{p=$2} /^Version: /{print p, $2}' \
     | LC_ALL=C sort -u > "$TMP_RESOLVE"
@@ -241,7 +257,14 @@ cmd_build() {
   local interp
   interp=$(readelf -l "$root/$ga_rel" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
   [[ -n $interp ]] || die 1 "qemu-ga has no ELF interpreter"
-  local queue=("$root/$ga_rel") seen=" " f so hit pkg rel
+  local queue=("$root/$ga_rel") seen=" " f so hit pkg rel vpkg vpath
+  for p in "${VARIANT_BINARIES[@]}"; do
+    read -r vpkg vpath <<<"$p"
+    [[ -f $WORK/pkg/$vpkg/$vpath ]] || die 1 "$vpkg has no $vpath (variant binary)"
+    install_from "$WORK/pkg/$vpkg" "$vpath" "$root"
+    USED[$vpkg]=1
+    queue+=("$root/$vpath")
+  done
   while ((${#queue[@]})); do
     f=${queue[0]}; queue=("${queue[@]:1}")
     for so in $(needed_of "$f"); do
@@ -268,7 +291,7 @@ cmd_build() {
   local mdir="lib/modules/$KVER"
   "$bbsrc" depmod -b "$kroot" "$KVER" || die 1 "busybox depmod failed on the kernel package"
   local want=() m dep path
-  for m in "${GUEST_MODULES[@]}"; do
+  for m in "${GUEST_MODULES[@]}" "${VARIANT_MODULES[@]}"; do
     path=$(awk -F: -v n="$m" '{ b=$1; sub(/.*\//, "", b); sub(/\.ko.*$/, "", b); gsub(/-/, "_", b);
                                  t=n; gsub(/-/, "_", t); if (b == t) { print $0; exit } }' "$kroot/$mdir/modules.dep")
     [[ -n $path ]] || die 1 "module $m not found in $kpkg (is it built in? check boot/config-$KVER)"
@@ -280,6 +303,18 @@ cmd_build() {
   done
   cp "$kroot/$mdir/modules.builtin" "$kroot/$mdir/modules.order" "$root/$mdir/"
   "$root/bin/busybox" depmod -b "$root" "$KVER" || die 1 "busybox depmod failed on the initramfs"
+
+  local vsrc vdest vmode
+  for p in "${VARIANT_FILES[@]}"; do
+    read -r vsrc vdest vmode <<<"$p"
+    mkdir -p "$root/$(dirname "$vdest")"
+    install -m "$vmode" "$HERE/$vsrc" "$root/$vdest"
+  done
+  for p in "${VARIANT_LINKS[@]}"; do
+    read -r vsrc vdest <<<"$p"
+    mkdir -p "$root/$(dirname "$vdest")"
+    ln -sfn "$vsrc" "$root/$vdest"
+  done
 
   # --- system drive contents: what the guest's init expects to find.
   local sys="$WORK/system"

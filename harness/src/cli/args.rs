@@ -97,6 +97,27 @@ pub enum Command {
     /// the guest agent and its commands, panic reporting (pvpanic), crash settings,
     /// and for Windows crash dumps, test signing, recovery, pvpanic and fwcfg drivers.
     Doctor(DoctorArgs),
+    /// Repair a Windows VM's disk offline, and copy its crash evidence out.
+    ///
+    /// A helper VM (the built-in ntfs-helper image: Linux with ntfs-3g) gets the
+    /// disk as its second disk, mounts the NTFS volume that holds \Windows\System32,
+    /// looks paths up without case as Windows does, deletes what --remove names,
+    /// writes what --put names, copies the minidumps, the memory dump's header and
+    /// the System event log to --collect, unmounts and checks the volume (ntfsfix -n).
+    /// Needs no privileges on the host and nothing Windows.
+    ///
+    /// The disk is never written unless --in-place: the changes go into a new qcow2
+    /// overlay on it (printed at the end), which you boot instead of the disk, or
+    /// merge into it with `qemu-img commit OVERLAY`. Paths are Windows paths (quote
+    /// them for the shell): C:\..., \... or %SystemRoot%\...; the file name of a
+    /// --remove may hold * and ?. Exit 0 done, 1 a --remove matched nothing, 2 bad
+    /// input, 3 the helper or the host failed.
+    ///
+    /// Example (the 19 July 2024 Channel File 291 fix):
+    ///   bootgate offline --disk vm.qcow2 \
+    ///     --remove 'C:\Windows\System32\drivers\CrowdStrike\C-00000291*.sys' \
+    ///     --collect evidence/
+    Offline(OfflineArgs),
 }
 
 /// `bootgate run`'s arguments.
@@ -217,6 +238,47 @@ pub struct MergeArgs {
     pub out: PathBuf,
 }
 
+/// `bootgate offline`'s arguments.
+#[derive(clap::Args)]
+pub struct OfflineArgs {
+    /// The Windows VM's disk (qcow2 or raw). Not written unless --in-place.
+    #[arg(long, value_name = "DISK")]
+    pub disk: PathBuf,
+    /// The Windows image manifest (image.toml), for its %SystemRoot% (guest.system_root),
+    /// dump paths and helper image (guest.offline_helper). Without it: C:\Windows,
+    /// %SystemRoot%\Minidump, %SystemRoot%\MEMORY.DMP and the built-in ntfs-helper.
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// A file to delete, as a Windows path; * and ? allowed in the file name. Repeatable.
+    #[arg(long, value_name = "WINPATH")]
+    pub remove: Vec<String>,
+    /// HOST_FILE=WINPATH: write a host file at a Windows path (a content file put
+    /// back); missing folders are created. Repeatable.
+    #[arg(long, value_name = "HOST_FILE=WINPATH")]
+    pub put: Vec<String>,
+    /// Copy the evidence here (created): Minidump/*.dmp, MEMORY.DMP.header (the
+    /// first 8 KiB, which name the bugcheck), System.evtx, offline.json (what was
+    /// done) and helper-vm/ (the helper's console and QEMU logs). Evidence is copied
+    /// before anything is deleted.
+    #[arg(long, value_name = "OUTDIR")]
+    pub collect: Option<PathBuf>,
+    /// Edit this partition (1-based; 0: a disk that is one NTFS volume) instead of
+    /// the NTFS volume holding %SystemRoot%\System32: for a disk with two Windows,
+    /// or to prepare a volume that has no Windows folder yet.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+    /// Write the changes into DISK itself (qcow2 only). Stop the VM first.
+    #[arg(long, conflicts_with = "overlay")]
+    pub in_place: bool,
+    /// Where the overlay with the changes goes (default: DISK-STEM.offline.qcow2 in
+    /// the current folder; never overwritten).
+    #[arg(long, value_name = "PATH")]
+    pub overlay: Option<PathBuf>,
+    /// Accelerator for the helper VM: auto probes KVM and falls back to TCG.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+}
+
 /// `bootgate doctor`'s arguments.
 #[derive(clap::Args)]
 pub struct DoctorArgs {
@@ -235,9 +297,9 @@ pub struct DoctorArgs {
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
-    /// Build a built-in image (demo, debian12) into the per-user cache; reuses it when nothing changed.
+    /// Build a built-in image (demo, debian12, ntfs-helper) into the per-user cache; reuses it when nothing changed.
     Build {
-        /// Image name: demo (no root needed) or debian12 (Debian 12 with systemd; needs root).
+        /// Image name: demo (no root needed), debian12 (Debian 12 with systemd; needs root) or ntfs-helper (the demo with ntfs-3g: the Windows offline helper).
         name: String,
         /// Rebuild even if the cache holds an up-to-date image.
         #[arg(long)]

@@ -6,6 +6,7 @@ pub mod args;
 pub mod exit;
 pub mod fuzz;
 pub mod host;
+pub mod offline;
 pub mod results;
 pub mod rollout;
 pub mod run;

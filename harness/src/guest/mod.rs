@@ -40,6 +40,12 @@ pub enum GuestError {
         path: String,
         root: String,
     },
+    #[error("{manifest}: {source}")]
+    OfflinePath {
+        manifest: String,
+        #[source]
+        source: windows::offline::OfflinePathError,
+    },
     #[error("{0} images do not support this step yet")]
     Unsupported(&'static str),
     #[error("{manifest}: `initramfs = true` cannot be done here: {why}")]
@@ -82,6 +88,9 @@ pub(crate) struct GuestProfile {
     offline_mount: Option<String>,
     offline_root: Option<String>,
     offline_unmount: Option<String>,
+    /// Windows only: the image whose helper VM edits this disk (see
+    /// [`GuestProfile::offline_helper`]).
+    offline_helper: Option<String>,
     /// Windows only: how drivers are installed and when service drivers load.
     driver_kind: DriverKind,
     service_start: ServiceStart,
@@ -121,6 +130,7 @@ impl GuestProfile {
             offline_mount: guest.offline_mount.clone(),
             offline_root: guest.offline_root.clone(),
             offline_unmount: guest.offline_unmount.clone(),
+            offline_helper: guest.offline_helper.clone(),
             driver_kind: guest.driver_kind.unwrap_or_default(),
             service_start: guest.service_start.unwrap_or_default(),
             minidump_dir: guest
@@ -503,6 +513,58 @@ impl GuestProfile {
                 field,
                 what,
             })
+    }
+
+    /// Windows: the image of the helper VM that edits this image's disk offline, as
+    /// the manifest names it (a built-in image or a manifest path), by default the
+    /// built-in NTFS helper.
+    pub(crate) fn offline_helper(&self) -> Result<&str, GuestError> {
+        match self.os {
+            OsFamily::Windows => Ok(self
+                .offline_helper
+                .as_deref()
+                .unwrap_or(windows::DEFAULT_OFFLINE_HELPER)),
+            OsFamily::Linux => Err(GuestError::Unsupported("linux")),
+        }
+    }
+
+    /// Windows: the guest's `%SystemRoot%` (the manifest's `system_root`, by
+    /// default `C:\Windows`).
+    pub(crate) fn windows_system_root(&self) -> &str {
+        self.system_root
+            .as_deref()
+            .unwrap_or(windows::offline::DEFAULT_SYSTEM_ROOT)
+    }
+
+    /// Windows: where `path` (a guest path; `%SystemRoot%` allowed) is on the
+    /// stopped VM's system volume, for the NTFS helper. `pattern` allows `*` and `?`
+    /// in the file name.
+    pub(crate) fn offline_volume_path(
+        &self,
+        path: &str,
+        pattern: bool,
+    ) -> Result<windows::offline::VolumePath, GuestError> {
+        if self.os != OsFamily::Windows {
+            return Err(GuestError::Unsupported("linux"));
+        }
+        windows::offline::volume_path(path, self.windows_system_root(), pattern).map_err(|e| {
+            GuestError::OfflinePath {
+                manifest: self.manifest.clone(),
+                source: e,
+            }
+        })
+    }
+
+    /// Windows: the crash evidence the NTFS helper copies out of a stopped VM's
+    /// disk: the minidumps, the memory dump's header and the System event log.
+    pub(crate) fn offline_evidence(&self) -> Result<windows::offline::EvidencePlan, GuestError> {
+        let minidumps =
+            self.offline_volume_path(&windows::path::join(&self.minidump_dir, "*.dmp"), true)?;
+        Ok(windows::offline::EvidencePlan {
+            minidumps,
+            memory_dump: self.offline_volume_path(&self.memory_dump_path, false)?,
+            event_log: self.offline_volume_path(windows::offline::SYSTEM_EVENT_LOG, false)?,
+        })
     }
 
     /// Where a path of the stopped VM (one under `system_root`) is in the helper VM

@@ -82,8 +82,14 @@ pub struct GuestPaths {
     /// `initramfs = true` for drivers that must load before the root file system.
     pub initramfs_update: Option<String>,
     /// Offline recovery: where a normal boot mounts the system disk (the prefix of
-    /// the guest paths above that live on it, such as content_dir).
+    /// the guest paths above that live on it, such as content_dir). Windows: the
+    /// guest's `%SystemRoot%` (default `C:\Windows`), which names the volume the NTFS
+    /// helper edits and where it finds the dumps and event logs.
     pub system_root: Option<String>,
+    /// Windows: the image whose helper VM edits this image's disk offline and
+    /// copies its evidence out: a built-in image name or a path to an image.toml
+    /// (default `ntfs-helper`, the demo guest with ntfs-3g).
+    pub offline_helper: Option<String>,
     /// Offline recovery: the command line a helper VM of this image runs to mount a
     /// stopped VM's system disk, attached to the helper as its second disk.
     pub offline_mount: Option<String>,

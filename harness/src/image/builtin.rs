@@ -1,4 +1,4 @@
-//! The built-in images (`demo`, `debian12`): their recipes (images/NAME) are compiled
+//! The built-in images (`demo`, `debian12`, `ntfs-helper`): their recipes (images/NAME) are compiled
 //! into the binary, so `bootgate` builds them from anywhere, each into its own folder
 //! of a per-user cache keyed by a hash of its recipe and the exact Debian package
 //! versions it resolves to.
@@ -55,8 +55,36 @@ const DEBIAN12: BuiltIn = BuiltIn {
     build_time: "about 2 minutes; needs root",
 };
 
+/// The demo guest with NTFS read-write support (ntfs-3g, fuse): the helper VM that
+/// edits a stopped Windows VM's disk offline and copies its crash evidence out
+/// (images/ntfs-helper). It is the demo's recipe with a `variant.sh` beside it.
+const NTFS_HELPER: BuiltIn = BuiltIn {
+    name: NTFS_HELPER_NAME,
+    recipe: &[
+        ("build.sh", include_str!("../../../images/demo/build.sh")),
+        ("init", include_str!("../../../images/demo/init")),
+        ("shutdown", include_str!("../../../images/demo/shutdown")),
+        (
+            "image.toml",
+            include_str!("../../../images/ntfs-helper/image.toml"),
+        ),
+        (
+            "variant.sh",
+            include_str!("../../../images/ntfs-helper/variant.sh"),
+        ),
+        (
+            "bootgate-ntfs",
+            include_str!("../../../images/ntfs-helper/bootgate-ntfs"),
+        ),
+    ],
+    build_time: "about a minute",
+};
+
+/// The built-in image a Windows manifest's `offline_helper` names by default.
+pub const NTFS_HELPER_NAME: &str = "ntfs-helper";
+
 /// Every built-in image, in the order [`super::BUILT_IN`] names them.
-pub(crate) const IMAGES: &[&BuiltIn] = &[&DEMO, &DEBIAN12];
+pub(crate) const IMAGES: &[&BuiltIn] = &[&DEMO, &DEBIAN12, &NTFS_HELPER];
 
 /// The built-in image called `name`.
 pub fn find(name: &str) -> Option<&'static BuiltIn> {
@@ -386,6 +414,36 @@ mod tests {
         assert!(profile
             .register_driver("demo_sensor", "", false, true)
             .is_ok());
+    }
+
+    /// The NTFS helper is the Windows images' default offline helper, and its
+    /// recipe is the demo's plus its variant (ntfs-3g, fuse, bootgate-ntfs).
+    #[test]
+    fn ntfs_helper_is_the_demo_recipe_with_its_variant() {
+        assert_eq!(
+            NTFS_HELPER_NAME,
+            crate::guest::windows::DEFAULT_OFFLINE_HELPER
+        );
+        let file = |image: &BuiltIn, name: &str| {
+            image
+                .recipe
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+        };
+        for shared in ["build.sh", "init", "shutdown"] {
+            assert_eq!(file(&NTFS_HELPER, shared), file(&DEMO, shared), "{shared}");
+        }
+        let variant = file(&NTFS_HELPER, "variant.sh").unwrap();
+        assert!(
+            variant.contains("ntfs-3g bin/ntfs-3g") && variant.contains("VARIANT_MODULES=(fuse)")
+        );
+        assert!(file(&NTFS_HELPER, "bootgate-ntfs")
+            .unwrap()
+            .starts_with("#!/bin/sh"));
+        assert!(file(&DEMO, "build.sh")
+            .unwrap()
+            .contains("source \"$HERE/variant.sh\""));
     }
 
     /// The demo's cache key is what it was before the table: an existing cache stays valid.

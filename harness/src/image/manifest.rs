@@ -284,7 +284,45 @@ impl Manifest {
         disk.path = place("disk", "path", disk.path, &[])?;
         let mut kernel = raw.kernel;
         kernel.headers = place_opt("kernel", "headers", kernel.headers, HEADERS_ROOTS)?;
-        let inferred = match raw.guest.drivers_registry {
+        let mut guest = raw.guest;
+        if let Some(helper) = guest.offline_helper.clone() {
+            let header = text.find("[guest]").unwrap_or(0);
+            let offset = field_offset(&text, header, "offline_helper", None).unwrap_or(header);
+            if raw.os != OsFamily::Windows {
+                return Err(invalid(
+                    offset,
+                    "guest.offline_helper: only windows images take this field (a linux image's helper VM is the image itself, with guest.offline_mount)".into(),
+                ));
+            }
+            if super::builtin::find(&helper).is_none() {
+                if !crate::suite::image_is_path(&helper) {
+                    return Err(invalid(
+                        offset,
+                        format!(
+                            "guest.offline_helper: {helper:?} is neither a built-in image ({}) nor a path to an image.toml",
+                            super::BUILT_IN.join(", ")
+                        ),
+                    ));
+                }
+                let placed = place("guest", "offline_helper", PathBuf::from(&helper), &[])?;
+                let manifest_file = if placed.is_dir() {
+                    placed.join("image.toml")
+                } else {
+                    placed
+                };
+                if !manifest_file.is_file() {
+                    return Err(invalid(
+                        offset,
+                        format!(
+                            "guest.offline_helper: {} does not exist (name a helper image's image.toml, or leave the field out for the built-in \"ntfs-helper\")",
+                            manifest_file.display()
+                        ),
+                    ));
+                }
+                guest.offline_helper = Some(manifest_file.display().to_string());
+            }
+        }
+        let inferred = match guest.drivers_registry {
             Some(_) => LinuxProfile::Demo,
             None => LinuxProfile::Distro,
         };
@@ -297,7 +335,7 @@ impl Manifest {
             disk,
             machine: raw.machine,
             ready: raw.ready,
-            guest: raw.guest,
+            guest,
             kernel,
         };
         manifest.check_profile(raw.profile.is_some())?;
@@ -719,6 +757,69 @@ mod tests {
                 && message.contains("\"/system/drivers\" is not a windows path"),
             "{message}"
         );
+    }
+
+    /// guest.offline_helper: a built-in name or an image.toml path, Windows only,
+    /// errors at its line; %SystemRoot% (system_root) a Windows path.
+    #[test]
+    fn offline_helper_names_a_built_in_or_a_manifest_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |extra: &str| WINDOWS.replace("[guest]\n", &format!("[guest]\n{extra}\n"));
+        let ok = Manifest::load(&write_windows_image(
+            dir.path(),
+            &with("offline_helper = \"ntfs-helper\""),
+        ))
+        .unwrap();
+        assert_eq!(ok.guest_profile().offline_helper().unwrap(), "ntfs-helper");
+        let default = Manifest::load(&write_windows_image(dir.path(), WINDOWS)).unwrap();
+        assert_eq!(
+            default.guest_profile().offline_helper().unwrap(),
+            "ntfs-helper"
+        );
+        assert_eq!(default.guest_profile().windows_system_root(), r"C:\Windows");
+        std::fs::create_dir_all(dir.path().join("helper")).unwrap();
+        std::fs::write(dir.path().join("helper/image.toml"), "x").unwrap();
+        let path = Manifest::load(&write_windows_image(
+            dir.path(),
+            &with("offline_helper = \"./helper\""),
+        ))
+        .unwrap();
+        assert!(path
+            .guest_profile()
+            .offline_helper()
+            .unwrap()
+            .ends_with("helper/image.toml"));
+        for (extra, expect) in [
+            (
+                "offline_helper = \"ntfs-helpr\"",
+                "neither a built-in image",
+            ),
+            ("offline_helper = \"nothere/image.toml\"", "does not exist"),
+        ] {
+            let text = with(extra);
+            let line = text.lines().position(|l| l == extra).unwrap() + 1;
+            let err = Manifest::load(&write_windows_image(dir.path(), &text))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(":{line}:"))
+                    && err.contains("guest.offline_helper")
+                    && err.contains(expect),
+                "{err}"
+            );
+        }
+        let linux = DEMO.replace("[guest]\n", "[guest]\noffline_helper = \"ntfs-helper\"\n");
+        let err = Manifest::load(&write_image(dir.path(), &linux))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only windows images take this field"), "{err}");
+        let err = Manifest::load(&write_windows_image(
+            dir.path(),
+            &with("system_root = '/windows'"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("guest.system_root"), "{err}");
     }
 
     #[test]

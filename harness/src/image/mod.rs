@@ -14,7 +14,7 @@ use crate::suite;
 pub use manifest::{Manifest, ManifestError};
 
 /// Names of images bootgate can build itself.
-pub const BUILT_IN: &[&str] = &["demo", "debian12"];
+pub const BUILT_IN: &[&str] = &["demo", "debian12", "ntfs-helper"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

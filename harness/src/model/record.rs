@@ -440,6 +440,11 @@ pub struct CrashRecord {
     /// Why guest dumps are missing or incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_dumps_note: Option<String>,
+    /// Windows: evidence the NTFS helper VM copied off the stopped guest's disk
+    /// during an offline recovery (minidumps, the memory dump's header, System.evtx;
+    /// paths in the run folder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline_evidence: Vec<String>,
     /// The console log this crash appears in (path in the run folder).
     pub console: Option<String>,
     /// How the crash reached the host, which decided what was captured: "host-paused"

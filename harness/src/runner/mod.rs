@@ -6,6 +6,7 @@ pub mod build_sandbox;
 pub(crate) mod driver;
 pub(crate) mod folder;
 pub mod merge;
+pub mod offline;
 pub mod options;
 pub(crate) mod pool;
 pub(crate) mod prepare;

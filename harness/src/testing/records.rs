@@ -122,6 +122,7 @@ pub fn crash(boot_index: u32, title: &str) -> CrashRecord {
         bugcheck: None,
         guest_dumps: Vec::new(),
         guest_dumps_note: None,
+        offline_evidence: Vec::new(),
         console: None,
         capture: None,
         capture_note: None,

@@ -17,6 +17,7 @@ mod guest_setup;
 mod hostile_results;
 mod image;
 mod late_loops;
+mod offline;
 mod platform;
 mod rollout;
 mod shards;

@@ -11,6 +11,7 @@
 //! (see images/windows/GUIDE.md for what is confirmed and what is not).
 
 pub mod command;
+pub(crate) mod offline;
 pub(crate) mod path;
 
 use serde::Deserialize;
@@ -21,6 +22,10 @@ pub(crate) const DEFAULT_MINIDUMP_DIR: &str = r"%SystemRoot%\Minidump";
 /// Where Windows writes a kernel or complete memory dump unless
 /// CrashControl\DumpFile says otherwise.
 pub(crate) const DEFAULT_MEMORY_DUMP: &str = r"%SystemRoot%\MEMORY.DMP";
+
+/// The helper image that edits a Windows disk offline unless the manifest's
+/// `guest.offline_helper` names another: the built-in NTFS helper.
+pub(crate) const DEFAULT_OFFLINE_HELPER: &str = "ntfs-helper";
 
 /// How a Windows image installs candidate drivers (`guest.driver_kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

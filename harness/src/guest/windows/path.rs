@@ -104,6 +104,7 @@ pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldP
                 ("guest.service_start", guest.service_start.is_some()),
                 ("guest.minidump_dir", guest.minidump_dir.is_some()),
                 ("guest.memory_dump_path", guest.memory_dump_path.is_some()),
+                ("guest.offline_helper", guest.offline_helper.is_some()),
             ];
             for (field, set) in windows_only {
                 if set {
@@ -136,9 +137,8 @@ pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldP
                     "guest.offline_mount",
                     guest.offline_mount.is_some()
                         || guest.offline_unmount.is_some()
-                        || guest.offline_root.is_some()
-                        || guest.system_root.is_some(),
-                    "offline recovery (a helper VM mounting the stopped VM's disk) is built for linux guests only; bootgate has no windows helper yet, so remove the system_root and offline_* fields",
+                        || guest.offline_root.is_some(),
+                    "the command lines of a linux helper VM; a windows image's disk is edited offline by the NTFS helper named in guest.offline_helper (default \"ntfs-helper\"), so remove offline_mount, offline_root and offline_unmount",
                 ),
             ];
             for (field, set, why) in linux_only {
@@ -165,6 +165,7 @@ pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldP
                 ("guest.drivers_dir", &guest.drivers_dir, Root::Drive),
                 ("guest.content_dir", &guest.content_dir, Root::Drive),
                 ("guest.boot_count_file", &guest.boot_count_file, Root::Drive),
+                ("guest.system_root", &guest.system_root, Root::Drive),
                 (
                     "guest.minidump_dir",
                     &guest.minidump_dir,

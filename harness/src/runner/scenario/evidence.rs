@@ -65,6 +65,7 @@ impl Machine<'_> {
                 GuestDump::Expected => None,
                 GuestDump::NotExpected(why) => Some(why.into()),
             },
+            offline_evidence: Vec::new(),
             console,
             capture: Some(crash.capture.as_str().into()),
             capture_note: None,

@@ -38,6 +38,7 @@ mod crash_watch;
 mod evidence;
 mod guest_dumps;
 mod machine;
+pub(crate) mod ntfs;
 mod recovery;
 mod steps;
 

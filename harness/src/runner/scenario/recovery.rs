@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::machine::{Machine, MachineSetup};
+use super::ntfs::{run_helper, HelperSetup, WindowsEdit};
 use super::{StepError, Stop};
 use crate::agent::worker::REQUEST_TIMEOUT;
 use crate::guest::GuestCommand;
+use crate::guest::OsFamily;
 use crate::model::record::StepOutcome;
 use crate::model::Emitter;
 use crate::qemu::vm::VmDir;
@@ -20,6 +22,9 @@ use crate::util::human_duration;
 /// The helper VM's evidence (console, QEMU log) goes in this subfolder of the
 /// scenario's.
 pub(crate) const HELPER_DIR: &str = "helper-vm";
+/// Windows: the evidence the NTFS helper copies off the disk goes in this subfolder
+/// of [`HELPER_DIR`].
+const EVIDENCE_DIR: &str = "evidence";
 /// Time one recovery command (mount, delete, a suite's `run` line) may take.
 const RECOVERY_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -71,6 +76,9 @@ impl Machine<'_> {
         content: Option<String>,
         emitter: &Emitter,
     ) -> Result<String, StepError> {
+        if self.profile.os == OsFamily::Windows {
+            return self.helper_vm_windows(s, content, emitter);
+        }
         let started = Instant::now();
         // Everything the manifest must say is checked before the guest is stopped.
         let mount = self.guest_command(self.profile.offline_mount())?;
@@ -127,6 +135,119 @@ impl Machine<'_> {
             "helper VM ({} from stopping the guest to the helper's unmount): {}; the next normal boot reached ready",
             human_duration(helper_time),
             done.join(", ")
+        ))
+    }
+
+    /// [`Machine::helper_vm`] for a Windows guest: the helper is the Linux image the
+    /// manifest's `offline_helper` names (the built-in ntfs-helper by default), with
+    /// the stopped guest's overlay as its second disk. It copies the crash evidence
+    /// out (listed on the last crash), deletes the content file, checks the volume.
+    fn helper_vm_windows(
+        &mut self,
+        s: &RecoverStep,
+        content: Option<String>,
+        emitter: &Emitter,
+    ) -> Result<String, StepError> {
+        let started = Instant::now();
+        let infra = |what: String| StepError::from(Stop::Infra(what));
+        if !s.run.is_empty() {
+            return Err(infra(format!(
+                "{}: recover.run lines are shell lines for a linux helper VM; a windows guest's NTFS helper only removes the content file (remove_content)",
+                self.setup.manifest.path.display()
+            )));
+        }
+        // The helper image is resolved (and built) before the guest is stopped.
+        let reference = self
+            .guest_command(self.profile.offline_helper())?
+            .to_string();
+        let helper = match crate::image::builtin::find(&reference) {
+            Some(image) => {
+                crate::image::builtin::ensure_built(image, &mut |text: &str| emitter.notice(text))
+                    .map_err(|e| infra(format!("offline recovery: the helper image: {e}")))?
+            }
+            None => PathBuf::from(&reference),
+        };
+        let helper = crate::image::Manifest::load(&helper)
+            .map_err(|e| infra(format!("offline recovery: the helper image: {e}")))?;
+        let dir = self.setup.artifacts.join(HELPER_DIR);
+        let evidence = dir.join(EVIDENCE_DIR);
+        let edit = WindowsEdit {
+            remove: content.iter().cloned().collect(),
+            put: Vec::new(),
+            collect: Some(evidence.clone()),
+            partition: None,
+        };
+        self.power_off();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| infra(format!("cannot create {}: {e}", dir.display())))?;
+        let rel_dir = format!("{}/{HELPER_DIR}", self.setup.rel_dir);
+        let name = format!("{} helper VM", self.setup.name);
+        let setup = HelperSetup {
+            tools: self.setup.tools,
+            helper: &helper,
+            accel: self.setup.accel,
+            logs: &dir,
+            rel_dir: &rel_dir,
+            name: &name,
+            boot_timeout: self.setup.boot_timeout,
+        };
+        let overlay = self.qemu.dir.layout.overlay.clone();
+        let (work, mut argvs) = run_helper(&setup, &overlay, &self.profile, &edit);
+        self.qemu.argvs.append(&mut argvs);
+        let report = work.map_err(|why| {
+            if crate::runner::interrupted() {
+                StepError::from(Stop::Interrupted)
+            } else {
+                infra(format!("offline recovery: the NTFS helper VM {why}"))
+            }
+        })?;
+        let listed: Vec<String> = report
+            .evidence
+            .iter()
+            .filter_map(|e| e.file.strip_prefix(self.setup.artifacts).ok())
+            .map(|rel| format!("{}/{}", self.setup.rel_dir, rel.display()))
+            .collect();
+        if let Some(crash) = self.found.crashes.last_mut() {
+            crash.offline_evidence = listed;
+            // A crash nothing named yet (a boot-start driver crashing before pvpanic
+            // loads reaches the host as a reset) is named by the dump Windows wrote:
+            // the newest minidump, else the memory dump's header.
+            if crash.bugcheck.is_none() {
+                // Windows names minidumps MMDDYY-N-NN.dmp: in name order the newest of
+                // a year comes last (across a new year it does not; no time is kept).
+                let of_kind = |kind: &'static str| {
+                    report.evidence.iter().filter(move |e| e.kind == kind).rev()
+                };
+                let header = of_kind("minidump")
+                    .chain(of_kind("memory-dump-header"))
+                    .find_map(|e| {
+                        let bytes = std::fs::read(&e.file).ok()?;
+                        crate::detect::win_dump::DumpHeader::parse(&bytes, &e.file).ok()
+                    });
+                if let Some(header) = header {
+                    let bugcheck = header.bugcheck;
+                    if crash.source != "console" {
+                        crash.title = bugcheck.title(None);
+                        crash.kind = "bugcheck".into();
+                        crash.source = "offline-dump".into();
+                        crash.excerpt = vec![crate::detect::boot_watch::bugcheck_line(&bugcheck)];
+                    }
+                    crash.signals.push("offline-dump".into());
+                    crash.bugcheck = Some(crate::model::record::BugcheckRecord::of(
+                        &bugcheck,
+                        "offline-dump",
+                    ));
+                }
+            }
+        }
+        let helper_time = started.elapsed();
+        self.recovery.by = Some("offline removal (helper VM)");
+        self.power_on(None, None)?;
+        self.wait_ready(self.setup.boot_timeout, emitter)?;
+        Ok(format!(
+            "NTFS helper VM ({} from stopping the guest to the volume check): {}; the next normal boot reached ready",
+            human_duration(helper_time),
+            report.summary()
         ))
     }
 
@@ -249,7 +370,7 @@ impl Machine<'_> {
 }
 
 /// A step error in words, for errors reported on another step's behalf.
-fn step_error_text(e: StepError) -> String {
+pub(super) fn step_error_text(e: StepError) -> String {
     match e {
         StepError::Failed(_, detail) => detail,
         StepError::Stopped(Stop::Crash) => "it crashed".into(),
