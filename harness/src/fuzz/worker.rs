@@ -79,6 +79,7 @@ impl Rig<'_> {
                 driver: self.driver.to_string(),
                 file: input.clone(),
                 reload: true,
+                timeout: None,
             })],
             gates: Gates::default(),
             expect: None,

@@ -6,6 +6,7 @@
 //! constant script text, because on Windows the agent's `env` would replace the whole
 //! environment (see [`windows::command`]).
 
+pub(crate) mod budget;
 pub(crate) mod demo;
 pub(crate) mod distro;
 pub(crate) mod linux;
@@ -13,6 +14,7 @@ pub(crate) mod paths;
 pub(crate) mod windows;
 
 use std::path::Path;
+use std::time::Duration;
 
 pub(crate) use paths::{DumpFormat, GuestPaths, LinuxProfile, OsFamily, RebootMethod};
 
@@ -94,9 +96,14 @@ pub(crate) struct GuestProfile {
     /// Windows only: how drivers are installed and when service drivers load.
     driver_kind: DriverKind,
     service_start: ServiceStart,
+    /// Windows only: service type, load-order group, minifilter instance.
+    service_options: windows::ServiceOptions,
     /// Windows only: where the guest writes crash dumps (may hold %SystemRoot%).
     minidump_dir: String,
     memory_dump_path: String,
+    /// The manifest's command budgets (`guest.command_timeout`, `guest.install_timeout`).
+    command_timeout: Option<Duration>,
+    install_timeout: Option<Duration>,
 }
 
 impl GuestProfile {
@@ -133,6 +140,11 @@ impl GuestProfile {
             offline_helper: guest.offline_helper.clone(),
             driver_kind: guest.driver_kind.unwrap_or_default(),
             service_start: guest.service_start.unwrap_or_default(),
+            service_options: windows::ServiceOptions {
+                service_type: guest.service_type.unwrap_or_default(),
+                group: guest.load_order_group.clone(),
+                minifilter: guest.minifilter.clone(),
+            },
             minidump_dir: guest
                 .minidump_dir
                 .clone()
@@ -141,7 +153,28 @@ impl GuestProfile {
                 .memory_dump_path
                 .clone()
                 .unwrap_or_else(|| windows::DEFAULT_MEMORY_DUMP.into()),
+            command_timeout: guest.command_timeout,
+            install_timeout: guest.install_timeout,
         }
+    }
+
+    /// How long a guest command of `kind` may run: the step's `timeout` if it gave
+    /// one, else the manifest's, else this OS family's default (Windows' stretched
+    /// under TCG). See [`budget`].
+    pub(crate) fn budget(
+        &self,
+        kind: budget::CommandKind,
+        step: Option<Duration>,
+        tcg: bool,
+    ) -> budget::Budget {
+        budget::budget(
+            self.os,
+            kind,
+            step,
+            self.command_timeout,
+            self.install_timeout,
+            tcg,
+        )
     }
 
     fn need<'a>(
@@ -214,6 +247,11 @@ impl GuestProfile {
             (OsFamily::Linux, LinuxProfile::Distro) => {
                 Ok(format!("{}/{name}.ko", distro::STAGING_DIR))
             }
+            // Never onto a loaded .sys (a sharing violation): beside it; the install
+            // script moves it into place (defect 7, wincmd::install_service).
+            (OsFamily::Windows, _) if self.driver_kind == DriverKind::Service => {
+                Ok(wincmd::staged_sys(&self.driver_path(name)?))
+            }
             _ => self.driver_path(name),
         }
     }
@@ -240,17 +278,60 @@ impl GuestProfile {
         }
     }
 
-    /// A command printing which of `names` are loaded drivers, one per line (parse
-    /// with [`linux::parse_loaded`]); None for Windows, which proves its drivers
-    /// loaded another way.
+    /// A command reporting which of `names` are loaded drivers (parse its output
+    /// with [`GuestProfile::parse_loaded_drivers`]). Linux: their names, one per
+    /// line; Windows: each service's state and this boot's load-failure events.
+    /// None for a PnP package, whose service name is the INF's, not bootgate's.
     pub(crate) fn loaded_drivers(&self, names: &[String]) -> Option<GuestCommand> {
         match self.os {
             OsFamily::Linux => Some(self.script(
                 linux::LOADED_DRIVERS,
                 vec![format!("BG_NAMES={}", names.join(" "))],
             )),
-            OsFamily::Windows => None,
+            OsFamily::Windows if self.driver_kind == DriverKind::Pnp => None,
+            OsFamily::Windows => windows::loaded::query(names).ok().map(Self::windows),
         }
+    }
+
+    /// Reads [`GuestProfile::loaded_drivers`]' output: which of `names` are
+    /// loaded, which are not, and (Windows) why not.
+    pub(crate) fn parse_loaded_drivers(
+        &self,
+        names: &[String],
+        stdout: &[u8],
+    ) -> Result<windows::loaded::LoadedDrivers, String> {
+        match self.os {
+            OsFamily::Linux => {
+                let loaded = linux::parse_loaded(stdout);
+                let missing = names
+                    .iter()
+                    .filter(|name| !loaded.contains(name))
+                    .cloned()
+                    .collect();
+                Ok(windows::loaded::LoadedDrivers {
+                    loaded,
+                    missing,
+                    reasons: Default::default(),
+                })
+            }
+            OsFamily::Windows => windows::loaded::parse(names, stdout).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Windows: the command that turns Driver Verifier on for driver `name` with
+    /// `flags` (effective at the next boot).
+    pub(crate) fn verifier(
+        &self,
+        name: &str,
+        flags: &[String],
+    ) -> Result<GuestCommand, GuestError> {
+        if self.os != OsFamily::Windows {
+            return Err(GuestError::Unsupported("linux"));
+        }
+        Ok(Self::windows(windows::verifier::verifier_argv(
+            flags,
+            &format!("{name}.sys"),
+        )?))
     }
 
     /// Windows, PnP: the folder a driver package zip is expanded into.
@@ -308,6 +389,7 @@ impl GuestProfile {
                     name,
                     &file,
                     self.service_start,
+                    &self.service_options,
                     load_now,
                     &self.drives(),
                 )?,

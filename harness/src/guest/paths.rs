@@ -3,6 +3,8 @@
 //! These live with the guest profiles (not the manifest parser) so that the guest
 //! layer needs nothing from the image layer.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::windows;
@@ -110,6 +112,23 @@ pub struct GuestPaths {
     pub minidump_dir: Option<String>,
     /// Windows: the guest's memory dump file (default `%SystemRoot%\MEMORY.DMP`).
     pub memory_dump_path: Option<String>,
+    /// Windows: the service type, "kernel" (the default) or "filesys" (file system
+    /// drivers and minifilters).
+    pub service_type: Option<windows::ServiceType>,
+    /// Windows: the service's load-order group (`sc.exe group=`), such as
+    /// "FSFilter Activity Monitor" for a minifilter.
+    pub load_order_group: Option<String>,
+    /// Windows: a minifilter's instance, altitude and flags (`[guest.minifilter]`).
+    pub minifilter: Option<windows::Minifilter>,
+    /// How long a small guest command bootgate runs (flush, file delete, reload,
+    /// driver check) may take, unless its step says; default by OS family (see
+    /// [`super::budget`]).
+    #[serde(default, deserialize_with = "crate::suite::opt_command_timeout")]
+    pub command_timeout: Option<Duration>,
+    /// How long a driver install, uninstall or Driver Verifier setting may take,
+    /// unless its step says; default by OS family (see [`super::budget`]).
+    #[serde(default, deserialize_with = "crate::suite::opt_command_timeout")]
+    pub install_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

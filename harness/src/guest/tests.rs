@@ -19,8 +19,11 @@ fn profile() -> GuestProfile {
         offline_helper: None,
         driver_kind: DriverKind::Service,
         service_start: ServiceStart::Boot,
+        service_options: windows::ServiceOptions::default(),
         minidump_dir: String::new(),
         memory_dump_path: String::new(),
+        command_timeout: None,
+        install_timeout: None,
     }
 }
 
@@ -42,8 +45,11 @@ fn windows_profile(kind: DriverKind) -> GuestProfile {
         offline_helper: None,
         driver_kind: kind,
         service_start: ServiceStart::System,
+        service_options: windows::ServiceOptions::default(),
         minidump_dir: windows::DEFAULT_MINIDUMP_DIR.into(),
         memory_dump_path: windows::DEFAULT_MEMORY_DUMP.into(),
+        command_timeout: None,
+        install_timeout: Some(std::time::Duration::from_secs(900)),
     }
 }
 
@@ -148,7 +154,15 @@ fn windows_service_driver_goes_through_sc_with_quoted_values() {
     );
     assert_eq!(
         cmd.argv,
-        wincmd::install_service("sensor", sys, ServiceStart::System, true, &['D', 'C']).unwrap()
+        wincmd::install_service(
+            "sensor",
+            sys,
+            ServiceStart::System,
+            &Default::default(),
+            true,
+            &['D', 'C']
+        )
+        .unwrap()
     );
     assert!(
         cmd.argv[6].contains(&format!("$bgSys = '{sys}'")),
@@ -315,4 +329,16 @@ fn initramfs_installs_need_the_distro_profile_and_its_command() {
     assert!(windows_profile(DriverKind::Service)
         .register_driver("sensor", "", false, true)
         .is_err());
+}
+
+#[test]
+fn the_manifest_budget_replaces_the_windows_default() {
+    let p = windows_profile(DriverKind::Service);
+    let install = p.budget(budget::CommandKind::Install, None, true);
+    assert_eq!(install.timeout, std::time::Duration::from_secs(900));
+    let command = p.budget(budget::CommandKind::Command, None, true);
+    assert_eq!(
+        command.timeout,
+        budget::WINDOWS_COMMAND_TIMEOUT * budget::TCG_SLOWDOWN
+    );
 }

@@ -872,4 +872,43 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn windows_budgets_and_service_options_are_read_and_bad_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |extra: &str| {
+            let text = WINDOWS.replace(
+                r"drivers_dir = 'C:\Windows\System32\drivers'",
+                &format!("drivers_dir = 'C:\\Windows\\System32\\drivers'\n{extra}"),
+            );
+            assert_ne!(text, WINDOWS, "the template's drivers_dir line changed");
+            Manifest::load(&write_windows_image(dir.path(), &text))
+        };
+        let m = with("command_timeout = \"3m\"\ninstall_timeout = \"30m\"\nservice_type = \"filesys\"\nload_order_group = \"FSFilter Activity Monitor\"\nminifilter = { altitude = \"370030\" }").unwrap();
+        assert_eq!(m.guest.command_timeout, Some(Duration::from_secs(180)));
+        assert_eq!(m.guest.install_timeout, Some(Duration::from_secs(1800)));
+        match with("install_timeout = \"soon\"") {
+            Err(ManifestError::Invalid { line, message, .. }) => {
+                assert!(line > 1 && message.contains("soon"), "{line}: {message}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        match with("minifilter = { altitude = \"37x\" }\nservice_type = \"filesys\"") {
+            Err(ManifestError::Inconsistent { field, message, .. }) => {
+                assert_eq!(field, "guest.minifilter.altitude", "{message}");
+            }
+            other => panic!("expected Inconsistent, got {other:?}"),
+        }
+        let outside = WINDOWS.replace(
+            r"drivers_dir = 'C:\Windows\System32\drivers'",
+            r"drivers_dir = 'D:\vendor\drivers'",
+        );
+        match Manifest::load(&write_windows_image(dir.path(), &outside)) {
+            Err(ManifestError::Inconsistent { field, message, .. }) => {
+                assert_eq!(field, "guest.service_start");
+                assert!(message.contains("%SystemRoot%"), "{message}");
+            }
+            other => panic!("expected Inconsistent, got {other:?}"),
+        }
+    }
 }

@@ -345,7 +345,7 @@ pub struct BootRecord {
     pub standby: bool,
     /// Which installed drivers were loaded when this boot became ready. None when
     /// nothing was checked: no driver installed to load at boot, a rescue boot (it
-    /// skips them on purpose), or a Windows guest.
+    /// skips them on purpose), or a Windows PnP package.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub drivers: Option<DriversAtBoot>,
     /// How this boot was started when a reboot could not go through the guest
@@ -368,6 +368,11 @@ pub struct DriversAtBoot {
     /// Installed to load at boot, but not loaded: a `fail` unless expected.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub missing: Vec<String>,
+    /// Why each missing driver is missing, where the guest says (Windows: the
+    /// service state and this boot's Service Control Manager / Code Integrity
+    /// events).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    pub reasons: std::collections::BTreeMap<String, String>,
 }
 
 impl BootRecord {

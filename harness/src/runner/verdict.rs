@@ -40,12 +40,25 @@ pub(crate) fn judge(m: &Observed, scenario: &Scenario) -> Option<String> {
         .drivers_loaded
         .unwrap_or(expect != Some(Expect::DriverNotLoaded));
     let not_loaded = m.boots.iter().find_map(|b| {
-        let missing = &b.drivers.as_ref()?.missing;
+        let drivers = b.drivers.as_ref()?;
+        let missing = &drivers.missing;
+        // The guest's own reason (Windows: service state, SCM and Code Integrity
+        // events), when it gave one.
+        let why: Vec<String> = drivers
+            .reasons
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect();
         (!missing.is_empty()).then(|| {
             format!(
-                "driver {} was not loaded at boot {} (installed to load at every boot; the guest did not load it: its console log says why, and `bootgate doctor --image` checks that the image loads installed drivers at boot)",
+                "driver {} was not loaded at boot {} (installed to load at every boot; the guest did not load it: {}, and `bootgate doctor --image` checks that the image loads installed drivers at boot)",
                 missing.join(", "),
-                b.index
+                b.index,
+                if why.is_empty() {
+                    "its console log says why".to_string()
+                } else {
+                    why.join("; ")
+                }
             )
         })
     });

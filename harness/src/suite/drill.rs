@@ -211,18 +211,21 @@ impl Drill {
             params: params.to_string(),
             load_now: true,
             initramfs: false,
+            timeout: None,
         })];
         if let Some(previous) = &self.previous {
             steps.push(Step::ApplyContent(ApplyContentStep {
                 driver: self.driver.clone(),
                 file: previous.clone(),
                 reload: true,
+                timeout: None,
             }));
         }
         steps.push(Step::ApplyContent(ApplyContentStep {
             driver: self.driver.clone(),
             file: self.update.clone(),
             reload: true,
+            timeout: None,
         }));
         let settle = Step::Observe(ObserveStep {
             duration: self.settle,
@@ -259,6 +262,7 @@ impl Drill {
                     file: self.previous.clone(),
                     settle: self.settle,
                     boots: self.recovers_within,
+                    timeout: None,
                 }));
                 watch_to_limit
             }

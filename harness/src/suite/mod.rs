@@ -23,15 +23,16 @@ pub(crate) use drill::Drill;
 pub use load::{
     load_file, load_file_with, load_path, load_path_with, parse, parse_with, PathPolicy,
 };
-pub(crate) use schema::duration;
+pub(crate) use schema::{duration, opt_command_timeout};
 pub use schema::{
     parse_duration, Driver, DumpPolicy, Evidence, Expect, Gates, Ring, Rollout, Scenario, Suite,
     Target, DEFAULT_BOOT_LOOP_BOOTS, DEFAULT_DUMP_MAX_MIB, DEFAULT_RECOVERY_SETTLE,
     MAX_RECOVERY_SETTLE,
 };
+pub(crate) use step::{check_verifier_flags, VERIFIER_OK_EXITS};
 pub use step::{
     ApplyContentStep, BootStep, DriverRef, ExecStep, InstallDriverStep, ObserveStep, RebootStep,
-    RecoverStep, RecoverVia, RollbackContentStep, Step, DEFAULT_ROLLBACK_BOOTS,
+    RecoverStep, RecoverVia, RollbackContentStep, Step, VerifierStep, DEFAULT_ROLLBACK_BOOTS,
     DEFAULT_ROLLBACK_SETTLE,
 };
 pub(crate) use validate::image_is_path;

@@ -248,6 +248,32 @@ pub(super) fn opt_recovery_settle<'de, D: Deserializer<'de>>(
     Ok(Some(window))
 }
 
+/// Longest budget a suite step or an image manifest may give one guest command.
+pub(crate) const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// A guest command's budget (a step's `timeout`, the manifest's
+/// `guest.command_timeout` / `guest.install_timeout`): a duration, not zero, at most
+/// [`MAX_COMMAND_TIMEOUT`]. A bad one fails the file's parse, which names its file,
+/// line and column.
+pub(crate) fn opt_command_timeout<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    let timeout = duration(d)?;
+    if timeout.is_zero() {
+        return Err(serde::de::Error::custom(
+            "a command timeout of 0 would fail every command: give a duration like \"5m\"",
+        ));
+    }
+    if timeout > MAX_COMMAND_TIMEOUT {
+        return Err(serde::de::Error::custom(format!(
+            "a command timeout of {} is longer than the longest allowed, {}",
+            humantime::format_duration(timeout),
+            humantime::format_duration(MAX_COMMAND_TIMEOUT)
+        )));
+    }
+    Ok(Some(timeout))
+}
+
 /// Deserializes a human duration string; shared with the image manifest.
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;

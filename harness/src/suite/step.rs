@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::schema::{duration, opt_duration};
+use super::schema::{duration, opt_command_timeout, opt_duration};
 use super::DEFAULT_EXEC_TIMEOUT;
 
 /// What one step does. The first boot is implicit; a leading `boot` step only sets
@@ -37,6 +37,9 @@ pub enum Step {
     /// Put the previous content back (or remove the update) through the agent as soon
     /// as the guest answers, on every boot until one stays up.
     RollbackContent(RollbackContentStep),
+    /// Windows: turn Driver Verifier on for a driver (`verifier.exe`), then reboot
+    /// so it takes effect.
+    Verifier(VerifierStep),
 }
 
 impl Step {
@@ -52,6 +55,7 @@ impl Step {
             Step::Observe(_) => "observe",
             Step::Recover(_) => "recover",
             Step::RollbackContent(_) => "rollback_content",
+            Step::Verifier(_) => "verifier",
         }
     }
 
@@ -62,6 +66,7 @@ impl Step {
             Step::UninstallDriver(s) | Step::RemoveContent(s) => Some(&s.driver),
             Step::ApplyContent(s) => Some(&s.driver),
             Step::RollbackContent(s) => Some(&s.driver),
+            Step::Verifier(s) => Some(&s.driver),
             Step::Recover(s) => s.remove_content.as_deref(),
             _ => None,
         }
@@ -83,12 +88,20 @@ pub struct InstallDriverStep {
     /// system. Only matters where the image boots its own initramfs.
     #[serde(default)]
     pub initramfs: bool,
+    /// How long the guest command may run (default: the image manifest's, else the
+    /// OS family's; see `guest::budget`).
+    #[serde(default, deserialize_with = "opt_command_timeout")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriverRef {
     pub driver: String,
+    /// How long the guest command may run (default: the image manifest's, else the
+    /// OS family's; see `guest::budget`).
+    #[serde(default, deserialize_with = "opt_command_timeout")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -100,6 +113,10 @@ pub struct ApplyContentStep {
     /// Tell the running driver to reload it now (the driver's `reload` command).
     #[serde(default)]
     pub reload: bool,
+    /// How long the guest command may run (default: the image manifest's, else the
+    /// OS family's; see `guest::budget`).
+    #[serde(default, deserialize_with = "opt_command_timeout")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -166,6 +183,80 @@ pub struct RollbackContentStep {
     /// followed by the next, which is tried again.
     #[serde(default = "default_rollback_boots")]
     pub boots: u32,
+    /// How long the guest command may run (default: the image manifest's, else the
+    /// OS family's; see `guest::budget`).
+    #[serde(default, deserialize_with = "opt_command_timeout")]
+    pub timeout: Option<Duration>,
+}
+
+/// `verifier = { driver = "sensor", flags = ["/standard"] }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierStep {
+    pub driver: String,
+    /// The Driver Verifier selection, as verifier.exe takes it (default
+    /// `["/standard"]`); `/driver NAME.sys` is added.
+    #[serde(default = "standard_checks", deserialize_with = "verifier_flags")]
+    pub flags: Vec<String>,
+    /// Reboot right after, so the settings take effect (default true).
+    #[serde(default = "yes")]
+    pub reboot: bool,
+    /// How long verifier.exe may run (see `guest::budget`).
+    #[serde(default, deserialize_with = "opt_command_timeout")]
+    pub timeout: Option<Duration>,
+}
+
+fn standard_checks() -> Vec<String> {
+    vec!["/standard".into()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The flags, checked as they are read, so a bad one names its file, line and column.
+fn verifier_flags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let flags = Vec::<String>::deserialize(d)?;
+    check_verifier_flags(&flags)
+        .map_err(|why| serde::de::Error::custom(format!("verifier `flags` {why}")))?;
+    Ok(flags)
+}
+
+/// The exit codes verifier.exe returns after a setting: 0 success, 2 "reboot
+/// needed" (its documented return codes; not yet seen on a real guest here).
+pub(crate) const VERIFIER_OK_EXITS: [i32; 2] = [0, 2];
+
+/// Checks `flags` against the documented selections; the message says which item.
+pub(crate) fn check_verifier_flags(flags: &[String]) -> Result<(), String> {
+    let number = |s: &str| {
+        let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => (hex, 16),
+            None => (s, 10),
+        };
+        !digits.is_empty() && u64::from_str_radix(digits, radix).is_ok()
+    };
+    let Some(first) = flags.first() else {
+        return Err(
+            "is empty: give [\"/standard\"], [\"/flags\", \"0x209BB\"] or [\"/rc\", \"1\", \"2\"]"
+                .into(),
+        );
+    };
+    let rest = &flags[1..];
+    match first.to_ascii_lowercase().as_str() {
+        "/standard" if rest.is_empty() => Ok(()),
+        "/standard" => Err(format!("/standard takes nothing after it (got {rest:?})")),
+        "/flags" if rest.len() == 1 && number(&rest[0]) => Ok(()),
+        "/flags" => Err(format!(
+            "/flags takes one number, decimal or 0x hex (got {rest:?})"
+        )),
+        "/ruleclasses" | "/rc" if !rest.is_empty() && rest.iter().all(|r| number(r)) => Ok(()),
+        "/ruleclasses" | "/rc" => Err(format!(
+            "{first} takes one or more rule class numbers (got {rest:?})"
+        )),
+        _ => Err(format!(
+            "{first:?} is not a selection bootgate runs: use /standard, /flags or /ruleclasses (/rc), as Microsoft's \"Driver Verifier command syntax\" page documents; /driver is added for you"
+        )),
+    }
 }
 
 fn default_rollback_settle() -> Duration {
@@ -252,6 +343,7 @@ impl fmt::Display for Step {
                 }
                 write!(f, ")")
             }
+            Step::Verifier(s) => write!(f, "verifier {} {}", s.driver, s.flags.join(" ")),
             Step::RollbackContent(s) => match &s.file {
                 Some(file) => write!(f, "rollback_content {} -> {}", file.display(), s.driver),
                 None => write!(f, "rollback_content {} (remove)", s.driver),

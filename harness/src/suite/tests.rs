@@ -632,3 +632,51 @@ fn drill_files_outside_the_folder_are_refused_at_their_field() {
         }
     }
 }
+
+#[test]
+fn step_timeouts_and_verifier_flags_parse_and_bad_ones_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    let path = dir.path().join("suite.toml");
+    let base = "[suite]\nimage = \"demo\"\n\n[driver.sensor]\nsource = \"src\"\n\n[[scenario]]\nname = \"a\"\n";
+    let load = |steps: &str| parse(&path, &format!("{base}steps = [\n{steps}\n]\n"));
+    let s = load("{ install_driver = { driver = \"sensor\", timeout = \"15m\" } },\n{ verifier = { driver = \"sensor\", flags = [\"/flags\", \"0x209BB\"], reboot = false } },\n{ uninstall_driver = { driver = \"sensor\", timeout = \"20m\" } }").unwrap();
+    let steps = &s.scenarios[0].steps;
+    assert!(
+        matches!(&steps[0], Step::InstallDriver(i) if i.timeout == Some(Duration::from_secs(900)))
+    );
+    assert!(
+        matches!(&steps[1], Step::Verifier(v) if v.flags == ["/flags", "0x209BB"] && !v.reboot && v.timeout.is_none())
+    );
+    assert!(matches!(&steps[2], Step::UninstallDriver(u) if u.timeout.is_some()));
+    let d = load("{ verifier = { driver = \"sensor\" } }").unwrap();
+    assert!(
+        matches!(&d.scenarios[0].steps[0], Step::Verifier(v) if v.flags == ["/standard"] && v.reboot)
+    );
+    for (steps, want) in [
+        (
+            "{ verifier = { driver = \"sensor\", flags = [\"/reset\"] } }",
+            "not a selection",
+        ),
+        (
+            "{ verifier = { driver = \"sensor\", flags = [\"/flags\", \"7 & calc\"] } }",
+            "one number",
+        ),
+        (
+            "{ install_driver = { driver = \"sensor\", timeout = \"0s\" } }",
+            "0 would fail",
+        ),
+        (
+            "{ apply_content = { driver = \"sensor\", file = \"x\", timeout = \"9h\" } }",
+            "longest allowed",
+        ),
+    ] {
+        match load(steps) {
+            Err(SuiteError::Invalid { line, message, .. }) => {
+                assert_eq!(line, 10, "{steps}: {message}");
+                assert!(message.contains(want), "{steps}: {message}");
+            }
+            other => panic!("{steps}: expected Invalid, got {other:?}"),
+        }
+    }
+}

@@ -11,8 +11,10 @@
 //! (see images/windows/GUIDE.md for what is confirmed and what is not).
 
 pub mod command;
+pub(crate) mod loaded;
 pub(crate) mod offline;
 pub(crate) mod path;
+pub(crate) mod verifier;
 
 use serde::Deserialize;
 
@@ -62,5 +64,116 @@ impl ServiceStart {
             ServiceStart::System => "system",
             ServiceStart::Demand => "demand",
         }
+    }
+}
+
+/// The service type `sc.exe create ... type=` gets (`guest.service_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    /// SERVICE_KERNEL_DRIVER: an ordinary kernel driver.
+    #[default]
+    Kernel,
+    /// SERVICE_FILE_SYSTEM_DRIVER: a file system driver or a file system minifilter
+    /// (Microsoft, "Creating an INF file for a minifilter driver": ServiceType 2).
+    Filesys,
+}
+
+impl ServiceType {
+    /// The value `sc.exe create ... type=` takes.
+    pub(crate) fn as_sc(self) -> &'static str {
+        match self {
+            ServiceType::Kernel => "kernel",
+            ServiceType::Filesys => "filesys",
+        }
+    }
+}
+
+/// A file system minifilter's instance (`[guest.minifilter]`), written under the
+/// service key as Filter Manager reads it (Microsoft, "Creating an INF file for a
+/// minifilter driver"; "Load order groups and altitudes for minifilter drivers").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Minifilter {
+    /// The altitude Microsoft allocated: digits, optionally one decimal point
+    /// ("370030", "370030.5").
+    pub altitude: String,
+    /// The instance name (`Instances\DefaultInstance` names it).
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// The instance's Flags: 0x1 no automatic attachment, 0x2 no manual attachment.
+    #[serde(default)]
+    pub flags: u32,
+}
+
+fn default_instance() -> String {
+    "bootgate Instance".into()
+}
+
+/// How a service driver is created besides its start type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ServiceOptions {
+    pub service_type: ServiceType,
+    /// `sc.exe ... group=`: the load-order group ("FSFilter Activity Monitor").
+    pub group: Option<String>,
+    pub minifilter: Option<Minifilter>,
+}
+
+impl ServiceOptions {
+    /// The options' own rules; the message names the field.
+    pub(crate) fn check(&self) -> Result<(), command::CommandError> {
+        use command::CommandError::Invalid;
+        if let Some(group) = &self.group {
+            if group.is_empty()
+                || group.chars().count() > 256
+                || group.chars().any(|c| c.is_control() || c == '\\')
+            {
+                return Err(Invalid {
+                    what: "guest.load_order_group",
+                    value: group.clone(),
+                    why: "must be 1 to 256 printable characters without '\\' (a load-order group name such as \"FSFilter Activity Monitor\")",
+                });
+            }
+        }
+        let Some(m) = &self.minifilter else {
+            return Ok(());
+        };
+        if self.service_type != ServiceType::Filesys {
+            return Err(Invalid {
+                what: "guest.minifilter",
+                value: m.altitude.clone(),
+                why: "needs guest.service_type = \"filesys\": a minifilter is a SERVICE_FILE_SYSTEM_DRIVER",
+            });
+        }
+        let mut parts = m.altitude.split('.');
+        let whole = parts.next().unwrap_or_default();
+        let fraction = parts.next();
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || fraction.is_some_and(|f| !digits(f)) || parts.next().is_some() {
+            return Err(Invalid {
+                what: "guest.minifilter.altitude",
+                value: m.altitude.clone(),
+                why: "is not an altitude: digits with at most one decimal point, like \"370030\" (Microsoft allocates them)",
+            });
+        }
+        if m.instance.is_empty()
+            || m.instance.chars().count() > 256
+            || m.instance.chars().any(|c| c.is_control() || c == '\\')
+        {
+            return Err(Invalid {
+                what: "guest.minifilter.instance",
+                value: m.instance.clone(),
+                why:
+                    "must be 1 to 256 printable characters without '\\' (it is a registry key name)",
+            });
+        }
+        if m.flags > 3 {
+            return Err(Invalid {
+                what: "guest.minifilter.flags",
+                value: m.flags.to_string(),
+                why: "takes only 0x1 (no automatic attachment) and 0x2 (no manual attachment)",
+            });
+        }
+        Ok(())
     }
 }

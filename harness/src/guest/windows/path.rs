@@ -105,6 +105,9 @@ pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldP
                 ("guest.minidump_dir", guest.minidump_dir.is_some()),
                 ("guest.memory_dump_path", guest.memory_dump_path.is_some()),
                 ("guest.offline_helper", guest.offline_helper.is_some()),
+                ("guest.service_type", guest.service_type.is_some()),
+                ("guest.load_order_group", guest.load_order_group.is_some()),
+                ("guest.minifilter", guest.minifilter.is_some()),
             ];
             for (field, set) in windows_only {
                 if set {
@@ -146,6 +149,18 @@ pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldP
                     return problem_in(field, why.into());
                 }
             }
+            let options = super::ServiceOptions {
+                service_type: guest.service_type.unwrap_or_default(),
+                group: guest.load_order_group.clone(),
+                minifilter: guest.minifilter.clone(),
+            };
+            if let Err(super::command::CommandError::Invalid { what, value, why }) = options.check()
+            {
+                return problem_in(what, format!("{value:?} {why}"));
+            }
+            if let Some(why) = boot_start_outside_system_root(guest) {
+                return problem_in("guest.service_start", why);
+            }
             match guest.shell.first() {
                 None => {
                     return problem_in(
@@ -185,6 +200,39 @@ pub(crate) fn check_guest(os: OsFamily, guest: &GuestPaths) -> Result<(), FieldP
             Ok(())
         }
     }
+}
+
+/// Why `start = boot` cannot work for a service driver in `drivers_dir`, if it
+/// cannot: boot-start drivers are loaded by winload from the boot volume before any
+/// file system driver runs, so their image must be under %SystemRoot% (Microsoft,
+/// "What Determines When a Driver Is Loaded" and the INF AddService directive's
+/// StartType note: a SERVICE_BOOT_START driver's ServiceBinary must be on the
+/// system volume, by convention %SystemRoot%\System32\drivers).
+pub(crate) fn boot_start_outside_system_root(guest: &GuestPaths) -> Option<String> {
+    let boot = guest.service_start.unwrap_or_default() == super::ServiceStart::Boot;
+    let service = guest.driver_kind.unwrap_or_default() == super::DriverKind::Service;
+    // A unix path is refused by the path check with its own message.
+    let dir = guest
+        .drivers_dir
+        .as_deref()
+        .filter(|d| !d.starts_with('/'))?;
+    if !boot || !service || under_system_root(dir) {
+        return None;
+    }
+    Some(format!(
+        "is \"boot\" (the default) but guest.drivers_dir {dir:?} is not under %SystemRoot% (C:\\Windows): winload loads boot-start drivers from the system volume before any other volume or file system is up, so the driver would not load; put drivers_dir under %SystemRoot%\\System32\\drivers or use service_start = \"system\""
+    ))
+}
+
+/// Whether a Windows path is %SystemRoot% or below it (written with the variable or
+/// as C:\Windows, the system root of every image the guide builds).
+fn under_system_root(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase().replace('/', "\\");
+    ["%systemroot%", "c:\\windows"].iter().any(|root| {
+        lower
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('\\'))
+    })
 }
 
 #[cfg(test)]
@@ -264,5 +312,25 @@ mod tests {
         assert_eq!(join(r"C:\", "x.sys"), r"C:\x.sys");
         assert_eq!(join(r"C:\drivers\\", "x.sys"), r"C:\drivers\x.sys");
         assert_eq!(join(r"C:\drivers", "x.sys"), r"C:\drivers\x.sys");
+    }
+
+    #[test]
+    fn boot_start_needs_the_driver_under_the_system_root() {
+        let mut g: GuestPaths = toml::from_str("shell = ['powershell.exe']").unwrap();
+        for ok in [
+            r"C:\Windows\System32\drivers",
+            r"%SystemRoot%\System32\drivers",
+            r"c:\windows",
+        ] {
+            g.drivers_dir = Some(ok.into());
+            assert_eq!(boot_start_outside_system_root(&g), None, "{ok}");
+        }
+        for outside in [r"D:\drivers", r"C:\WindowsApps\x", r"C:\Program Files\v"] {
+            g.drivers_dir = Some(outside.into());
+            let why = boot_start_outside_system_root(&g).unwrap();
+            assert!(why.contains("winload"), "{why}");
+        }
+        g.service_start = Some(super::super::ServiceStart::System);
+        assert_eq!(boot_start_outside_system_root(&g), None);
     }
 }

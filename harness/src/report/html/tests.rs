@@ -482,6 +482,7 @@ fn hostile_titles_and_names_from_the_folder_are_escaped() {
     b.drivers = Some(crate::model::record::DriversAtBoot {
         loaded: vec![hostile.clone()],
         missing: vec![hostile.clone()],
+        ..Default::default()
     });
     sc.boots = vec![b];
     sc.steps = vec![step(&hostile, 0, 1, StepOutcome::Failed, &hostile)];

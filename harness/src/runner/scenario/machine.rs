@@ -442,7 +442,15 @@ impl Machine<'_> {
         let Some(command) = self.profile.loaded_drivers(&self.installed) else {
             return Ok(());
         };
-        let stdout = match self.exec_output(command, DRIVER_CHECK_TIMEOUT) {
+        // Windows starts PowerShell and CIM for this: its command budget, not 20 s.
+        let timeout = match self.profile.os {
+            crate::guest::OsFamily::Windows => {
+                self.budget(crate::guest::budget::CommandKind::Command, None)
+                    .timeout
+            }
+            crate::guest::OsFamily::Linux => DRIVER_CHECK_TIMEOUT,
+        };
+        let stdout = match self.exec_output(command, timeout) {
             Ok(stdout) => stdout,
             Err(super::StepError::Stopped(stop)) => return Err(stop),
             Err(super::StepError::Failed(_, why)) => {
@@ -452,15 +460,21 @@ impl Machine<'_> {
                 )))
             }
         };
-        let loaded = crate::guest::linux::parse_loaded(&stdout);
-        let missing = self
-            .installed
-            .iter()
-            .filter(|name| !loaded.contains(name))
-            .cloned()
-            .collect();
+        let found = self
+            .profile
+            .parse_loaded_drivers(&self.installed, &stdout)
+            .map_err(|why| {
+                Stop::Infra(format!(
+                    "could not check which drivers boot {} loaded: {why}",
+                    self.boot_index()
+                ))
+            })?;
         if let Some(boot) = self.found.boots.last_mut() {
-            boot.drivers = Some(DriversAtBoot { loaded, missing });
+            boot.drivers = Some(DriversAtBoot {
+                loaded: found.loaded,
+                missing: found.missing,
+                reasons: found.reasons,
+            });
         }
         Ok(())
     }

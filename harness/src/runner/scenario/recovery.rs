@@ -318,15 +318,18 @@ impl Machine<'_> {
                     Err(other) => return Err(other.into()),
                 }
             }
+            let budget = self
+                .budget(crate::guest::budget::CommandKind::Command, s.timeout)
+                .timeout;
             let put_back = match &host {
                 Some(file) => self.write_guest_file(file, guest_path.clone()),
                 None => self
                     .guest_command(self.profile.remove_file(&guest_path))
-                    .and_then(|command| self.exec(command, 0, REQUEST_TIMEOUT).map(drop)),
+                    .and_then(|command| self.exec(command, 0, budget).map(drop)),
             }
             .and_then(|()| {
                 let sync = self.guest_command(self.profile.sync_disks())?;
-                self.exec(sync, 0, REQUEST_TIMEOUT).map(drop)
+                self.exec(sync, 0, budget).map(drop)
             });
             let held = put_back.and_then(|()| self.observe(s.settle).map_err(StepError::from));
             match held {

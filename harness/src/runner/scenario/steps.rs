@@ -10,13 +10,16 @@ use super::machine::{Machine, Wake};
 use super::{StepError, Stop};
 use crate::agent::worker::{Answer, JobError, Request, REQUEST_TIMEOUT};
 use crate::agent::{AgentError, ShutdownMode};
+use crate::guest::budget::{Budget, CommandKind};
 use crate::guest::{distro, linux, GuestCommand, RebootMethod};
 use crate::model::record::StepOutcome;
 use crate::model::Emitter;
+use crate::qemu::accel::Accel;
 use crate::qemu::vm::QMP_COMMAND_TIMEOUT;
 use crate::runner::driver::BuiltDriver;
 use crate::suite::{
     ApplyContentStep, InstallDriverStep, RebootStep, RecoverStep, RecoverVia, Step, Suite,
+    VerifierStep, VERIFIER_OK_EXITS,
 };
 use crate::util::human_duration;
 
@@ -27,10 +30,6 @@ pub(crate) const REBOOT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_LOSS_GRACE: Duration = Duration::from_millis(300);
 /// Most bytes of a command's output quoted in a step's detail.
 const OUTPUT_QUOTE_BYTES: usize = 2048;
-/// Time a driver install or uninstall may take in the guest: depmod re-indexes
-/// every module of the kernel, and an initramfs rebuild takes tens of seconds under
-/// TCG (measured on the debian12 image).
-const DRIVER_COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 /// Largest driver module or content file copied into a guest.
 const MAX_GUEST_FILE: u64 = 64 << 20;
 
@@ -82,9 +81,14 @@ impl Machine<'_> {
             Step::InstallDriver(s) => self.install_driver(s, &drivers),
             Step::UninstallDriver(s) => {
                 let command = self.guest_command(self.profile.unregister_driver(&s.driver))?;
-                self.exec(command, 0, DRIVER_COMMAND_TIMEOUT)?;
+                let budget = self.budget(CommandKind::Install, s.timeout);
+                self.exec(command, 0, budget.timeout)?;
                 self.installed.retain(|name| name != &s.driver);
-                Ok(format!("{} unloaded, unregistered and deleted", s.driver))
+                Ok(format!(
+                    "{} unloaded, unregistered and deleted; {}",
+                    s.driver,
+                    budget.describe()
+                ))
             }
             Step::ApplyContent(s) => self.apply_content(s, &drivers),
             Step::RemoveContent(s) => {
@@ -94,14 +98,16 @@ impl Machine<'_> {
                         .content_path(&def.content_file.unwrap_or_default()),
                 )?;
                 let command = self.guest_command(self.profile.remove_file(&path))?;
-                self.exec(command, 0, REQUEST_TIMEOUT)?;
-                Ok(format!("{path} removed"))
+                let budget = self.budget(CommandKind::Command, s.timeout);
+                self.exec(command, 0, budget.timeout)?;
+                Ok(format!("{path} removed; {}", budget.describe()))
             }
             Step::Observe(s) => {
                 self.observe(s.duration)?;
                 Ok(format!("no crash in {}", human_duration(s.duration)))
             }
             Step::Recover(s) => self.recover(s, &drivers, emitter),
+            Step::Verifier(s) => self.verifier(s, emitter),
             Step::RollbackContent(s) => {
                 let (_, def) = drivers.get(&s.driver)?;
                 let file = def.content_file.unwrap_or_default();
@@ -132,6 +138,41 @@ impl Machine<'_> {
         ))
     }
 
+    /// Turns Driver Verifier on for the driver and (by default) reboots so it takes
+    /// effect; the detail names the command line, the budget and the reboot.
+    fn verifier(&mut self, s: &VerifierStep, emitter: &Emitter) -> Result<String, StepError> {
+        let command = self.guest_command(self.profile.verifier(&s.driver, &s.flags))?;
+        let line = command.argv.join(" ");
+        let budget = self.budget(CommandKind::Install, s.timeout);
+        // Run once; an exit code other than 0 that verifier.exe documents as
+        // success (2: reboot needed) is accepted from the failure's own words.
+        let detail = match self.exec(command, 0, budget.timeout) {
+            Ok(detail) => detail,
+            Err(StepError::Failed(outcome, why)) => {
+                let accepted = VERIFIER_OK_EXITS
+                    .iter()
+                    .any(|c| why.starts_with(&format!("exit {c},")));
+                if !accepted {
+                    return Err(StepError::Failed(outcome, format!("`{line}`: {why}")));
+                }
+                why
+            }
+            Err(other) => return Err(other),
+        };
+        if !s.reboot {
+            return Ok(format!(
+                "`{line}`: {detail}; {}; takes effect at the next boot",
+                budget.describe()
+            ));
+        }
+        let timeout = self.setup.boot_timeout;
+        self.reboot(timeout, emitter)?;
+        Ok(format!(
+            "`{line}`: {detail}; {}; rebooted with Driver Verifier on",
+            budget.describe()
+        ))
+    }
+
     fn install_driver(
         &mut self,
         s: &InstallDriverStep,
@@ -146,7 +187,8 @@ impl Machine<'_> {
             s.initramfs,
         ))?;
         self.write_guest_file(&built.module, upload.clone())?;
-        let stdout = match self.exec_output(register, DRIVER_COMMAND_TIMEOUT) {
+        let budget = self.budget(CommandKind::Install, s.timeout);
+        let stdout = match self.exec_output(register, budget.timeout) {
             Ok(stdout) => stdout,
             Err(StepError::Failed(outcome, detail)) => {
                 // A module for another kernel is the user's build problem, a tool the
@@ -175,14 +217,15 @@ impl Machine<'_> {
             (true, true) => ", and in the guest's initramfs (which this image does not boot: its manifest's boot.initrd is used instead)",
         };
         Ok(format!(
-            "{} (sha256 {}) installed at {placed}{initramfs}{}",
+            "{} (sha256 {}) installed at {placed}{initramfs}{}; {}",
             s.driver,
             built.sha256.get(..12).unwrap_or(&built.sha256),
             if s.load_now {
                 " and loaded"
             } else {
                 "; loads at next boot"
-            }
+            },
+            budget.describe()
         ))
     }
 
@@ -196,18 +239,24 @@ impl Machine<'_> {
         let path = self.guest_command(self.profile.content_path(&content_file))?;
         let host = drivers.suite.dir().join(&s.file);
         self.write_guest_file(&host, path.clone())?;
+        let budget = self.budget(CommandKind::Command, s.timeout);
         let sync = self.guest_command(self.profile.sync_disks())?;
-        self.exec(sync, 0, REQUEST_TIMEOUT)?;
+        self.exec(sync, 0, budget.timeout)?;
         if s.reload {
             let reload = def.reload.unwrap_or_default();
             let command = self.profile.shell_command(&reload);
-            let detail = self.exec(command, 0, REQUEST_TIMEOUT)?;
+            let detail = self.exec(command, 0, budget.timeout)?;
             return Ok(format!(
-                "{} -> {path}, live reload: {detail}",
-                s.file.display()
+                "{} -> {path}, live reload: {detail}; {}",
+                s.file.display(),
+                budget.describe()
             ));
         }
-        Ok(format!("{} -> {path}", s.file.display()))
+        Ok(format!(
+            "{} -> {path}; {}",
+            s.file.display(),
+            budget.describe()
+        ))
     }
 
     fn recover(
@@ -420,6 +469,13 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// How long a guest command of `kind` may run: the step's `timeout`, else the
+    /// manifest's, else the OS family's default (see `guest::budget`).
+    pub(super) fn budget(&self, kind: CommandKind, step: Option<Duration>) -> Budget {
+        self.profile
+            .budget(kind, step, self.setup.accel == Accel::Tcg)
+    }
+
     /// A guest command the profile could not build is the harness's problem.
     pub(super) fn guest_command<T>(
         &self,
@@ -487,7 +543,8 @@ impl Machine<'_> {
             RebootMethod::Reset => {
                 // Flush what the guest has written; a hard reset loses the rest.
                 if let Ok(sync) = self.profile.sync_disks() {
-                    self.exec(sync, 0, REQUEST_TIMEOUT)?;
+                    let budget = self.budget(CommandKind::Command, None);
+                    self.exec(sync, 0, budget.timeout)?;
                 }
                 self.reset()?;
             }

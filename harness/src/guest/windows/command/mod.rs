@@ -22,7 +22,7 @@
 //!   constant PowerShell text after a prelude that assigns each value to a variable
 //!   as a single-quoted literal ([`ps_quote`]): values are data, never code.
 
-use super::ServiceStart;
+use super::{ServiceOptions, ServiceStart};
 
 /// The argv prefix that runs a PowerShell command line (Windows PowerShell 5.1, in
 /// every Windows 10/11 and Server 2016+). No profile, no prompts (a prompt would hang
@@ -381,26 +381,71 @@ fn script(vars: &[(&str, String)], body: &[&[&str]]) -> Vec<String> {
 }
 
 const SERVICE_INSTALL: &[&str] = &[
-    "& sc.exe create $bgName type= kernel start= $bgStart binpath= $bgSys",
+    // Defect 7: a reinstall over a loaded driver. The agent wrote the new image to
+    // $bgNew (never onto the loaded .sys, which the memory manager holds open: a
+    // write there fails with a sharing violation). Try to stop the old one (1062
+    // ERROR_SERVICE_NOT_ACTIVE, 1060 ERROR_SERVICE_DOES_NOT_EXIST: nothing to stop;
+    // a driver that cannot unload refuses, and its image stays mapped). Then move
+    // the old file aside: NTFS lets a mapped image be renamed though not written
+    // (MoveFileEx documents MOVEFILE_DELAY_UNTIL_REBOOT for files that cannot be
+    // moved; a loaded image can), and put the new file in its name.
+    "& sc.exe stop $bgName | Out-Null",
+    "if (Test-Path -LiteralPath $bgSys -PathType Leaf) { $bgOld = $bgSys + '.bootgate-old-' + [DateTime]::UtcNow.ToString('yyyyMMddHHmmssfff'); Move-Item -LiteralPath $bgSys -Destination $bgOld -Force; try { Remove-Item -LiteralPath $bgOld -Force -ErrorAction Stop } catch { Write-Warning ('bootgate: the old image ' + $bgOld + ' is still loaded; it is removed at uninstall') } }",
+    "Move-Item -LiteralPath $bgNew -Destination $bgSys -Force",
+    // Windows PowerShell 5.1 drops an empty string argument to a native program, so
+    // `group=` goes in only with a group, as an array splatted onto the command.
+    "$bgGroupArgs = @(); if ($bgGroup) { $bgGroupArgs = @('group=', $bgGroup) }",
+    "& sc.exe create $bgName type= $bgType start= $bgStart binpath= $bgSys @bgGroupArgs",
     // 1073 ERROR_SERVICE_EXISTS: a reinstall; point the service at the new file.
-    "if ($LASTEXITCODE -eq 1073) { & sc.exe config $bgName type= kernel start= $bgStart binpath= $bgSys }",
+    // 1072 ERROR_SERVICE_MARKED_FOR_DELETE: an uninstall earlier in this boot left
+    // the service marked for deletion (a handle is open or the driver is loaded);
+    // until a reboot it can be neither created nor reconfigured, so say so.
+    "if ($LASTEXITCODE -eq 1073) { & sc.exe config $bgName type= $bgType start= $bgStart binpath= $bgSys @bgGroupArgs }",
+    "if ($LASTEXITCODE -eq 1072) { [Console]::Error.WriteLine('bootgate: service ' + $bgName + ' is marked for deletion by an earlier uninstall (sc.exe 1072 ERROR_SERVICE_MARKED_FOR_DELETE): Windows deletes it at the next boot; put a reboot step between uninstall_driver and install_driver'); exit 1072 }",
     "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }",
+    // A file system minifilter: Filter Manager reads its instance and altitude from
+    // the service key (Microsoft, \"Creating an INF file for a minifilter driver\":
+    // Instances\\DefaultInstance, Instances\\<name>\\Altitude and Flags).
+    "if ($bgAltitude) { $bgKey = 'HKLM:\\SYSTEM\\CurrentControlSet\\Services\\' + $bgName + '\\Instances'; New-Item -Path ($bgKey + '\\' + $bgInstance) -Force | Out-Null; New-ItemProperty -LiteralPath $bgKey -Name 'DefaultInstance' -PropertyType String -Value $bgInstance -Force | Out-Null; New-ItemProperty -LiteralPath ($bgKey + '\\' + $bgInstance) -Name 'Altitude' -PropertyType String -Value $bgAltitude -Force | Out-Null; New-ItemProperty -LiteralPath ($bgKey + '\\' + $bgInstance) -Name 'Flags' -PropertyType DWord -Value $bgFlags -Force | Out-Null }",
     // 1056 ERROR_SERVICE_ALREADY_RUNNING: the old image stays loaded until reboot.
     "if ($bgLoad) { & sc.exe start $bgName; if ($LASTEXITCODE -notin 0, 1056) { exit $LASTEXITCODE } }",
 ];
 
+/// The file the agent uploads a service driver's new image to, beside `sys`: never
+/// the loaded file itself (defect 7, see [`install_service`]).
+pub(crate) fn staged_sys(sys: &str) -> String {
+    format!("{sys}.bootgate-new")
+}
+
 /// Registers `sys` as a kernel service `name` loaded at `start` (created, or
-/// reconfigured if it exists), starts it now if `load_now`, then flushes.
+/// reconfigured if it exists), first moving the new image from [`staged_sys`] into
+/// place without writing onto a loaded one; writes the minifilter instance if
+/// `options` name one; starts it now if `load_now`; then flushes.
 pub(crate) fn install_service(
     name: &str,
     sys: &str,
     start: ServiceStart,
+    options: &ServiceOptions,
     load_now: bool,
     drives: &[char],
 ) -> Result<Vec<String>, CommandError> {
+    options.check()?;
+    let minifilter = options.minifilter.as_ref();
     let vars = [
         ("bgName", ps_quote(service_name(name)?)),
         ("bgSys", ps_quote(value("driver path", sys)?)),
+        ("bgNew", ps_quote(&staged_sys(sys))),
+        ("bgType", ps_quote(options.service_type.as_sc())),
+        ("bgGroup", ps_quote(options.group.as_deref().unwrap_or(""))),
+        (
+            "bgAltitude",
+            ps_quote(minifilter.map_or("", |m| m.altitude.as_str())),
+        ),
+        (
+            "bgInstance",
+            ps_quote(minifilter.map_or("", |m| m.instance.as_str())),
+        ),
+        ("bgFlags", minifilter.map_or(0, |m| m.flags).to_string()),
         ("bgStart", ps_quote(start.as_sc())),
         ("bgLoad", if load_now { "$true" } else { "$false" }.into()),
         ("bgDrives", drive_list(drives)?),
@@ -417,6 +462,8 @@ const SERVICE_UNINSTALL: &[&str] = &[
     "if ($LASTEXITCODE -notin 0, 1060, 1072) { exit $LASTEXITCODE }",
     // A loaded driver's image cannot be deleted; it is harmless once the service is gone.
     "if (Test-Path -LiteralPath $bgSys -PathType Leaf) { try { Remove-Item -LiteralPath $bgSys -Force } catch { Write-Warning ('bootgate: ' + $bgSys + ' stays until it is unloaded: ' + $_.Exception.Message) } }",
+    // Old images a reinstall moved aside, and a staged one never moved in.
+    "foreach ($bgLeft in @(Get-ChildItem -LiteralPath ([IO.Path]::GetDirectoryName($bgSys)) -File -ErrorAction SilentlyContinue | Where-Object { $_.Name -like ([IO.Path]::GetFileName($bgSys) + '.bootgate-*') })) { try { Remove-Item -LiteralPath $bgLeft.FullName -Force } catch { Write-Warning ('bootgate: ' + $bgLeft.FullName + ' stays until it is unloaded') } }",
 ];
 
 /// Stops and deletes the kernel service `name` and deletes its file, then flushes.

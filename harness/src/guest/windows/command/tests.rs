@@ -283,26 +283,36 @@ fn ps_quote_doubles_every_kind_of_single_quote() {
 #[test]
 fn install_service_script_is_constant_text_after_quoted_values() {
     let sys = r"C:\Program Files\Vendor Ünïcode\sensor driver.sys";
-    let argv = install_service("sensor", sys, ServiceStart::Boot, true, &['c', 'D', 'C']).unwrap();
+    let argv = install_service(
+        "sensor",
+        sys,
+        ServiceStart::Boot,
+        &ServiceOptions::default(),
+        true,
+        &['c', 'D', 'C'],
+    )
+    .unwrap();
     assert_eq!(&argv[..6], POWERSHELL);
     assert_eq!(argv.len(), 7);
-    let expected = [
+    let mut expected: Vec<&str> = vec![
         "$ErrorActionPreference = 'Stop'",
         "$ProgressPreference = 'SilentlyContinue'",
         "$bgName = 'sensor'",
         r"$bgSys = 'C:\Program Files\Vendor Ünïcode\sensor driver.sys'",
+        r"$bgNew = 'C:\Program Files\Vendor Ünïcode\sensor driver.sys.bootgate-new'",
+        "$bgType = 'kernel'",
+        "$bgGroup = ''",
+        "$bgAltitude = ''",
+        "$bgInstance = ''",
+        "$bgFlags = 0",
         "$bgStart = 'boot'",
         "$bgLoad = $true",
         "$bgDrives = @('C', 'D')",
-        "& sc.exe create $bgName type= kernel start= $bgStart binpath= $bgSys",
-        "if ($LASTEXITCODE -eq 1073) { & sc.exe config $bgName type= kernel start= $bgStart binpath= $bgSys }",
-        "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }",
-        "if ($bgLoad) { & sc.exe start $bgName; if ($LASTEXITCODE -notin 0, 1056) { exit $LASTEXITCODE } }",
-        "try { $bgHive = [Microsoft.Win32.Registry]::LocalMachine.OpenSubKey('SYSTEM'); $bgHive.Flush(); $bgHive.Close() } catch { Write-Warning ('bootgate: registry flush failed: ' + $_.Exception.Message) }",
-        "try { Write-VolumeCache -DriveLetter (@($bgDrives) + $env:SystemDrive.Substring(0, 1) | Sort-Object -Unique) } catch { Write-Warning ('bootgate: volume flush failed: ' + $_.Exception.Message) }",
-        "exit 0",
-    ]
-    .join("; ");
+    ];
+    expected.extend(SERVICE_INSTALL);
+    expected.extend(FLUSH);
+    expected.push("exit 0");
+    let expected = expected.join("; ");
     assert_eq!(argv[6], expected);
     let line = glib_command_line(&argv);
     assert!(line.starts_with("powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -Command \"$ErrorActionPreference"), "{line}");
@@ -317,7 +327,15 @@ fn hostile_values_stay_data_in_every_script() {
     type Build = fn(&str) -> Vec<String>;
     let builders: [(&str, Build); 6] = [
         ("bgSys", |v| {
-            install_service("sensor", v, ServiceStart::System, false, &['C']).unwrap()
+            install_service(
+                "sensor",
+                v,
+                ServiceStart::System,
+                &ServiceOptions::default(),
+                false,
+                &['C'],
+            )
+            .unwrap()
         }),
         ("bgSys", |v| uninstall_service("sensor", v, &['C']).unwrap()),
         ("bgZip", |v| {
@@ -344,11 +362,11 @@ fn hostile_values_stay_data_in_every_script() {
             );
             // ...and is nowhere else: with its literal swapped for another
             // value's, the script is that value's script, byte for byte.
-            assert_eq!(
-                script.replacen(&ps_quote(v), &ps_quote("X"), 1),
-                build("X")[6],
-                "{v:?}"
-            );
+            // (The install's staged file name holds the path too.)
+            let swapped = script
+                .replacen(&ps_quote(&staged_sys(v)), &ps_quote(&staged_sys("X")), 1)
+                .replacen(&ps_quote(v), &ps_quote("X"), 1);
+            assert_eq!(swapped, build("X")[6], "{v:?}");
             // powershell.exe gets the script back exactly.
             let back = command_line_to_argv(&glib_command_line(&argv));
             assert_eq!(&back[..6], POWERSHELL);
@@ -444,7 +462,15 @@ fn no_generated_argument_is_empty_or_ends_in_a_backslash() {
     // argument ending in one would have swallowed the next argument there.
     let drives = ['C'];
     let all = [
-        install_service("s", r"C:\x y\s.sys", ServiceStart::Boot, true, &drives).unwrap(),
+        install_service(
+            "s",
+            r"C:\x y\s.sys",
+            ServiceStart::Boot,
+            &ServiceOptions::default(),
+            true,
+            &drives,
+        )
+        .unwrap(),
         uninstall_service("s", r"C:\x y\s.sys", &drives).unwrap(),
         install_pnp_package(r"C:\x y\s.zip", r"C:\x y\s", true, &drives).unwrap(),
         uninstall_pnp_package(r"C:\x y\s.zip", r"C:\x y\s", &drives).unwrap(),
@@ -505,4 +531,100 @@ fn crash_dump_listing_parses_and_rejects_malformed_lines() {
             "{bad:?}"
         );
     }
+}
+
+#[test]
+fn reinstall_never_writes_onto_the_loaded_image_and_says_when_a_reboot_is_needed() {
+    let script = install_service(
+        "sensor",
+        r"C:\Windows\System32\drivers\sensor.sys",
+        ServiceStart::Boot,
+        &ServiceOptions::default(),
+        false,
+        &[],
+    )
+    .unwrap()[6]
+        .clone();
+    // The new image arrives beside the old one and is moved in after the old one
+    // is moved aside; nothing writes to $bgSys itself.
+    let aside = script.find("Move-Item -LiteralPath $bgSys").unwrap();
+    let moved_in = script
+        .find("Move-Item -LiteralPath $bgNew -Destination $bgSys")
+        .unwrap();
+    let create = script.find("& sc.exe create").unwrap();
+    assert!(aside < moved_in && moved_in < create, "{script}");
+    assert!(script.contains("$LASTEXITCODE -eq 1072"), "{script}");
+    assert!(script.contains("put a reboot step between uninstall_driver and install_driver"));
+    assert!(!script.contains("Set-Content"));
+}
+
+#[test]
+fn minifilter_options_become_literals_and_are_validated() {
+    use crate::guest::windows::{Minifilter, ServiceType};
+    let hostile = "FSFilter Activity Monitor' ; & calc %PATH% ^ ü";
+    let options = ServiceOptions {
+        service_type: ServiceType::Filesys,
+        group: Some(hostile.into()),
+        minifilter: Some(Minifilter {
+            altitude: "370030.5".into(),
+            instance: "it's ^&%x% Ïnstance".into(),
+            flags: 1,
+        }),
+    };
+    let argv = install_service(
+        "mf",
+        r"C:\Windows\System32\drivers\mf.sys",
+        ServiceStart::Boot,
+        &options,
+        true,
+        &[],
+    )
+    .unwrap();
+    let vars = script_vars(&argv[6]);
+    let get = |n: &str| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(get("bgType").as_deref(), Some("filesys"));
+    assert_eq!(get("bgGroup").as_deref(), Some(hostile));
+    assert_eq!(get("bgAltitude").as_deref(), Some("370030.5"));
+    assert_eq!(get("bgInstance").as_deref(), Some("it's ^&%x% Ïnstance"));
+    assert!(argv[6].contains("$bgFlags = 1;"));
+    let back = command_line_to_argv(&glib_command_line(&argv));
+    assert_eq!(back[6..].join(" "), argv[6]);
+
+    let bad = |o: ServiceOptions| {
+        install_service(
+            "mf",
+            r"C:\Windows\mf.sys",
+            ServiceStart::Boot,
+            &o,
+            false,
+            &[],
+        )
+        .is_err()
+    };
+    let mf = |altitude: &str, instance: &str, flags: u32| Minifilter {
+        altitude: altitude.into(),
+        instance: instance.into(),
+        flags,
+    };
+    let filesys = |m| ServiceOptions {
+        service_type: ServiceType::Filesys,
+        group: None,
+        minifilter: Some(m),
+    };
+    assert!(bad(ServiceOptions {
+        service_type: ServiceType::Kernel,
+        group: None,
+        minifilter: Some(mf("1", "i", 0))
+    }));
+    for altitude in ["", "1.2.3", "12a", "-5", ".5", "5.", "３７"] {
+        assert!(bad(filesys(mf(altitude, "i", 0))), "{altitude:?}");
+    }
+    for instance in ["", "a\\b", "a\nb"] {
+        assert!(bad(filesys(mf("1", instance, 0))), "{instance:?}");
+    }
+    assert!(bad(filesys(mf("1", "i", 4))));
+    assert!(bad(ServiceOptions {
+        group: Some("a\nb".into()),
+        ..Default::default()
+    }));
 }
