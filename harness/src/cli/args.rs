@@ -112,11 +112,9 @@ pub enum Command {
     /// them for the shell): C:\..., \... or %SystemRoot%\...; the file name of a
     /// --remove may hold * and ?. Exit 0 done, 1 a --remove matched nothing, 2 bad
     /// input, 3 the helper or the host failed.
-    ///
-    /// Example (the 19 July 2024 Channel File 291 fix):
-    ///   bootgate offline --disk vm.qcow2 \
-    ///     --remove 'C:\Windows\System32\drivers\CrowdStrike\C-00000291*.sys' \
-    ///     --collect evidence/
+    #[command(
+        after_long_help = "Example (the 19 July 2024 Channel File 291 fix):\n  bootgate offline --disk vm.qcow2 \\\n    --remove 'C:\\Windows\\System32\\drivers\\CrowdStrike\\C-00000291*.sys' \\\n    --collect evidence/"
+    )]
     Offline(OfflineArgs),
 }
 

@@ -731,6 +731,58 @@ mod tests {
         );
     }
 
+    /// The template's commented options are real: uncommented as written, the
+    /// manifest loads and means what the comments say.
+    #[test]
+    fn windows_template_commented_options_load_as_written() {
+        let mut text = String::new();
+        let mut minifilter = String::new();
+        let options = [
+            "# service_type",
+            "# load_order_group",
+            "# install_timeout",
+            "# command_timeout",
+            "# system_root",
+            "# offline_helper",
+        ];
+        let mut in_table = false;
+        for line in WINDOWS.lines() {
+            in_table = line == "#   [guest.minifilter]"
+                || (in_table && line.starts_with("#   ") && !line.starts_with("#    "));
+            if in_table {
+                minifilter.push_str(&line[4..]);
+                minifilter.push('\n');
+            } else if options.iter().any(|p| line.starts_with(p)) {
+                text.push_str(&line[2..]);
+                text.push('\n');
+            } else {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text.push_str(&minifilter);
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest::load(&write_windows_image(dir.path(), &text)).unwrap();
+        assert_eq!(m.guest.service_type, Some(windows::ServiceType::Filesys));
+        assert_eq!(
+            m.guest.load_order_group.as_deref(),
+            Some("FSFilter Activity Monitor")
+        );
+        assert_eq!(
+            m.guest.minifilter.as_ref().map(|f| f.altitude.as_str()),
+            Some("385200")
+        );
+        assert_eq!(
+            m.guest.install_timeout,
+            Some(std::time::Duration::from_secs(30 * 60))
+        );
+        assert_eq!(
+            m.guest.command_timeout,
+            Some(std::time::Duration::from_secs(5 * 60))
+        );
+        assert_eq!(m.guest.system_root.as_deref(), Some(r"C:\Windows"));
+    }
+
     #[test]
     fn windows_manifest_with_unix_paths_names_file_and_field() {
         let dir = tempfile::tempdir().unwrap();

@@ -373,6 +373,23 @@ fn offline_refuses_bad_input_before_booting_anything() {
     );
 }
 
+/// `offline --help` teaches the command: the disk is not written unless asked, where
+/// the changes go, and the Channel File 291 fix as an example that keeps its lines.
+#[test]
+fn offline_help_teaches_the_overlay_in_place_and_the_cf291_example() {
+    let out = run(&["offline", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for expect in [
+        "never written unless --in-place",
+        "qemu-img commit OVERLAY",
+        "\n  bootgate offline --disk vm.qcow2 \\\n",
+        "--remove 'C:\\Windows\\System32\\drivers\\CrowdStrike\\C-00000291*.sys'",
+    ] {
+        assert!(help.contains(expect), "{expect:?} not in:\n{help}");
+    }
+}
+
 /// A disk with no partition table, one NTFS volume over all of it (as some cloud
 /// images and `qemu-img convert`ed partitions are): found without `--partition`,
 /// and `--in-place` writes the disk itself.
