@@ -304,6 +304,17 @@ pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
                 line(&crash.title),
                 crash.boot_index
             );
+            // How it was captured matters when no dump is there to open (a reset, a
+            // guest still writing its own dump): say so rather than leave a reader
+            // looking for one.
+            if let Some(capture) = &crash.capture {
+                let note = crash
+                    .capture_note
+                    .as_deref()
+                    .map(|n| format!(": {}", line(n)))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "      captured: {}{note}", line(capture));
+            }
             let tail = &crash.excerpt[crash.excerpt.len().saturating_sub(SHOW_EXCERPT_LINES)..];
             for excerpt_line in tail {
                 let _ = writeln!(out, "      | {}", line(excerpt_line));
@@ -403,6 +414,8 @@ mod tests {
         sc.reason = Some("why\u{1b}]0;owned\u{7}\nsecond".into());
         let mut crash = records::crash(1, "BUG: x\nPASS  s/forged");
         crash.excerpt = vec!["\u{1b}[31mred\u{9b}".into()];
+        crash.capture = Some("reset".into());
+        crash.capture_note = Some("no dump\u{1b}[2J\nPASS  s/forged2".into());
         sc.crashes = vec![crash];
         let text = summary_text(&records::run(vec![sc]));
         assert!(
@@ -410,6 +423,7 @@ mod tests {
             "{text:?}"
         );
         assert!(!text.contains("\nPASS  s/forged"), "{text}");
+        assert!(text.contains("      captured: reset: no dump"), "{text}");
         assert!(
             text.contains("      second"),
             "the reason keeps its lines: {text}"

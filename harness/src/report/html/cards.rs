@@ -89,6 +89,15 @@ struct CrashView {
     dump_format: Option<String>,
     dump_how: Option<DumpHow>,
     dump_note: Option<String>,
+    /// How the crash reached the host and what was captured of it (the capture
+    /// model: host-paused, host-stopped, guest-writing-dump, reset), with its note.
+    capture: Option<String>,
+    capture_note: Option<String>,
+    /// Dumps the guest wrote itself (copied at its next ready boot), or why none.
+    guest_dumps: Vec<Link>,
+    guest_dumps_note: Option<String>,
+    /// Evidence copied off the stopped disk by an offline recovery.
+    offline_evidence: Vec<Link>,
     console: Option<Link>,
     /// The boot of an earlier crash with the same title: the excerpt is then folded
     /// away, since a boot loop repeats one crash and only the addresses differ.
@@ -319,6 +328,11 @@ impl CrashView {
             dump_format: c.dump_format.as_deref().map(clean),
             dump_how,
             dump_note: c.dump_note.as_deref().map(clean),
+            capture: c.capture.as_deref().map(clean),
+            capture_note: c.capture_note.as_deref().map(clean),
+            guest_dumps: c.guest_dumps.iter().map(|p| Link::new(p)).collect(),
+            guest_dumps_note: c.guest_dumps_note.as_deref().map(clean),
+            offline_evidence: c.offline_evidence.iter().map(|p| Link::new(p)).collect(),
             // The console is recorded as a file name inside the scenario's folder.
             console: c
                 .console

@@ -520,3 +520,34 @@ fn a_linked_screenshot_is_not_embedded() {
     let note = embed_png("shot.png", &run_dir).expect_err("not embedded");
     assert!(note.contains("symlink"), "{note}");
 }
+
+/// A Windows crash card says how the crash was captured and links the dumps the guest
+/// wrote itself and the evidence an offline recovery copied off its disk.
+#[test]
+fn crash_card_shows_the_capture_guest_dumps_and_offline_evidence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut run = sample(dir.path());
+    let crash = &mut run.scenarios[1].crashes[0];
+    crash.capture = Some("guest-writing-dump".into());
+    crash.capture_note = Some(format!(
+        "the guest reset itself 41 s later {HOSTILE_SCRIPT}"
+    ));
+    crash.guest_dumps =
+        vec!["demo/cf291-crashes-then-boot-loops/guest-dump-1-1-120225-01.dmp".into()];
+    crash.guest_dumps_note = Some("not copied: MEMORY.DMP (header only)".into());
+    crash.offline_evidence =
+        vec!["demo/cf291-crashes-then-boot-loops/helper-vm/evidence/System.evtx".into()];
+    let html = render(&run, dir.path()).expect("render");
+    assert!(html.contains("<dt>Capture</dt>"), "{html}");
+    assert!(html.contains("guest-writing-dump"));
+    assert!(html.contains("the guest reset itself 41 s later"));
+    assert!(!html.contains(HOSTILE_SCRIPT), "the note is escaped");
+    assert!(
+        html.contains(r#"href="demo/cf291-crashes-then-boot-loops/guest-dump-1-1-120225-01.dmp""#)
+    );
+    assert!(html.contains("not copied: MEMORY.DMP (header only)"));
+    assert!(html
+        .contains(r#"href="demo/cf291-crashes-then-boot-loops/helper-vm/evidence/System.evtx""#));
+    // A crash without them shows none of these rows.
+    assert_eq!(html.matches("<dt>Capture</dt>").count(), 1);
+}
