@@ -216,23 +216,31 @@ pub(crate) fn boot_start_outside_system_root(guest: &GuestPaths) -> Option<Strin
         .drivers_dir
         .as_deref()
         .filter(|d| !d.starts_with('/'))?;
-    if !boot || !service || under_system_root(dir) {
+    let system_root = guest.system_root.as_deref().unwrap_or(r"C:\Windows");
+    if !boot || !service || under_system_root(dir, system_root) {
         return None;
     }
     Some(format!(
-        "is \"boot\" (the default) but guest.drivers_dir {dir:?} is not under %SystemRoot% (C:\\Windows): winload loads boot-start drivers from the system volume before any other volume or file system is up, so the driver would not load; put drivers_dir under %SystemRoot%\\System32\\drivers or use service_start = \"system\""
+        "is \"boot\" (the default) but guest.drivers_dir {dir:?} is not under %SystemRoot% ({system_root}): winload loads boot-start drivers from the system volume before any other volume or file system is up, so the driver would not load; put drivers_dir under %SystemRoot%\\System32\\drivers or use service_start = \"system\""
     ))
 }
 
-/// Whether a Windows path is %SystemRoot% or below it (written with the variable or
-/// as C:\Windows, the system root of every image the guide builds).
-fn under_system_root(path: &str) -> bool {
+/// Whether a Windows path is %SystemRoot% or below it (written with the variable,
+/// %windir%, or as the manifest's `system_root`, C:\Windows unless it says otherwise).
+fn under_system_root(path: &str, system_root: &str) -> bool {
     let lower = path.to_ascii_lowercase().replace('/', "\\");
-    ["%systemroot%", "c:\\windows"].iter().any(|root| {
-        lower
-            .strip_prefix(root)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('\\'))
-    })
+    let named = system_root
+        .to_ascii_lowercase()
+        .replace('/', "\\")
+        .trim_end_matches('\\')
+        .to_string();
+    ["%systemroot%", "%windir%", named.as_str()]
+        .iter()
+        .any(|root| {
+            lower
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('\\'))
+        })
 }
 
 #[cfg(test)]
@@ -330,6 +338,15 @@ mod tests {
             let why = boot_start_outside_system_root(&g).unwrap();
             assert!(why.contains("winload"), "{why}");
         }
+        // A Windows installed elsewhere (guest.system_root) has its own root.
+        g.system_root = Some(r"D:\Win\".into());
+        g.drivers_dir = Some(r"d:\win\System32\drivers".into());
+        assert_eq!(boot_start_outside_system_root(&g), None);
+        g.drivers_dir = Some(r"%windir%\System32\drivers".into());
+        assert_eq!(boot_start_outside_system_root(&g), None);
+        g.drivers_dir = Some(r"C:\Windows\System32\drivers".into());
+        let why = boot_start_outside_system_root(&g).unwrap();
+        assert!(why.contains(r"(D:\Win\)"), "{why}");
         g.service_start = Some(super::super::ServiceStart::System);
         assert_eq!(boot_start_outside_system_root(&g), None);
     }
