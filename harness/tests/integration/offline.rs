@@ -298,6 +298,16 @@ fn offline_removes_the_channel_file_and_copies_dumps_and_event_log_from_a_window
         "{report}"
     );
     assert_eq!(report["report"]["device"], "/dev/vdb1");
+    // Each file's last write time comes off the volume (the fixture wrote them
+    // minutes ago): what lets a recovery tell this crash's dumps from older ones.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for e in report["report"]["evidence"].as_array().unwrap() {
+        let at = e["modified_unix"].as_i64().unwrap_or_default();
+        assert!((now - at).abs() < 3600, "{e}: {at} is not about {now}");
+    }
     assert!(
         evidence
             .join("helper-vm")

@@ -56,15 +56,13 @@ pub(crate) fn attribute(
 ) -> Attribution {
     let mut order: Vec<(usize, Timestamp)> = crashes.to_vec();
     order.sort_by_key(|(_, at)| *at);
-    let tolerance = SignedDuration::try_from(DUMP_TIME_TOLERANCE).unwrap_or_default();
     let mut per_crash: Vec<(usize, Vec<GuestDumpFile>)> =
         order.iter().map(|(i, _)| (*i, Vec::new())).collect();
     let mut stale = Vec::new();
     for file in files {
-        let host_time = file.modified.checked_sub(skew).unwrap_or(file.modified);
         let owner = order
             .iter()
-            .rposition(|(_, seen)| seen.checked_sub(tolerance).unwrap_or(*seen) <= host_time);
+            .rposition(|(_, seen)| written_after(file.modified, *seen, skew));
         match owner {
             Some(k) => per_crash[k].1.push(file),
             None => stale.push(file),
@@ -74,6 +72,16 @@ pub(crate) fn attribute(
         files.sort_by_key(|f| std::cmp::Reverse(f.modified));
     }
     Attribution { per_crash, stale }
+}
+
+/// Whether a file written at `modified` (by the guest's clock, `skew` ahead of the
+/// host's) was written after a crash the host saw at `seen`, within
+/// [`DUMP_TIME_TOLERANCE`]: the one rule for dumps collected through the agent and
+/// for those read off the stopped disk.
+pub(crate) fn written_after(modified: Timestamp, seen: Timestamp, skew: SignedDuration) -> bool {
+    let tolerance = SignedDuration::try_from(DUMP_TIME_TOLERANCE).unwrap_or_default();
+    let host_time = modified.checked_sub(skew).unwrap_or(modified);
+    seen.checked_sub(tolerance).unwrap_or(seen) <= host_time
 }
 
 impl Machine<'_> {
@@ -103,7 +111,7 @@ impl Machine<'_> {
                 return Ok(());
             }
         };
-        let (skew, clock_note) = match self.guest_clock_skew()? {
+        let (skew, clock_note) = match self.measure_clock_skew()? {
             Ok(skew) => (skew, None),
             Err(why) => (
                 SignedDuration::ZERO,
@@ -143,6 +151,17 @@ impl Machine<'_> {
             crash.guest_dumps_note = (!notes.is_empty()).then(|| notes.join("; "));
         }
         Ok(())
+    }
+
+    /// Guest clock minus host clock, measured now and kept for the offline
+    /// recovery (which reads file times off a stopped disk, when no guest clock can
+    /// be asked), or why it could not be read.
+    pub(super) fn measure_clock_skew(&mut self) -> Result<Result<SignedDuration, String>, Stop> {
+        let skew = self.guest_clock_skew()?;
+        if let Ok(skew) = &skew {
+            self.clock_skew = Some(*skew);
+        }
+        Ok(skew)
     }
 
     /// Guest clock minus host clock, or why it could not be read.

@@ -58,6 +58,9 @@ pub(super) struct Machine<'a> {
     /// When each recorded crash was seen, host UTC, index for index with
     /// `found.crashes`: what the guest's own dumps are matched against.
     pub(super) crash_seen_utc: Vec<jiff::Timestamp>,
+    /// The guest's clock minus the host's, as last measured at a ready Windows boot
+    /// (guest_dumps.rs): file times read off the stopped disk are compared with it.
+    pub(super) clock_skew: Option<jiff::SignedDuration>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -123,6 +126,7 @@ impl<'a> Machine<'a> {
             ready_at: None,
             after_crash: None,
             crash_seen_utc: Vec::new(),
+            clock_skew: None,
         }
     }
 }
@@ -420,6 +424,13 @@ impl Machine<'_> {
         self.note_recovery();
         if self.profile.os == OsFamily::Windows {
             self.collect_guest_dumps()?;
+            // Once per scenario, while the guest can still answer: a boot loop later
+            // leaves only the stopped disk, whose dump times need this to be read.
+            // Not reading it only leaves the offline comparison without a correction
+            // (noted there), so it is no reason to stop.
+            if self.clock_skew.is_none() {
+                let _ = self.measure_clock_skew()?;
+            }
         }
         self.check_drivers_loaded()
     }

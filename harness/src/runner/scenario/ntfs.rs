@@ -79,6 +79,9 @@ pub struct EvidenceCopy {
     pub bytes: u64,
     /// The file's size on the volume.
     pub guest_bytes: u64,
+    /// Its last write time on the volume (UTC by the guest's own clock when Windows
+    /// wrote it), in seconds since the epoch.
+    pub modified_unix: i64,
 }
 
 impl OfflineReport {
@@ -312,11 +315,8 @@ impl Machine<'_> {
             names: names.to_vec(),
         }
         .to_string();
-        let size: u64 = self
-            .ntfs("size", &[&guest])?
-            .trim()
-            .parse()
-            .map_err(|_| format!("no size for {shown}"))?;
+        let (size, modified_unix) = parse_size_and_time(&self.ntfs("size", &[&guest])?)
+            .ok_or_else(|| format!("no size and time for {shown}"))?;
         let source = if kind == "memory-dump-header" {
             let bytes = off::MEMORY_DUMP_HEADER_BYTES.to_string();
             self.ntfs("head", &[&guest, &bytes, HEADER_STAGING])?;
@@ -344,9 +344,18 @@ impl Machine<'_> {
             file: host.to_path_buf(),
             bytes: data.len() as u64,
             guest_bytes: size,
+            modified_unix,
         });
         Ok(())
     }
+}
+
+/// The helper's `size` answer, "SIZE MTIME" (bytes, seconds since the epoch).
+fn parse_size_and_time(answer: &str) -> Option<(u64, i64)> {
+    let mut words = answer.split_whitespace();
+    let size = words.next()?.parse().ok()?;
+    let modified = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((size, modified))
 }
 
 /// What a helper VM is booted with.
@@ -408,4 +417,20 @@ pub(crate) fn run_helper(
     helper.power_off();
     let argvs = std::mem::take(&mut helper.qemu.argvs);
     (result, argvs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_helpers_size_answer_gives_bytes_and_time_or_nothing() {
+        assert_eq!(
+            parse_size_and_time("8192 1764676800\n"),
+            Some((8192, 1_764_676_800))
+        );
+        for bad in ["", "8192", "8192 x", "x 1", "1 2 3", "-1 2"] {
+            assert_eq!(parse_size_and_time(bad), None, "{bad:?}");
+        }
+    }
 }

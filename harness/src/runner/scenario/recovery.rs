@@ -212,18 +212,30 @@ impl Machine<'_> {
             // A crash nothing named yet (a boot-start driver crashing before pvpanic
             // loads reaches the host as a reset) is named by the dump Windows wrote:
             // the newest minidump, else the memory dump's header.
+            // Only a dump written after this crash may name it (an older one is an
+            // earlier crash's, or the image's own): times off the disk are the
+            // guest's clock, corrected by the difference measured at a ready boot.
+            let seen = self.crash_seen_utc.last().copied();
+            let skew = self.clock_skew;
             if crash.bugcheck.is_none() {
-                // Windows names minidumps MMDDYY-N-NN.dmp: in name order the newest of
-                // a year comes last (across a new year it does not; no time is kept).
-                let of_kind = |kind: &'static str| {
-                    report.evidence.iter().filter(move |e| e.kind == kind).rev()
-                };
-                let header = of_kind("minidump")
-                    .chain(of_kind("memory-dump-header"))
-                    .find_map(|e| {
-                        let bytes = std::fs::read(&e.file).ok()?;
-                        crate::detect::win_dump::DumpHeader::parse(&bytes, &e.file).ok()
-                    });
+                let (fresh, stale) = offline_dumps_after(&report.evidence, seen, skew);
+                if stale > 0 || skew.is_none() {
+                    let mut notes: Vec<String> =
+                        crash.guest_dumps_note.take().into_iter().collect();
+                    if stale > 0 {
+                        notes.push(format!(
+                            "offline: {stale} dump(s) on the disk were written before this crash and do not name it"
+                        ));
+                    }
+                    if skew.is_none() {
+                        notes.push("offline: the guest's clock was never read at a ready boot, so dump times were compared with the host's as they are".into());
+                    }
+                    crash.guest_dumps_note = Some(notes.join("; "));
+                }
+                let header = fresh.into_iter().find_map(|e| {
+                    let bytes = std::fs::read(&e.file).ok()?;
+                    crate::detect::win_dump::DumpHeader::parse(&bytes, &e.file).ok()
+                });
                 if let Some(header) = header {
                     let bugcheck = header.bugcheck;
                     if crash.source != "console" {
@@ -372,6 +384,40 @@ impl Machine<'_> {
     }
 }
 
+/// The minidumps, then the memory dump header, copied off the disk that were
+/// written after a crash seen at `seen` (by the guest's clock, `skew` ahead of the
+/// host's; none measured: compared as they are), newest first; and how many older
+/// ones were left out. Without the crash's time (none recorded) none qualifies.
+fn offline_dumps_after(
+    evidence: &[super::ntfs::EvidenceCopy],
+    seen: Option<jiff::Timestamp>,
+    skew: Option<jiff::SignedDuration>,
+) -> (Vec<&super::ntfs::EvidenceCopy>, usize) {
+    let mut fresh = Vec::new();
+    let mut stale = 0;
+    for kind in ["minidump", "memory-dump-header"] {
+        let mut of_kind: Vec<&super::ntfs::EvidenceCopy> = Vec::new();
+        for e in evidence.iter().filter(|e| e.kind == kind) {
+            let after = match (seen, jiff::Timestamp::from_second(e.modified_unix)) {
+                (Some(seen), Ok(at)) => super::guest_dumps::written_after(
+                    at,
+                    seen,
+                    skew.unwrap_or(jiff::SignedDuration::ZERO),
+                ),
+                _ => false,
+            };
+            if after {
+                of_kind.push(e);
+            } else {
+                stale += 1;
+            }
+        }
+        of_kind.sort_by_key(|e| std::cmp::Reverse(e.modified_unix));
+        fresh.extend(of_kind);
+    }
+    (fresh, stale)
+}
+
 /// A step error in words, for errors reported on another step's behalf.
 pub(super) fn step_error_text(e: StepError) -> String {
     match e {
@@ -381,5 +427,83 @@ pub(super) fn step_error_text(e: StepError) -> String {
         StepError::Stopped(Stop::PoweredOff) => "it powered off".into(),
         StepError::Stopped(Stop::Infra(why)) => why,
         StepError::Stopped(Stop::Interrupted) => "interrupted".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ntfs::EvidenceCopy;
+    use super::*;
+    use jiff::{SignedDuration, Timestamp};
+
+    fn copy(kind: &'static str, name: &str, at: &str) -> EvidenceCopy {
+        EvidenceCopy {
+            kind,
+            guest_path: format!(r"\Windows\Minidump\{name}"),
+            file: PathBuf::from(name),
+            bytes: 8192,
+            guest_bytes: 8192,
+            modified_unix: at.parse::<Timestamp>().unwrap().as_second(),
+        }
+    }
+
+    fn names(found: &[&EvidenceCopy]) -> Vec<String> {
+        found.iter().map(|e| e.file.display().to_string()).collect()
+    }
+
+    /// A dump left on the disk by an earlier crash (or by whoever prepared the
+    /// image) never names this one; the newest fresh minidump comes first, by its
+    /// time on the volume, not its name (MMDDYY names do not sort across a year).
+    #[test]
+    fn only_dumps_written_after_the_crash_name_it_newest_first() {
+        let crash: Timestamp = "2027-01-01T00:00:30Z".parse().unwrap();
+        let evidence = [
+            copy("minidump", "123126-01.dmp", "2026-12-31T23:00:00Z"),
+            copy("minidump", "010127-02.dmp", "2027-01-01T00:05:00Z"),
+            copy("minidump", "010127-01.dmp", "2027-01-01T00:01:00Z"),
+            copy(
+                "memory-dump-header",
+                "MEMORY.DMP.header",
+                "2027-01-01T00:04:00Z",
+            ),
+        ];
+        let (fresh, stale) =
+            offline_dumps_after(&evidence, Some(crash), Some(SignedDuration::ZERO));
+        assert_eq!(
+            names(&fresh),
+            ["010127-02.dmp", "010127-01.dmp", "MEMORY.DMP.header"]
+        );
+        assert_eq!(stale, 1);
+    }
+
+    /// The guest's clock two hours ahead (an RTC read as local time): its file times
+    /// are taken back by the measured difference before the comparison.
+    #[test]
+    fn the_measured_clock_difference_is_taken_out() {
+        let crash: Timestamp = "2027-01-01T10:00:00Z".parse().unwrap();
+        let evidence = [copy("minidump", "a.dmp", "2027-01-01T11:00:00Z")];
+        let two_hours = SignedDuration::from_hours(2);
+        let (fresh, stale) = offline_dumps_after(&evidence, Some(crash), Some(two_hours));
+        assert!(fresh.is_empty());
+        assert_eq!(
+            stale, 1,
+            "11:00 guest time is 09:00 host time, before the crash"
+        );
+        let (fresh, _) = offline_dumps_after(&evidence, Some(crash), None);
+        assert_eq!(
+            names(&fresh),
+            ["a.dmp"],
+            "uncorrected, compared as they are"
+        );
+    }
+
+    /// No recorded crash time: nothing can be shown to be the crash's, so nothing
+    /// names it.
+    #[test]
+    fn without_the_crash_time_no_dump_names_it() {
+        let evidence = [copy("minidump", "a.dmp", "2027-01-01T11:00:00Z")];
+        let (fresh, stale) = offline_dumps_after(&evidence, None, None);
+        assert!(fresh.is_empty());
+        assert_eq!(stale, 1);
     }
 }
