@@ -34,7 +34,7 @@ pub(crate) const DUMP_TIME_TOLERANCE: Duration = Duration::from_secs(120);
 pub(crate) const DUMP_HEADER_BYTES: u64 = detect::win_dump::HEADER64_LEN as u64;
 
 /// Why nothing is collected in a boot loop.
-pub(crate) const BOOT_LOOP_NOTE: &str = "not collected: the guest boot-loops, so no boot became ready to list its dumps through the agent; collect them offline from the stopped disk (a helper VM with NTFS support)";
+pub(crate) const BOOT_LOOP_NOTE: &str = "not collected: the guest boot-loops, so no boot became ready to list its dumps through the agent; a recover step with via = \"helper_vm\" after the loop copies them off the stopped disk (listed as offline_evidence; images/windows/GUIDE.md section 11)";
 
 /// The guest's dump files split among the crashes still waiting for theirs.
 #[derive(Debug, PartialEq)]
