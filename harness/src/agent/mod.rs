@@ -352,36 +352,21 @@ impl AgentClient {
         max_bytes: u64,
         timeout: Duration,
     ) -> Result<Vec<u8>, AgentError> {
-        #[derive(Deserialize)]
-        struct Chunk {
-            #[serde(rename = "buf-b64")]
-            buf_b64: String,
-            eof: bool,
-        }
         let budget = Budget::new(timeout);
         let handle = self.open(guest_path, "r", budget)?;
-        let command = "guest-file-read";
         let mut read = || -> Result<Vec<u8>, AgentError> {
             let mut data = Vec::new();
             while (data.len() as u64) < max_bytes {
                 let wanted = READ_CHUNK_BYTES.min(max_bytes - data.len() as u64);
-                let chunk: Chunk = decode(
-                    command,
-                    self.call(
-                        command,
-                        Some(json!({"handle": handle, "count": wanted})),
-                        budget,
-                    )?,
-                )?;
-                let bytes = decode_base64(command, &chunk.buf_b64)?;
+                let (bytes, eof) = self.read_chunk(handle, wanted, budget)?;
                 if bytes.len() as u64 > wanted {
                     return Err(protocol(format!(
-                        "{command} sent {} bytes for a count of {wanted}",
+                        "guest-file-read sent {} bytes for a count of {wanted}",
                         bytes.len()
                     )));
                 }
                 data.extend_from_slice(&bytes);
-                if chunk.eof || bytes.is_empty() {
+                if eof || bytes.is_empty() {
                     break;
                 }
             }
@@ -461,6 +446,33 @@ impl AgentClient {
         max_bytes: u64,
         budget: Budget,
     ) -> Result<Vec<u8>, AgentError> {
+        let mut data = Vec::new();
+        loop {
+            // Ask for at most one byte beyond the limit: enough to detect an
+            // oversized file without pulling much of it across.
+            let wanted = READ_CHUNK_BYTES.min((max_bytes - data.len() as u64).saturating_add(1));
+            let (bytes, eof) = self.read_chunk(handle, wanted, budget)?;
+            data.extend_from_slice(&bytes);
+            if data.len() as u64 > max_bytes {
+                return Err(AgentError::FileTooLarge {
+                    path: path.to_string(),
+                    limit: max_bytes,
+                });
+            }
+            if eof {
+                return Ok(data);
+            }
+        }
+    }
+
+    /// One `guest-file-read` of up to `wanted` bytes: the bytes (checked against
+    /// the count the agent reported) and whether the file ended.
+    fn read_chunk(
+        &mut self,
+        handle: i64,
+        wanted: u64,
+        budget: Budget,
+    ) -> Result<(Vec<u8>, bool), AgentError> {
         #[derive(Deserialize)]
         struct Chunk {
             count: u64,
@@ -469,38 +481,23 @@ impl AgentClient {
             eof: bool,
         }
         let command = "guest-file-read";
-        let mut data = Vec::new();
-        loop {
-            // Ask for at most one byte beyond the limit: enough to detect an
-            // oversized file without pulling much of it across.
-            let wanted = READ_CHUNK_BYTES.min((max_bytes - data.len() as u64).saturating_add(1));
-            let chunk: Chunk = decode(
+        let chunk: Chunk = decode(
+            command,
+            self.call(
                 command,
-                self.call(
-                    command,
-                    Some(json!({"handle": handle, "count": wanted})),
-                    budget,
-                )?,
-            )?;
-            let bytes = decode_base64(command, &chunk.buf_b64)?;
-            if bytes.len() as u64 != chunk.count {
-                return Err(protocol(format!(
-                    "{command} reported {} bytes but carried {}",
-                    chunk.count,
-                    bytes.len()
-                )));
-            }
-            data.extend_from_slice(&bytes);
-            if data.len() as u64 > max_bytes {
-                return Err(AgentError::FileTooLarge {
-                    path: path.to_string(),
-                    limit: max_bytes,
-                });
-            }
-            if chunk.eof {
-                return Ok(data);
-            }
+                Some(json!({"handle": handle, "count": wanted})),
+                budget,
+            )?,
+        )?;
+        let bytes = decode_base64(command, &chunk.buf_b64)?;
+        if bytes.len() as u64 != chunk.count {
+            return Err(protocol(format!(
+                "{command} reported {} bytes but carried {}",
+                chunk.count,
+                bytes.len()
+            )));
         }
+        Ok((bytes, chunk.eof))
     }
 
     /// Closes `handle` and returns `result`. On success a close failure is
