@@ -50,6 +50,8 @@ pub enum GuestError {
     },
     #[error("{0} images do not support this step yet")]
     Unsupported(&'static str),
+    #[error("`verifier` is Windows' Driver Verifier (verifier.exe), and this is a linux image: a linux kernel checks a driver with its own debug options (KASAN, lockdep, CONFIG_DEBUG_*) built into the image's kernel, not with a step; remove the step or run the scenario on a windows image")]
+    VerifierNeedsWindows,
     #[error("{manifest}: `initramfs = true` cannot be done here: {why}")]
     NoInitramfs { manifest: String, why: &'static str },
     #[error("{manifest}: windows drivers take no load parameters (got {params:?}): a windows driver reads its settings from its registry key, so write them there with an exec step")]
@@ -326,7 +328,7 @@ impl GuestProfile {
         flags: &[String],
     ) -> Result<GuestCommand, GuestError> {
         if self.os != OsFamily::Windows {
-            return Err(GuestError::Unsupported("linux"));
+            return Err(GuestError::VerifierNeedsWindows);
         }
         Ok(Self::windows(windows::verifier::verifier_argv(
             flags,

@@ -140,6 +140,12 @@ fn linux_commands_are_unchanged() {
         p.list_crash_dumps(),
         Err(GuestError::Unsupported("linux"))
     ));
+    // Driver Verifier is Windows' own: a linux image is told what it has instead.
+    let err = p
+        .verifier("demo_sensor", &["/standard".into()])
+        .unwrap_err();
+    assert!(matches!(err, GuestError::VerifierNeedsWindows));
+    assert!(err.to_string().contains("KASAN"), "{err}");
 }
 
 #[test]
