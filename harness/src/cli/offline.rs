@@ -8,6 +8,8 @@ use super::args::OfflineArgs;
 use super::exit::{fail, Exit};
 
 pub fn offline(args: OfflineArgs) -> Exit {
+    // Ctrl-C stops the helper VM cleanly: no QEMU left, no half-edited overlay.
+    super::install_interrupt_handler();
     let mut put = Vec::new();
     for item in &args.put {
         match item.split_once('=') {
@@ -41,6 +43,7 @@ pub fn offline(args: OfflineArgs) -> Exit {
         Err(e) => {
             let code = match e.exit_code() {
                 2 => Exit::Usage,
+                130 => Exit::Interrupted,
                 _ => Exit::Infra,
             };
             return fail(&e, code);

@@ -60,6 +60,8 @@ pub enum OfflineError {
     Helper { why: String, logs: PathBuf },
     #[error("{0}")]
     Host(String),
+    #[error("interrupted: the helper VM was stopped before it finished; {0}")]
+    Interrupted(String),
 }
 
 impl OfflineError {
@@ -67,6 +69,7 @@ impl OfflineError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OfflineError::Usage(_) | OfflineError::Guest(_) => 2,
+            OfflineError::Interrupted(_) => 130,
             OfflineError::Manifest(_)
             | OfflineError::Image(crate::image::ImageError::Manifest(_)) => 2,
             _ => 3,
@@ -257,6 +260,19 @@ pub fn offline_disk(
             // An overlay of ours with a half-done edit is no use to anyone.
             if !opts.in_place {
                 let _ = std::fs::remove_file(&written_disk);
+            }
+            if super::interrupted() {
+                return Err(OfflineError::Interrupted(if opts.in_place {
+                    format!(
+                        "{} was being written in place and may hold part of the edit (the volume may be marked unclean): run the same command again to finish it",
+                        written_disk.display()
+                    )
+                } else {
+                    format!(
+                        "{} is unchanged and the unfinished overlay was removed",
+                        opts.disk.display()
+                    )
+                }));
             }
             return Err(OfflineError::Helper { why, logs });
         }

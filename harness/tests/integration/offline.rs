@@ -400,6 +400,91 @@ fn offline_help_teaches_the_overlay_in_place_and_the_cf291_example() {
     }
 }
 
+/// How long the helper VM may take to answer (a cold image build comes first when
+/// the cache is empty).
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Ctrl-C while the helper works: exit 130 saying the disk is unchanged, the
+/// unfinished overlay removed, and no QEMU left with the disk open.
+#[test]
+fn ctrl_c_during_offline_leaves_the_disk_unchanged_and_no_overlay() {
+    need_ntfs_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("w.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    tool("mkntfs", &["-F", "-Q", "-q", s(&raw)]);
+    let disk = d.join("w.qcow2");
+    raw_to_qcow2(&raw, &disk);
+    let before = std::fs::read(&disk).unwrap();
+    let file = d.join("x.txt");
+    std::fs::write(&file, b"x\n").unwrap();
+    let collect = d.join("col");
+    let overlay = d.join("w.offline.qcow2");
+    let mut guard = ChildGuard(
+        bootgate()
+            .args([
+                "offline",
+                "--disk",
+                s(&disk),
+                "--partition",
+                "0",
+                "--accel",
+                "tcg",
+                "--overlay",
+                s(&overlay),
+                "--collect",
+                s(&collect),
+                "--put",
+                &format!("{}=C:\\x.txt", file.display()),
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
+    // Interrupt once the helper is up and at work on the disk.
+    let console = collect.join("helper-vm/console.log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&console).is_ok_and(|t| t.contains("bootgate: ready")) {
+        assert!(
+            started.elapsed() < READY_WAIT,
+            "the helper never became ready"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "bootgate ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("is unchanged and the unfinished overlay was removed"),
+        "{stderr}"
+    );
+    assert!(!overlay.exists(), "the unfinished overlay is gone");
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        before,
+        "the disk is unchanged"
+    );
+    let names = [disk.display().to_string(), overlay.display().to_string()];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !(cmdline.contains("qemu-system") && names.iter().any(|n| cmdline.contains(n))),
+            "a QEMU outlived the interrupt: {cmdline}"
+        );
+    }
+}
+
 /// A disk with no partition table, one NTFS volume over all of it (as some cloud
 /// images and `qemu-img convert`ed partitions are): found without `--partition`,
 /// and `--in-place` writes the disk itself.
