@@ -216,7 +216,13 @@ pub(crate) fn boot_start_outside_system_root(guest: &GuestPaths) -> Option<Strin
         .drivers_dir
         .as_deref()
         .filter(|d| !d.starts_with('/'))?;
-    let system_root = guest.system_root.as_deref().unwrap_or(r"C:\Windows");
+    // A system_root that is no Windows path is refused by the path check with its
+    // own message; this rule then judges against the default.
+    let system_root = guest
+        .system_root
+        .as_deref()
+        .filter(|root| drive_letter(root).is_some())
+        .unwrap_or(r"C:\Windows");
     if !boot || !service || under_system_root(dir, system_root) {
         return None;
     }
