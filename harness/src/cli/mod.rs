@@ -56,12 +56,17 @@ fn report_sinks(verbosity: Verbosity) -> Vec<Box<dyn Sink + Send>> {
 /// handler only sets a flag; the runner checks it at every wait.
 fn install_interrupt_handler() {
     if let Err(e) = ctrlc::set_handler(|| {
-        if runner::interrupted() {
-            eprintln!("bootgate: still stopping VMs, please wait");
-        } else {
-            eprintln!("bootgate: interrupted; stopping VMs and writing results");
-        }
+        // The flag first, and no panicking print: when whoever started bootgate has
+        // gone (a killed CI job, a closed terminal), stderr is a broken pipe, and an
+        // `eprintln!` panic here would leave the interrupt untaken and the run going.
+        let again = runner::interrupted();
         runner::interrupt();
+        let said = if again {
+            "bootgate: still stopping VMs, please wait\n"
+        } else {
+            "bootgate: interrupted; stopping VMs and writing results\n"
+        };
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), said.as_bytes());
     }) {
         eprintln!("bootgate: warning: cannot install the Ctrl-C handler: {e}");
     }

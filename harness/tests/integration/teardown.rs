@@ -126,3 +126,63 @@ fn sigkill_of_bootgate_takes_qemu_down() {
     );
     assert!(!Path::new(&vm_dir).exists(), "{vm_dir} swept");
 }
+
+/// Whoever started bootgate went away (a killed CI job, a closed terminal): its
+/// stdout and stderr are broken pipes when SIGTERM comes. The interrupt must still be
+/// taken (the handler once printed first, panicked on the broken pipe and left the
+/// run going), so the run stops with 130 and complete results, and no VM is left.
+#[test]
+fn sigterm_after_the_caller_went_away_still_stops_the_run() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\ncold_boot = true\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n",
+    );
+    let out_dir = dir.path().join("results");
+    let mut guard = ChildGuard(
+        bootgate()
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--accel",
+                "tcg",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
+    let console = out_dir.join("latest/long/sleeps/console.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&console).is_ok_and(|t| t.contains("bootgate: ready")) {
+        assert!(started.elapsed() < READY_WAIT, "guest never became ready");
+        assert!(child.try_wait().unwrap().is_none(), "bootgate ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The caller is gone: nobody reads bootgate's output any more.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < STOP_WAIT,
+            "bootgate did not stop after SIGTERM with its output gone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    let run = run_json(&out_dir);
+    assert_eq!(run["interrupted"], true);
+    assert_no_vm_left(&run);
+}
