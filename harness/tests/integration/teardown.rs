@@ -11,6 +11,34 @@ const READY_WAIT: Duration = Duration::from_secs(120);
 /// Upper bound for bootgate to finish after SIGINT.
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
+/// Waits until the scenario's guest is up (its console says so) while bootgate runs.
+fn wait_until_ready(child: &mut std::process::Child, console: &Path) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(console).is_ok_and(|t| t.contains("bootgate: ready")) {
+        assert!(started.elapsed() < READY_WAIT, "guest never became ready");
+        assert!(child.try_wait().unwrap().is_none(), "bootgate ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends `signal` to bootgate and waits, within [`STOP_WAIT`], for it to end.
+fn signal_and_wait(child: &mut std::process::Child, signal: i32) -> std::process::ExitStatus {
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let stopped = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            stopped.elapsed() < STOP_WAIT,
+            "bootgate did not stop after signal {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
     demo_manifest();
@@ -24,29 +52,10 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
     // One VM at a time, so the second scenario is still queued at the interrupt.
     let mut guard = spawn_run(&suite, &out_dir, &["--jobs", "1"]);
     let child = &mut guard.0;
-    let console = out_dir.join("latest/long/sleeps/console.log");
-    let started = Instant::now();
-    while !std::fs::read_to_string(&console).is_ok_and(|t| t.contains("bootgate: ready")) {
-        assert!(started.elapsed() < READY_WAIT, "guest never became ready");
-        assert!(child.try_wait().unwrap().is_none(), "bootgate ended early");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_ready(child, &out_dir.join("latest/long/sleeps/console.log"));
     // Let the exec step start, then interrupt as a terminal's Ctrl-C would.
     std::thread::sleep(Duration::from_secs(1));
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopped.elapsed() < STOP_WAIT,
-            "bootgate did not stop after SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = signal_and_wait(child, libc::SIGINT);
     assert_eq!(status.code(), Some(130));
     let run = run_json(&out_dir);
     assert_eq!(run["interrupted"], true);
@@ -157,30 +166,11 @@ fn sigterm_after_the_caller_went_away_still_stops_the_run() {
             .unwrap(),
     );
     let child = &mut guard.0;
-    let console = out_dir.join("latest/long/sleeps/console.log");
-    let started = Instant::now();
-    while !std::fs::read_to_string(&console).is_ok_and(|t| t.contains("bootgate: ready")) {
-        assert!(started.elapsed() < READY_WAIT, "guest never became ready");
-        assert!(child.try_wait().unwrap().is_none(), "bootgate ended early");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_ready(child, &out_dir.join("latest/long/sleeps/console.log"));
     // The caller is gone: nobody reads bootgate's output any more.
     drop(child.stdout.take());
     drop(child.stderr.take());
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopped.elapsed() < STOP_WAIT,
-            "bootgate did not stop after SIGTERM with its output gone"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = signal_and_wait(child, libc::SIGTERM);
     assert_eq!(status.code(), Some(130));
     let run = run_json(&out_dir);
     assert_eq!(run["interrupted"], true);
