@@ -85,6 +85,28 @@ pub fn run(out: &mut dyn Write, build_sandbox: Result<(), String>) -> bool {
                 &format!("TCG (KVM unusable: {why}); runs will be slower but correct"),
             ),
         };
+        // What `--accel auto` runs reuse this boot instead of probing again.
+        let root = crate::cache::cache_root();
+        let folder = root.join(qemu::accel_cache::FOLDER);
+        for kept in qemu::accel_cache::kept_for_this_boot(&root) {
+            let qemu = kept.key.qemu.split(" dev=").next().unwrap_or_default();
+            let kernel = kept
+                .key
+                .kernel
+                .as_deref()
+                .and_then(|k| k.split(" dev=").next())
+                .unwrap_or("a boot sector");
+            line(
+                true,
+                "accel verdict",
+                &format!(
+                    "kept for this boot: {} for {qemu} probing {kernel}{}; runs reuse it until a reboot or a QEMU change (probe again: rm -r {})",
+                    kept.accel.as_str(),
+                    kept.notice.map(|n| format!(" ({n})")).unwrap_or_default(),
+                    folder.display()
+                ),
+            );
+        }
     }
     for (tool, package) in RECIPE_TOOLS {
         ok &= if qemu::find_in_path(tool).is_some() {

@@ -76,6 +76,36 @@ pub(crate) fn decide(choice: AccelChoice, binary: &str, kernel: Option<&Path>) -
     }
 }
 
+/// [`decide`], with `auto`'s probe verdict kept under `cache_root` for as long as
+/// nothing it depends on changes ([`super::accel_cache`]): only the first run after
+/// a boot, a QEMU change or a new probe kernel pays for the probe.
+pub(crate) fn decide_kept(
+    choice: AccelChoice,
+    binary: &str,
+    kernel: Option<&Path>,
+    cache_root: &Path,
+) -> AccelDecision {
+    if choice != AccelChoice::Auto {
+        return decide(choice, binary, kernel);
+    }
+    let Some(key) = super::accel_cache::ProbeKey::now(binary, kernel) else {
+        return decide(choice, binary, kernel);
+    };
+    if let Some(kept) = super::accel_cache::load(cache_root, &key) {
+        return AccelDecision {
+            notice: kept.notice.map(|n| {
+                format!(
+                    "{n} [kept from this boot's probe; bootgate doctor says how to probe again]"
+                )
+            }),
+            ..kept
+        };
+    }
+    let decision = decide(choice, binary, kernel);
+    super::accel_cache::store(cache_root, &key, &decision);
+    decision
+}
+
 /// Ok when a KVM guest prints on its serial console within [`KVM_PROBE_TIMEOUT`].
 pub(crate) fn probe_kvm(binary: &str, kernel: Option<&Path>) -> Result<(), String> {
     std::fs::OpenOptions::new()

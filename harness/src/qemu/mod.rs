@@ -2,6 +2,7 @@
 //! console capture, accelerator choice, and the `Vm` that ties them together.
 
 pub mod accel;
+pub(crate) mod accel_cache;
 pub mod command;
 pub mod console;
 pub(crate) mod process;

@@ -102,7 +102,12 @@ pub(crate) fn decide_accel(
     manifest: Option<&Manifest>,
 ) -> AccelDecision {
     let kernel = manifest.and_then(|m| m.boot.kernel.clone());
-    accel::decide(choice, &tools.system, kernel.as_deref())
+    accel::decide_kept(
+        choice,
+        &tools.system,
+        kernel.as_deref(),
+        &crate::cache::cache_root(),
+    )
 }
 
 /// The image's saved state (after `setup`, if any), saving it first with one cold

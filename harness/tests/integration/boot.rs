@@ -1,5 +1,7 @@
 //! Booting the real demo guest: verdicts, exit codes, results files, gates.
 
+use std::path::Path;
+
 use crate::common::*;
 
 /// One run, three VMs: a passing boot/reboot scenario, a command with the wrong exit
@@ -182,4 +184,79 @@ fn guest_that_never_becomes_ready_times_out_as_fail() {
         "the guest did boot: the console shows the kernel"
     );
     assert_no_vm_left(&run);
+}
+
+/// `--accel auto` probes once per boot: the verdict is kept under the cache's
+/// `accel/` folder, and the next run reuses it instead of probing again. Shown by
+/// marking the kept verdict's notice: the second run reports the marked text, which
+/// only the kept file holds. A doctor run lists the kept verdict and how to clear it.
+#[test]
+fn accel_auto_reuses_the_verdict_kept_for_this_boot() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        "[suite]\nname = \"a\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"up\"\nsteps = [{ exec = { run = \"true\" } }]\n",
+    );
+    let run = |out: &Path| {
+        let output = crate::common::run(&[
+            "run",
+            suite.to_str().unwrap(),
+            "--accel",
+            "auto",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(0));
+        run_json(out)
+    };
+    let first = run(&dir.path().join("r1"));
+    let accel = first["qemu"]["accel"].as_str().unwrap().to_string();
+    let cache = bootgate::cache::cache_root().join("accel");
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let kernel = demo_manifest()
+        .parent()
+        .unwrap()
+        .join("vmlinuz")
+        .display()
+        .to_string();
+    // The verdict this run's probe (or an earlier run's, this boot) kept.
+    let kept_file = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            v["key"]["boot_id"].as_str() == Some(boot_id.trim())
+                && v["key"]["kernel"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with(&format!("{kernel} ")))
+        })
+        .expect("a verdict kept for this boot and the demo kernel");
+    let original = std::fs::read(&kept_file).unwrap();
+    let mut kept: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    assert_eq!(kept["accel"], accel.as_str());
+    kept["notice"] = "kept-verdict-marker".into();
+    std::fs::write(&kept_file, serde_json::to_vec(&kept).unwrap()).unwrap();
+    let second = run(&dir.path().join("r2"));
+    let doctor = crate::common::run(&["doctor"]);
+    // Put the real verdict back before asserting, for the runs after this test.
+    std::fs::write(&kept_file, &original).unwrap();
+    assert_eq!(second["qemu"]["accel"], accel.as_str());
+    let notice = second["qemu"]["accel_notice"].as_str().unwrap_or_default();
+    assert!(
+        notice.starts_with("kept-verdict-marker [kept from this boot's probe"),
+        "the second run reused the kept verdict instead of probing, and says so: {notice}"
+    );
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        said.contains("kept for this boot:") && said.contains("kept-verdict-marker"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("rm -r {}", cache.display())),
+        "{said}"
+    );
 }
