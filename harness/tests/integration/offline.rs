@@ -89,6 +89,22 @@ fn qcow2_to_raw(qcow2: &Path, raw: &Path) {
 fn raw_to_qcow2(raw: &Path, qcow2: &Path) {
     tool("qemu-img", &["convert", "-O", "qcow2", s(raw), s(qcow2)]);
 }
+/// Runs `bootgate offline ARGS`, asserting it succeeds (saying `what` it was
+/// for, with its output, when not); its stdout.
+fn offline_ok(what: &str, args: &[&str]) -> String {
+    let mut argv = vec!["offline"];
+    argv.extend_from_slice(args);
+    let out = run(&argv);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -154,27 +170,23 @@ fn windows_disk() -> Fixture {
     let placeholder = d.join("placeholder.txt");
     std::fs::write(&placeholder, b"folder placeholder\n").unwrap();
     let put = |win: &str| format!("{}={win}", placeholder.display());
-    let out = run(&[
-        "offline",
-        "--disk",
-        s(&qcow2),
-        "--in-place",
-        "--partition",
-        "1",
-        "--accel",
-        "tcg",
-        "--put",
-        &put(r"C:\Windows\System32\drivers\CrowdStrike\placeholder.txt"),
-        "--put",
-        &put(r"C:\Windows\Minidump\placeholder.txt"),
-        "--put",
-        &put(r"C:\Windows\System32\winevt\Logs\placeholder.txt"),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "making the folders: {}",
-        String::from_utf8_lossy(&out.stderr)
+    offline_ok(
+        "making the folders",
+        &[
+            "--disk",
+            s(&qcow2),
+            "--in-place",
+            "--partition",
+            "1",
+            "--accel",
+            "tcg",
+            "--put",
+            &put(r"C:\Windows\System32\drivers\CrowdStrike\placeholder.txt"),
+            "--put",
+            &put(r"C:\Windows\Minidump\placeholder.txt"),
+            "--put",
+            &put(r"C:\Windows\System32\winevt\Logs\placeholder.txt"),
+        ],
     );
     qcow2_to_raw(&qcow2, &raw);
     extract_partition(&raw, &part);
@@ -238,25 +250,20 @@ fn offline_removes_the_channel_file_and_copies_dumps_and_event_log_from_a_window
     let evidence = d.join("evidence");
     let overlay = d.join("fixed.qcow2");
     // Another case than on the volume, and a wildcard: as Windows would take it.
-    let out = run(&[
+    let stdout = offline_ok(
         "offline",
-        "--disk",
-        s(&f.disk),
-        "--accel",
-        "tcg",
-        "--overlay",
-        s(&overlay),
-        "--remove",
-        r"c:\WINDOWS\system32\Drivers\crowdstrike\C-00000291*.SYS",
-        "--collect",
-        s(&evidence),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--disk",
+            s(&f.disk),
+            "--accel",
+            "tcg",
+            "--overlay",
+            s(&overlay),
+            "--remove",
+            r"c:\WINDOWS\system32\Drivers\crowdstrike\C-00000291*.SYS",
+            "--collect",
+            s(&evidence),
+        ],
     );
     assert!(
         stdout.contains(
@@ -505,26 +512,22 @@ fn offline_finds_windows_on_a_whole_disk_volume_and_edits_it_in_place() {
     raw_to_qcow2(&raw, &disk);
     let placeholder = d.join("p.txt");
     std::fs::write(&placeholder, b"p\n").unwrap();
-    let out = run(&[
+    offline_ok(
         "offline",
-        "--disk",
-        s(&disk),
-        "--in-place",
-        "--partition",
-        "0",
-        "--accel",
-        "tcg",
-        "--put",
-        &format!(
-            "{}=\\Windows\\System32\\drivers\\p.txt",
-            placeholder.display()
-        ),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--disk",
+            s(&disk),
+            "--in-place",
+            "--partition",
+            "0",
+            "--accel",
+            "tcg",
+            "--put",
+            &format!(
+                "{}=\\Windows\\System32\\drivers\\p.txt",
+                placeholder.display()
+            ),
+        ],
     );
     qcow2_to_raw(&disk, &raw);
     let content = d.join("content.sys");
@@ -678,43 +681,34 @@ fn offline_finds_windows_in_the_second_partition_of_a_gpt_disk() {
     raw_to_qcow2(&raw, &disk);
     let placeholder = d.join("p.txt");
     std::fs::write(&placeholder, b"p\n").unwrap();
-    let out = run(&[
+    offline_ok(
         "offline",
-        "--disk",
-        s(&disk),
-        "--in-place",
-        "--partition",
-        "2",
-        "--accel",
-        "tcg",
-        "--put",
-        &format!(
-            "{}=C:\\Windows\\System32\\drivers\\CrowdStrike\\p.txt",
-            placeholder.display()
-        ),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--disk",
+            s(&disk),
+            "--in-place",
+            "--partition",
+            "2",
+            "--accel",
+            "tcg",
+            "--put",
+            &format!(
+                "{}=C:\\Windows\\System32\\drivers\\CrowdStrike\\p.txt",
+                placeholder.display()
+            ),
+        ],
     );
-    let out = run(&[
+    let stdout = offline_ok(
         "offline",
-        "--disk",
-        s(&disk),
-        "--in-place",
-        "--accel",
-        "tcg",
-        "--remove",
-        r"C:\Windows\System32\drivers\CrowdStrike\p.txt",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--disk",
+            s(&disk),
+            "--in-place",
+            "--accel",
+            "tcg",
+            "--remove",
+            r"C:\Windows\System32\drivers\CrowdStrike\p.txt",
+        ],
     );
     assert!(stdout.contains("volume: /dev/vdb2\n"), "{stdout}");
     qcow2_to_raw(&disk, &raw);
