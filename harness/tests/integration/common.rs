@@ -29,7 +29,7 @@ impl Drop for ChildGuard {
 }
 
 /// `run SUITE --accel tcg --out OUT EXTRA...`
-fn tcg_args<'a>(suite: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+pub fn tcg_args<'a>(suite: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         suite.to_str().unwrap(),

@@ -8,6 +8,8 @@ use crate::common::*;
 
 /// Upper bound for the guest to come up under TCG on a loaded CI machine.
 const READY_WAIT: Duration = Duration::from_secs(120);
+/// One scenario whose guest sleeps for ten minutes: a run to interrupt or kill.
+const SLEEPING_SUITE: &str = "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\ncold_boot = true\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n";
 /// Upper bound for bootgate to finish after SIGINT.
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
@@ -72,11 +74,7 @@ fn ctrl_c_mid_step_tears_down_and_writes_interrupted_results() {
 fn sigkill_of_bootgate_takes_qemu_down() {
     demo_manifest();
     let dir = tempfile::tempdir().unwrap();
-    let suite = write(
-        dir.path(),
-        "suite.toml",
-        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\ncold_boot = true\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n",
-    );
+    let suite = write(dir.path(), "suite.toml", SLEEPING_SUITE);
     let out_dir = dir.path().join("results");
     let mut guard = spawn_run(&suite, &out_dir, &[]);
     let pid = guard.0.id();
@@ -144,22 +142,11 @@ fn sigkill_of_bootgate_takes_qemu_down() {
 fn sigterm_after_the_caller_went_away_still_stops_the_run() {
     demo_manifest();
     let dir = tempfile::tempdir().unwrap();
-    let suite = write(
-        dir.path(),
-        "suite.toml",
-        "[suite]\nname = \"long\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"sleeps\"\ncold_boot = true\nsteps = [{ exec = { run = \"sleep 600\", timeout = \"15m\" } }]\n",
-    );
+    let suite = write(dir.path(), "suite.toml", SLEEPING_SUITE);
     let out_dir = dir.path().join("results");
     let mut guard = ChildGuard(
         bootgate()
-            .args([
-                "run",
-                suite.to_str().unwrap(),
-                "--accel",
-                "tcg",
-                "--out",
-                out_dir.to_str().unwrap(),
-            ])
+            .args(tcg_args(&suite, &out_dir, &[]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
