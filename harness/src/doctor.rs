@@ -89,13 +89,12 @@ pub fn run(out: &mut dyn Write, build_sandbox: Result<(), String>) -> bool {
         let root = crate::cache::cache_root();
         let folder = root.join(qemu::accel_cache::FOLDER);
         for kept in qemu::accel_cache::kept_for_this_boot(&root) {
-            let qemu = kept.key.qemu.split(" dev=").next().unwrap_or_default();
+            let qemu = qemu::accel_cache::identity_path(&kept.key.qemu);
             let kernel = kept
                 .key
                 .kernel
                 .as_deref()
-                .and_then(|k| k.split(" dev=").next())
-                .unwrap_or("a boot sector");
+                .map_or("a boot sector", qemu::accel_cache::identity_path);
             line(
                 true,
                 "accel verdict",

@@ -56,6 +56,15 @@ fn identity(path: &Path) -> String {
     }
 }
 
+/// The path an [`identity`] names (what `doctor` shows of a kept key).
+pub(crate) fn identity_path(identity: &str) -> &str {
+    identity
+        .split(" dev=")
+        .next()
+        .and_then(|p| p.split(" missing (").next())
+        .unwrap_or(identity)
+}
+
 impl ProbeKey {
     /// The key for probing with `binary` (found on PATH if bare) and `kernel` now.
     /// None when the boot id cannot be read: without it a verdict cannot be tied to
@@ -160,6 +169,20 @@ mod tests {
         let got = load(root.path(), &again).expect("kept");
         assert_eq!(got.accel, Accel::Tcg);
         assert_eq!(got.notice.as_deref(), Some("KVM unusable (x)"));
+    }
+
+    #[test]
+    fn an_identity_names_its_path_present_or_missing() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("qemu");
+        std::fs::write(&file, b"q").unwrap();
+        let present = identity(&file);
+        assert_eq!(identity_path(&present), file.to_str().unwrap());
+        let gone = identity(&root.path().join("nope"));
+        assert_eq!(
+            identity_path(&gone),
+            root.path().join("nope").to_str().unwrap()
+        );
     }
 
     #[test]
