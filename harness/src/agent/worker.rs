@@ -120,7 +120,12 @@ impl AgentWorker {
                     } else {
                         perform(&mut client, job.request, &cancelled, &heard)
                     };
-                    if result.is_ok() {
+                    // A refusal is an answer too (a command the agent blocks).
+                    let answered = matches!(
+                        result,
+                        Ok(_) | Err(JobError::Agent(AgentError::Command { .. }))
+                    );
+                    if answered {
                         heard.fetch_add(1, Ordering::SeqCst);
                     }
                     post(Reply { id: job.id, result });

@@ -352,7 +352,8 @@ pub struct StallRecord {
     /// verdict it came (None: the boot printed nothing).
     pub last_console: Option<String>,
     pub console_silent_ms: Option<u64>,
-    /// How long before the verdict the agent last answered in this boot.
+    /// How long before the verdict the agent last answered in this boot (phase
+    /// `ready` only; None there: it never answered since the boot began).
     pub agent_silent_ms: Option<u64>,
     /// The kernel's own lockup or crash report, when it reached the console before
     /// the evidence was taken: it then names the hang.

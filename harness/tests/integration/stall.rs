@@ -129,6 +129,11 @@ steps = [
             .unwrap()
             .contains("hang_init: spinning forever in init"));
         assert!(stall["kernel_report"].is_null(), "{stall:#}");
+        assert_eq!(
+            stall["agent_silent_ms"].is_u64(),
+            phase == "ready",
+            "the agent's silence counts once ready: {stall:#}"
+        );
         // Before the kernel's report: it never reached the console.
         // One QEMU for both boots (the reboot is the guest's own): one console log.
         let console_log = out_dir

@@ -198,7 +198,12 @@ impl Machine<'_> {
                 .collect(),
             last_console: stall.last_console.as_ref().map(|(_, l)| l.clone()),
             console_silent_ms: stall.last_console.as_ref().map(|(at, _)| before(*at)),
-            agent_silent_ms: stall.last_agent.map(before),
+            // Before ready the agent is no signal (a reply that comes after the
+            // reset, such as the reboot request's own, belongs to the boot before).
+            agent_silent_ms: stall
+                .last_agent
+                .filter(|_| stall.agent_expected)
+                .map(before),
             kernel_report: None,
         }
     }
