@@ -61,6 +61,9 @@ impl Machine<'_> {
         if let Some(t) = self.stall.as_mut() {
             t.watch.begin_boot();
             t.ping = None;
+            // No stall fits in less than the window, so nothing is sampled at the
+            // very start: a scenario over in half a second sends no query at all.
+            t.next_sample = Instant::now() + STALL_SAMPLE_INTERVAL;
         }
     }
 
@@ -241,4 +244,42 @@ fn describe(record: &StallRecord, window: Duration) -> String {
         human_duration(window),
         vcpus.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(phase: &str) -> StallRecord {
+        StallRecord {
+            boot_index: 2,
+            phase: phase.into(),
+            window_ms: 10_000,
+            since_ms: 8_092,
+            stalled_ms: 10_003,
+            samples: 21,
+            vcpu_ms: Some(8_570),
+            signals: vec!["vcpu".into(), "console".into()],
+            vcpus: vec![StalledVcpu {
+                index: 0,
+                rip: "0xffffffffc058e013".into(),
+                state: "spinning in the kernel".into(),
+            }],
+            last_console: Some("[    5.406605] hang_init: spinning forever in init".into()),
+            console_silent_ms: Some(10_452),
+            agent_silent_ms: None,
+            kernel_report: None,
+        }
+    }
+
+    #[test]
+    fn the_hang_names_the_stall_the_vcpu_and_the_last_console_line() {
+        let text = describe(&record("before_ready"), Duration::from_secs(10));
+        assert_eq!(
+            text,
+            "the guest made no progress for 10.0 s in boot 2 (stall detector, window 10.0 s: vCPU 0 spinning in the kernel at RIP 0xffffffffc058e013; console silent since \"[    5.406605] hang_init: spinning forever in init\", 8.6 s of vCPU time)"
+        );
+        let ready = describe(&record("ready"), Duration::from_secs(10));
+        assert!(ready.contains(", guest agent silent,"), "{ready}");
+    }
 }
