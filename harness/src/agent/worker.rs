@@ -92,6 +92,10 @@ pub(crate) struct AgentWorker {
     jobs: Sender<Job>,
     /// Jobs with an id below this are cancelled at their next check.
     cancel_below: Arc<AtomicU64>,
+    /// How many times the agent has answered (every reply, including each
+    /// `guest-exec-status` poll of a running command): the stall detector's sign
+    /// that the guest still schedules, even while a long command runs.
+    answered: Arc<AtomicU64>,
     next_id: u64,
 }
 
@@ -103,6 +107,8 @@ impl AgentWorker {
         let (jobs, rx) = mpsc::channel::<Job>();
         let cancel_below = Arc::new(AtomicU64::new(0));
         let cancel = Arc::clone(&cancel_below);
+        let answered = Arc::new(AtomicU64::new(0));
+        let heard = Arc::clone(&answered);
         std::thread::Builder::new()
             .name("agent".into())
             .spawn(move || {
@@ -112,16 +118,30 @@ impl AgentWorker {
                     let result = if cancelled() {
                         Err(JobError::Cancelled)
                     } else {
-                        perform(&mut client, job.request, &cancelled)
+                        perform(&mut client, job.request, &cancelled, &heard)
                     };
+                    // A refusal is an answer too (a command the agent blocks).
+                    let answered = matches!(
+                        result,
+                        Ok(_) | Err(JobError::Agent(AgentError::Command { .. }))
+                    );
+                    if answered {
+                        heard.fetch_add(1, Ordering::SeqCst);
+                    }
                     post(Reply { id: job.id, result });
                 }
             })?;
         Ok(AgentWorker {
             jobs,
             cancel_below,
+            answered,
             next_id: 1,
         })
+    }
+
+    /// How many times the agent has answered so far (see the field).
+    pub(crate) fn answered(&self) -> u64 {
+        self.answered.load(Ordering::SeqCst)
     }
 
     /// Queues a request; its reply carries the returned id.
@@ -144,6 +164,7 @@ fn perform(
     client: &mut AgentClient,
     request: Request,
     cancelled: &dyn Fn() -> bool,
+    heard: &AtomicU64,
 ) -> Result<Answer, JobError> {
     match request {
         Request::WaitReady => loop {
@@ -165,6 +186,7 @@ fn perform(
                     return Err(JobError::Cancelled);
                 }
                 let status = client.exec_status(pid, REQUEST_TIMEOUT)?;
+                heard.fetch_add(1, Ordering::SeqCst);
                 if status.exited {
                     return Ok(Answer::Exited(status));
                 }

@@ -6,10 +6,13 @@
 //!   parameters QEMU puts in GUEST_PANICKED.
 //! - [`win_dump`]: the header of a WinDbg kernel dump (QEMU's `win-dmp`, a guest's
 //!   MEMORY.DMP or minidump): which bugcheck it records.
+//! - [`stall`]: whether a running guest stopped making progress (vCPUs parked,
+//!   console and agent silent) for the stall window.
 
 pub(crate) mod boot_watch;
 pub(crate) mod bugcheck;
 pub mod console;
+pub(crate) mod stall;
 pub(crate) mod win_dump;
 
 pub use console::{

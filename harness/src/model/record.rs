@@ -320,6 +320,54 @@ pub struct ScenarioRecord {
     /// is the last attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
+    /// What the stall detector saw each time it called a hang (the hang itself is in
+    /// `hangs`, or in the boot loop it made after a crash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stalls: Vec<StallRecord>,
+}
+
+/// A hang the stall detector decided: the guest made no progress for the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StallRecord {
+    /// The boot that stalled.
+    pub boot_index: u32,
+    /// `before_ready` (no agent yet: vCPUs and console) or `ready` (the agent's
+    /// silence counted too).
+    pub phase: String,
+    /// The stall window in force.
+    pub window_ms: u64,
+    /// When the run without progress began, in ms from the scenario's start, and
+    /// how long it lasted until the verdict.
+    pub since_ms: u64,
+    pub stalled_ms: u64,
+    /// vCPU samples taken during it.
+    pub samples: u32,
+    /// CPU time QEMU's vCPU threads used during it (None: not readable).
+    pub vcpu_ms: Option<u64>,
+    /// The signals that showed no progress: `vcpu`, `console`, `agent`.
+    pub signals: Vec<String>,
+    /// The parked vCPUs: where each sat and how.
+    pub vcpus: Vec<StalledVcpu>,
+    /// The boot's last console line before the silence, and how long before the
+    /// verdict it came (None: the boot printed nothing).
+    pub last_console: Option<String>,
+    pub console_silent_ms: Option<u64>,
+    /// How long before the verdict the agent last answered in this boot (phase
+    /// `ready` only; None there: it never answered since the boot began).
+    pub agent_silent_ms: Option<u64>,
+    /// The kernel's own lockup or crash report, when it reached the console before
+    /// the evidence was taken: it then names the hang.
+    pub kernel_report: Option<String>,
+}
+
+/// One vCPU the stall detector found parked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StalledVcpu {
+    pub index: usize,
+    /// Its instruction pointer, in hex.
+    pub rip: String,
+    /// `spinning in the kernel` or `halted with interrupts off`.
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

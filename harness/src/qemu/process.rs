@@ -164,8 +164,8 @@ impl ProcessGuard {
         }
     }
 
-    /// The leader's pid: the tests check the group is gone after teardown.
-    #[cfg(test)]
+    /// The leader's pid: the tests check the group is gone after teardown, the
+    /// stall detector reads QEMU's vCPU threads under it.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

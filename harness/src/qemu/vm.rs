@@ -460,6 +460,11 @@ impl Vm {
         &mut self.agent
     }
 
+    /// QEMU's process id (its vCPU threads' CPU time is read under it).
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     pub fn qmp(&self) -> Option<&QmpClient> {
         self.qmp.as_ref()
     }

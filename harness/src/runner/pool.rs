@@ -385,6 +385,7 @@ impl Pool<'_> {
             queued_ms: self.started.elapsed().as_millis() as u64,
             worker,
             attempts: Vec::new(),
+            stalls: Vec::new(),
         }
     }
 }
@@ -400,6 +401,7 @@ impl ScenarioRun {
         record.crashes = outcome.crashes;
         record.hangs = outcome.hangs;
         record.hang_screenshots = outcome.hang_screenshots;
+        record.stalls = outcome.stalls;
         record.boot_loop = outcome.boot_loop;
         record.recovery = outcome.recovery;
         self.argvs = outcome.argvs;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::schema::{opt_duration, opt_recovery_settle};
+use super::schema::{opt_duration, opt_recovery_settle, opt_stall_window};
 use super::validate;
 use super::{
     Drill, Driver, Evidence, Expect, Gates, Rollout, Step, Suite, SuiteError,
@@ -212,6 +212,10 @@ pub fn parse_with(path: &Path, text: &str, policy: PathPolicy) -> Result<Suite, 
         image,
         boot_timeout: raw.suite.boot_timeout,
         recovery_settle: raw.suite.recovery_settle,
+        stall_window: raw
+            .suite
+            .stall_window
+            .unwrap_or(Some(super::DEFAULT_STALL_WINDOW)),
         evidence: raw.suite.evidence,
         standalone: raw.suite.standalone,
         drivers,
@@ -263,6 +267,9 @@ pub(super) struct RawSuite {
     boot_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "opt_recovery_settle")]
     recovery_settle: Option<Duration>,
+    /// Outer None: not written (the default); `Some(None)`: off.
+    #[serde(default, deserialize_with = "opt_stall_window")]
+    stall_window: Option<Option<Duration>>,
     #[serde(default)]
     evidence: Evidence,
     #[serde(default)]

@@ -27,7 +27,7 @@ pub(crate) use schema::{duration, opt_command_timeout};
 pub use schema::{
     parse_duration, Driver, DumpPolicy, Evidence, Expect, Gates, Ring, Rollout, Scenario, Suite,
     Target, DEFAULT_BOOT_LOOP_BOOTS, DEFAULT_DUMP_MAX_MIB, DEFAULT_RECOVERY_SETTLE,
-    MAX_RECOVERY_SETTLE,
+    DEFAULT_STALL_WINDOW, MAX_RECOVERY_SETTLE, MAX_STALL_WINDOW, MIN_STALL_WINDOW,
 };
 pub(crate) use step::{check_verifier_flags, VERIFIER_OK_EXITS};
 pub use step::{

@@ -23,6 +23,9 @@ pub struct Suite {
     pub boot_timeout: Option<Duration>,
     /// The suite's default for its scenarios' `recovery_settle`.
     pub recovery_settle: Option<Duration>,
+    /// How long a guest may make no progress before it is a hang (the stall
+    /// detector, `detect::stall`); None: `stall_window = "off"`.
+    pub stall_window: Option<Duration>,
     pub evidence: Evidence,
     /// Runs only when named (`bootgate run FILE`), not with the rest of its folder.
     pub standalone: bool,
@@ -246,6 +249,43 @@ pub(super) fn opt_recovery_settle<'de, D: Deserializer<'de>>(
         )));
     }
     Ok(Some(window))
+}
+
+/// Default `stall_window`: a guest that makes no progress this long is a hang. The
+/// kernel's own reports come later (the demo's spinning `hang_init`: an RCU stall
+/// ~21 s in, a soft lockup ~49 s in, measured under TCG) and Windows makes none; 10
+/// s is twenty vCPU samples, well past any spin a healthy guest does in the kernel
+/// at one place (an idle guest halts, a busy one moves or answers its agent).
+pub const DEFAULT_STALL_WINDOW: Duration = Duration::from_secs(10);
+/// Shortest `stall_window`: a few vCPU samples (`runner::scenario::stall`'s interval).
+pub const MIN_STALL_WINDOW: Duration = Duration::from_secs(2);
+/// Longest `stall_window`: past this the kernel's own lockup report decides first.
+pub const MAX_STALL_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// `stall_window`: a duration, or `"off"` / `"0"` / `0` for no stall detector.
+/// `Some(None)` is off. A bad value fails the parse, which names file, line and
+/// column.
+pub(super) fn opt_stall_window<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Duration>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Number(i64),
+    }
+    let written = match Written::deserialize(d)? {
+        Written::Text(text) => text,
+        Written::Number(0) => return Ok(Some(None)),
+        Written::Number(n) => {
+            return Err(serde::de::Error::custom(format!(
+                "`stall_window` {n} has no unit: write a duration like \"{n}s\", or \"off\""
+            )))
+        }
+    };
+    super::validate::stall_window(&written)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Longest budget a suite step or an image manifest may give one guest command.

@@ -680,3 +680,54 @@ fn step_timeouts_and_verifier_flags_parse_and_bad_ones_are_located() {
         }
     }
 }
+
+#[test]
+fn stall_window_defaults_is_set_or_turned_off() {
+    assert_eq!(
+        parse_str(GOOD).unwrap().stall_window,
+        Some(DEFAULT_STALL_WINDOW)
+    );
+    let with = |value: &str| {
+        GOOD.replace(
+            "boot_timeout = \"90s\"",
+            &format!("boot_timeout = \"90s\"\nstall_window = {value}"),
+        )
+    };
+    assert_eq!(
+        parse_str(&with("\"4s\"")).unwrap().stall_window,
+        Some(Duration::from_secs(4))
+    );
+    for off in ["\"off\"", "\"OFF\"", "\"0s\"", "\"0\"", "0"] {
+        assert_eq!(parse_str(&with(off)).unwrap().stall_window, None, "{off}");
+    }
+}
+
+#[test]
+fn a_bad_stall_window_is_located() {
+    let with = |value: &str| {
+        GOOD.replace(
+            "boot_timeout = \"90s\"",
+            &format!("boot_timeout = \"90s\"\nstall_window = {value}"),
+        )
+    };
+    let cases = [
+        (
+            "\"1s\"",
+            "`stall_window` 1s is shorter than the shortest allowed, 2s",
+        ),
+        (
+            "\"11m\"",
+            "`stall_window` 11m is longer than the longest allowed, 10m",
+        ),
+        ("\"soon\"", "`stall_window`: invalid duration \"soon\""),
+        (
+            "10",
+            "`stall_window` 10 has no unit: write a duration like \"10s\"",
+        ),
+    ];
+    for (value, expected) in cases {
+        let (line, column, message) = invalid(&with(value));
+        assert_eq!((line, column), (6, 16), "{value}: {message}");
+        assert!(message.contains(expected), "{value}: {message}");
+    }
+}

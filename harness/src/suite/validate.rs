@@ -492,3 +492,34 @@ pub(crate) fn valid_name(name: &str) -> bool {
 pub(super) fn name_error(what: &str, name: &str) -> String {
     format!("{what} {name:?} must start with a letter or digit and use only letters, digits, '-', '_' and '.' (at most {MAX_NAME_CHARS}): names become folder names in the results")
 }
+
+/// A written `stall_window`: `"off"` or a zero duration disables the detector;
+/// otherwise a duration between [`super::MIN_STALL_WINDOW`] and
+/// [`super::MAX_STALL_WINDOW`].
+pub(super) fn stall_window(text: &str) -> Result<Option<std::time::Duration>, String> {
+    use super::{MAX_STALL_WINDOW, MIN_STALL_WINDOW};
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let window = super::schema::parse_duration(text)
+        .map_err(|e| format!("`stall_window`: {e}, or \"off\""))?;
+    if window.is_zero() {
+        return Ok(None);
+    }
+    let human = |d| humantime::format_duration(d).to_string();
+    if window < MIN_STALL_WINDOW {
+        return Err(format!(
+            "`stall_window` {} is shorter than the shortest allowed, {}: the detector decides on several vCPU samples",
+            human(window),
+            human(MIN_STALL_WINDOW)
+        ));
+    }
+    if window > MAX_STALL_WINDOW {
+        return Err(format!(
+            "`stall_window` {} is longer than the longest allowed, {}: the kernel's own lockup report decides long before",
+            human(window),
+            human(MAX_STALL_WINDOW)
+        ));
+    }
+    Ok(Some(window))
+}

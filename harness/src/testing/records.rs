@@ -65,6 +65,7 @@ pub fn scenario(suite: &str, name: &str, verdict: Verdict) -> ScenarioRecord {
         queued_ms: 0,
         worker: 0,
         attempts: Vec::new(),
+        stalls: Vec::new(),
     }
 }
 

@@ -248,6 +248,20 @@ impl BootWatch {
         self.reboot_asked = true;
     }
 
+    /// A reboot was asked for and has not begun: the agent is going away on purpose.
+    pub(crate) fn reboot_asked(&self) -> bool {
+        self.reboot_asked
+    }
+
+    /// The title of this boot's first hang or crash report on the console, if any:
+    /// what names a hang the stall detector decided first.
+    pub(crate) fn console_report(&self) -> Option<&str> {
+        self.detector
+            .first_of(CrashClass::Hang)
+            .or_else(|| self.detector.first_of(CrashClass::Crash))
+            .map(|c| c.title.as_str())
+    }
+
     /// The reboot asked for will not come (the request failed or timed out).
     pub(crate) fn cancel_reboot(&mut self) {
         self.reboot_asked = false;

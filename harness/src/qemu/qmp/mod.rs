@@ -617,5 +617,7 @@ fn reader_loop(
     let _ = events.send(QmpMessage::Closed(outcome));
 }
 
+pub(crate) mod vcpu;
+
 #[cfg(test)]
 mod tests;

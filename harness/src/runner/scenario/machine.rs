@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::capture::NextBoot;
 use super::crash_watch::RecoveryWatch;
+use super::stall::StallTracker;
 use super::{Findings, Stop};
 use crate::agent::worker::{Answer, JobError, Request};
 use crate::detect::boot_watch::{self, BootWatch, Happening};
@@ -61,6 +62,8 @@ pub(super) struct Machine<'a> {
     /// The guest's clock minus the host's, as last measured at a ready Windows boot
     /// (guest_dumps.rs): file times read off the stopped disk are compared with it.
     pub(super) clock_skew: Option<jiff::SignedDuration>,
+    /// The stall detector (stall.rs); None when the suite turned it off.
+    pub(super) stall: Option<StallTracker>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -78,6 +81,8 @@ pub(super) struct MachineSetup<'a> {
     /// The scenario's `recovery_settle`: how long a boot after a crash must stay up
     /// past ready to count as the recovery (stretched by later crashes it saw).
     pub(super) recovery_settle: Duration,
+    /// The suite's `stall_window` (None: off).
+    pub(super) stall_window: Option<Duration>,
 }
 
 /// The QEMU processes of one machine and what they share.
@@ -107,6 +112,7 @@ impl<'a> Machine<'a> {
     pub(super) fn new(setup: MachineSetup<'a>, vmdir: VmDir) -> Machine<'a> {
         let t0 = Instant::now();
         Machine {
+            stall: setup.stall_window.map(StallTracker::new),
             profile: setup.manifest.guest_profile(),
             setup,
             t0,
@@ -182,6 +188,7 @@ impl Machine<'_> {
             vm.started
         };
         self.qemu.vm = Some(vm);
+        self.stall_new_qemu();
         self.begin_boot(started, extra_append);
         if let Some(boot) = self.found.boots.last_mut() {
             boot.restored = restore.is_some();
@@ -232,6 +239,7 @@ impl Machine<'_> {
     /// Adds the boot the watch just began to the boots list.
     fn record_boot(&mut self, at: Instant, extra_append: Option<String>) {
         self.ready_at = None;
+        self.stall_begin_boot();
         let start_ms = self.offset(at);
         self.found.boots.push(BootRecord {
             index: self.watch.boot(),
@@ -273,12 +281,16 @@ impl Machine<'_> {
                     return Ok(wake);
                 }
             }
+            self.stall_tick(Instant::now())?;
             let now = Instant::now();
             if now >= deadline {
                 return Ok(Wake::Deadline);
             }
             let mut wait = (deadline - now).min(INTERRUPT_CHECK);
-            if let Some(at) = self.watch.wake_at() {
+            for at in [self.watch.wake_at(), self.stall_wake_at()]
+                .into_iter()
+                .flatten()
+            {
                 wait = wait.min(at.saturating_duration_since(now));
             }
             let signal = match self.vm()?.signals.recv_timeout(wait) {
@@ -289,9 +301,11 @@ impl Machine<'_> {
                 }
             };
             let happening = match signal {
-                Signal::Console(line) => self
-                    .watch
-                    .feed(boot_watch::Signal::Console(&line.text), line.at),
+                Signal::Console(line) => {
+                    self.stall_console(&line.text, line.at);
+                    self.watch
+                        .feed(boot_watch::Signal::Console(&line.text), line.at)
+                }
                 Signal::Qmp(QmpMessage::Event(event)) => self.watch.feed(
                     boot_watch::Signal::Qmp {
                         name: &event.name,
@@ -304,6 +318,7 @@ impl Machine<'_> {
                         .map_or_else(|| "QMP closed".to_string(), |e| format!("QMP closed: {e}"));
                     return Err(self.qemu_gone(&why));
                 }
+                Signal::Agent(reply) if self.stall_own_reply(reply.id) => None,
                 Signal::Agent(reply) => return Ok(Wake::Agent(reply.id, reply.result)),
             };
             if let Some(wake) = happening.map(|h| self.act_on(h)).transpose()?.flatten() {

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use crate::image::manifest::Manifest;
 use crate::model::record::{
-    BootRecord, CrashRecord, RecoveryRecord, StepOutcome, StepRecord, Verdict,
+    BootRecord, CrashRecord, RecoveryRecord, StallRecord, StepOutcome, StepRecord, Verdict,
 };
 use crate::model::Emitter;
 use crate::qemu::accel::Accel;
@@ -40,6 +40,7 @@ mod guest_dumps;
 mod machine;
 pub(crate) mod ntfs;
 mod recovery;
+mod stall;
 mod steps;
 
 use crash_watch::Watched;
@@ -82,6 +83,7 @@ pub(crate) struct ScenarioOutcome {
     pub crashes: Vec<CrashRecord>,
     pub hangs: Vec<String>,
     pub hang_screenshots: Vec<String>,
+    pub stalls: Vec<StallRecord>,
     pub boot_loop: bool,
     pub recovery: Option<RecoveryRecord>,
     pub argvs: Vec<Vec<String>>,
@@ -125,6 +127,8 @@ struct Findings {
     crashes: Vec<CrashRecord>,
     hangs: Vec<String>,
     hang_screenshots: Vec<String>,
+    /// What the stall detector saw of each hang it decided.
+    stalls: Vec<StallRecord>,
     boot_loop: bool,
     /// Why the boot after a crash never became ready, when that made the loop.
     stalled_after_crash: Option<String>,
@@ -209,6 +213,7 @@ fn not_started(reason: String) -> ScenarioOutcome {
         crashes: Vec::new(),
         hangs: Vec::new(),
         hang_screenshots: Vec::new(),
+        stalls: Vec::new(),
         boot_loop: false,
         recovery: None,
         argvs: Vec::new(),
@@ -259,6 +264,7 @@ fn open_machine<'a>(
             boot_timeout,
             follow_crash: ctx.watch_after_crash,
             recovery_settle: ctx.scenario.recovery_settle,
+            stall_window: ctx.suite.stall_window,
         },
         vmdir,
     );
@@ -379,6 +385,7 @@ fn finish(
         crashes: found.crashes,
         hangs: found.hangs,
         hang_screenshots: found.hang_screenshots,
+        stalls: found.stalls,
         boot_loop: found.boot_loop,
         recovery,
         argvs: std::mem::take(&mut m.qemu.argvs),

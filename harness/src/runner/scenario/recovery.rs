@@ -111,6 +111,9 @@ impl Machine<'_> {
                 boot_timeout: self.setup.boot_timeout,
                 follow_crash: false,
                 recovery_settle: self.setup.recovery_settle,
+                // A helper VM runs the harness's own work: its waits have their
+                // timeouts, and a stall there is no verdict on the product.
+                stall_window: None,
             },
             vmdir,
         );
