@@ -20,7 +20,7 @@ use crate::qemu::accel::{self, Accel, AccelChoice, AccelDecision};
 use crate::qemu::snapshot::{self, SavedState, SnapshotError, StateSetup};
 use crate::qemu::{self, QemuTools, ToolError};
 use crate::suite::{self, Step, Suite, Target};
-use crate::util::sha256_file;
+use crate::util::digest_cache::DigestCache;
 
 /// The candidate drivers of one suite by name: built (or prebuilt), or why not.
 /// A driver that cannot be built fails only the scenarios that use it.
@@ -51,10 +51,10 @@ impl RunFolder {
     }
 }
 
-/// The QEMU version, once both QEMU and qemu-img answered.
+/// The QEMU version, once both QEMU and qemu-img answered (kept for this host boot).
 pub(crate) fn qemu_version(tools: &QemuTools) -> Result<String, ToolError> {
-    let version = qemu::version(&tools.system)?;
-    qemu::version(&tools.img)?;
+    let version = qemu::version_kept(&tools.system)?;
+    qemu::version_kept(&tools.img)?;
     Ok(version)
 }
 
@@ -166,22 +166,34 @@ pub(crate) fn build_drivers(
     drivers
 }
 
-/// The files whose sha256 a run records, each once, in the order first met.
-#[derive(Default)]
+/// The files whose sha256 a run records, each once, in the order first met; a
+/// digest is the kept one while the file is unchanged (`util::digest_cache`).
 struct Inputs {
+    digests: DigestCache,
     seen: BTreeSet<PathBuf>,
     hashes: Vec<FileHash>,
 }
 
 impl Inputs {
+    fn new(digests: DigestCache) -> Inputs {
+        Inputs {
+            digests,
+            seen: BTreeSet::new(),
+            hashes: Vec::new(),
+        }
+    }
+
     fn add(&mut self, file: &Path) -> Result<(), RunError> {
         if !self.seen.insert(file.to_path_buf()) {
             return Ok(());
         }
-        let sha256 = sha256_file(file).map_err(|source| RunError::Results {
-            path: file.to_path_buf(),
-            source,
-        })?;
+        let sha256 = self
+            .digests
+            .sha256(file)
+            .map_err(|source| RunError::Results {
+                path: file.to_path_buf(),
+                source,
+            })?;
         self.hashes.push(FileHash {
             path: file.display().to_string(),
             sha256,
@@ -350,7 +362,7 @@ impl Prepared {
         selected: &[(&Suite, usize)],
         timings_file: Option<&Path>,
     ) -> Result<(), RunError> {
-        let mut inputs = Inputs::default();
+        let mut inputs = Inputs::new(DigestCache::under(&crate::cache::cache_root()));
         if let Some(file) = timings_file {
             inputs.add(file)?;
         }
@@ -396,7 +408,7 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, "a").unwrap();
         std::fs::write(&b, "b").unwrap();
-        let mut inputs = Inputs::default();
+        let mut inputs = Inputs::new(DigestCache::under(dir.path()));
         for file in [&b, &a, &b] {
             inputs.add(file).unwrap();
         }
