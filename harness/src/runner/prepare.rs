@@ -15,6 +15,7 @@ use super::folder::{self, FolderError};
 use super::{RunError, RunOptions};
 use crate::image::{self, ImageError, Manifest};
 use crate::model::record::{DriverBuilds, FileHash, QemuInfo};
+use crate::model::timings::Timings;
 use crate::model::Emitter;
 use crate::qemu::accel::{self, Accel, AccelChoice, AccelDecision};
 use crate::qemu::snapshot::{self, SavedState, SnapshotError, StateSetup};
@@ -251,6 +252,8 @@ pub(crate) struct Prepared {
     pub saved: BTreeMap<PathBuf, SavedState>,
     pub drivers: BTreeMap<PathBuf, Drivers>,
     pub inputs: Vec<FileHash>,
+    /// How long each preparation phase took.
+    pub timings: Timings,
 }
 
 impl Prepared {
@@ -263,23 +266,34 @@ impl Prepared {
         emitter: &Emitter,
     ) -> Result<Prepared, RunError> {
         let mut prepared = Prepared::default();
-        match qemu_version(&opts.tools) {
+        let mut timings = Timings::default();
+        match timings.time("tool versions", || qemu_version(&opts.tools)) {
             Err(problem) => prepared.qemu_problem = Some(problem.to_string()),
             // An empty shard runs nothing: no image, no accelerator probe.
             Ok(_) if selected.is_empty() => {}
             Ok(version) => {
                 prepared.qemu.version = Some(version);
-                prepared.resolve_images(selected, opts, emitter)?;
-                let decision =
-                    decide_accel(opts.accel, &opts.tools, prepared.manifests.values().next());
+                timings.time("image manifests", || {
+                    prepared.resolve_images(selected, opts, emitter)
+                })?;
+                let decision = timings.time("accelerator", || {
+                    decide_accel(opts.accel, &opts.tools, prepared.manifests.values().next())
+                });
                 prepared.qemu.accel = Some(decision.accel.as_str().into());
                 prepared.qemu.accel_notice = decision.notice.clone();
-                prepared.save_states(selected, &opts.tools, decision.accel, emitter);
+                timings.time("saved state lookup", || {
+                    prepared.save_states(selected, &opts.tools, decision.accel, emitter)
+                });
                 prepared.decision = Some(decision);
             }
         }
-        prepared.build_drivers(selected, opts.driver_builds, emitter);
-        prepared.digest_inputs(selected, opts.timings_file.as_deref())?;
+        timings.time("driver builds", || {
+            prepared.build_drivers(selected, opts.driver_builds, emitter)
+        });
+        timings.time("input hashing", || {
+            prepared.digest_inputs(selected, opts.timings_file.as_deref())
+        })?;
+        prepared.timings = timings;
         if let Some(required) = &opts.required_inputs {
             check_required(&prepared.inputs, required)?;
         }

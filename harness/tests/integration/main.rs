@@ -22,4 +22,5 @@ mod platform;
 mod rollout;
 mod shards;
 mod snapshot;
+mod startup;
 mod teardown;
