@@ -135,3 +135,26 @@ fn a_replaced_file_or_an_entry_for_another_path_is_hashed_again() {
     assert_eq!(cache.sha256(&a).unwrap(), sha256_bytes(b"cccc"));
     assert!(cache.sha256(&root.path().join("missing")).is_err());
 }
+
+/// A shared cache folder cannot plant digests: an entry file owned by another user
+/// is not used. (Making one needs root, as CI and this project's machines run; as
+/// another user the test checks only that this user's own entry is used.)
+#[test]
+fn an_entry_of_another_user_is_not_used() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = eager(root.path());
+    let disk = root.path().join("disk.img");
+    fs::write(&disk, b"content A").unwrap();
+    cache.sha256(&disk).unwrap();
+    plant(&cache, &disk);
+    assert_eq!(
+        cache.sha256(&disk).unwrap(),
+        "planted",
+        "this user's own entry"
+    );
+    if crate::util::host_identity::uid() == 0 {
+        let file = entry_file(&cache, &disk);
+        std::os::unix::fs::chown(&file, Some(12345), None).unwrap();
+        assert_eq!(cache.sha256(&disk).unwrap(), sha256_bytes(b"content A"));
+    }
+}
