@@ -118,3 +118,38 @@ fn a_suite_changed_in_place_with_its_old_mtime_is_hashed_again() {
         assert_eq!(input["sha256"], common::sha256(&path), "{}", path.display());
     }
 }
+
+/// After a run, `doctor` lists the tool answers kept for this boot and the kept
+/// input digests, each with the command that clears them.
+#[test]
+fn doctor_lists_the_kept_answers_and_digests_after_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = common::write(dir.path(), "suite.toml", SUITE);
+    let out = dir.path().join("out");
+    assert!(common::run_tcg(&suite, &out, &["-q"]).status.success());
+    let doctor = common::run(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    let kept: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("kept answer:"))
+        .collect();
+    for tool in [
+        "qemu-system-x86_64 --version",
+        "qemu-img --version",
+        "-sandbox",
+    ] {
+        assert!(
+            kept.iter()
+                .any(|l| l.contains(tool) && l.contains("rm -r ")),
+            "{tool} in\n{stdout}"
+        );
+    }
+    let digests = stdout
+        .lines()
+        .find(|l| l.contains("input digests:"))
+        .unwrap_or_else(|| panic!("input digests line in\n{stdout}"));
+    assert!(
+        digests.contains("rm -r ") && !digests.contains(" 0 kept"),
+        "{digests}"
+    );
+}
