@@ -30,6 +30,10 @@ pub(crate) const FOLDER: &str = "digests";
 /// some file systems keep whole or even seconds (FAT: 2 s), so a write just after
 /// the hashing can leave the recorded times unchanged.
 pub(crate) const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Entries kept at most: every path ever hashed gets one (test suites in temp
+/// folders, too), so past this the entries of files that are gone are dropped, then
+/// the least recently written, down to half.
+const MAX_ENTRIES: usize = 4096;
 
 /// What identifies a file's content without reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,9 +138,42 @@ impl DigestCache {
     /// Writes an entry whole or not at all; a cache that cannot be written only costs
     /// the next run its hashing.
     fn keep(&self, entry_file: &Path, entry: &Entry) {
+        let new = !entry_file.exists();
         if let Ok(text) = serde_json::to_vec(entry) {
             let _ = fs::create_dir_all(&self.dir);
             let _ = super::write_atomic(entry_file, &text);
+        }
+        if new {
+            self.prune(MAX_ENTRIES);
+        }
+    }
+
+    /// Keeps the folder at most `max` entries (see [`MAX_ENTRIES`]). Removing an
+    /// entry only costs its file a hashing.
+    fn prune(&self, max: usize) {
+        let Ok(listing) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<PathBuf> = listing.flatten().map(|e| e.path()).collect();
+        if entries.len() <= max {
+            return;
+        }
+        entries.retain(|file| {
+            let path = fs::read(file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
+                .map(|e| e.path);
+            let gone = path.is_none_or(|p| !p.exists());
+            if gone {
+                let _ = fs::remove_file(file);
+            }
+            !gone
+        });
+        if entries.len() > max {
+            entries.sort_by_key(|f| fs::metadata(f).and_then(|m| m.modified()).ok());
+            for file in &entries[..entries.len() - max / 2] {
+                let _ = fs::remove_file(file);
+            }
         }
     }
 }

@@ -86,6 +86,29 @@ pub(crate) fn store(root: &Path, key: &AnswerKey, answer: &str) {
     if let (Some(dir), Ok(text)) = (path.parent(), serde_json::to_vec_pretty(&kept)) {
         let _ = std::fs::create_dir_all(dir);
         let _ = super::write_atomic(&path, &text);
+        forget_other_boots(dir, &key.boot_id);
+    }
+}
+
+/// Removes the answers of boots other than `boot_id`: no key of a later run can
+/// match them. Only this user's files: a shared folder's others are left alone.
+fn forget_other_boots(dir: &Path, boot_id: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let mine = entry
+            .metadata()
+            .is_ok_and(|m| m.uid() == host_identity::uid());
+        let other_boot = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<KeptAnswer>(&b).ok())
+            .is_some_and(|k| k.key.boot_id != boot_id);
+        if mine && other_boot {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -183,6 +206,23 @@ mod tests {
             kept_or_ask(root.path(), Some(&key), || Ok::<_, ()>("ok".into())).unwrap(),
             "ok"
         );
+    }
+
+    #[test]
+    fn keeping_an_answer_forgets_the_answers_of_other_boots() {
+        let root = tempfile::tempdir().unwrap();
+        let tool = tool(root.path());
+        let old = AnswerKey::with_boot_id("b1".into(), "--version", &tool, vec![]);
+        store(root.path(), &old, "7.2");
+        let new = AnswerKey::with_boot_id("b2".into(), "--version", &tool, vec![]);
+        store(root.path(), &new, "7.2");
+        assert!(
+            load(root.path(), &old).is_none(),
+            "the old boot's answer is gone"
+        );
+        assert_eq!(load(root.path(), &new).as_deref(), Some("7.2"));
+        let files = std::fs::read_dir(root.path().join(FOLDER)).unwrap().count();
+        assert_eq!(files, 1);
     }
 
     #[test]

@@ -158,3 +158,30 @@ fn an_entry_of_another_user_is_not_used() {
         assert_eq!(cache.sha256(&disk).unwrap(), sha256_bytes(b"content A"));
     }
 }
+
+/// The folder stays bounded: past the limit, entries of files that are gone go
+/// first, then the oldest, down to half; a kept file's entry is still used after.
+#[test]
+fn entries_of_gone_files_are_pruned_past_the_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = eager(root.path());
+    let files: Vec<PathBuf> = (0..6)
+        .map(|i| {
+            let file = root.path().join(format!("f{i}"));
+            fs::write(&file, format!("{i}")).unwrap();
+            cache.sha256(&file).unwrap();
+            file
+        })
+        .collect();
+    let count = || fs::read_dir(root.path().join(FOLDER)).unwrap().count();
+    assert_eq!(count(), 6);
+    for gone in &files[..3] {
+        fs::remove_file(gone).unwrap();
+    }
+    cache.prune(4);
+    assert_eq!(count(), 3, "the three gone files' entries went");
+    plant(&cache, &files[5]);
+    assert_eq!(cache.sha256(&files[5]).unwrap(), "planted");
+    cache.prune(2);
+    assert_eq!(count(), 1, "then the oldest, down to half the limit");
+}
