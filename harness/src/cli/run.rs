@@ -25,6 +25,9 @@ pub fn run(args: RunArgs) -> Exit {
     };
     let mut startup_phases = Timings::default();
     startup_phases.since("start-up and suite load", timings::process_start());
+    let began = std::time::Instant::now();
+    let defaults = super::run_options();
+    startup_phases.since("options (QEMU's -sandbox probe)", began);
     let expected_ms = match &args.shard_timings {
         Some(file) => match shard::durations_from_run(file) {
             Ok(durations) => durations,
@@ -61,7 +64,7 @@ pub fn run(args: RunArgs) -> Exit {
         expected_ms,
         timings_file,
         startup_phases,
-        ..super::run_options()
+        ..defaults
     };
     if args.list {
         for (suite, index) in runner::select(&suites, &options) {

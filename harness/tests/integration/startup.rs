@@ -39,6 +39,7 @@ fn a_run_records_its_phases_and_verbose_prints_them() {
     let names: Vec<&str> = phases.iter().map(|(n, _)| *n).collect();
     for expected in [
         "start-up and suite load",
+        "options (QEMU's -sandbox probe)",
         "tool versions",
         "image manifests",
         "saved state lookup",
