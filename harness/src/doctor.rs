@@ -9,6 +9,11 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::qemu::{self, accel, QemuTools, INSTALL_HINT};
+use crate::util::{digest_cache, host_identity, kept_answers};
+
+/// How much of a kept question `doctor` shows (the build sandbox's is its whole
+/// bwrap command line).
+const KEPT_QUESTION_CHARS: usize = 60;
 
 /// Free space below which a results or cache folder is reported as a problem.
 const MIN_FREE_BYTES: u64 = 2 << 30;
@@ -50,7 +55,8 @@ pub fn run(out: &mut dyn Write, build_sandbox: Result<(), String>) -> bool {
         ),
     };
     if system.is_ok() {
-        if tools.sandbox {
+        // Asked afresh: the check is of the binary now, not of a kept answer.
+        if qemu::sandbox_supported(&tools.system) {
             line(
                 true,
                 "sandbox",
@@ -107,6 +113,7 @@ pub fn run(out: &mut dyn Write, build_sandbox: Result<(), String>) -> bool {
             );
         }
     }
+    kept_lines(&mut line);
     for (tool, package) in RECIPE_TOOLS {
         ok &= if qemu::find_in_path(tool).is_some() {
             line(true, tool, "found")
@@ -180,6 +187,48 @@ pub fn run(out: &mut dyn Write, build_sandbox: Result<(), String>) -> bool {
         let _ = writeln!(out, "{tag} {what}: {state}; {text}");
     }
     ok
+}
+
+/// What runs reuse instead of asking again: tool answers kept for this boot and the
+/// input digests, each with how to clear it.
+fn kept_lines(line: &mut dyn FnMut(bool, &str, &str) -> bool) {
+    let root = crate::cache::cache_root();
+    let probes = root.join(kept_answers::FOLDER);
+    for kept in kept_answers::kept_for_this_boot(&root) {
+        let tool = host_identity::identity_path(&kept.key.tool);
+        let question = kept
+            .key
+            .question
+            .chars()
+            .take(KEPT_QUESTION_CHARS)
+            .collect::<String>();
+        let ellipsis = if kept.key.question.chars().count() > KEPT_QUESTION_CHARS {
+            "..."
+        } else {
+            ""
+        };
+        line(
+            true,
+            "kept answer",
+            &format!(
+                "`{tool} {question}{ellipsis}` answered {:?} this boot; runs reuse it until a reboot or a change of the binary (ask again: rm -r {})",
+                kept.answer,
+                probes.display()
+            ),
+        );
+    }
+    let digests = root.join(digest_cache::FOLDER);
+    let count = std::fs::read_dir(&digests).map_or(0, |d| d.flatten().count());
+    line(
+        true,
+        "input digests",
+        &format!(
+            "{count} kept in {}: reused only while a file's device, inode, size, mtime and ctime are unchanged and its last change is {} s older than its hashing (hash all again: rm -r {})",
+            digests.display(),
+            digest_cache::RACY_WINDOW.as_secs(),
+            digests.display()
+        ),
+    );
 }
 
 /// The newest complete demo image in the cache, whatever its key.

@@ -9,6 +9,8 @@ use cli::args::{Cli, Command, ImageCommand};
 use cli::{fuzz, host, offline, results, rollout, run};
 
 fn main() -> std::process::ExitCode {
+    // The clock `-v`'s phases and run.json's timings count from.
+    bootgate::model::timings::process_start();
     let parsed = match Cli::try_parse() {
         Ok(parsed) => parsed,
         Err(e) => return cli::exit::parse_error(&e).into(),

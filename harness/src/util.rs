@@ -7,13 +7,22 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub(crate) mod digest_cache;
+pub(crate) mod host_identity;
+pub(crate) mod kept_answers;
+
 /// Lowercase hex sha256 of a file's bytes, streamed so big disk images stay out of memory.
+/// Inputs that may be large go through [`digest_cache::DigestCache`] instead.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = fs::File::open(path)?;
+    sha256_reader(&mut fs::File::open(path)?)
+}
+
+/// Lowercase hex sha256 of everything `reader` yields, read in 1 MiB chunks.
+pub(crate) fn sha256_reader(reader: &mut impl Read) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf)?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }

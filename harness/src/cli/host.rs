@@ -14,7 +14,7 @@ pub fn doctor(args: DoctorArgs) -> Exit {
             bootgate::confine::PathPolicy::allowing_outside(args.allow_outside_paths),
             &mut stdout,
         ),
-        None => doctor::run(&mut stdout, runner::build_sandbox::probe()),
+        None => doctor::run(&mut stdout, runner::build_sandbox::probe_fresh()),
     };
     // Each failed check already printed what to do; a host that is not ready is
     // infrastructure trouble, as a run on it would be.

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use bootgate::model::run_file::RUN_JSON;
+use bootgate::model::timings::{self, Timings};
 use bootgate::model::DriverBuilds;
 use bootgate::model::Emitter;
 use bootgate::runner::options::DEFAULT_OUT_DIR;
@@ -22,6 +23,11 @@ pub fn run(args: RunArgs) -> Exit {
         // A suite that does not load is a suite error, whatever the cause.
         Err(e) => return fail(&e, Exit::Usage),
     };
+    let mut startup_phases = Timings::default();
+    startup_phases.since("start-up and suite load", timings::process_start());
+    let began = std::time::Instant::now();
+    let defaults = super::run_options();
+    startup_phases.since("options (QEMU's -sandbox probe)", began);
     let expected_ms = match &args.shard_timings {
         Some(file) => match shard::durations_from_run(file) {
             Ok(durations) => durations,
@@ -57,7 +63,8 @@ pub fn run(args: RunArgs) -> Exit {
         shard: args.shard,
         expected_ms,
         timings_file,
-        ..super::run_options()
+        startup_phases,
+        ..defaults
     };
     if args.list {
         for (suite, index) in runner::select(&suites, &options) {
@@ -118,7 +125,24 @@ fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) 
     super::install_interrupt_handler();
     let emitter = Emitter::new(report_sinks(verbosity));
     match runner::run(suites, options, &emitter) {
-        Ok((record, _dir)) => record.outcome().exit_code(),
+        Ok((record, _dir)) => {
+            if verbosity == Verbosity::Verbose {
+                print_phases(&record.timings);
+            }
+            record.outcome().exit_code()
+        }
         Err(e) => fail(&e, e.exit_code()),
     }
+}
+
+/// `-v`: one line per phase of the command (start, duration, name), then the whole.
+fn print_phases(phases: &Timings) {
+    eprintln!("phases (ms from start, duration):");
+    for line in phases.lines() {
+        eprintln!("  {line}");
+    }
+    eprintln!(
+        "  whole command so far: {:.1} ms",
+        timings::process_start().elapsed().as_secs_f64() * 1000.0
+    );
 }

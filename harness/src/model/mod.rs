@@ -9,6 +9,7 @@ pub mod result_file;
 pub mod run_file;
 pub(crate) mod sink;
 pub(crate) mod target;
+pub mod timings;
 
 pub use event::{Emitter, Event};
 pub use record::DriverBuilds;

@@ -122,6 +122,11 @@ pub struct RunRecord {
     pub inputs: Vec<FileHash>,
     pub scenarios: Vec<ScenarioRecord>,
     pub summary: Summary,
+    /// Where the command's time went, phase by phase (start-up, preparation, each
+    /// scenario's restore and steps, results). The final write of the results cannot
+    /// time itself here: `-v` prints it. Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "super::timings::Timings::is_empty")]
+    pub timings: super::timings::Timings,
 }
 
 /// What a whole run amounts to; the one rule behind the banner, the report and the

@@ -6,17 +6,15 @@
 //! ctime in nanoseconds (an upgraded QEMU is a new file). Anything else differs: the
 //! probe runs again. `--accel kvm|tcg` never reads or writes it.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::accel::{Accel, AccelDecision};
+use crate::util::host_identity;
 
 /// The folder under the cache root; removing it clears every kept verdict.
 pub(crate) const FOLDER: &str = "accel";
-/// Where Linux names the current boot.
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Everything a verdict depends on, as text: two keys are equal only when all of it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,33 +34,14 @@ pub(crate) struct KeptVerdict {
     pub notice: Option<String>,
 }
 
-/// A file's identity: path, device, inode, size, mtime and ctime (ns), or that it
-/// is missing (and why), so a file appearing or going also changes the key.
+/// A file's identity (see [`host_identity::file_identity`]).
 fn identity(path: &Path) -> String {
-    match std::fs::metadata(path) {
-        Ok(m) => format!(
-            "{} dev={} ino={} size={} mtime={}.{:09} ctime={}.{:09} mode={:o}",
-            path.display(),
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-            m.mode()
-        ),
-        Err(e) => format!("{} missing ({})", path.display(), e.kind()),
-    }
+    host_identity::file_identity(path)
 }
 
-/// The path an [`identity`] names (what `doctor` shows of a kept key).
+/// The path an identity names (what `doctor` shows of a kept key).
 pub(crate) fn identity_path(identity: &str) -> &str {
-    identity
-        .split(" dev=")
-        .next()
-        .and_then(|p| p.split(" missing (").next())
-        .unwrap_or(identity)
+    host_identity::identity_path(identity)
 }
 
 impl ProbeKey {
@@ -70,22 +49,16 @@ impl ProbeKey {
     /// None when the boot id cannot be read: without it a verdict cannot be tied to
     /// this boot, so none is kept.
     pub(crate) fn now(binary: &str, kernel: Option<&Path>) -> Option<ProbeKey> {
-        let boot_id = std::fs::read_to_string(BOOT_ID).ok()?.trim().to_string();
+        let boot_id = host_identity::boot_id()?;
         Some(ProbeKey::with_boot_id(boot_id, binary, kernel))
     }
 
     pub(crate) fn with_boot_id(boot_id: String, binary: &str, kernel: Option<&Path>) -> ProbeKey {
-        let qemu = if binary.contains('/') {
-            PathBuf::from(binary)
-        } else {
-            super::find_in_path(binary).unwrap_or_else(|| PathBuf::from(binary))
-        };
         ProbeKey {
             boot_id,
-            // SAFETY: getuid has no preconditions and cannot fail.
-            uid: unsafe { libc::getuid() },
+            uid: host_identity::uid(),
             kvm_device: identity(Path::new("/dev/kvm")),
-            qemu: identity(&qemu),
+            qemu: identity(&host_identity::resolve_binary(binary)),
             kernel: kernel.map(identity),
         }
     }
@@ -127,7 +100,7 @@ pub(crate) fn store(root: &Path, key: &ProbeKey, decision: &AccelDecision) {
 
 /// The verdicts kept for this boot, for `doctor` (any QEMU, any kernel).
 pub(crate) fn kept_for_this_boot(root: &Path) -> Vec<KeptVerdict> {
-    let Some(boot_id) = std::fs::read_to_string(BOOT_ID).ok() else {
+    let Some(boot_id) = host_identity::boot_id() else {
         return Vec::new();
     };
     let Ok(entries) = std::fs::read_dir(root.join(FOLDER)) else {
@@ -136,7 +109,7 @@ pub(crate) fn kept_for_this_boot(root: &Path) -> Vec<KeptVerdict> {
     let mut kept: Vec<KeptVerdict> = entries
         .flatten()
         .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-        .filter(|k: &KeptVerdict| k.key.boot_id == boot_id.trim())
+        .filter(|k: &KeptVerdict| k.key.boot_id == boot_id)
         .collect();
     kept.sort_by(|a, b| a.key.qemu.cmp(&b.key.qemu));
     kept
@@ -169,20 +142,6 @@ mod tests {
         let got = load(root.path(), &again).expect("kept");
         assert_eq!(got.accel, Accel::Tcg);
         assert_eq!(got.notice.as_deref(), Some("KVM unusable (x)"));
-    }
-
-    #[test]
-    fn an_identity_names_its_path_present_or_missing() {
-        let root = tempfile::tempdir().unwrap();
-        let file = root.path().join("qemu");
-        std::fs::write(&file, b"q").unwrap();
-        let present = identity(&file);
-        assert_eq!(identity_path(&present), file.to_str().unwrap());
-        let gone = identity(&root.path().join("nope"));
-        assert_eq!(
-            identity_path(&gone),
-            root.path().join("nope").to_str().unwrap()
-        );
     }
 
     #[test]

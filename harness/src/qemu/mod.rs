@@ -40,25 +40,59 @@ impl QemuTools {
         };
         let system = var("BOOTGATE_QEMU", DEFAULT_QEMU);
         QemuTools {
-            sandbox: sandbox_supported(&system),
+            sandbox: sandbox_supported_kept(&system),
             img: var("BOOTGATE_QEMU_IMG", DEFAULT_QEMU_IMG),
             system,
         }
     }
 }
 
-/// True when `binary` accepts bootgate's `-sandbox` options (QEMU validates them,
-/// then `-version` exits at once).
+/// The arguments of the `-sandbox` probe: QEMU validates the options, then
+/// `-version` exits at once.
+fn sandbox_probe_args() -> [&'static str; 3] {
+    ["-sandbox", command::SANDBOX_GUEST, "-version"]
+}
+
+/// True when `binary` accepts bootgate's `-sandbox` options.
 pub(crate) fn sandbox_supported(binary: &str) -> bool {
-    let mut args: Vec<&str> = vec!["-sandbox", command::SANDBOX_GUEST];
-    args.push("-version");
-    Command::new(binary)
-        .args(args)
+    sandbox_answer(binary).is_ok_and(|a| a == SANDBOX_YES)
+}
+
+/// The kept answers of the `-sandbox` probe.
+const SANDBOX_YES: &str = "yes";
+const SANDBOX_NO: &str = "no";
+
+/// QEMU's verdict on the options ("yes" or "no"); Err when it could not be started,
+/// which says nothing about the binary and so is never kept.
+fn sandbox_answer(binary: &str) -> Result<String, std::io::Error> {
+    let status = Command::new(binary)
+        .args(sandbox_probe_args())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .status()?;
+    Ok(if status.success() {
+        SANDBOX_YES
+    } else {
+        SANDBOX_NO
+    }
+    .to_string())
+}
+
+/// [`sandbox_supported`], kept for this host boot ([`kept_answers`]): a build's
+/// seccomp support changes only with the binary, which is in the key.
+pub(crate) fn sandbox_supported_kept(binary: &str) -> bool {
+    let key = AnswerKey::now(&sandbox_question(), binary, Vec::new());
+    sandbox_kept_in(&crate::cache::cache_root(), binary, key.as_ref())
+}
+
+/// The question the `-sandbox` probe asks, as kept answers name it.
+pub(crate) fn sandbox_question() -> String {
+    sandbox_probe_args().join(" ")
+}
+
+fn sandbox_kept_in(root: &std::path::Path, binary: &str, key: Option<&AnswerKey>) -> bool {
+    kept_answers::kept_or_ask(root, key, || sandbox_answer(binary)).is_ok_and(|a| a == SANDBOX_YES)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +104,25 @@ pub enum ToolError {
 }
 
 pub(crate) use crate::util::find_in_path;
+use crate::util::kept_answers::{self, AnswerKey};
+
+/// The question [`version`] asks, as kept answers name it.
+pub(crate) const VERSION_QUESTION: &str = "--version";
+
+/// [`version`], kept for this host boot ([`kept_answers`]): the answer of a binary
+/// changes only with the binary, which is in the key; a failure is asked again.
+pub(crate) fn version_kept(binary: &str) -> Result<String, ToolError> {
+    let key = AnswerKey::now(VERSION_QUESTION, binary, Vec::new());
+    version_kept_in(&crate::cache::cache_root(), binary, key.as_ref())
+}
+
+fn version_kept_in(
+    root: &std::path::Path,
+    binary: &str,
+    key: Option<&AnswerKey>,
+) -> Result<String, ToolError> {
+    kept_answers::kept_or_ask(root, key, || version(binary))
+}
 
 /// The first line of `binary --version`, e.g. "QEMU emulator version 7.2.22 (Debian ...)".
 pub(crate) fn version(binary: &str) -> Result<String, ToolError> {
@@ -79,7 +132,7 @@ pub(crate) fn version(binary: &str) -> Result<String, ToolError> {
         });
     }
     let output = Command::new(binary)
-        .arg("--version")
+        .arg(VERSION_QUESTION)
         .output()
         .map_err(|e| ToolError::Version {
             binary: binary.to_string(),
@@ -98,3 +151,6 @@ pub(crate) fn version(binary: &str) -> Result<String, ToolError> {
         .trim()
         .to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,10 +5,11 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::{wait_until, Waited};
 
@@ -20,7 +21,7 @@ pub(crate) const TERM_GRACE: Duration = Duration::from_secs(2);
 pub(crate) const KILL_REAP: Duration = Duration::from_secs(5);
 /// The descriptor a child finds a passed file on (QEMU: `-incoming fd:3`).
 pub(crate) const PASSED_FD: i32 = 3;
-/// Poll interval while waiting for a child to exit.
+/// Poll interval while waiting for a child to exit, where no pidfd can be had.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -180,12 +181,55 @@ impl ProcessGuard {
         self.status
     }
 
-    /// Waits up to `timeout` for the child to exit on its own.
+    /// Waits up to `timeout` for the child to exit on its own. Woken by the exit
+    /// itself (its pidfd turns readable), not by a poll interval: a QEMU that quits in
+    /// 5 ms is seen in 5 ms, where a 20 ms poll cost every run up to 20 ms more.
+    /// Polled where pidfds are missing (Linux before 5.3).
     pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        match wait_until(timeout, EXIT_POLL, || self.try_wait()) {
+        if let Some(status) = self.try_wait() {
+            return Some(status);
+        }
+        let deadline = Instant::now() + timeout;
+        if let Some(pidfd) = self.pidfd() {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up, so the last poll does not end just short of the deadline.
+                let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+                let mut fd = libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the length of the call.
+                let ready = unsafe { libc::poll(&mut fd, 1, ms) };
+                if let Some(status) = self.try_wait() {
+                    return Some(status);
+                }
+                let interrupted = io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                // Readable yet not reapable, or poll failing: fall back to polling.
+                if ready != 0 && !(ready < 0 && interrupted) {
+                    break;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match wait_until(left, EXIT_POLL, || self.try_wait()) {
             Waited::Done(status) => Some(status),
             Waited::TimedOut => None,
         }
+    }
+
+    /// A pidfd of the child (not reaped yet, so its pid is still its own).
+    fn pidfd(&self) -> Option<OwnedFd> {
+        let pid = libc::pid_t::try_from(self.child.id()).ok()?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: the descriptor was just returned to us and nothing else owns it.
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// SIGTERM to the group, a grace period, then SIGKILL; always reaps the child.
@@ -278,5 +322,23 @@ mod tests {
         let err = ProcessGuard::spawn(&argv, &dir.path().join("log")).unwrap_err();
         assert!(matches!(err, ProcessError::Spawn { .. }));
         assert!(err.to_string().contains("/nonexistent/qemu-system-x86_64"));
+    }
+
+    /// The pidfd wait returns the child's own status when it exits, and None (the
+    /// child still running) when the time is up.
+    #[test]
+    fn a_wait_ends_with_the_exit_or_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |script: &str| vec!["sh".to_string(), "-c".into(), script.into()];
+        let mut quick = ProcessGuard::spawn(&sh("exit 7"), &dir.path().join("a")).unwrap();
+        let status = quick.wait_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.code(), Some(7));
+        let mut slow = ProcessGuard::spawn(&sh("sleep 300"), &dir.path().join("b")).unwrap();
+        assert!(slow.wait_timeout(Duration::from_millis(50)).is_none());
+        assert!(slow.try_wait().is_none(), "still running");
+        assert!(
+            slow.pidfd().is_some(),
+            "this kernel has pidfds: the pidfd path ran"
+        );
     }
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use crate::model::record::DriverBuilds;
 use crate::qemu::process::{ProcessError, ProcessGuard};
+use crate::util::kept_answers::{self, AnswerKey};
 use crate::util::{find_in_path, human_duration, private_tempdir, wait_until, Waited};
 
 /// The bubblewrap binary; `BOOTGATE_BWRAP` overrides it.
@@ -167,28 +168,78 @@ pub(crate) fn build(
     }
 }
 
-/// Whether the build sandbox can be made on this host, decided once per process:
-/// bwrap with every option a build uses (namespaces, mounts, sizes) runs `true`.
-/// The error says why not and what to do.
+/// Whether the build sandbox can be made on this host, decided once per process and
+/// kept for this host boot when it can ([`probe_kept_in`]): bwrap with every option a
+/// build uses (namespaces, mounts, sizes) runs `true`. The error says why not and
+/// what to do.
 pub fn probe() -> Result<(), String> {
     static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
-    PROBED.get_or_init(probe_now).clone()
+    PROBED
+        .get_or_init(|| {
+            let bwrap = bwrap_binary();
+            let key = probe_key(&bwrap);
+            probe_kept_in(&crate::cache::cache_root(), &bwrap, key.as_ref())
+        })
+        .clone()
 }
 
-fn probe_now() -> Result<(), String> {
-    let bwrap = bwrap_binary();
-    if find_in_path(&bwrap).is_none() {
-        return Err(format!(
-            "{bwrap} (bubblewrap) is not installed: as root run `{BWRAP_INSTALL_HINT}`"
-        ));
-    }
-    let mut argv = vec![bwrap.clone()];
+/// The probe run now, whatever is kept (what `doctor` checks).
+pub fn probe_fresh() -> Result<(), String> {
+    probe_now(&bwrap_binary())
+}
+
+/// Host settings that decide whether an unprivileged user may make namespaces: part
+/// of a kept verdict's key, so a sysctl change asks again.
+const USERNS_SETTINGS: &[&str] = &[
+    "/proc/sys/user/max_user_namespaces",
+    "/proc/sys/kernel/unprivileged_userns_clone",
+    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+];
+/// The kept answer of a probe that made the sandbox.
+const PROBE_OK: &str = "sandbox made";
+
+/// What a kept verdict depends on: bwrap (the binary's identity), the probe's whole
+/// command line (it names the host's toolchain layout), the user and the boot, and
+/// the namespace settings' values.
+fn probe_key(bwrap: &str) -> Option<AnswerKey> {
+    let settings = USERNS_SETTINGS
+        .iter()
+        .map(|path| {
+            let value = std::fs::read_to_string(path);
+            format!("{path}={}", value.as_deref().map_or("absent", str::trim))
+        })
+        .collect();
+    AnswerKey::now(&probe_argv(bwrap).join(" "), bwrap, settings)
+}
+
+/// The probe's verdict, kept under `key` when the sandbox was made. A refusal is
+/// never kept: it may be passing (a probe timed out on a loaded host, the namespace
+/// limit reached for now) and would refuse every build until the next reboot.
+fn probe_kept_in(root: &Path, bwrap: &str, key: Option<&AnswerKey>) -> Result<(), String> {
+    kept_answers::kept_or_ask(root, key, || {
+        probe_now(bwrap).map(|()| PROBE_OK.to_string())
+    })
+    .map(|_| ())
+}
+
+fn probe_argv(bwrap: &str) -> Vec<String> {
+    let mut argv = vec![bwrap.to_string()];
     argv.extend(bwrap_args(
         &HostLayout::under(Path::new("/")),
         &[],
         None,
         &["true".to_string()],
     ));
+    argv
+}
+
+fn probe_now(bwrap: &str) -> Result<(), String> {
+    if find_in_path(bwrap).is_none() {
+        return Err(format!(
+            "{bwrap} (bubblewrap) is not installed: as root run `{BWRAP_INSTALL_HINT}`"
+        ));
+    }
+    let argv = probe_argv(bwrap);
     let output = run_bounded(&argv, PROBE_TIMEOUT, Vec::new()).map_err(|e| e.to_string())?;
     let said = String::from_utf8_lossy(&output.log);
     let said = said.lines().next().unwrap_or("").trim();
@@ -761,5 +812,40 @@ mod tests {
             Waited::Done(()),
             "the build's background process outlived it"
         );
+    }
+
+    /// The real bwrap probe, kept: the first lookup runs it; a kept verdict (planted
+    /// where the real probe cannot succeed: a bwrap that does not exist) is what the
+    /// next lookup returns; a refusal is not kept; a new boot or another namespace
+    /// setting runs the probe again.
+    #[test]
+    fn a_kept_sandbox_probe_is_used_and_a_refusal_is_not_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("bwrap");
+        let missing = missing.to_str().unwrap();
+        let key = |boot: &str, settings: &[&str]| {
+            let settings = settings.iter().map(|s| s.to_string()).collect();
+            AnswerKey::with_boot_id(
+                boot.into(),
+                &probe_argv(missing).join(" "),
+                missing,
+                settings,
+            )
+        };
+        let refused = probe_kept_in(root.path(), missing, Some(&key("b1", &[])));
+        assert!(refused.unwrap_err().contains("not installed"));
+        assert!(
+            kept_answers::load(root.path(), &key("b1", &[])).is_none(),
+            "not kept"
+        );
+
+        kept_answers::store(root.path(), &key("b1", &[]), PROBE_OK);
+        assert_eq!(
+            probe_kept_in(root.path(), missing, Some(&key("b1", &[]))),
+            Ok(())
+        );
+        assert!(probe_kept_in(root.path(), missing, Some(&key("b2", &[]))).is_err());
+        assert!(probe_kept_in(root.path(), missing, Some(&key("b1", &["max=0"]))).is_err());
+        assert!(probe_key("bwrap").is_none_or(|k| k.extra.len() == USERNS_SETTINGS.len()));
     }
 }

@@ -11,7 +11,8 @@ use crate::image::kernel;
 use crate::image::manifest::Manifest;
 use crate::model::record::DriverBuilds;
 use crate::suite::Driver;
-use crate::util::{sha256_bytes, sha256_file, tail_lines};
+use crate::util::digest_cache::DigestCache;
+use crate::util::{sha256_bytes, tail_lines};
 
 /// Lines of a failed build's log quoted in the error.
 const BUILD_LOG_TAIL: usize = 30;
@@ -46,6 +47,12 @@ pub struct BuiltDriver {
     pub sources: Vec<PathBuf>,
 }
 
+/// A module's sha256, kept while the file is unchanged (`util::digest_cache`): the
+/// run's input digests hash the same file again.
+fn module_sha256(module: &Path) -> std::io::Result<String> {
+    DigestCache::under(&crate::cache::cache_root()).sha256(module)
+}
+
 /// Resolves a suite's driver to a module file, building it if it is given as source.
 /// `notice` gets the warning of an unsandboxed build.
 pub(crate) fn prepare(
@@ -62,7 +69,8 @@ pub(crate) fn prepare(
     };
     if let Some(module) = &driver.module {
         let module = suite_dir.join(module);
-        let sha256 = sha256_file(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
+        let sha256 =
+            module_sha256(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
         check_kernel(name, &module, manifest)?;
         return Ok(BuiltDriver {
             module,
@@ -148,7 +156,7 @@ pub(crate) fn prepare(
             let _ = std::fs::remove_dir_all(&done);
         }
     }
-    let sha256 = sha256_file(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
+    let sha256 = module_sha256(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
     check_kernel(name, &module, manifest)?;
     Ok(BuiltDriver {
         module,

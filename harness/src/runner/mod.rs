@@ -18,6 +18,7 @@ pub(crate) mod verdict;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use crate::image::ImageError;
 use crate::model::exit::Exit;
@@ -147,8 +148,12 @@ pub fn run(
     opts: &RunOptions,
     emitter: &Emitter,
 ) -> Result<(RunRecord, PathBuf), RunError> {
+    let mut timings = opts.startup_phases.clone();
     // Folders left by a bootgate that was killed outright (its QEMUs died with it).
-    let swept = crate::qemu::vm::sweep_stale_vm_dirs();
+    let swept = timings.time(
+        "stale VM folder sweep",
+        crate::qemu::vm::sweep_stale_vm_dirs,
+    );
     if swept > 0 {
         emitter.notice(&format!(
             "removed {swept} VM folder(s) left by a bootgate that was killed"
@@ -159,31 +164,77 @@ pub fn run(
         return Err(RunError::NoMatch(opts.only.clone()));
     }
     let mut prepared = Prepared::for_run(&selected, opts, emitter)?;
-    let folder = RunFolder::create(&opts.out_dir)?;
-    folder.point_latest()?;
-    let record = start_record(suites, opts, &folder.id, &mut prepared);
+    timings.phases.append(&mut prepared.timings.phases);
+    let folder = timings.time("run folder", || -> Result<RunFolder, RunError> {
+        let folder = RunFolder::create(&opts.out_dir)?;
+        folder.point_latest()?;
+        Ok(folder)
+    })?;
+    let mut record = start_record(suites, opts, &folder.id, &mut prepared);
+    record.timings = timings;
+    let began = Instant::now();
     emitter.emit(&Event::RunStarted {
         run: &record,
         dir: &folder.dir,
         scenarios: selected.len(),
     });
+    record.timings.since("results (run started)", began);
     if let Some(notice) = &record.qemu.accel_notice {
         emitter.notice(notice);
     }
+    let began = Instant::now();
     let mut record = pool::run_scenarios(&selected, &prepared, opts, &folder.dir, emitter, record);
+    record.timings.since("scenarios", began);
+    scenario_phases(&mut record, began);
     if interrupted() {
         record.interrupted = true;
     }
     record.finished_at = Some(now());
     record.summary = Summary::of(&record.scenarios);
+    let began = Instant::now();
     emitter.emit(&Event::RunFinished {
         run: &record,
         dir: &folder.dir,
     });
+    // Not in the run.json just written (it cannot time its own writing): `-v` shows it.
+    record.timings.since("results writing", began);
     if let Some(failure) = emitter.take_failure() {
         return Err(RunError::Report(failure));
     }
     Ok((record, folder.dir))
+}
+
+/// Each scenario's parts, from its record: its steps (the first, `boot`, is the
+/// restore or boot to ready) and what is left of its time (overlay, QEMU start and
+/// stop, evidence). Placed from `pool_began` by the time the scenario waited in
+/// the queue, which is exact for one worker and an estimate for several.
+fn scenario_phases(record: &mut RunRecord, pool_began: Instant) {
+    let origin = crate::model::timings::process_start();
+    let base = pool_began.saturating_duration_since(origin).as_secs_f64() * 1000.0;
+    let mut parts = Vec::new();
+    for scenario in &record.scenarios {
+        let start = base + scenario.queued_ms as f64;
+        let mut in_steps = 0;
+        for step in &scenario.steps {
+            parts.push((
+                format!("{}: {}", scenario.name, step.kind),
+                start + step.start_ms as f64,
+                step.duration_ms as f64,
+            ));
+            in_steps += step.duration_ms;
+        }
+        parts.push((
+            format!(
+                "{}: rest (overlay, QEMU start and stop, records)",
+                scenario.name
+            ),
+            start,
+            scenario.duration_ms.saturating_sub(in_steps) as f64,
+        ));
+    }
+    for (phase, start, duration) in parts {
+        record.timings.part(phase, start, duration);
+    }
 }
 
 /// The run's record before any scenario ran; it takes the QEMU facts and input
@@ -215,6 +266,7 @@ fn start_record(
         inputs: std::mem::take(&mut prepared.inputs),
         scenarios: Vec::new(),
         summary: Summary::default(),
+        timings: std::mem::take(&mut prepared.timings),
     }
 }
 

@@ -3,6 +3,7 @@
 //! `RunOptions::default()` (`RunOptions { jobs: 2, ..RunOptions::default() }`), so a
 //! new setting is one field and one default, not an edit at every call site.
 
+use crate::model::timings::Timings;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -53,6 +54,9 @@ pub struct RunOptions {
     pub driver_builds: DriverBuilds,
     /// bootgate's own command line, recorded in run.json.
     pub command: Vec<String>,
+    /// Phases the binary timed before calling the runner (start-up, suite load): the
+    /// run's `timings` begin with them.
+    pub startup_phases: Timings,
 }
 
 impl Default for RunOptions {
@@ -80,6 +84,7 @@ impl Default for RunOptions {
             tools: QemuTools::from_env(),
             driver_builds: DriverBuilds::Sandboxed,
             command: Vec::new(),
+            startup_phases: Timings::default(),
         }
     }
 }

@@ -15,12 +15,13 @@ use super::folder::{self, FolderError};
 use super::{RunError, RunOptions};
 use crate::image::{self, ImageError, Manifest};
 use crate::model::record::{DriverBuilds, FileHash, QemuInfo};
+use crate::model::timings::Timings;
 use crate::model::Emitter;
 use crate::qemu::accel::{self, Accel, AccelChoice, AccelDecision};
 use crate::qemu::snapshot::{self, SavedState, SnapshotError, StateSetup};
 use crate::qemu::{self, QemuTools, ToolError};
 use crate::suite::{self, Step, Suite, Target};
-use crate::util::sha256_file;
+use crate::util::digest_cache::DigestCache;
 
 /// The candidate drivers of one suite by name: built (or prebuilt), or why not.
 /// A driver that cannot be built fails only the scenarios that use it.
@@ -51,10 +52,10 @@ impl RunFolder {
     }
 }
 
-/// The QEMU version, once both QEMU and qemu-img answered.
+/// The QEMU version, once both QEMU and qemu-img answered (kept for this host boot).
 pub(crate) fn qemu_version(tools: &QemuTools) -> Result<String, ToolError> {
-    let version = qemu::version(&tools.system)?;
-    qemu::version(&tools.img)?;
+    let version = qemu::version_kept(&tools.system)?;
+    qemu::version_kept(&tools.img)?;
     Ok(version)
 }
 
@@ -166,22 +167,34 @@ pub(crate) fn build_drivers(
     drivers
 }
 
-/// The files whose sha256 a run records, each once, in the order first met.
-#[derive(Default)]
+/// The files whose sha256 a run records, each once, in the order first met; a
+/// digest is the kept one while the file is unchanged (`util::digest_cache`).
 struct Inputs {
+    digests: DigestCache,
     seen: BTreeSet<PathBuf>,
     hashes: Vec<FileHash>,
 }
 
 impl Inputs {
+    fn new(digests: DigestCache) -> Inputs {
+        Inputs {
+            digests,
+            seen: BTreeSet::new(),
+            hashes: Vec::new(),
+        }
+    }
+
     fn add(&mut self, file: &Path) -> Result<(), RunError> {
         if !self.seen.insert(file.to_path_buf()) {
             return Ok(());
         }
-        let sha256 = sha256_file(file).map_err(|source| RunError::Results {
-            path: file.to_path_buf(),
-            source,
-        })?;
+        let sha256 = self
+            .digests
+            .sha256(file)
+            .map_err(|source| RunError::Results {
+                path: file.to_path_buf(),
+                source,
+            })?;
         self.hashes.push(FileHash {
             path: file.display().to_string(),
             sha256,
@@ -239,6 +252,8 @@ pub(crate) struct Prepared {
     pub saved: BTreeMap<PathBuf, SavedState>,
     pub drivers: BTreeMap<PathBuf, Drivers>,
     pub inputs: Vec<FileHash>,
+    /// How long each preparation phase took.
+    pub timings: Timings,
 }
 
 impl Prepared {
@@ -251,23 +266,34 @@ impl Prepared {
         emitter: &Emitter,
     ) -> Result<Prepared, RunError> {
         let mut prepared = Prepared::default();
-        match qemu_version(&opts.tools) {
+        let mut timings = Timings::default();
+        match timings.time("tool versions", || qemu_version(&opts.tools)) {
             Err(problem) => prepared.qemu_problem = Some(problem.to_string()),
             // An empty shard runs nothing: no image, no accelerator probe.
             Ok(_) if selected.is_empty() => {}
             Ok(version) => {
                 prepared.qemu.version = Some(version);
-                prepared.resolve_images(selected, opts, emitter)?;
-                let decision =
-                    decide_accel(opts.accel, &opts.tools, prepared.manifests.values().next());
+                timings.time("image manifests", || {
+                    prepared.resolve_images(selected, opts, emitter)
+                })?;
+                let decision = timings.time("accelerator", || {
+                    decide_accel(opts.accel, &opts.tools, prepared.manifests.values().next())
+                });
                 prepared.qemu.accel = Some(decision.accel.as_str().into());
                 prepared.qemu.accel_notice = decision.notice.clone();
-                prepared.save_states(selected, &opts.tools, decision.accel, emitter);
+                timings.time("saved state lookup", || {
+                    prepared.save_states(selected, &opts.tools, decision.accel, emitter)
+                });
                 prepared.decision = Some(decision);
             }
         }
-        prepared.build_drivers(selected, opts.driver_builds, emitter);
-        prepared.digest_inputs(selected, opts.timings_file.as_deref())?;
+        timings.time("driver builds", || {
+            prepared.build_drivers(selected, opts.driver_builds, emitter)
+        });
+        timings.time("input hashing", || {
+            prepared.digest_inputs(selected, opts.timings_file.as_deref())
+        })?;
+        prepared.timings = timings;
         if let Some(required) = &opts.required_inputs {
             check_required(&prepared.inputs, required)?;
         }
@@ -350,7 +376,7 @@ impl Prepared {
         selected: &[(&Suite, usize)],
         timings_file: Option<&Path>,
     ) -> Result<(), RunError> {
-        let mut inputs = Inputs::default();
+        let mut inputs = Inputs::new(DigestCache::under(&crate::cache::cache_root()));
         if let Some(file) = timings_file {
             inputs.add(file)?;
         }
@@ -396,7 +422,7 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, "a").unwrap();
         std::fs::write(&b, "b").unwrap();
-        let mut inputs = Inputs::default();
+        let mut inputs = Inputs::new(DigestCache::under(dir.path()));
         for file in [&b, &a, &b] {
             inputs.add(file).unwrap();
         }

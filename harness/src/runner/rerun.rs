@@ -107,12 +107,15 @@ pub fn plan(
             });
         }
     }
+    // Kept digests of unchanged files (util::digest_cache): the run itself hashes the
+    // same inputs again, and an image disk may be many GiB.
+    let digests = crate::util::digest_cache::DigestCache::under(&crate::cache::cache_root());
     for input in &record.inputs {
         let path = Path::new(&input.path);
         if !path.is_file() {
             return Err(RerunError::InputMissing(input.path.clone()));
         }
-        let now = crate::util::sha256_file(path).map_err(|source| RerunError::Read {
+        let now = digests.sha256(path).map_err(|source| RerunError::Read {
             path: path.to_path_buf(),
             source,
         })?;

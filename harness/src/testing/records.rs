@@ -35,6 +35,7 @@ pub fn run(scenarios: Vec<ScenarioRecord>) -> RunRecord {
         inputs: Vec::new(),
         summary: Summary::of(&scenarios),
         scenarios,
+        timings: Default::default(),
     }
 }
 

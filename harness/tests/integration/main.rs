@@ -23,4 +23,5 @@ mod rollout;
 mod shards;
 mod snapshot;
 mod stall;
+mod startup;
 mod teardown;

@@ -42,7 +42,8 @@ mod paused;
 use paused::PausedVm;
 pub use paused::RestoredVm;
 
-use crate::util::{sha256_bytes, sha256_file, shell_quote, wait_until, FileLock, Waited};
+use crate::util::digest_cache::DigestCache;
+use crate::util::{sha256_bytes, shell_quote, wait_until, FileLock, Waited};
 
 /// Arguments that make QEMU wait for a state instead of booting. `defer`, because
 /// the `x-ignore-shared` capability must be set before the stream is read and QEMU
@@ -190,11 +191,16 @@ pub fn state_key(
 ) -> Result<String, SnapshotError> {
     let mut material = String::new();
     // Contents, not names: a copy of the manifest elsewhere is the same machine.
+    // Digests kept while a file is unchanged (util::digest_cache): a disk of many GiB
+    // is not read again at every run.
+    let digests = DigestCache::under(&crate::cache::cache_root());
     for path in manifest.input_files() {
-        let hash = sha256_file(&path).map_err(|source| SnapshotError::Hash {
-            path: path.clone(),
-            source,
-        })?;
+        let hash = digests
+            .sha256(&path)
+            .map_err(|source| SnapshotError::Hash {
+                path: path.clone(),
+                source,
+            })?;
         material.push_str(&format!("file {hash}\n"));
     }
     // The frozen disk names its backing file by absolute path; the kernel and initrd
@@ -335,7 +341,7 @@ pub(crate) fn ensure_saved_with(
     setup: Option<&StateSetup>,
     notify: &mut dyn FnMut(&str),
 ) -> Result<SavedState, SnapshotError> {
-    let version = crate::qemu::version(&tools.system)?;
+    let version = crate::qemu::version_kept(&tools.system)?;
     let mut key = state_key(manifest, &version, accel, &tools.system, tools.sandbox)?;
     if let Some(setup) = setup {
         key = sha256_bytes(format!("{key}\nsetup {}", setup.identity).as_bytes())[..KEY_CHARS]

@@ -459,6 +459,8 @@ fn combine(shards: &[ShardRun], command: Vec<String>) -> Result<RunRecord, Merge
         inputs,
         scenarios,
         summary,
+        // The shards' phases are each shard's own; the merge has none of its own.
+        timings: Default::default(),
     })
 }
 
