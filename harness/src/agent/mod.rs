@@ -8,6 +8,7 @@
 //! is preceded by a 0xFF byte that cannot occur in JSON text and carries a
 //! fresh id, so everything older can be discarded.
 
+pub(crate) mod poll;
 mod wire;
 pub(crate) mod worker;
 

@@ -539,3 +539,96 @@ fn guest_time_is_nanoseconds_since_the_epoch() {
     );
     peer.join().unwrap();
 }
+
+/// Starts an agent worker on a fake agent; replies come back on the receiver.
+fn fake_worker(
+    script: impl FnOnce(AgentPeer) + Send + 'static,
+) -> (
+    FakePeer,
+    worker::AgentWorker,
+    mpsc::Receiver<worker::Reply>,
+    JoinHandle<()>,
+) {
+    let (dir, client, peer) = fake(script);
+    let (tx, rx) = mpsc::channel();
+    let worker = worker::AgentWorker::start(client, move |reply| {
+        let _ = tx.send(reply);
+    })
+    .unwrap();
+    (dir, worker, rx, peer)
+}
+
+/// Answers `guest-exec` with pid 7, then `running` polls with `exited: false` and
+/// the next with an exit; returns how many polls came.
+fn serve_exec_running_for(agent: &mut AgentPeer, running: usize) -> usize {
+    assert_eq!(agent.command()["execute"], "guest-exec");
+    agent.reply(json!({"pid": 7}));
+    let mut polls = 0;
+    loop {
+        let status = agent.command();
+        assert_eq!(status["execute"], "guest-exec-status");
+        assert_eq!(status["arguments"]["pid"], 7);
+        polls += 1;
+        if polls <= running {
+            agent.reply(json!({"exited": false}));
+        } else {
+            agent.reply(
+                json!({"exited": true, "exitcode": 0, "out-data": BASE64.encode(b"done\n")}),
+            );
+            return polls;
+        }
+    }
+}
+
+// The fake scripts the agent's answers (running, running, ..., exited) exactly, which
+// a real guest command's timing cannot.
+#[test]
+fn the_worker_polls_a_running_command_until_it_exits() {
+    let (polls_tx, polls_rx) = mpsc::channel();
+    let (_dir, mut worker, replies, peer) = fake_worker(move |mut agent| {
+        polls_tx
+            .send(serve_exec_running_for(&mut agent, 8))
+            .unwrap();
+    });
+    let id = worker.submit(worker::Request::Exec {
+        argv: vec!["/bin/true".into()],
+        env: Vec::new(),
+        timeout: TEST_TIMEOUT,
+    });
+    let reply = replies.recv_timeout(TEST_TIMEOUT).unwrap();
+    assert_eq!(reply.id, id);
+    let Ok(worker::Answer::Exited(status)) = reply.result else {
+        panic!("expected an exit, got {:?}", reply.result)
+    };
+    assert_eq!(status.exit_code, Some(0));
+    assert_eq!(status.stdout, b"done\n");
+    peer.join().unwrap();
+    // Every poll that found it running was followed by another, up to the exit.
+    assert_eq!(polls_rx.recv().unwrap(), 9);
+}
+
+#[test]
+fn the_worker_stops_polling_at_the_commands_timeout() {
+    let (_dir, mut worker, replies, peer) = fake_worker(|mut agent| {
+        assert_eq!(agent.command()["execute"], "guest-exec");
+        agent.reply(json!({"pid": 7}));
+        while let Some(status) = agent.try_command() {
+            assert_eq!(status["execute"], "guest-exec-status");
+            agent.reply(json!({"exited": false}));
+        }
+    });
+    let id = worker.submit(worker::Request::Exec {
+        argv: vec!["/bin/sleep".into(), "60".into()],
+        env: Vec::new(),
+        timeout: Duration::from_millis(200),
+    });
+    let reply = replies.recv_timeout(TEST_TIMEOUT).unwrap();
+    assert_eq!(reply.id, id);
+    assert!(
+        matches!(reply.result, Ok(worker::Answer::ExecTimedOut)),
+        "expected a timeout, got {:?}",
+        reply.result
+    );
+    drop(worker);
+    peer.join().unwrap();
+}

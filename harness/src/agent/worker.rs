@@ -8,6 +8,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::poll::ExecPolls;
 use super::{AgentClient, AgentError, ExecStatus, ShutdownMode, SHUTDOWN_REPLY_WINDOW};
 
 /// One sync attempt while waiting for the agent to come up. Between attempts the
@@ -15,8 +16,6 @@ use super::{AgentClient, AgentError, ExecStatus, ShutdownMode, SHUTDOWN_REPLY_WI
 pub(crate) const SYNC_ATTEMPT: Duration = Duration::from_secs(1);
 /// Time one agent request may take once the agent is up.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Interval between `guest-exec-status` polls while a command runs.
-pub(crate) const EXEC_POLL: Duration = Duration::from_millis(50);
 /// Pause after the agent socket reports closed, before trying again.
 const CLOSED_RETRY: Duration = Duration::from_millis(50);
 /// Largest file read back from the guest.
@@ -181,6 +180,8 @@ fn perform(
         Request::Exec { argv, env, timeout } => {
             let started = Instant::now();
             let pid = client.exec_start(&argv, &env, None, REQUEST_TIMEOUT)?;
+            // Asked at once, then after short, growing pauses (agent/poll.rs says why).
+            let mut polls = ExecPolls::new();
             loop {
                 if cancelled() {
                     return Err(JobError::Cancelled);
@@ -190,10 +191,13 @@ fn perform(
                 if status.exited {
                     return Ok(Answer::Exited(status));
                 }
-                if started.elapsed() >= timeout {
+                let Some(left) = timeout
+                    .checked_sub(started.elapsed())
+                    .filter(|l| !l.is_zero())
+                else {
                     return Ok(Answer::ExecTimedOut);
-                }
-                std::thread::sleep(EXEC_POLL);
+                };
+                std::thread::sleep(polls.pause(left));
             }
         }
         Request::WriteFile { path, data } => {

@@ -307,3 +307,58 @@ fn the_next_scenario_restores_into_a_standby_and_none_outlives_the_run() {
         .collect();
     assert!(folders.is_empty(), "VM folders left in TMPDIR: {folders:?}");
 }
+
+/// The guest's uptime in seconds, from a step detail that quotes `cat /proc/uptime`.
+fn quoted_uptime(detail: &str) -> f64 {
+    detail
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find_map(|word| word.parse::<f64>().ok().filter(|_| word.contains('.')))
+        .unwrap_or_else(|| panic!("no uptime in {detail:?}"))
+}
+
+/// A standby loads the saved state while the scenario before it runs, but its guest
+/// must not run before the next scenario takes it: what that scenario gets is the
+/// saved state as saved. The guest's clock (TSC under TCG, stopped while the VM is
+/// paused) tells: the scenario that took the standby sees the same uptime as the one
+/// that restored on demand, not the seconds the first one spent observing.
+#[test]
+fn a_standby_guest_does_not_run_before_its_scenario_takes_it() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        &format!(
+            "[suite]\nname = \"paused\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"a\"\nsteps = [{{ exec = {{ run = \"cat /proc/uptime\" }} }}, {{ observe = {{ duration = \"{OBSERVE_SECS}s\" }} }}]\n\n[[scenario]]\nname = \"b\"\nsteps = [{{ exec = {{ run = \"cat /proc/uptime\" }} }}]\n"
+        ),
+    );
+    let out = dir.path().join("out");
+    let output = run_tcg(&suite, &out, &["--jobs", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let run = run_json(&out);
+    let b = scenario(&run, "paused/b");
+    assert_eq!(b["boots"][0]["standby"], true, "{b}");
+    let uptime = |name: &str| {
+        let detail = scenario(&run, name)["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == "exec")
+            .and_then(|s| s["detail"].as_str())
+            .unwrap()
+            .to_string();
+        quoted_uptime(&detail)
+    };
+    let (a, b) = (uptime("paused/a"), uptime("paused/b"));
+    // Both read their uptime right after the restore; had b's guest run while a
+    // observed, b's would be OBSERVE_SECS later.
+    assert!(
+        b < a + f64::from(OBSERVE_SECS) / 2.0,
+        "the standby's guest ran before its scenario: uptime {a} s in a, {b} s in b"
+    );
+    assert_no_vm_left(&run);
+}
+
+/// How long the first scenario stays up while the standby for the next one waits.
+const OBSERVE_SECS: u32 = 6;
