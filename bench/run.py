@@ -493,6 +493,57 @@ def hang_rows(rows):
                      f"{a:.1f} s / {b:.1f} s", f"{a:.1f} s", "stall window + evidence, < kernel report", a < b))
 
 
+FUZZ_SECONDS = int(os.environ.get("BENCH_FUZZ_SECONDS", "120"))
+# The last stretch of a campaign, in progress lines (one per 5 s), over which the
+# steady rate is taken: after the first crash's minimization, which runs on one VM.
+FUZZ_STEADY_LINES = 6
+
+
+def fuzz_rates(restore_every):
+    """One campaign from good.content with 2 VMs: (executions per second over the
+    whole campaign, over its last FUZZ_STEADY_LINES progress lines)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = os.path.join(ROOT, "scenarios", "demo")
+        proc = subprocess.run([BOOTGATE, "fuzz-content", os.path.join(demo, "suite.toml"), "--driver", "demo_sensor",
+                               "--format", os.path.join(demo, "content", "format.toml"),
+                               "--seed", os.path.join(demo, "content", "good.content"),
+                               "--time", f"{FUZZ_SECONDS}s", "-j", "2", "--accel", ACCEL,
+                               "--restore-every", str(restore_every), "-o", os.path.join(tmp, "f")],
+                              capture_output=True, text=True)
+        if proc.returncode not in (0, 1):
+            sys.exit(f"fuzz-content failed ({proc.returncode}): {proc.stderr}")
+        with open(os.path.join(tmp, "f", "latest", "report.json")) as f:
+            report = json.load(f)
+        counts = []
+        for line in (proc.stdout + proc.stderr).splitlines():
+            if line.startswith("fuzz: ") and " executions (" in line:
+                counts.append(int(line.split()[1]))
+        steady = None
+        if len(counts) > FUZZ_STEADY_LINES:
+            steady = (counts[-1] - counts[-1 - FUZZ_STEADY_LINES]) / (5.0 * FUZZ_STEADY_LINES)
+        return report["execs"] / report["seconds"], steady
+
+
+def fuzz_rows(rows):
+    """Persistent fuzzing (the guest kept for 64 executions) against restoring before
+    every execution, same campaign, alternated round by round. Fewer rounds than the
+    others: each campaign is FUZZ_SECONDS long."""
+    kept, restored = [], []
+    for _ in range(max(1, ROUNDS // 2) if wanted("fuzz") else 0):
+        kept.append(fuzz_rates(64))
+        restored.append(fuzz_rates(1))
+    if kept:
+        k = statistics.median(r[0] for r in kept)
+        r = statistics.median(x[0] for x in restored)
+        rows.append((f"fuzz executions per second, 2 VMs, {FUZZ_SECONDS} s campaign: kept guest (K=64) / restore every execution",
+                     f"{k:.1f} / {r:.2f}", f"{k / r:.0f}x", ">= 20 /s", k >= 20))
+        steady = [x[1] for x in kept if x[1] is not None]
+        if steady:
+            s = statistics.median(steady)
+            rows.append((f"fuzz executions per second, kept guest, last {5 * FUZZ_STEADY_LINES} s of the campaign (after minimizing)",
+                         f"{s:.1f} /s", f"{s:.1f} /s", ">= 20 /s", s >= 20))
+
+
 def main():
     global BASE
     manifest = demo_manifest()
@@ -566,6 +617,7 @@ def main():
 
     whole_process_rows(rows)
     hang_rows(rows)
+    fuzz_rows(rows)
 
     # 6. Overlay creation: 20 GiB sparse base vs 64 MiB base.
     if wanted("overlay"):

@@ -341,6 +341,13 @@ pub struct FuzzArgs {
     /// Seed of the mutator's random numbers (same seed, same inputs).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub rng_seed: u64,
+    /// Restore the VM from the driver-loaded state every K executions (and after any
+    /// crash or hang); in between, each input is reloaded in the same guest. 1
+    /// restores before every execution. A crash seen in a kept guest is reported
+    /// only once its input, replayed alone from the saved state, crashes again.
+    #[arg(long, value_name = "K", default_value_t = bootgate::fuzz::DEFAULT_RESTORE_EVERY,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub restore_every: u32,
     /// Accelerator: auto probes KVM with a short boot and falls back to TCG.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,

@@ -26,6 +26,7 @@ pub fn fuzz_content(args: FuzzArgs) -> Exit {
         jobs: super::jobs(args.jobs),
         out_dir: args.out,
         rng_seed: args.rng_seed,
+        restore_every: args.restore_every,
         accel: args.accel,
         tools: QemuTools::from_env(),
         path_policy: suite::PathPolicy::allowing_outside(args.allow_outside_paths),
@@ -53,6 +54,19 @@ fn summary(report: &FuzzReport, latest: &Path) -> String {
         report.crashes.len(),
         report.corpus
     );
+    if report.restore_every > 1 {
+        text += &format!(
+            "  guests kept for up to {} executions; {} input(s) that stopped one replayed alone from the saved state
+",
+            report.restore_every, report.replays
+        );
+    }
+    for (title, count) in &report.unconfirmed {
+        text += &format!(
+            "  not confirmed ({count}x, the input alone did not crash; not reported): {title}
+"
+        );
+    }
     for crash in &report.crashes {
         text += &format!(
             "  {} (after {} executions, {:.0} s; input {} -> {} bytes: {})\n",
@@ -84,6 +98,9 @@ mod tests {
             format: "format.toml".to_string(),
             seeds: Vec::new(),
             rng_seed: 1,
+            restore_every: 1,
+            replays: 0,
+            unconfirmed: Default::default(),
             jobs: 2,
             execs: 120,
             minimize_execs: 30,

@@ -60,6 +60,9 @@ pub struct FuzzOptions {
     pub jobs: usize,
     pub out_dir: PathBuf,
     pub rng_seed: u64,
+    /// Executions between restores of the VM (1: restore before every one);
+    /// see [`super::DEFAULT_RESTORE_EVERY`].
+    pub restore_every: u32,
     pub accel: AccelChoice,
     pub tools: QemuTools,
     pub path_policy: PathPolicy,
@@ -167,6 +170,15 @@ pub struct FuzzReport {
     pub execs_per_hour: f64,
     pub corpus: usize,
     pub crashes: Vec<FoundCrash>,
+    /// Executions between restores of the VM (1: every execution restored it).
+    pub restore_every: u32,
+    /// Inputs that stopped a kept guest and were replayed alone from the saved state
+    /// to see whether they crash by themselves.
+    pub replays: u64,
+    /// Crash titles seen in a kept guest whose input did not crash when replayed
+    /// alone: state built up by earlier inputs, never reported as the driver's crash
+    /// of that input. Each with how often.
+    pub unconfirmed: BTreeMap<String, u64>,
     /// `bootgate run` replays these (relative to the output folder).
     pub regression_suite: String,
     pub interrupted: bool,
@@ -422,6 +434,7 @@ fn run_campaign(
         work,
         silent: &silent,
         counter: AtomicU64::new(0),
+        restore_every: opts.restore_every,
     };
     let limits = Limits {
         duration: opts.duration,
@@ -467,9 +480,13 @@ fn write_report(
         errors: p.errors,
         hangs: p.hangs,
         seconds,
-        execs_per_hour: (p.execs + p.minimize_execs) as f64 * 3600.0 / seconds.max(0.001),
+        execs_per_hour: (p.execs + p.minimize_execs + p.replays) as f64 * 3600.0
+            / seconds.max(0.001),
         corpus: p.corpus.len(),
         crashes: crashes.to_vec(),
+        restore_every: opts.restore_every,
+        replays: p.replays,
+        unconfirmed: p.unconfirmed.clone(),
         regression_suite: regression,
         interrupted: interrupted(),
     };

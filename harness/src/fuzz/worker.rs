@@ -22,6 +22,7 @@ use crate::qemu::snapshot::SavedState;
 use crate::qemu::QemuTools;
 use crate::runner::driver::BuiltDriver;
 use crate::runner::interrupted;
+use crate::runner::scenario::persistent::{PersistentRun, PersistentVm};
 use crate::runner::scenario::{self, ScenarioContext, StandbySlot};
 use crate::suite::{ApplyContentStep, Gates, Scenario, Step, Suite, DEFAULT_BOOT_LOOP_BOOTS};
 use crate::util::{lock, write_atomic};
@@ -57,9 +58,121 @@ pub(super) struct Rig<'a> {
     /// Takes the scenario events of every execution, which nobody needs to see.
     pub(super) silent: &'a Emitter,
     pub(super) counter: AtomicU64,
+    /// Executions between restores (1: restore before every execution).
+    pub(super) restore_every: u32,
+}
+
+/// A kept guest of one worker, and the folder and names its machine borrows.
+pub(super) struct Session<'a> {
+    vm: PersistentVm<'a>,
+    dir: PathBuf,
+    input: PathBuf,
+    /// Executions run in it so far.
+    pub(super) runs: u32,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What an execution in a kept guest showed.
+pub(super) enum KeptOutcome {
+    Survived(String),
+    /// The guest stopped (crash, hang, error): what stopped it; the input is replayed
+    /// alone before anything is concluded.
+    Ended(String),
 }
 
 impl Rig<'_> {
+    /// The content step that applies `file` through the driver's reload.
+    fn apply_step(&self, file: PathBuf) -> Step {
+        Step::ApplyContent(ApplyContentStep {
+            driver: self.driver.to_string(),
+            file,
+            reload: true,
+            timeout: None,
+        })
+    }
+
+    /// A guest restored from the driver-loaded state and kept for later executions;
+    /// takes the worker's standby when it has one.
+    pub(super) fn open_session<'s>(
+        &'s self,
+        scenario: &'s Scenario,
+        names: &'s (String, PathBuf),
+        standby: Option<&'s StandbySlot>,
+    ) -> Result<Session<'s>, String> {
+        let (name, dir) = names;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let ctx = ScenarioContext {
+            tools: self.tools,
+            manifest: self.manifest,
+            accel: self.accel,
+            suite: self.suite,
+            scenario,
+            dir,
+            keep_overlay: false,
+            emitter: self.silent,
+            full_name: name,
+            rel_dir: name,
+            drivers: self.drivers,
+            saved: Some(self.state),
+            watch_after_crash: false,
+            standby,
+            refill_standby: false,
+        };
+        let vm = PersistentVm::start(&ctx)?;
+        Ok(Session {
+            vm,
+            dir: dir.clone(),
+            input: dir.join("input.content"),
+            runs: 0,
+        })
+    }
+
+    /// The folder and name of a new session, and the empty scenario its machine is
+    /// made for (no steps: each execution's step is given to it as it comes).
+    pub(super) fn session_names(&self) -> (Scenario, (String, PathBuf)) {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let name = format!("session-{n}");
+        let scenario = self.scenario(name.clone(), Vec::new());
+        let dir = self.work.join(&name);
+        (scenario, (name, dir))
+    }
+
+    /// Applies `bytes` in the kept guest.
+    pub(super) fn execute_kept(&self, session: &mut Session, bytes: &[u8]) -> KeptOutcome {
+        session.runs += 1;
+        if let Err(e) = write_atomic(&session.input, bytes) {
+            return KeptOutcome::Ended(format!("cannot write {}: {e}", session.input.display()));
+        }
+        match session.vm.run(&self.apply_step(session.input.clone())) {
+            PersistentRun::Survived(lines) => {
+                KeptOutcome::Survived(signature(lines.iter().map(String::as_str), self.driver))
+            }
+            PersistentRun::Ended(why) => KeptOutcome::Ended(why),
+        }
+    }
+
+    fn scenario(&self, name: String, steps: Vec<Step>) -> Scenario {
+        Scenario {
+            name,
+            description: None,
+            steps,
+            gates: Gates::default(),
+            expect: None,
+            expect_title: None,
+            boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
+            // Content fuzzing stops at the crash (`watch_after_crash` is off).
+            recovery_settle: crate::suite::DEFAULT_RECOVERY_SETTLE,
+            ignore: false,
+            cold_boot: false,
+        }
+    }
+
     /// Restores the driver-loaded VM, applies `bytes` through the driver's reload and
     /// says what happened. The evidence folder is removed unless it shows a crash.
     pub(super) fn execute(&self, bytes: &[u8], standby: Option<&scenario::StandbySlot>) -> Outcome {
@@ -72,24 +185,7 @@ impl Rig<'_> {
         if let Err(e) = write_atomic(&input, bytes) {
             return Outcome::Error(format!("cannot write {}: {e}", input.display()));
         }
-        let scenario = Scenario {
-            name: format!("exec-{n}"),
-            description: None,
-            steps: vec![Step::ApplyContent(ApplyContentStep {
-                driver: self.driver.to_string(),
-                file: input.clone(),
-                reload: true,
-                timeout: None,
-            })],
-            gates: Gates::default(),
-            expect: None,
-            expect_title: None,
-            boot_loop_boots: DEFAULT_BOOT_LOOP_BOOTS,
-            // Content fuzzing stops at the crash (`watch_after_crash` is off).
-            recovery_settle: crate::suite::DEFAULT_RECOVERY_SETTLE,
-            ignore: false,
-            cold_boot: false,
-        };
+        let scenario = self.scenario(format!("exec-{n}"), vec![self.apply_step(input.clone())]);
         let rel = format!("exec-{n}");
         let outcome = scenario::run(ScenarioContext {
             tools: self.tools,
@@ -127,13 +223,32 @@ impl Rig<'_> {
     }
 }
 
+/// What an input that stopped a kept guest counts as: its replay alone from the
+/// saved state. A crash in the kept guest that the replay does not show is counted
+/// as unconfirmed under its title, never as the input's crash (earlier inputs may
+/// have built the state it needed); a replay that crashes is the input's crash,
+/// with the replay's own title and evidence.
+fn judge_replay(p: &mut Progress, kept: &str, replay: Outcome) -> Outcome {
+    if let Some(title) = kept.strip_prefix("crash: ") {
+        if !matches!(replay, Outcome::Crash { .. }) {
+            *p.unconfirmed.entry(title.to_string()).or_default() += 1;
+        }
+    }
+    replay
+}
+
 /// The driver's own console lines with numbers replaced, as a coarse signature of
 /// the path an input took through the parser (accepted, rejected and why, matched).
 fn driver_messages(console: &Path, driver: &str) -> String {
     let text = std::fs::read_to_string(console).unwrap_or_default();
+    signature(text.lines(), driver)
+}
+
+/// [`driver_messages`] of lines already read (a kept guest's, per execution).
+fn signature<'l>(console: impl Iterator<Item = &'l str>, driver: &str) -> String {
     let prefix = format!("{driver}:");
     let mut lines = BTreeSet::new();
-    for line in text.lines() {
+    for line in console {
         let Some(at) = line.find(&prefix) else {
             continue;
         };
@@ -163,6 +278,10 @@ pub(super) struct Progress {
     pub minimize_execs: u64,
     pub errors: u64,
     pub hangs: u64,
+    /// Inputs replayed alone after they stopped a kept guest.
+    pub replays: u64,
+    /// Crash titles seen in a kept guest that the input alone did not reproduce.
+    pub unconfirmed: BTreeMap<String, u64>,
     errors_in_a_row: u32,
     last_error: String,
     pick: u64,
@@ -179,6 +298,8 @@ impl Progress {
             minimize_execs: 0,
             errors: 0,
             hangs: 0,
+            replays: 0,
+            unconfirmed: BTreeMap::new(),
             errors_in_a_row: 0,
             last_error: String::new(),
             pick: rng_seed | 1,
@@ -322,10 +443,63 @@ impl<'a> Campaign<'a> {
     /// while the current one runs.
     fn work(&self) {
         let standby = StandbySlot::default();
+        if self.rig.restore_every > 1 {
+            return self.work_kept(&standby);
+        }
         while let Some(input) = self.next_input() {
             let outcome = self.rig.execute(&input.bytes, Some(&standby));
             self.record(input, outcome);
             self.report_progress();
+        }
+    }
+
+    /// One worker that keeps its guest between executions: restored once, it takes
+    /// input after input until one stops it or `restore_every` have run. An input
+    /// that stops it is replayed alone from the saved state, and only that replay's
+    /// outcome counts (see [`judge_replay`]).
+    fn work_kept(&self, standby: &StandbySlot) {
+        let mut pending = None;
+        loop {
+            let Some(first) = pending.take().or_else(|| self.next_input()) else {
+                return;
+            };
+            let (scenario, names) = self.rig.session_names();
+            let mut session = match self.rig.open_session(&scenario, &names, Some(standby)) {
+                Ok(session) => session,
+                Err(why) => {
+                    self.record(first, Outcome::Error(why));
+                    continue;
+                }
+            };
+            let mut input = first;
+            loop {
+                match self.rig.execute_kept(&mut session, &input.bytes) {
+                    KeptOutcome::Survived(signature) => {
+                        self.record(input, Outcome::Survived(signature))
+                    }
+                    KeptOutcome::Ended(why) => {
+                        drop(session);
+                        let replay = self.rig.execute(&input.bytes, Some(standby));
+                        let outcome = {
+                            let mut p = lock(&self.progress);
+                            p.replays += 1;
+                            judge_replay(&mut p, &why, replay)
+                        };
+                        self.record(input, outcome);
+                        self.report_progress();
+                        break;
+                    }
+                }
+                self.report_progress();
+                let Some(next) = self.next_input() else {
+                    return;
+                };
+                if session.runs >= self.rig.restore_every {
+                    pending = Some(next);
+                    break;
+                }
+                input = next;
+            }
         }
     }
 
@@ -435,6 +609,55 @@ mod tests {
         assert_eq!(
             driver_messages(&console, "demo_sensor"),
             "demo_sensor: content rejected: truncated (## bytes)"
+        );
+    }
+
+    #[test]
+    fn a_kept_guests_crash_counts_only_when_its_input_crashes_alone() {
+        let mut p = Progress::new(vec![b"x".to_vec()], 1);
+        let kept = "crash: BUG: unable to handle page fault in f";
+        // Confirmed: the replay's crash, with the replay's own title and evidence.
+        let confirmed = judge_replay(
+            &mut p,
+            kept,
+            Outcome::Crash {
+                title: "BUG: unable to handle page fault in f".into(),
+                evidence: PathBuf::from("exec-7"),
+            },
+        );
+        assert!(
+            matches!(&confirmed, Outcome::Crash { evidence, .. } if evidence == Path::new("exec-7"))
+        );
+        assert!(p.unconfirmed.is_empty());
+        // Not confirmed: the input alone ran through; it is recorded as what its
+        // replay showed, and the kept guest's title only as unconfirmed.
+        let alone = judge_replay(&mut p, kept, Outcome::Survived("sig".into()));
+        assert!(matches!(alone, Outcome::Survived(ref s) if s == "sig"));
+        let again = judge_replay(&mut p, kept, Outcome::Hang("stalled".into()));
+        assert!(matches!(again, Outcome::Hang(_)));
+        assert_eq!(
+            p.unconfirmed.get("BUG: unable to handle page fault in f"),
+            Some(&2)
+        );
+        // A kept guest stopped by something else (a hang, QEMU gone) is no crash to
+        // confirm: only the replay's outcome counts.
+        let hang = judge_replay(&mut p, "hang: no progress", Outcome::Survived("s".into()));
+        assert!(matches!(hang, Outcome::Survived(_)));
+        assert_eq!(p.unconfirmed.len(), 1);
+    }
+
+    #[test]
+    fn a_kept_guests_lines_give_the_same_signature_as_its_console_file() {
+        let lines = [
+            "[    1.2] demo_sensor: content rejected: truncated (12 bytes)",
+            "[ 3.4] other: 5",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        std::fs::write(&console, lines.join("\n")).unwrap();
+        assert_eq!(
+            signature(lines.iter().copied(), "demo_sensor"),
+            driver_messages(&console, "demo_sensor")
         );
     }
 

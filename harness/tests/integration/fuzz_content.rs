@@ -1,6 +1,9 @@
 //! `bootgate fuzz-content` against the demo sensor: from the good content file alone
 //! it must find the 21-field out-of-bounds read through the real load path, minimize
-//! it, and write a regression suite that `bootgate run` replays to the same crash.
+//! it, and write a regression suite that `bootgate run` replays to the same crash:
+//! restoring the VM before every execution (`--restore-every 1`), and keeping the
+//! guest between executions (the default), where the crash must also be confirmed
+//! by replaying its input alone from the saved state.
 
 use std::path::Path;
 
@@ -12,6 +15,33 @@ const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
 
 #[test]
 fn fuzzing_from_the_good_seed_finds_the_21_field_crash() {
+    let report = fuzz_from_the_good_seed(&["--restore-every", "1"]);
+    assert_eq!(report["restore_every"], 1);
+    assert_eq!(
+        report["replays"], 0,
+        "no guest is kept, so none is replayed"
+    );
+}
+
+/// Persistent mode: the same crash, with the same title, found in a kept guest and
+/// confirmed by its input alone in a guest restored for it.
+#[test]
+fn persistent_fuzzing_finds_the_same_crash_and_confirms_it_alone() {
+    let report = fuzz_from_the_good_seed(&[]);
+    assert_eq!(report["restore_every"], 64, "{report:#}");
+    // The crash came from a kept guest (every execution runs in one), so its input
+    // was replayed alone; that replay's crash is what was reported and minimized.
+    assert!(report["replays"].as_u64().unwrap() >= 1, "{report:#}");
+    assert_eq!(
+        report["unconfirmed"].as_object().map(|o| o.len()),
+        Some(0),
+        "the demo crash needs no earlier input: {report:#}"
+    );
+}
+
+/// Runs the campaign until its first crash, checks the crash, its minimized input
+/// and the regression suite's replay; returns report.json.
+fn fuzz_from_the_good_seed(extra: &[&str]) -> Value {
     demo_manifest();
     let demo = Path::new(DEMO_SUITES);
     let dir = tempfile::tempdir().unwrap();
@@ -33,7 +63,10 @@ fn fuzzing_from_the_good_seed_finds_the_21_field_crash() {
         "tcg",
         "--out",
         out_dir.to_str().unwrap(),
-    ]);
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert_eq!(out.status.code(), Some(1), "a crash was found: {stdout}");
@@ -71,4 +104,5 @@ fn fuzzing_from_the_good_seed_finds_the_21_field_crash() {
     assert_eq!(s["verdict"], "fail");
     assert_eq!(s["crashes"][0]["title"], TITLE);
     assert_no_vm_left(&run);
+    report
 }

@@ -64,6 +64,9 @@ pub(super) struct Machine<'a> {
     pub(super) clock_skew: Option<jiff::SignedDuration>,
     /// The stall detector (stall.rs); None when the suite turned it off.
     pub(super) stall: Option<StallTracker>,
+    /// Console lines kept as they arrive, while a persistent fuzzing session
+    /// (persistent.rs) attributes them to its executions; None otherwise.
+    pub(super) console_tap: Option<Vec<String>>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -133,6 +136,7 @@ impl<'a> Machine<'a> {
             after_crash: None,
             crash_seen_utc: Vec::new(),
             clock_skew: None,
+            console_tap: None,
         }
     }
 }
@@ -303,6 +307,9 @@ impl Machine<'_> {
             let happening = match signal {
                 Signal::Console(line) => {
                     self.stall_console(&line.text, line.at);
+                    if let Some(tap) = self.console_tap.as_mut() {
+                        tap.push(line.text.clone());
+                    }
                     self.watch
                         .feed(boot_watch::Signal::Console(&line.text), line.at)
                 }

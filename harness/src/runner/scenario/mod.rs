@@ -39,6 +39,7 @@ mod evidence;
 mod guest_dumps;
 mod machine;
 pub(crate) mod ntfs;
+pub(crate) mod persistent;
 mod recovery;
 mod stall;
 mod steps;
