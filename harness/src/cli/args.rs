@@ -47,10 +47,12 @@ pub enum Command {
     Run(RunArgs),
     /// Fuzz a driver's content file through the real load path in a booted guest.
     ///
-    /// The driver is installed and loaded once and the VM saved; every execution
-    /// restores that state, writes a mutated content file (structure-aware, from the
-    /// format description, plus blind byte mutations) and runs the driver's reload.
-    /// Crashes are told apart by title, each minimized and saved with its evidence;
+    /// The driver is installed and loaded once and the VM saved; each VM restores
+    /// that state and is kept for up to --restore-every executions, each writing a
+    /// mutated content file (structure-aware, from the format description, plus blind
+    /// byte mutations) and running the driver's reload. An input that crashes or hangs
+    /// a kept guest is replayed alone from the saved state before anything is
+    /// reported. Crashes are told apart by title, each minimized and saved with its evidence;
     /// the output folder gets report.json and a regression suite for `bootgate run`.
     /// Exit 1 when a crash was found, 0 when none.
     ///
