@@ -73,9 +73,25 @@ enum Where {
     DeadHalt(u64),
 }
 
+/// The lowest address of the upper (kernel) half of the x86-64 address space. Both
+/// kernels bootgate runs live there: Linux maps its text at 0xffffffff80000000 and
+/// modules above it (Documentation/arch/x86/x86_64/mm.rst), Windows keeps system
+/// space in the upper half (Microsoft Learn, "Virtual address spaces"). Below it,
+/// at CPL 0, run the firmware (SeaBIOS, OVMF: identity-mapped), a boot loader
+/// (GRUB, Windows Boot Manager) and a kernel's own early setup and decompressor.
+/// Those print to the screen or nothing rather than the serial console and sit in
+/// small loops for seconds under TCG (a decompressor's inner loop, GRUB's menu
+/// countdown, BIOS disk reads), so a silent console and a still RIP there say
+/// nothing: CI once called the debian12 image's reboot (direct kernel boot)
+/// stalled at RIP 0x431baa0, in identity-mapped low memory where the kernel
+/// decompresses itself, before its first console line.
+pub(crate) const KERNEL_HALF: u64 = 1 << 63;
+
 fn classify(v: &VcpuState) -> Where {
     match (v.cpl, v.halted, v.interrupts) {
         (3, _, _) => Where::User,
+        // Not yet (or no longer) in the kernel: not judged, like user code.
+        (_, false, _) if v.rip < KERNEL_HALF => Where::User,
         (_, true, true) => Where::Idle,
         (_, true, false) => Where::DeadHalt(v.rip),
         (_, false, _) => Where::Kernel(v.rip),
