@@ -243,6 +243,14 @@ impl StallWatch {
     /// when known) with the agent, when expected, asked and silent throughout.
     pub(crate) fn decide(&self, now: Instant, agent_expected: bool) -> Option<Stall> {
         let run = self.run.as_ref()?;
+        // Before ready, a boot whose console has printed nothing yet is not judged:
+        // firmware, a boot loader and a kernel before its console is registered say
+        // nothing on the serial line, and under TCG early memory set-up can sit on
+        // one `rep stos` for seconds on a large guest. Such a boot is left to the boot
+        // timeout; a Windows guest, silent on the serial line, is judged once ready.
+        if !agent_expected && self.last_console.is_none() {
+            return None;
+        }
         if run.samples < MIN_SAMPLES || now.saturating_duration_since(run.since) < self.window {
             return None;
         }

@@ -35,6 +35,13 @@ fn user(rip: u64) -> VcpuState {
     }
 }
 
+/// A watch whose boot has printed its first console line, just before `t0`.
+fn booted(t0: Instant) -> StallWatch {
+    let mut watch = StallWatch::new(WINDOW);
+    watch.console("Linux version 6.1.0", t0);
+    watch
+}
+
 fn sample(vcpus: Vec<VcpuState>, cpu: Option<Duration>) -> Sample {
     Sample {
         running: true,
@@ -61,7 +68,7 @@ fn feed(
 #[test]
 fn a_vcpu_spinning_in_place_with_a_silent_console_is_a_stall_before_ready() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     watch.console("hang_init: spinning forever in init", t0);
     let end = feed(&mut watch, t0, 22, |i| spinning(SPIN + u64::from(i % 3)));
     let stall = watch.decide(end, false).expect("a stall");
@@ -78,7 +85,7 @@ fn a_vcpu_spinning_in_place_with_a_silent_console_is_a_stall_before_ready() {
 #[test]
 fn not_before_the_window() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 15, |_| spinning(SPIN));
     assert_eq!(watch.decide(end, false), None, "7.5 s of a 10 s window");
 }
@@ -86,7 +93,7 @@ fn not_before_the_window() {
 #[test]
 fn an_idle_guest_is_never_stalled() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 60, |_| idle());
     assert_eq!(watch.decide(end, false), None);
     assert_eq!(watch.decide(end, true), None);
@@ -95,7 +102,7 @@ fn an_idle_guest_is_never_stalled() {
 #[test]
 fn user_code_running_is_progress() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     // A busy loop in a user process, seen now and then in the kernel at one place.
     let end = feed(&mut watch, t0, 60, |i| {
         if i % 5 == 0 {
@@ -110,7 +117,7 @@ fn user_code_running_is_progress() {
 #[test]
 fn a_kernel_that_moves_is_working_not_stalled() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 60, |i| {
         spinning(SPIN + u64::from(i) * 0x1000)
     });
@@ -120,7 +127,7 @@ fn a_kernel_that_moves_is_working_not_stalled() {
 #[test]
 fn one_stray_sample_in_an_interrupt_handler_does_not_restart_the_run() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 22, |i| {
         if i == 9 {
             spinning(0xffff_ffff_8100_0000)
@@ -134,7 +141,7 @@ fn one_stray_sample_in_an_interrupt_handler_does_not_restart_the_run() {
 #[test]
 fn console_output_is_progress() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let mid = feed(&mut watch, t0, 12, |_| spinning(SPIN));
     watch.console("still printing", mid);
     let end = feed(&mut watch, mid, 12, |_| spinning(SPIN));
@@ -148,7 +155,7 @@ fn console_output_is_progress() {
 #[test]
 fn once_ready_the_agent_must_have_been_asked_and_stayed_silent() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 22, |_| spinning(SPIN));
     assert!(watch.wants_agent_asked());
     assert_eq!(watch.decide(end, true), None, "nobody asked the agent");
@@ -161,7 +168,7 @@ fn once_ready_the_agent_must_have_been_asked_and_stayed_silent() {
 #[test]
 fn an_agent_answer_is_progress() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let mid = feed(&mut watch, t0, 12, |_| spinning(SPIN));
     watch.agent_asked(t0);
     watch.agent_answered(mid);
@@ -173,7 +180,7 @@ fn an_agent_answer_is_progress() {
 #[test]
 fn a_paused_guest_is_not_stalled() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     for i in 0..40 {
         let mut s = sample(vec![spinning(SPIN)], Some(STEP * i));
         s.running = i % 10 != 9;
@@ -187,7 +194,7 @@ fn a_starved_vcpu_thread_is_not_a_stall() {
     // The host gave QEMU's vCPU thread a tenth of the time: a loaded host, not a
     // stalled guest (or not yet known to be one).
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     for i in 0..40 {
         watch.sample(
             &sample(vec![spinning(SPIN)], Some(STEP * i / 10)),
@@ -209,7 +216,7 @@ fn a_starved_vcpu_thread_is_not_a_stall() {
 #[test]
 fn a_vcpu_halted_with_interrupts_off_is_dead() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 22, |_| VcpuState {
         interrupts: false,
         ..idle()
@@ -221,7 +228,7 @@ fn a_vcpu_halted_with_interrupts_off_is_dead() {
 #[test]
 fn one_spinning_vcpu_beside_idle_ones_is_parked() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     for i in 0..22 {
         watch.sample(
             &sample(vec![idle(), spinning(SPIN)], Some(STEP * i)),
@@ -235,7 +242,7 @@ fn one_spinning_vcpu_beside_idle_ones_is_parked() {
 #[test]
 fn a_new_boot_forgets_the_last() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 22, |_| spinning(SPIN));
     watch.begin_boot();
     assert_eq!(watch.decide(end, false), None);
@@ -248,13 +255,27 @@ fn a_new_boot_forgets_the_last() {
 #[test]
 fn firmware_or_a_boot_loader_waiting_in_place_is_no_stall() {
     let t0 = Instant::now();
-    let mut watch = StallWatch::new(WINDOW);
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 30, |i| {
         spinning(0x431_baa0 + u64::from(i % 3))
     });
     assert_eq!(watch.decide(end, false), None);
-    // The same wait at a kernel address is one.
-    let mut watch = StallWatch::new(WINDOW);
+    // The same wait at a kernel address, once the console has spoken, is one.
+    let mut watch = booted(t0);
     let end = feed(&mut watch, t0, 30, |i| spinning(SPIN + u64::from(i % 3)));
     assert!(watch.decide(end, false).is_some());
+}
+
+/// Before ready, a boot that has printed nothing on the console is not judged (a
+/// kernel before its console is up, a guest silent on the serial line like Windows):
+/// the boot timeout covers it. Once ready, the agent's silence is the signal.
+#[test]
+fn before_ready_a_boot_with_a_silent_console_from_its_start_is_not_judged() {
+    let t0 = Instant::now();
+    let mut watch = StallWatch::new(WINDOW);
+    let end = feed(&mut watch, t0, 30, |i| spinning(SPIN + u64::from(i % 3)));
+    assert_eq!(watch.decide(end, false), None);
+    watch.console("Linux version 6.1.0", end);
+    let later = feed(&mut watch, end, 30, |i| spinning(SPIN + u64::from(i % 3)));
+    assert!(watch.decide(later, false).is_some());
 }
