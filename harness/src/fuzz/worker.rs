@@ -477,6 +477,7 @@ impl<'a> Campaign<'a> {
                     KeptOutcome::Survived(signature) => {
                         self.record(input, Outcome::Survived(signature))
                     }
+                    KeptOutcome::Ended(_) if interrupted() => return,
                     KeptOutcome::Ended(why) => {
                         drop(session);
                         let replay = self.rig.execute(&input.bytes, Some(standby));
