@@ -516,8 +516,9 @@ def fuzz_rates(restore_every):
             report = json.load(f)
         counts = []
         for line in (proc.stdout + proc.stderr).splitlines():
-            if line.startswith("fuzz: ") and " executions (" in line:
-                counts.append(int(line.split()[1]))
+            words = line.split()
+            if line.startswith("fuzz: ") and len(words) > 2 and words[1].isdigit() and words[2] == "executions":
+                counts.append(int(words[1]))
         steady = None
         if len(counts) > FUZZ_STEADY_LINES:
             steady = (counts[-1] - counts[-1 - FUZZ_STEADY_LINES]) / (5.0 * FUZZ_STEADY_LINES)
