@@ -43,16 +43,20 @@ def demo_manifest():
     return out.stdout.split("image: ", 1)[1].splitlines()[0].strip()
 
 
+def write_suite(tmp, text):
+    path = os.path.join(tmp, "suite.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path, os.path.join(tmp, "results")
+
+
 def run_suite(text, *extra):
     """Runs a suite; returns (wall seconds, run.json, peak RSS of bootgate itself in KiB).
 
     The peak is the bootgate process's own high-water mark (VmHWM), sampled while it
     runs: rusage of a waited child would include its largest descendant, a QEMU."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "suite.toml")
-        with open(path, "w") as f:
-            f.write(text)
-        out_dir = os.path.join(tmp, "results")
+        path, out_dir = write_suite(tmp, text)
         start = time.monotonic()
         proc = subprocess.Popen([BOOTGATE, "run", path, "--accel", ACCEL, "-q", "--out", out_dir, *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -312,10 +316,7 @@ def whole_run(text, accel=None):
     """Whole-process seconds of `bootgate run` on a suite (nothing sampled while it
     runs, so the figure is the process's own), and its run.json."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "suite.toml")
-        with open(path, "w") as f:
-            f.write(text)
-        out_dir = os.path.join(tmp, "results")
+        path, out_dir = write_suite(tmp, text)
         start = time.monotonic()
         proc = subprocess.run([BOOTGATE, "run", path, "--accel", accel or ACCEL, "-q", "--out", out_dir],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

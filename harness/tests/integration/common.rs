@@ -147,6 +147,16 @@ pub fn run_json(out: &Path) -> Value {
     serde_json::from_str(&text).expect("run.json is valid JSON")
 }
 
+/// The outcome of each boot of a scenario record, in order.
+pub fn boot_outcomes(scenario: &Value) -> Vec<&str> {
+    scenario["boots"]
+        .as_array()
+        .expect("boots is a list")
+        .iter()
+        .map(|b| b["outcome"].as_str().expect("a boot has an outcome"))
+        .collect()
+}
+
 pub fn scenario<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["scenarios"]
         .as_array()

@@ -50,12 +50,7 @@ steps = [
     assert_eq!(out.status.code(), Some(1), "{s:#}");
     assert_eq!(s["verdict"], "fail", "{s:#}");
     assert_eq!(s["boot_loop"], true, "{s:#}");
-    let outcomes: Vec<&str> = s["boots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["outcome"].as_str().unwrap())
-        .collect();
+    let outcomes = boot_outcomes(s);
     assert_eq!(outcomes, ["ready", "crash", "crash"], "{s:#}");
     let crashes = s["crashes"].as_array().unwrap();
     assert_eq!(crashes.len(), 2, "one crash per resetting boot: {s:#}");

@@ -242,12 +242,7 @@ steps = [
         reason.starts_with("boot loop: after the crash (") && reason.contains("did not"),
         "{reason}"
     );
-    let outcomes: Vec<&str> = s["boots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["outcome"].as_str().unwrap())
-        .collect();
+    let outcomes = boot_outcomes(s);
     assert_eq!(outcomes.len(), 2, "{outcomes:?}");
     // The crash came after boot 1 was ready (the exec step), so boot 1 stays ready
     // and carries the crash.

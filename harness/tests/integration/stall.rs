@@ -153,12 +153,7 @@ steps = [
         for report in KERNEL_REPORTS {
             assert!(!console.contains(report), "{name}: {report} came first");
         }
-        let outcomes: Vec<&str> = s["boots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["outcome"].as_str().unwrap())
-            .collect();
+        let outcomes = boot_outcomes(s);
         let expected: &[&str] = if boot == 2 {
             &["ready", "hang"]
         } else {
