@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
-const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
+const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]";
 
 fn boots(s: &Value) -> Vec<&str> {
     s["boots"]
@@ -173,7 +173,7 @@ fn unexpected_crash_fails_with_title_and_excerpt() {
     let run = run_json(&out_dir);
     let s = scenario(&run, "bad/null-deref");
     assert_eq!(s["verdict"], "fail");
-    let title = "BUG: kernel NULL pointer dereference in null_deref_trigger";
+    let title = "BUG: kernel NULL pointer dereference in null_deref_trigger [null_deref]";
     assert_eq!(
         s["reason"],
         format!("boot loop: 2 consecutive boots crashed before ready: {title}")

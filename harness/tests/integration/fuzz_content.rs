@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
-const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
+const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]";
 
 #[test]
 fn fuzzing_from_the_good_seed_finds_the_21_field_crash() {

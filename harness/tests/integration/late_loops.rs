@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
-const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields";
+const TITLE: &str = "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]";
 
 /// Two scenarios on the real sensor with the 21-field content applied live: one
 /// crashes 10 s after load at every boot, one crashes so once and then its guard

@@ -135,7 +135,7 @@ fn a_panic_event_waits_for_the_console_tail() {
     assert_eq!(c.source, "console");
     assert_eq!(
         c.title,
-        "BUG: unable to handle page fault in sensor_match_fields"
+        "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]"
     );
     assert_eq!(c.signals, ["pvpanic", "console"]);
     assert_eq!(c.seen_at, p);

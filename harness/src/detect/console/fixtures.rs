@@ -52,7 +52,7 @@ fn demo_sensor_live_reload_oops() {
     assert_eq!(crash.kind, "BUG: unable to handle page fault");
     assert_eq!(
         crash.title,
-        "BUG: unable to handle page fault in sensor_match_fields"
+        "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]"
     );
     assert!(crash.excerpt.iter().any(|l| l.contains(" Comm: sh ")));
 }
@@ -66,7 +66,7 @@ fn demo_sensor_boot_oops() {
     assert_eq!(crash.kind, "BUG: unable to handle page fault");
     assert_eq!(
         crash.title,
-        "BUG: unable to handle page fault in sensor_match_fields"
+        "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]"
     );
     assert!(crash.excerpt.iter().any(|l| l.contains(" Comm: insmod ")));
 }
@@ -80,7 +80,7 @@ fn null_deref_boot() {
     assert_eq!(crash.kind, "BUG: kernel NULL pointer dereference");
     assert_eq!(
         crash.title,
-        "BUG: kernel NULL pointer dereference in null_deref_trigger"
+        "BUG: kernel NULL pointer dereference in null_deref_trigger [null_deref]"
     );
 }
 
@@ -98,13 +98,13 @@ fn hang_init_soft_lockup() {
         "INFO: rcu detected stall",
         CrashClass::Hang,
         false,
-        "INFO: rcu detected stall in hang_init_init",
+        "INFO: rcu detected stall in hang_init_init [hang_init]",
     );
     let lockup = (
         "BUG: soft lockup",
         CrashClass::Hang,
         false,
-        "BUG: soft lockup in hang_init_init",
+        "BUG: soft lockup in hang_init_init [hang_init]",
     );
     // The RCU stall (at 25 s) comes before the first soft lockup (at 49 s); both
     // name the spinning init function. crash() is the first hang: the stall.

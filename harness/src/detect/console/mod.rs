@@ -1,8 +1,9 @@
 //! Crash detection from the guest's console: recognises Linux crash, hang and warning
 //! reports and turns each into a stable title ("BUG: unable to handle page fault in
-//! sensor_parse_field"): the kind of report and the first non-generic frame, with
-//! addresses, offsets, module names and numbers stripped so the same bug gets the same
-//! title across runs and can be de-duplicated.
+//! sensor_parse_field [demo_sensor]"): the kind of report and the first non-generic
+//! frame with its module (when it is a module's code), with addresses, offsets and
+//! numbers stripped so the same bug gets the same title across runs and can be
+//! de-duplicated.
 //!
 //! The console is untrusted and messy: user space writes into the middle of kernel
 //! traces, the VM may stop half-way through a report, and lines may hold anything. The
@@ -10,9 +11,12 @@
 
 use serde::Serialize;
 
+pub use frames::{trace_frames, TraceFrame, MAX_TRACE_FRAMES};
+
 mod classify;
 #[cfg(test)]
 mod fixtures;
+mod frames;
 #[cfg(test)]
 mod tests;
 mod title;
@@ -21,7 +25,10 @@ use classify::{
     header_of, is_report_line, Header, Line, Role, CONSEQUENCE_PANICS, PANIC_KIND, PANIC_PREFIX,
     WARNING_KIND,
 };
-use title::{frame_of, is_generic, normalise, warning_function};
+use title::{frame_of, is_generic, normalise, warning_function, FrameRef};
+
+/// A frame that names a report: the function and, for a module's code, the module.
+type NamedFrame = (String, Option<String>);
 
 /// Most lines kept as one report's excerpt: a full x86 oops followed by its panic is
 /// about 60-80 lines, and past that the lines add nothing a reader needs.
@@ -62,7 +69,8 @@ pub enum CrashClass {
 /// A crash, hang or warning report seen on the console.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsoleCrash {
-    /// Normalised title, for humans and de-duplication: `"{kind} in {frame}"`,
+    /// Normalised title, for humans and de-duplication: `"{kind} in {frame}"` (with
+    /// ` [module]` when the frame is a module's code),
     /// `"Kernel panic: {message}"`, or just the kind when `corrupted`.
     pub title: String,
     /// The report's header, normalised (`"BUG: soft lockup"`, `"WARNING"`...). When a
@@ -95,11 +103,11 @@ struct OpenReport {
     panicked: bool,
     panic_message: Option<String>,
     /// The function named on a `WARNING:` line itself.
-    header_frame: Option<String>,
+    header_frame: Option<NamedFrame>,
     /// First non-generic frame not marked `?` (RIP lines, reliable trace entries).
-    reliable: Option<String>,
+    reliable: Option<NamedFrame>,
     /// First non-generic `?` frame: only used when no reliable one is found.
-    unreliable: Option<String>,
+    unreliable: Option<NamedFrame>,
     /// Inside an RCU stall's dump of the grace-period kthread: an innocent bystander
     /// whose frames must not name the stall.
     in_gp_kthread_dump: bool,
@@ -167,9 +175,9 @@ impl CrashDetector {
             } else if line.body.starts_with("rcu: Stack dump where") {
                 open.in_gp_kthread_dump = false;
             }
-            if let Some((name, reliable)) = frame_of(line.body) {
+            if let Some(frame) = frame_of(line.body) {
                 if !open.in_gp_kthread_dump {
-                    open.note_frame(name, reliable);
+                    open.note_frame(frame);
                 }
             }
             if line.body.starts_with("---[ end trace")
@@ -298,7 +306,10 @@ impl CrashDetector {
         let message = open.panic_message.as_ref().filter(|m| !m.is_empty());
         let (title, corrupted) = match (open.kind == PANIC_KIND, message, frame) {
             (true, Some(message), _) => (format!("{PANIC_KIND}: {message}"), false),
-            (_, _, Some(frame)) => (format!("{} in {frame}", open.kind), false),
+            (_, _, Some((frame, Some(module)))) => {
+                (format!("{} in {frame} [{module}]", open.kind), false)
+            }
+            (_, _, Some((frame, None))) => (format!("{} in {frame}", open.kind), false),
             _ => (open.kind.to_string(), true),
         };
         report.title = clip(&title, MAX_TITLE_BYTES).to_string();
@@ -308,16 +319,16 @@ impl CrashDetector {
 }
 
 impl OpenReport {
-    fn note_frame(&mut self, name: &str, reliable: bool) {
-        if is_generic(name) {
+    fn note_frame(&mut self, frame: FrameRef) {
+        if is_generic(frame.function) {
             return;
         }
-        let slot = if reliable {
+        let slot = if frame.reliable {
             &mut self.reliable
         } else {
             &mut self.unreliable
         };
-        slot.get_or_insert_with(|| name.to_string());
+        slot.get_or_insert_with(|| (frame.function.to_string(), frame.module.map(str::to_string)));
     }
 }
 

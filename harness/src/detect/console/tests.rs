@@ -64,7 +64,7 @@ fn page_fault_then_panic_is_one_report_titled_by_its_cause() {
     let crash = only(PAGE_FAULT);
     assert_eq!(
         crash.title,
-        "BUG: unable to handle page fault in sensor_match_fields"
+        "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]"
     );
     assert_eq!(crash.kind, "BUG: unable to handle page fault");
     assert_eq!(crash.class, CrashClass::Crash);
@@ -107,7 +107,7 @@ fn null_pointer_dereference() {
     );
     assert_eq!(
         crash.title,
-        "BUG: kernel NULL pointer dereference in null_deref_trigger"
+        "BUG: kernel NULL pointer dereference in null_deref_trigger [null_deref]"
     );
     assert_eq!(crash.class, CrashClass::Crash);
 }
@@ -171,7 +171,7 @@ fn bare_oops() {
 [    7.000002] RIP: 0010:demo_write_reg.isra.0+0x11/0x30 [demo]
 [    7.000003] ---[ end trace 0000000000000000 ]---",
     );
-    assert_eq!(crash.title, "Oops in demo_write_reg");
+    assert_eq!(crash.title, "Oops in demo_write_reg [demo]");
     assert_eq!(crash.kind, "Oops");
 }
 
@@ -184,7 +184,7 @@ fn general_protection_fault_old_and_new_spelling() {
         let crash = only(&format!(
             "[ 8.1] {header}\n[ 8.2] CPU: 0 PID: 1 Comm: init\n[ 8.3] RIP: 0010:gpf_list_walk+0x22/0x50 [demo]\n[ 8.4] ---[ end trace 0000000000000000 ]---"
         ));
-        assert_eq!(crash.title, "general protection fault in gpf_list_walk");
+        assert_eq!(crash.title, "general protection fault in gpf_list_walk [demo]");
         assert_eq!(crash.class, CrashClass::Crash);
     }
 }
@@ -208,7 +208,7 @@ fn kernel_bug_and_its_invalid_opcode_are_one_report() {
 [    9.000012]  </TASK>
 [    9.000013] ---[ end trace 0000000000000000 ]---",
     );
-    assert_eq!(crash.title, "kernel BUG in bug_check_table");
+    assert_eq!(crash.title, "kernel BUG in bug_check_table [demo_bug]");
     assert_eq!(crash.kind, "kernel BUG");
     assert_eq!(crash.excerpt.len(), 13);
 }
@@ -221,7 +221,7 @@ fn invalid_opcode_alone() {
 [    9.000004] RIP: 0010:ud2_trap+0x0/0x10 [demo]
 [    9.000013] ---[ end trace 0000000000000000 ]---",
     );
-    assert_eq!(crash.title, "invalid opcode in ud2_trap");
+    assert_eq!(crash.title, "invalid opcode in ud2_trap [demo]");
     assert_eq!(crash.kind, "invalid opcode");
 }
 
@@ -251,7 +251,10 @@ const SOFT_LOCKUP: &str = "\
 #[test]
 fn soft_lockup_is_a_hang() {
     let crash = only(SOFT_LOCKUP);
-    assert_eq!(crash.title, "BUG: soft lockup in hang_init_spin");
+    assert_eq!(
+        crash.title,
+        "BUG: soft lockup in hang_init_spin [demo_hang]"
+    );
     assert_eq!(crash.class, CrashClass::Hang);
     assert_eq!(crash.excerpt.len(), 21);
     let d = detect(SOFT_LOCKUP);
@@ -264,7 +267,10 @@ fn soft_lockup_panic_stays_a_hang_named_by_its_cause() {
         "{SOFT_LOCKUP}\n[   48.123477] Kernel panic - not syncing: softlockup: hung tasks\n[   48.123478] ---[ end Kernel panic - not syncing: softlockup: hung tasks ]---"
     );
     let crash = only(&console);
-    assert_eq!(crash.title, "BUG: soft lockup in hang_init_spin");
+    assert_eq!(
+        crash.title,
+        "BUG: soft lockup in hang_init_spin [demo_hang]"
+    );
     assert_eq!(crash.class, CrashClass::Hang);
     assert_eq!(crash.excerpt.len(), 23);
 }
@@ -287,7 +293,7 @@ fn hung_task_skips_the_scheduler() {
 [  243.100011]  do_one_initcall+0x5b/0x320
 [  243.100012]  </TASK>",
     );
-    assert_eq!(crash.title, "INFO: task hung in hang_init_wait");
+    assert_eq!(crash.title, "INFO: task hung in hang_init_wait [demo_hang]");
     assert_eq!(crash.kind, "INFO: task hung");
     assert_eq!(crash.class, CrashClass::Hang);
 }
@@ -312,7 +318,10 @@ fn rcu_stall_is_a_hang_named_by_the_stalled_code() {
 [   60.000013]  </TASK>",
     );
     // `rcu_` is a generic prefix, but the demo module's function is named by RIP.
-    assert_eq!(crash.title, "INFO: rcu detected stall in demo_rcu_init");
+    assert_eq!(
+        crash.title,
+        "INFO: rcu detected stall in demo_rcu_init [demo_rcu]"
+    );
     assert_eq!(crash.class, CrashClass::Hang);
 }
 
@@ -336,7 +345,10 @@ fn rcu_stall_ignores_the_grace_period_kthread_stack() {
     let crash = only(&format!(
         "{stall}\n[   25.091322] RIP: 0010:hang_init_init+0x13/0x1000 [hang_init]"
     ));
-    assert_eq!(crash.title, "INFO: rcu detected stall in hang_init_init");
+    assert_eq!(
+        crash.title,
+        "INFO: rcu detected stall in hang_init_init [hang_init]"
+    );
 }
 
 const WARNING: &str = "\
@@ -361,7 +373,10 @@ fn warning_is_named_by_its_function_and_is_not_a_crash() {
     let warning = warning
         .as_ref()
         .map(|w| (w.title.as_str(), w.kind.as_str(), w.excerpt.len()));
-    assert_eq!(warning, Some(("WARNING in warn_bad_state", "WARNING", 11)));
+    assert_eq!(
+        warning,
+        Some(("WARNING in warn_bad_state [demo_warn]", "WARNING", 11))
+    );
 }
 
 #[test]
@@ -371,7 +386,7 @@ fn panic_on_warn_turns_the_warning_into_a_crash() {
         "[   15.000011] Kernel panic - not syncing: kernel: panic_on_warn set ...",
     );
     let crash = only(&console);
-    assert_eq!(crash.title, "WARNING in warn_bad_state");
+    assert_eq!(crash.title, "WARNING in warn_bad_state [demo_warn]");
     assert_eq!(crash.class, CrashClass::Crash);
 }
 
@@ -387,7 +402,7 @@ fn an_unrelated_panic_after_a_warning_is_its_own_report() {
     assert_eq!(
         titles,
         [
-            ("WARNING in warn_bad_state", CrashClass::Warning),
+            ("WARNING in warn_bad_state [demo_warn]", CrashClass::Warning),
             ("Kernel panic: sysrq triggered crash", CrashClass::Crash),
         ]
     );
@@ -406,7 +421,7 @@ fn reliable_frames_win_over_question_marked_ones() {
     );
     assert_eq!(
         crash.title,
-        "BUG: unable to handle page fault in real_caller"
+        "BUG: unable to handle page fault in real_caller [demo]"
     );
     let crash = only(
         "\
@@ -417,7 +432,7 @@ fn reliable_frames_win_over_question_marked_ones() {
     );
     assert_eq!(
         crash.title,
-        "BUG: unable to handle page fault in only_guess"
+        "BUG: unable to handle page fault in only_guess [demo]"
     );
     assert!(!crash.corrupted);
 }
@@ -450,10 +465,15 @@ fn same_bug_same_title_across_runs() {
     let b = only(&variant(3071.0, "ffffc90000a1b2c3", "0x2f/0x60", 1));
     assert_eq!(a.title, b.title);
     assert_ne!(a.excerpt, b.excerpt);
-    // Compiler suffixes and module names are not part of a title either.
-    let c = only("[ 1.0] Oops: 0000 [#1]\n[ 1.1] RIP: 0010:demo_write_reg.constprop.0+0x1/0x9");
+    // Compiler suffixes are not part of a title; the module is, and names the driver.
+    let c =
+        only("[ 1.0] Oops: 0000 [#1]\n[ 1.1] RIP: 0010:demo_write_reg.constprop.0+0x1/0x9 [demo]");
     let d = only("[ 2.0] Oops: 0000 [#2]\n[ 2.1] RIP: 0010:demo_write_reg+0x5/0x20 [demo]");
     assert_eq!(c.title, d.title);
+    assert_eq!(d.title, "Oops in demo_write_reg [demo]");
+    // The kernel's own code has no module: its titles stay as they were.
+    let e = only("[ 2.0] Oops: 0000 [#2]\n[ 2.1] RIP: 0010:demo_write_reg+0x5/0x20");
+    assert_eq!(e.title, "Oops in demo_write_reg");
 }
 
 #[test]
@@ -480,7 +500,7 @@ bootgate: applying con[   12.000001] BUG: kernel NULL pointer dereference, addre
     );
     assert_eq!(
         crash.title,
-        "BUG: kernel NULL pointer dereference in null_deref_trigger"
+        "BUG: kernel NULL pointer dereference in null_deref_trigger [null_deref]"
     );
     assert_eq!(
         crash.excerpt[0],
@@ -514,7 +534,7 @@ fn truncated_trace_keeps_what_was_seen() {
     assert_eq!(
         crash.as_ref().map(|c| (c.title.as_str(), c.excerpt.len())),
         Some((
-            "BUG: unable to handle page fault in sensor_match_fields",
+            "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]",
             11
         ))
     );
@@ -545,10 +565,9 @@ fn every_boot_of_a_boot_loop_is_a_report() {
     let console = [boot.as_str(); 3].join("\n");
     let d = detect(&console);
     assert_eq!(d.reports().len(), 3);
-    assert!(d
-        .reports()
-        .iter()
-        .all(|r| r.title == "BUG: unable to handle page fault in sensor_match_fields"));
+    assert!(d.reports().iter().all(
+        |r| r.title == "BUG: unable to handle page fault in sensor_match_fields [demo_sensor]"
+    ));
 }
 
 #[test]
@@ -567,7 +586,7 @@ fn reports_are_capped() {
     assert!(d
         .reports()
         .iter()
-        .all(|r| r.title == "BUG: soft lockup in hang_init_spin"));
+        .all(|r| r.title == "BUG: soft lockup in hang_init_spin [demo_hang]"));
 }
 
 #[test]

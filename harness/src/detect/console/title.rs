@@ -240,25 +240,46 @@ pub(super) const GENERIC_PREFIXES: &[&str] = &[
     "__se_sys_",
 ];
 
-/// The function a line names as a stack frame, and whether it is reliable. RIP/IP/pc
-/// lines name where the CPU was: reliable. Call-trace entries marked `?` are stale
-/// values the unwinder found on the stack: unreliable. User-space RIPs are not frames.
-pub(super) fn frame_of(body: &str) -> Option<(&str, bool)> {
+/// A stack frame a console line names: the function (compiler suffixes cut), the
+/// module it belongs to when the kernel printed one (`[demo_sensor]`), and whether the
+/// frame is reliable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FrameRef<'a> {
+    pub(super) function: &'a str,
+    pub(super) module: Option<&'a str>,
+    pub(super) reliable: bool,
+}
+
+/// The frame a line names, if it names one. RIP/IP/pc lines name where the CPU was:
+/// reliable. Call-trace entries marked `?` are stale values the unwinder found on the
+/// stack: unreliable. User-space RIPs are not frames.
+pub(super) fn frame_of(body: &str) -> Option<FrameRef<'_>> {
+    let (text, reliable) = frame_text(body)?;
+    let (token, _, _) = symbol_token(text)?;
+    Some(FrameRef {
+        function: base_name(token)?,
+        module: module_after(text),
+        reliable,
+    })
+}
+
+/// The text of a frame line from its symbol on, and whether the frame is reliable.
+pub(super) fn frame_text(body: &str) -> Option<(&str, bool)> {
     if let Some(rest) = body.strip_prefix("RIP: ") {
         let rest = rest.strip_prefix("0010:")?;
-        return symbol(skip_addresses(rest)).map(|n| (n, true));
+        return Some((skip_addresses(rest), true));
     }
     for prefix in ["EIP: ", "IP: ", "pc : "] {
         if let Some(rest) = body.strip_prefix(prefix) {
             let rest = rest.strip_prefix("0060:").unwrap_or(rest);
-            return symbol(skip_addresses(rest)).map(|n| (n, true));
+            return Some((skip_addresses(rest), true));
         }
     }
     let rest = skip_addresses(body);
-    match rest.strip_prefix("? ") {
-        Some(rest) => symbol(rest.trim_start()).map(|n| (n, false)),
-        None => symbol(rest).map(|n| (n, true)),
-    }
+    Some(match rest.strip_prefix("? ") {
+        Some(rest) => (rest.trim_start(), false),
+        None => (rest, true),
+    })
 }
 
 /// Skips old-style `[<ffffffff81234567>]` addresses before a symbol.
@@ -272,21 +293,47 @@ pub(super) fn skip_addresses(mut text: &str) -> &str {
     text
 }
 
-/// The function in a leading `func+0x1a/0x40` token, with compiler suffixes
-/// (`.cold`, `.isra.0`, `.constprop.0`) cut: they change with the compiler, not the bug.
-pub(super) fn symbol(text: &str) -> Option<&str> {
+/// A leading `func+0x1a/0x40` token: the symbol as printed (suffixes kept), its
+/// offset and its size.
+pub(super) fn symbol_token(text: &str) -> Option<(&str, u64, u64)> {
     let token = text.split_whitespace().next()?;
     let (name, offset) = token.split_once('+')?;
     let (off, size) = offset.split_once('/')?;
     let hex = |s: &str| {
-        s.strip_prefix("0x")
-            .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        let digits = s.strip_prefix("0x")?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(digits, 16).ok()
     };
-    if !hex(off) || !hex(size.trim_end_matches("()")) {
-        return None;
-    }
-    base_name(name)
+    Some((name, hex(off)?, hex(size.trim_end_matches("()"))?))
 }
+
+/// The function in a leading `func+0x1a/0x40` token, with compiler suffixes
+/// (`.cold`, `.isra.0`, `.constprop.0`) cut: they change with the compiler, not the bug.
+pub(super) fn symbol(text: &str) -> Option<&str> {
+    base_name(symbol_token(text)?.0)
+}
+
+/// The module named right after a frame's symbol: `func+0x1a/0x40 [demo_sensor]`.
+/// Module names are stable across runs and builds, unlike the offsets.
+pub(super) fn module_after(text: &str) -> Option<&str> {
+    module_word(text.split_whitespace().nth(1)?)
+}
+
+/// The module a `[demo_sensor]` word names.
+fn module_word(word: &str) -> Option<&str> {
+    let name = word.strip_prefix('[')?.strip_suffix(']')?;
+    let valid = !name.is_empty()
+        && name.len() <= MAX_MODULE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    valid.then_some(name)
+}
+
+/// Longest module name the kernel allows (MODULE_NAME_LEN is 64 with its NUL).
+const MAX_MODULE_NAME: usize = 63;
 
 /// `name` cut at its first `.`, if it is an identifier.
 pub(super) fn base_name(name: &str) -> Option<&str> {
@@ -303,14 +350,16 @@ pub(super) fn is_generic(name: &str) -> bool {
 }
 
 /// The function a `WARNING: CPU: 0 PID: 1 at file.c:12 func+0x1/0x2 [mod]` (or older
-/// `WARNING: at file.c:12 func()`) line names, unless it is a generic helper.
-pub(super) fn warning_function(body: &str) -> Option<String> {
+/// `WARNING: at file.c:12 func()`) line names, with its module, unless it is a
+/// generic helper.
+pub(super) fn warning_function(body: &str) -> Option<(String, Option<String>)> {
     let (_, site) = body.split_once(" at ")?;
     let mut words = site.split_whitespace();
     let _file_line = words.next()?;
     let word = words.next()?;
     let name = symbol(word).or_else(|| base_name(word.trim_end_matches("()")))?;
-    (!is_generic(name)).then(|| name.to_string())
+    let module = words.next().and_then(module_word).map(String::from);
+    (!is_generic(name)).then(|| (name.to_string(), module))
 }
 
 /// Replaces numbers (decimal, `0x` hex, long bare hex such as addresses) with `N` and
