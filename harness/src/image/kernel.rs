@@ -23,6 +23,62 @@ pub struct Kernel {
     /// The host package that installs those headers, named in the error when the
     /// folder is missing (`linux-headers-<release>`, `kernel-devel-<release>`).
     pub headers_package: Option<String>,
+    /// The guest kernel's debug vmlinux (with its DWARF), for crash triage of a
+    /// memory dump with the `crash` utility. Unnamed, the places distributions'
+    /// debug packages install it are searched ([`DEBUG_VMLINUX_PLACES`]).
+    pub debug_vmlinux: Option<PathBuf>,
+}
+
+/// Where distributions' kernel debug packages put the debug vmlinux of `{release}`:
+/// Debian's `linux-image-<release>-dbg`, then Ubuntu's `linux-image-<release>-dbgsym`
+/// and Fedora/RHEL's `kernel-debuginfo`.
+pub(crate) const DEBUG_VMLINUX_PLACES: &[&str] = &[
+    "/usr/lib/debug/boot/vmlinux-{release}",
+    "/usr/lib/debug/lib/modules/{release}/vmlinux",
+    "/usr/lib/debug/usr/lib/modules/{release}/vmlinux",
+];
+
+/// The guest kernel's debug vmlinux: the one the manifest names, or the first of the
+/// distributions' places that exists for its release. The error says what is
+/// missing and the package that would install it.
+pub(crate) fn debug_vmlinux(manifest: &Manifest) -> Result<PathBuf, String> {
+    debug_vmlinux_under(manifest, Path::new("/"))
+}
+
+/// [`debug_vmlinux`] with the distributions' places under `root` (tests).
+pub(crate) fn debug_vmlinux_under(manifest: &Manifest, root: &Path) -> Result<PathBuf, String> {
+    if let Some(named) = &manifest.kernel.debug_vmlinux {
+        return if named.is_file() {
+            Ok(named.clone())
+        } else {
+            Err(format!(
+                "{}: [kernel] debug_vmlinux {} does not exist",
+                manifest.path.display(),
+                named.display()
+            ))
+        };
+    }
+    let Some(release) = release(manifest) else {
+        return Err(format!(
+            "the image {} does not say which kernel it runs: add [kernel] release (or debug_vmlinux) to its manifest",
+            manifest.path.display()
+        ));
+    };
+    for place in DEBUG_VMLINUX_PLACES {
+        let path = root.join(place.replace("{release}", &release).trim_start_matches('/'));
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    Err(format!(
+        "no debug vmlinux for kernel {release} (looked in {}): as root run `apt-get install linux-image-{release}-dbg` (Debian; Ubuntu: linux-image-{release}-dbgsym, Fedora: dnf debuginfo-install kernel-{release}) or name it as [kernel] debug_vmlinux in {}",
+        DEBUG_VMLINUX_PLACES
+            .iter()
+            .map(|p| p.replace("{release}", &release))
+            .collect::<Vec<_>>()
+            .join(", "),
+        manifest.path.display()
+    ))
 }
 
 /// `build-info.json` of a built image (kernel version, packages, headers folder).
@@ -172,6 +228,53 @@ mod tests {
         DEMO.replace("drivers_dir = \"/system/drivers\"\n", "")
             .replace("drivers_registry = \"/system/etc/drivers.conf\"\n", "")
             .replace("os = \"linux\"", &format!("os = \"linux\"\n{extra}"))
+    }
+
+    #[test]
+    fn the_debug_vmlinux_is_named_or_found_where_debug_packages_put_it() {
+        let root = tempfile::tempdir().unwrap();
+        let with_release = format!("{DEMO}\n[kernel]\nrelease = \"6.1.0-9-amd64\"\n");
+        let (_d, manifest) = load(&with_release);
+        let manifest = manifest.unwrap();
+        let err = debug_vmlinux_under(&manifest, root.path()).unwrap_err();
+        assert!(
+            err.contains("no debug vmlinux for kernel 6.1.0-9-amd64")
+                && err.contains("apt-get install linux-image-6.1.0-9-amd64-dbg"),
+            "{err}"
+        );
+        // Ubuntu's and Fedora's place, then Debian's, which wins.
+        let ubuntu = root
+            .path()
+            .join("usr/lib/debug/lib/modules/6.1.0-9-amd64/vmlinux");
+        std::fs::create_dir_all(ubuntu.parent().unwrap()).unwrap();
+        std::fs::write(&ubuntu, b"x").unwrap();
+        assert_eq!(debug_vmlinux_under(&manifest, root.path()).unwrap(), ubuntu);
+        let debian = root.path().join("usr/lib/debug/boot/vmlinux-6.1.0-9-amd64");
+        std::fs::create_dir_all(debian.parent().unwrap()).unwrap();
+        std::fs::write(&debian, b"x").unwrap();
+        assert_eq!(debug_vmlinux_under(&manifest, root.path()).unwrap(), debian);
+        // Named in the manifest: that file, or an error naming the field.
+        let named = with_release.replace(
+            "[kernel]\n",
+            "[kernel]\ndebug_vmlinux = \"vmlinux.debug\"\n",
+        );
+        let (dir, manifest) = load(&named);
+        let manifest = manifest.unwrap();
+        let err = debug_vmlinux_under(&manifest, root.path()).unwrap_err();
+        assert!(err.contains("[kernel] debug_vmlinux"), "{err}");
+        std::fs::write(dir.path().join("vmlinux.debug"), b"x").unwrap();
+        assert_eq!(
+            debug_vmlinux_under(&manifest, root.path()).unwrap(),
+            dir.path().join("vmlinux.debug")
+        );
+        // Anywhere else on the host is refused, as every manifest path is.
+        let (_d, outside) = load(
+            &with_release.replace("[kernel]\n", "[kernel]\ndebug_vmlinux = \"/etc/passwd\"\n"),
+        );
+        assert!(outside
+            .unwrap_err()
+            .to_string()
+            .contains("kernel.debug_vmlinux"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ const FIRMWARE_ROOTS: &[&str] = &["/usr/share"];
 /// Host folders where distributions install kernel build headers: an image may
 /// name its `[kernel] headers` there (they are read only, by the sandboxed build).
 const HEADERS_ROOTS: &[&str] = &["/usr/src", "/lib/modules", "/usr/lib/modules"];
+/// Host folders where distributions install kernel debug files: an image may name
+/// its `[kernel] debug_vmlinux` there (read only, by the crash tool on the host).
+const DEBUG_ROOTS: &[&str] = &["/usr/lib/debug", "/lib/modules", "/usr/lib/modules"];
 
 /// Ready timeout used when a manifest does not give one.
 pub(crate) const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -284,6 +287,8 @@ impl Manifest {
         disk.path = place("disk", "path", disk.path, &[])?;
         let mut kernel = raw.kernel;
         kernel.headers = place_opt("kernel", "headers", kernel.headers, HEADERS_ROOTS)?;
+        kernel.debug_vmlinux =
+            place_opt("kernel", "debug_vmlinux", kernel.debug_vmlinux, DEBUG_ROOTS)?;
         let mut guest = raw.guest;
         if let Some(helper) = guest.offline_helper.clone() {
             let header = text.find("[guest]").unwrap_or(0);

@@ -518,6 +518,91 @@ pub struct CrashRecord {
     /// expected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture_note: Option<String>,
+    /// What triage made of it: the driver frames at their source lines, the crash
+    /// tool's reading of the dump, or why neither could be had. Absent in run.json
+    /// files from before triage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triage: Option<TriageRecord>,
+}
+
+/// A crash's triage (`crash-N.triage.txt` holds it all, tools' output verbatim).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriageRecord {
+    /// The triage file (path in the run folder).
+    pub file: String,
+    /// Where it faulted, in one line: `drivers/demo_sensor/demo_sensor.c:255:7 in
+    /// sensor_match_fields [demo_sensor]`; None when no frame could be resolved.
+    pub at: Option<String>,
+    /// The candidate drivers' frames of the trace, faulting one first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<TriageFrame>,
+    /// The crash tool's reading of the dump, in one line (`exception RIP:
+    /// sensor_match_fields+26 [demo_sensor]`), when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<String>,
+    /// What could not be done and why (a stripped module, no debug vmlinux, a tool
+    /// missing), each saying what would make it possible.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl TriageRecord {
+    /// The one line a summary shows: where it faulted, or why that is not known.
+    pub fn headline(&self) -> Option<String> {
+        match (&self.at, self.notes.first()) {
+            (Some(at), _) => Some(format!("at {at}")),
+            (None, Some(note)) if !self.frames.is_empty() => Some(format!("triage: {note}")),
+            _ => None,
+        }
+    }
+
+    /// The triage in a few lines of text (JUnit's failure text): the headline, each
+    /// driver frame, the dump's reading and what could not be done.
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        if let Some(at) = &self.at {
+            text.push_str(&format!("at {at}\n"));
+        }
+        for frame in &self.frames {
+            match (&frame.location, &frame.function) {
+                (Some(location), Some(function)) => {
+                    text.push_str(&format!("  {}: {location} in {function}\n", frame.frame))
+                }
+                _ => text.push_str(&format!("  {}: no source line\n", frame.frame)),
+            }
+            for caller in &frame.inlined_by {
+                text.push_str(&format!("    inlined by {caller}\n"));
+            }
+        }
+        if let Some(dump) = &self.dump {
+            text.push_str(&format!("dump (crash): {dump}\n"));
+        }
+        for note in &self.notes {
+            text.push_str(&format!("note: {note}\n"));
+        }
+        if !self.file.is_empty() {
+            text.push_str(&format!("triage: {}\n", self.file));
+        }
+        text
+    }
+}
+
+/// One driver frame resolved to its source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriageFrame {
+    /// The frame as the trace printed it: `sensor_load.cold+0x156 [demo_sensor]`.
+    pub frame: String,
+    /// The faulting instruction (the others are return addresses).
+    pub faulting: bool,
+    /// The innermost source location, `file:line:column`, the file relative to the
+    /// suite's folder where it is the driver's source; None without debug info.
+    pub location: Option<String>,
+    /// The function at that location (an inlined one when the compiler inlined it).
+    pub function: Option<String>,
+    /// The chain of callers the compiler inlined it into, innermost first:
+    /// `dsc_install at drivers/demo_sensor/demo_sensor.c:309:2`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inlined_by: Vec<String>,
 }
 
 /// One earlier attempt at a scenario that was retried.

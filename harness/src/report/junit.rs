@@ -49,6 +49,10 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
             status.set_message(message);
             let mut text = reason.clone();
             if let Some(crash) = scenario.crashes.first() {
+                if let Some(triage) = &crash.triage {
+                    text.push_str("\n\n");
+                    text.push_str(&triage.text());
+                }
                 text.push_str("\n\n");
                 text.push_str(&crash.excerpt.join("\n"));
             }

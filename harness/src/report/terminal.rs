@@ -181,6 +181,9 @@ fn scenario_text(scenario: &crate::model::record::ScenarioRecord) -> String {
             String::new()
         };
         note(format!("crash: {}{more}", crash.title));
+        if let Some(headline) = crash.triage.as_ref().and_then(|t| t.headline()) {
+            note(headline);
+        }
     }
     if scenario.boot_loop {
         let late = scenario
@@ -304,6 +307,9 @@ pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
                 line(&crash.title),
                 crash.boot_index
             );
+            if let Some(headline) = crash.triage.as_ref().and_then(|t| t.headline()) {
+                let _ = writeln!(out, "      {}", line(&headline));
+            }
             // How it was captured matters when no dump is there to open (a reset, a
             // guest still writing its own dump): say so rather than leave a reader
             // looking for one.

@@ -45,6 +45,12 @@ pub struct BuiltDriver {
     pub sha256: String,
     /// Source files hashed into the build key (empty for a prebuilt module).
     pub sources: Vec<PathBuf>,
+    /// Where its source is, as the suite names it (relative to the suite's folder):
+    /// triage shows the module's source lines under it.
+    pub source_dir: Option<PathBuf>,
+    /// The debug information triage reads: the module itself, or the separate
+    /// debug file the suite names for a prebuilt module.
+    pub debug_file: PathBuf,
 }
 
 /// A module's sha256, kept while the file is unchanged (`util::digest_cache`): the
@@ -72,10 +78,16 @@ pub(crate) fn prepare(
         let sha256 =
             module_sha256(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
         check_kernel(name, &module, manifest)?;
+        let debug_file = driver
+            .debug
+            .as_ref()
+            .map_or_else(|| module.clone(), |d| suite_dir.join(d));
         return Ok(BuiltDriver {
             module,
             sha256,
             sources: Vec::new(),
+            source_dir: None,
+            debug_file,
         });
     }
     let Some(source) = &driver.source else {
@@ -159,9 +171,11 @@ pub(crate) fn prepare(
     let sha256 = module_sha256(&module).map_err(|e| io(format!("{}: {e}", module.display())))?;
     check_kernel(name, &module, manifest)?;
     Ok(BuiltDriver {
+        debug_file: module.clone(),
         module,
         sha256,
         sources,
+        source_dir: driver.source.clone(),
     })
 }
 
@@ -242,6 +256,7 @@ mod tests {
         let driver = Driver {
             source: Some(PathBuf::from("src")),
             module: None,
+            debug: None,
             content_file: None,
             reload: None,
         };

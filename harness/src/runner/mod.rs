@@ -14,6 +14,7 @@ pub mod rerun;
 pub mod rollout;
 pub(crate) mod scenario;
 pub mod shard;
+pub(crate) mod triage;
 pub(crate) mod verdict;
 
 use std::path::PathBuf;

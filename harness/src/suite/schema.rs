@@ -119,6 +119,11 @@ pub struct Driver {
     pub source: Option<PathBuf>,
     /// A prebuilt module file, relative to the suite file.
     pub(crate) module: Option<PathBuf>,
+    /// The prebuilt module's separate debug file (`objcopy --only-keep-debug`),
+    /// relative to the suite file: crash triage resolves the module's frames to
+    /// source lines with it when the module itself is stripped.
+    #[serde(default)]
+    pub(crate) debug: Option<PathBuf>,
     /// Name of the content file the driver reads in the image's content folder.
     pub content_file: Option<String>,
     /// Guest command line that makes the running driver reload its content (a live update).

@@ -466,7 +466,7 @@ fn every_path_field_pointing_outside_is_refused_at_its_place() {
     let suite_dir = dir.path().join("suite");
     std::fs::create_dir_all(suite_dir.join("src")).unwrap();
     std::fs::create_dir_all(dir.path().join("outside/src")).unwrap();
-    for f in ["good.content", "m.ko"] {
+    for f in ["good.content", "m.ko", "m.ko.debug"] {
         std::fs::write(suite_dir.join(f), b"x").unwrap();
         std::fs::write(dir.path().join("outside").join(f), b"x").unwrap();
     }
@@ -475,11 +475,12 @@ fn every_path_field_pointing_outside_is_refused_at_its_place() {
     let outside = dir.path().join("outside");
     let path = suite_dir.join("suite.toml");
     // (the field's text with PATH for the path, the path's file in `outside`)
-    let template = "[suite]\nimage = IMAGE\n\n[driver.s]\nsource = SOURCE\ncontent_file = \"s.content\"\n\n[driver.m]\nmodule = MODULE\n\n[[scenario]]\nname = \"a\"\nsteps = [\n  { apply_content = { driver = \"s\", file = APPLY } },\n  { rollback_content = { driver = \"s\", file = ROLLBACK } },\n]\n\n[rollout]\n[[rollout.ring]]\nname = \"r\"\ntargets = [{ image = TARGET }]\n";
+    let template = "[suite]\nimage = IMAGE\n\n[driver.s]\nsource = SOURCE\ncontent_file = \"s.content\"\n\n[driver.m]\nmodule = MODULE\ndebug = DEBUG\n\n[[scenario]]\nname = \"a\"\nsteps = [\n  { apply_content = { driver = \"s\", file = APPLY } },\n  { rollback_content = { driver = \"s\", file = ROLLBACK } },\n]\n\n[rollout]\n[[rollout.ring]]\nname = \"r\"\ntargets = [{ image = TARGET }]\n";
     let good = [
         ("IMAGE", "\"demo\"", ""),
         ("SOURCE", "\"src\"", ""),
         ("MODULE", "\"m.ko\"", ""),
+        ("DEBUG", "\"m.ko.debug\"", ""),
         ("APPLY", "\"good.content\"", ""),
         ("ROLLBACK", "\"good.content\"", ""),
         ("TARGET", "\"demo\"", ""),
@@ -495,6 +496,7 @@ fn every_path_field_pointing_outside_is_refused_at_its_place() {
         ("IMAGE", "image.toml"),
         ("SOURCE", "src"),
         ("MODULE", "m.ko"),
+        ("DEBUG", "m.ko.debug"),
         ("APPLY", "good.content"),
         ("ROLLBACK", "good.content"),
         ("TARGET", "image.toml"),
@@ -555,6 +557,8 @@ const CONFINED_PATH_FIELDS: &[(&str, &str)] = &[
     ("src/image/manifest.rs", "initrd"),
     ("src/image/manifest.rs", "path"),
     ("src/image/kernel.rs", "headers"),
+    ("src/image/kernel.rs", "debug_vmlinux"),
+    ("src/suite/schema.rs", "debug"),
 ];
 
 #[test]
@@ -730,4 +734,38 @@ fn a_bad_stall_window_is_located() {
         assert_eq!((line, column), (6, 16), "{value}: {message}");
         assert!(message.contains(expected), "{value}: {message}");
     }
+}
+
+/// A prebuilt module's separate debug file: it must exist, and only a prebuilt
+/// `module` takes one; each mistake located at the `debug` field.
+#[test]
+fn a_drivers_debug_file_is_checked_where_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("m.ko"), b"x").unwrap();
+    let path = dir.path().join("suite.toml");
+    let suite = |driver: &str| {
+        format!("[suite]\nname = \"s\"\nimage = \"demo\"\n\n[driver.m]\n{driver}\n\n[[scenario]]\nname = \"a\"\nsteps = [{{ exec = {{ run = \"true\" }} }}]\n")
+    };
+    for (driver, says) in [
+        ("module = \"m.ko\"\ndebug = \"m.ko.debug\"", "`debug` file"),
+        (
+            "source = \"src\"\ndebug = \"m.ko\"",
+            "`debug` goes with a prebuilt `module`",
+        ),
+    ] {
+        match parse(&path, &suite(driver)) {
+            Err(SuiteError::Invalid { line, message, .. }) => {
+                assert!(message.contains(says), "{driver}: {message}");
+                assert_eq!(line, 7, "at the debug field: {message}");
+            }
+            other => panic!("{driver}: {other:?}"),
+        }
+    }
+    std::fs::write(dir.path().join("m.ko.debug"), b"x").unwrap();
+    let ok = parse(&path, &suite("module = \"m.ko\"\ndebug = \"m.ko.debug\"")).unwrap();
+    assert_eq!(
+        ok.drivers["m"].debug.as_deref(),
+        Some(Path::new("m.ko.debug"))
+    );
 }

@@ -253,6 +253,11 @@ pub(super) fn driver(
             "driver {name:?} needs `source` (a kernel module source folder) or `module` (a built .ko)"
         )
         .into()),
+        (Some(_), None) if driver.debug.is_some() => Err(Problem::at_field(
+            "debug",
+            driver.debug.as_deref().unwrap_or(Path::new("")),
+            format!("driver {name:?}: `debug` goes with a prebuilt `module`; a module bootgate builds from `source` keeps its own debug info"),
+        )),
         (Some(source), None) => {
             let field = format!("driver {name:?}: `source`");
             let path = inside(dir, source, "source", &field, policy)?;
@@ -266,6 +271,17 @@ pub(super) fn driver(
             Ok(())
         }
         (None, Some(module)) => {
+            if let Some(debug) = &driver.debug {
+                let field = format!("driver {name:?}: `debug`");
+                let path = inside(dir, debug, "debug", &field, policy)?;
+                if !path.is_file() {
+                    return Err(Problem::at_field(
+                        "debug",
+                        debug,
+                        format!("{field} file {} does not exist", path.display()),
+                    ));
+                }
+            }
             let field = format!("driver {name:?}: `module`");
             let path = inside(dir, module, "module", &field, policy)?;
             if !path.is_file() {

@@ -128,6 +128,7 @@ pub fn crash(boot_index: u32, title: &str) -> CrashRecord {
         console: None,
         capture: None,
         capture_note: None,
+        triage: None,
     }
 }
 

@@ -25,3 +25,4 @@ mod snapshot;
 mod stall;
 mod startup;
 mod teardown;
+mod triage;

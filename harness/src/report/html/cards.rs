@@ -99,9 +99,52 @@ struct CrashView {
     /// Evidence copied off the stopped disk by an offline recovery.
     offline_evidence: Vec<Link>,
     console: Option<Link>,
+    /// Triage: where it faulted, the driver frames at their lines, the dump's
+    /// reading, what could not be done, and the file with it all.
+    triage: Option<TriageView>,
     /// The boot of an earlier crash with the same title: the excerpt is then folded
     /// away, since a boot loop repeats one crash and only the addresses differ.
     repeat_of: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct TriageView {
+    at: Option<String>,
+    frames: Vec<TriageFrameView>,
+    dump: Option<String>,
+    notes: Vec<String>,
+    file: Option<Link>,
+}
+
+#[derive(Serialize)]
+struct TriageFrameView {
+    frame: String,
+    faulting: bool,
+    location: Option<String>,
+    function: Option<String>,
+    inlined_by: Vec<String>,
+}
+
+impl TriageView {
+    fn build(t: &crate::model::record::TriageRecord) -> TriageView {
+        TriageView {
+            at: t.at.as_deref().map(clean),
+            frames: t
+                .frames
+                .iter()
+                .map(|f| TriageFrameView {
+                    frame: clean(&f.frame),
+                    faulting: f.faulting,
+                    location: f.location.as_deref().map(clean),
+                    function: f.function.as_deref().map(clean),
+                    inlined_by: f.inlined_by.iter().map(|c| clean(c)).collect(),
+                })
+                .collect(),
+            dump: t.dump.as_deref().map(clean),
+            notes: t.notes.iter().map(|n| clean(n)).collect(),
+            file: (!t.file.is_empty()).then(|| Link::new(&t.file)),
+        }
+    }
 }
 
 /// How to open a dump: what it is and the commands that read it.
@@ -338,6 +381,7 @@ impl CrashView {
                 .console
                 .as_deref()
                 .map(|name| Link::new(&format!("{}/{}", sc.dir.trim_end_matches('/'), name))),
+            triage: c.triage.as_ref().map(TriageView::build),
             repeat_of,
         }
     }

@@ -69,6 +69,7 @@ impl Machine<'_> {
             console,
             capture: Some(crash.capture.as_str().into()),
             capture_note: None,
+            triage: None,
         });
         self.capture_crash_evidence(&plan);
         // The boot keeps the title the signals gave, whatever a dump renames it to.

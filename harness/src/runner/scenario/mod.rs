@@ -186,7 +186,18 @@ pub fn run(ctx: ScenarioContext) -> ScenarioOutcome {
         steps.push(run_step(&mut m, &ctx, step, &mut state));
     }
     hold_pending_recovery(&mut m, &mut state);
-    finish(m, ctx.scenario, state, steps)
+    let mut outcome = finish(m, ctx.scenario, state, steps);
+    // With the VM gone: the dumps are complete and nothing else is reading them.
+    let inputs = crate::runner::triage::TriageInputs {
+        manifest: ctx.manifest,
+        suite_dir: ctx.suite.dir(),
+        drivers: ctx.drivers,
+        artifacts: ctx.dir,
+        rel_dir: ctx.rel_dir,
+        read_dumps: !outcome.interrupted && !interrupted(),
+    };
+    crate::runner::triage::triage_crashes(&inputs, &mut outcome.crashes);
+    outcome
 }
 
 /// A recovery whose boot is still inside its settle window when the steps are done
