@@ -352,3 +352,117 @@ fn read_bounded(path: &PathBuf) -> std::io::Result<String> {
         .read_to_end(&mut bytes)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::record::BugcheckRecord;
+    use crate::testing::images::{write_windows_image, WINDOWS_TEMPLATE};
+    use crate::testing::records::crash;
+
+    fn linux_manifest(dir: &Path) -> Manifest {
+        for f in ["vmlinuz", "initrd.img", "system.qcow2"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let path = dir.join("image.toml");
+        std::fs::write(&path, include_str!("../../../../images/demo/image.toml")).unwrap();
+        Manifest::load(&path).unwrap()
+    }
+
+    fn inputs<'a>(
+        manifest: &'a Manifest,
+        dir: &'a Path,
+        drivers: &'a BTreeMap<String, Result<BuiltDriver, String>>,
+    ) -> TriageInputs<'a> {
+        TriageInputs {
+            manifest,
+            suite_dir: dir,
+            drivers,
+            artifacts: dir,
+            rel_dir: "s/a",
+            read_dumps: true,
+        }
+    }
+
+    #[test]
+    fn a_trace_without_the_drivers_code_or_without_frames_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = linux_manifest(dir.path());
+        let drivers = BTreeMap::from([("demo_sensor".to_string(), Err("not built".to_string()))]);
+        let mut crashes = vec![
+            crash(1, "Kernel panic: sysrq triggered crash"),
+            crash(1, "x"),
+        ];
+        crashes[0].excerpt = vec![
+            "[ 1.0] Kernel panic - not syncing: sysrq triggered crash".into(),
+            "[ 1.1]  sysrq_handle_crash+0x16/0x20".into(),
+        ];
+        crashes[1].excerpt = Vec::new();
+        triage_crashes(&inputs(&manifest, dir.path(), &drivers), &mut crashes);
+        let first = crashes[0].triage.as_ref().unwrap();
+        assert_eq!(first.file, "s/a/crash-1.triage.txt");
+        assert!(first.at.is_none());
+        assert!(
+            first.notes[0].contains("no candidate driver's code in the call trace")
+                && first.notes[0].contains("sysrq_handle_crash+0x16"),
+            "{:?}",
+            first.notes
+        );
+        let second = crashes[1].triage.as_ref().unwrap();
+        assert!(
+            second.notes[0].contains("no call trace"),
+            "{:?}",
+            second.notes
+        );
+        let text = std::fs::read_to_string(dir.path().join("crash-2.triage.txt")).unwrap();
+        assert!(text.contains("no call trace"), "{text}");
+    }
+
+    #[test]
+    fn a_driver_that_was_not_prepared_is_named_not_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = linux_manifest(dir.path());
+        let drivers =
+            BTreeMap::from([("demo_sensor".to_string(), Err("build failed".to_string()))]);
+        let mut crashes = vec![crash(1, "t")];
+        crashes[0].excerpt = vec!["RIP: 0010:sensor_match_fields+0x1a/0x34 [demo_sensor]".into()];
+        triage_crashes(&inputs(&manifest, dir.path(), &drivers), &mut crashes);
+        let t = crashes[0].triage.as_ref().unwrap();
+        assert_eq!(t.frames.len(), 1);
+        assert!(t.frames[0].location.is_none());
+        assert!(t.headline().unwrap().starts_with("triage: "), "{t:?}");
+    }
+
+    #[test]
+    fn a_windows_crash_gives_its_bugcheck_and_says_the_module_is_not_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_windows_image(dir.path(), WINDOWS_TEMPLATE);
+        let manifest = Manifest::load(&path).unwrap();
+        let drivers = BTreeMap::new();
+        let mut crashes = vec![crash(1, "BUGCHECK 0x50 PAGE_FAULT_IN_NONPAGED_AREA")];
+        crashes[0].bugcheck = Some(BugcheckRecord {
+            code: "0x50".into(),
+            name: Some("PAGE_FAULT_IN_NONPAGED_AREA".into()),
+            parameters: vec![
+                "0xffff".into(),
+                "0x0".into(),
+                "0xfffff801".into(),
+                "0x2".into(),
+            ],
+            from: "dump".into(),
+        });
+        triage_crashes(&inputs(&manifest, dir.path(), &drivers), &mut crashes);
+        let t = crashes[0].triage.as_ref().unwrap();
+        assert_eq!(
+            t.at.as_deref(),
+            Some("bugcheck 0x50 PAGE_FAULT_IN_NONPAGED_AREA")
+        );
+        assert!(t.notes.iter().any(|n| n.contains("!analyze -v")), "{t:?}");
+        let text = std::fs::read_to_string(dir.path().join("crash-1.triage.txt")).unwrap();
+        assert!(
+            text.contains("parameters: 0xffff 0x0 0xfffff801 0x2"),
+            "{text}"
+        );
+        assert!(text.contains("the dump's header"), "{text}");
+    }
+}
