@@ -149,6 +149,12 @@ fn driver_frames_resolve_to_source_lines_and_a_stripped_module_says_why_not() {
     );
     crash_suite(
         dir.path(),
+        "prebuilt",
+        "module = \"build/demo_sensor.ko\"",
+        no_dumps,
+    );
+    crash_suite(
+        dir.path(),
         "debugfile",
         "module = \"stripped/demo_sensor.ko\"\ndebug = \"stripped/demo_sensor.ko.debug\"",
         no_dumps,
@@ -193,6 +199,13 @@ fn driver_frames_resolve_to_source_lines_and_a_stripped_module_says_why_not() {
         html.contains("crash-1.triage.txt"),
         "and links the triage file"
     );
+
+    // Prebuilt with its debug info: resolved from the module itself; built outside
+    // bootgate, its DWARF names the test's build folder, shown as it is.
+    let prebuilt = triage_of(&run, "prebuilt/cf291");
+    let at = prebuilt["at"].as_str().unwrap();
+    assert!(at.contains("/build/demo_sensor.c:"), "{at}");
+    assert!(at.ends_with("in sensor_match_fields [demo_sensor]"), "{at}");
 
     // Prebuilt and stripped: no line, and the reason, never a guess.
     let stripped = triage_of(&run, "stripped/cf291");
