@@ -106,13 +106,51 @@ pub(crate) fn decide_kept(
     decision
 }
 
+/// The KVM device every KVM guest opens.
+const KVM_DEVICE: &str = "/dev/kvm";
+/// Where group names are looked up (the owner group of `/dev/kvm`).
+const GROUP_FILE: &str = "/etc/group";
+
+/// Why `/dev/kvm` would not open, in one line; for an ordinary user without access,
+/// the group that owns it and how to join it (udev gives it to group `kvm` on
+/// Debian, Ubuntu and Fedora: systemd's 50-udev-default.rules).
+fn kvm_open_error(e: &std::io::Error, device: &Path) -> String {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return format!("{}: {e}", device.display());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let group = std::fs::metadata(device)
+        .ok()
+        .and_then(|m| {
+            group_name(
+                m.gid(),
+                &std::fs::read_to_string(GROUP_FILE).unwrap_or_default(),
+            )
+        })
+        .unwrap_or_else(|| "kvm".to_string());
+    format!(
+        "{}: {e}: this user is not in group `{group}`, which owns it (`sudo usermod -aG {group} $USER`, then log in again)",
+        device.display()
+    )
+}
+
+/// The name of group `gid` in an `/etc/group` text.
+fn group_name(gid: u32, group_file: &str) -> Option<String> {
+    group_file.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        (fields.next()?.parse::<u32>().ok()? == gid).then(|| name.to_string())
+    })
+}
+
 /// Ok when a KVM guest prints on its serial console within [`KVM_PROBE_TIMEOUT`].
 pub(crate) fn probe_kvm(binary: &str, kernel: Option<&Path>) -> Result<(), String> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| format!("/dev/kvm: {e}"))?;
+        .open(KVM_DEVICE)
+        .map_err(|e| kvm_open_error(&e, Path::new(KVM_DEVICE)))?;
     let dir = crate::util::private_tempdir("bootgate-kvm-probe-")
         .map_err(|e| format!("temp dir: {e}"))?;
     let serial = dir.path().join("serial.log");
@@ -189,6 +227,29 @@ fn probe_boot_sector() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_access_to_dev_kvm_names_the_owning_group_and_how_to_join() {
+        let groups = "root:x:0:\nkvm:x:993:alice\nrender:x:992:\n";
+        assert_eq!(group_name(993, groups).as_deref(), Some("kvm"));
+        assert_eq!(group_name(5, groups), None);
+        assert_eq!(
+            group_name(0, "garbage\n::\nroot:x:0:").as_deref(),
+            Some("root")
+        );
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let why = kvm_open_error(&denied, Path::new("/nonexistent/kvm"));
+        assert!(
+            why.contains("not in group `kvm`") && why.contains("usermod -aG kvm"),
+            "{why}"
+        );
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let why = kvm_open_error(&missing, Path::new("/dev/kvm"));
+        assert!(
+            why.starts_with("/dev/kvm: ") && !why.contains("group"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn boot_sector_is_bootable_shape() {
