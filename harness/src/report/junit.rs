@@ -51,6 +51,10 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
             if let Some(crash) = scenario.crashes.first() {
                 text.push_str("\n\n");
                 text.push_str(&crash.excerpt.join("\n"));
+                if let Some(dump) = super::dump_text::dump_line(crash) {
+                    text.push_str("\n\n");
+                    text.push_str(&dump);
+                }
             }
             status.set_description(text);
         }
@@ -82,6 +86,9 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
         ));
         if let Some(shot) = scenario.crashes.first().and_then(|c| c.screenshot.clone()) {
             case.add_property(Property::new("screenshot", shot));
+        }
+        if let Some(dump) = scenario.crashes.first().and_then(|c| c.dump.clone()) {
+            case.add_property(Property::new("memory-dump", dump));
         }
         for earlier in scenario.attempts.iter().filter(|_| plain_pass) {
             case.add_property(Property::new(
