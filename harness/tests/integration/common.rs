@@ -251,3 +251,80 @@ pub fn qemu_children(pid: u32) -> Vec<u32> {
     }
     found
 }
+
+/// The demo image's kernel release (`uname -r` in the guest), from its build record.
+pub fn demo_kernel_release() -> String {
+    let info = demo_manifest().parent().unwrap().join("build-info.json");
+    let text = std::fs::read_to_string(&info).expect("the demo image has build-info.json");
+    let record: Value = serde_json::from_str(&text).expect("build-info.json is JSON");
+    record["kernel_version"]
+        .as_str()
+        .expect("build-info.json names the kernel_version")
+        .to_string()
+}
+
+/// How long installing the distribution's debug kernel (hundreds of MiB) may take.
+const DEBUG_VMLINUX_INSTALL_TIMEOUT: &str = "1200";
+
+/// The demo kernel's debug vmlinux (what `crash` needs beside a dump), where
+/// Debian's `linux-image-<release>-dbg` puts it; installed with apt-get when it is
+/// missing and this process is root (CI is). Err says why there is none. Tried
+/// once per test process.
+pub fn debug_vmlinux() -> Result<PathBuf, String> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let release = demo_kernel_release();
+            let path = PathBuf::from(format!("/usr/lib/debug/boot/vmlinux-{release}"));
+            if path.is_file() {
+                return Ok(path);
+            }
+            let package = format!("linux-image-{release}-dbg");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Err(format!(
+                    "{} is missing and this test is not root: install {package}",
+                    path.display()
+                ));
+            }
+            let install = || {
+                let out = Command::new("timeout")
+                    .args([
+                        DEBUG_VMLINUX_INSTALL_TIMEOUT,
+                        "apt-get",
+                        "install",
+                        "-y",
+                        "-q",
+                    ])
+                    .args(["-o", "DPkg::Lock::Timeout=600", &package])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .output();
+                match out {
+                    Ok(out) if out.status.success() => Ok(()),
+                    Ok(out) => Err(format!(
+                        "apt-get install {package} failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )),
+                    Err(e) => Err(format!("cannot run apt-get: {e}")),
+                }
+            };
+            eprintln!("debug_vmlinux: installing {package} (apt-get)");
+            let installed = install().or_else(|_| {
+                // A fresh machine's package lists may predate the package.
+                let _ = Command::new("timeout")
+                    .args([DEBUG_VMLINUX_INSTALL_TIMEOUT, "apt-get", "update", "-q"])
+                    .output();
+                install()
+            });
+            match installed {
+                Ok(()) if path.is_file() => Ok(path),
+                Ok(()) => Err(format!(
+                    "{package} installed but {} is missing",
+                    path.display()
+                )),
+                Err(why) => Err(why),
+            }
+        })
+        .clone()
+}

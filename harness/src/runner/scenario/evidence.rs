@@ -368,11 +368,34 @@ pub(super) struct Dumped {
 /// disk, and one still written after a timeout goes on into an unlinked file): the
 /// note for the crash, naming the failure and what became of the file.
 fn remove_cut_dump(path: &Path, rel: &str, why: &str) -> String {
+    // QEMU's message names the write that failed, not why: a full disk is the
+    // usual cause, and what is left free (measured before the file goes) shows it.
+    let free = path
+        .parent()
+        .and_then(free_bytes)
+        .filter(|&free| free < FULL_DISK_BYTES)
+        .map(|free| format!("; the results disk is full ({} KiB free)", free / 1024))
+        .unwrap_or_default();
+    let why = format!("{why}{free}");
     match std::fs::remove_file(path) {
         Ok(()) => format!("dump failed: {why} (the partial {rel} was removed)"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("dump failed: {why}"),
         Err(e) => format!("dump failed: {why} (and its partial {rel} could not be removed: {e})"),
     }
+}
+
+/// Free space below which a failed dump is put down to a full disk: less than one
+/// page-sized write and a descriptor block QEMU writes at a time.
+const FULL_DISK_BYTES: u64 = 1024 * 1024;
+
+/// Bytes an unprivileged process may still write on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs buffer of the right type.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 fn join_notes(first: String, more: Option<String>) -> String {
