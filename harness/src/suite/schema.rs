@@ -100,6 +100,8 @@ pub struct Evidence {
     pub dump_max_mib: u32,
     /// The most disk all the memory dumps of one run may take, in MiB: shared by
     /// every worker; a dump that might not fit is skipped, with a note saying so.
+    /// A run of several suites keeps one tally: each dump is checked against the
+    /// limit of its own scenario's suite.
     #[serde(
         default = "default_dump_budget_mib",
         deserialize_with = "dump_budget_mib"
