@@ -148,4 +148,36 @@ mod tests {
         assert!(failing.contains("<failure"), "{failing}");
         assert!(failing.contains("<rerunFailure"), "{failing}");
     }
+
+    #[test]
+    fn a_failure_says_where_its_dump_is_and_how_to_open_it() {
+        use crate::testing::records::{crash, run, scenario};
+        let mut dumped = scenario("s", "a", Verdict::Fail);
+        let mut c = crash(1, "BUG: x in f");
+        c.dump = Some("s/a/crash-1.kdump".into());
+        c.dump_format = Some("kdump-zlib".into());
+        c.dump_bytes = Some(3 * 1024 * 1024);
+        dumped.crashes.push(c);
+        let mut skipped = scenario("s", "b", Verdict::Fail);
+        let mut c = crash(1, "BUG: x in f");
+        c.dump_note = Some("not dumped: the run's dump budget (8192 MiB) is used up".into());
+        skipped.crashes.push(c);
+        let xml = render(&run(vec![dumped, skipped])).unwrap();
+        assert!(
+            xml.contains("memory dump: s/a/crash-1.kdump (kdump-zlib, 3.0 MiB): open with crash VMLINUX s/a/crash-1.kdump"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("name=\"memory-dump\" value=\"s/a/crash-1.kdump\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                "memory dump: none: not dumped: the run&apos;s dump budget (8192 MiB) is used up"
+            ) || xml.contains(
+                "memory dump: none: not dumped: the run's dump budget (8192 MiB) is used up"
+            ),
+            "{xml}"
+        );
+    }
 }
