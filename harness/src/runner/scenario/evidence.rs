@@ -23,7 +23,9 @@ const LIVE_SYSTEM_DUMP: u32 = 0x161;
 
 /// Time a screenshot may take.
 pub(crate) const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a memory dump may take (written by QEMU while the guest is stopped).
+/// Time a memory dump may take (written by QEMU while the guest is stopped); also
+/// how long one may wait for room in the run's dump budget that other workers'
+/// dumps hold while they are written.
 pub(crate) const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time to list or copy out one of the dumps a Windows guest wrote itself.
 pub(crate) const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -309,6 +311,7 @@ impl Machine<'_> {
         let reservation = match budget.reserve(
             self.setup.evidence.dump_budget_mib,
             dump_budget::worst_case_bytes(memory),
+            DUMP_TIMEOUT,
         ) {
             Ok(r) => r,
             Err(note) => return (None, Some(note)),
