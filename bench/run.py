@@ -23,7 +23,7 @@ BOOTGATE = os.environ.get("BOOTGATE", os.path.join(ROOT, "target", "release", "b
 ACCEL = os.environ.get("BENCH_ACCEL", "tcg")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 # Measures to run (comma-separated: cold, restore, parallel, panic, overlay, whole, accel,
-# exec, fuzz, stall); all by default.
+# exec, fuzz, stall, dumps); all by default.
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
 
 
@@ -546,6 +546,180 @@ def fuzz_rows(rows):
                          f"{s:.1f} /s", f"{s:.1f} /s", ">= 20 /s", s >= 20))
 
 
+# Issue 18: the memory dump of the demo guest's crash (the Channel File 291 loop's
+# first crash, 256 MiB guest) in each format QEMU can write, through bootgate's own
+# image manifest setting (guest.dump_format).
+DUMP_FORMATS = ["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy"]
+DUMP_SUITE = f"""[suite]
+name = "dump"
+image = "./image.toml"
+[driver.demo_sensor]
+source = "{ROOT}/scenarios/demo/drivers/demo_sensor"
+content_file = "demo_sensor.content"
+reload = "echo 1 > /sys/module/demo_sensor/parameters/reload"
+[[scenario]]
+name = "cf291"
+expect = "boot_loop"
+boot_loop_boots = 2
+steps = [
+  {{ install_driver = {{ driver = "demo_sensor", load_now = true }} }},
+  {{ apply_content = {{ driver = "demo_sensor", file = "{ROOT}/scenarios/demo/content/cf291-21-fields.content", reload = true }} }},
+]
+"""
+PAGE = 4096
+
+
+def dump_variant(tmp, manifest, fmt):
+    """The demo manifest in `tmp` (its files by absolute path) with guest.dump_format."""
+    image_dir = os.path.dirname(manifest)
+    with open(manifest) as f:
+        text = f.read()
+    for name in ["vmlinuz", "initrd.img", "system.qcow2"]:
+        text = text.replace(f'"{name}"', json.dumps(os.path.join(image_dir, name)))
+    if "\n[guest]\n" not in text:
+        sys.exit("the demo manifest has no [guest] table")
+    text = text.replace("\n[guest]\n", f'\n[guest]\ndump_format = "{fmt}"\n')
+    with open(os.path.join(tmp, "image.toml"), "w") as f:
+        f.write(text)
+    shutil.copy(os.path.join(image_dir, "build-info.json"), tmp)
+
+
+def dump_run(manifest, fmt, keep_to=None):
+    """One crash run with `fmt`: (format written, bytes, seconds QEMU took, note);
+    the dump file is moved to `keep_to` when given."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dump_variant(tmp, manifest, fmt)
+        path, out_dir = write_suite(tmp, DUMP_SUITE)
+        proc = subprocess.run([BOOTGATE, "run", path, "--accel", ACCEL, "-q", "--out", out_dir, "--jobs", "1",
+                               "--allow-outside-paths"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode not in (0, 1):
+            sys.exit(f"bootgate failed ({proc.returncode}): {proc.stderr}")
+        with open(os.path.join(out_dir, "latest", "run.json")) as f:
+            crash = json.load(f)["scenarios"][0]["crashes"][0]
+        if crash.get("dump") is None:
+            sys.exit(f"no dump with {fmt}: {crash.get('dump_note')}")
+        if keep_to:
+            shutil.move(os.path.join(out_dir, "latest", crash["dump"]), keep_to)
+        return crash["dump_format"], crash["dump_bytes"], crash["dump_ms"] / 1000, crash.get("dump_note")
+
+
+def elf_pages(path):
+    """The guest's memory pages in an ELF core (its PT_LOAD segments), one by one."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(64)
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        for i in range(phnum):
+            p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+            if p_type != 1:
+                continue
+            f.seek(p_offset)
+            for _ in range(p_filesz // PAGE):
+                yield f.read(PAGE)
+
+
+def page_compressors():
+    """Each kdump format's page compressor as QEMU calls it (dump/dump.c): zlib's
+    compress2 at Z_BEST_SPEED, lzo1x_1_compress, snappy_compress; from the host's
+    own libraries (liblzo2, libsnappy), so formats this QEMU was built without can
+    still be estimated on the same memory."""
+    import ctypes
+    import zlib
+    found = {"kdump-zlib": lambda page: len(zlib.compress(page, 1))}
+    try:
+        lzo = ctypes.CDLL("liblzo2.so.2")
+        wrkmem = ctypes.create_string_buffer(16384 * 8)  # LZO1X_1_MEM_COMPRESS
+        out = ctypes.create_string_buffer(PAGE + PAGE // 16 + 64 + 3)
+        out_len = ctypes.c_size_t()
+
+        def lzo_size(page):
+            if lzo.lzo1x_1_compress(page, ctypes.c_size_t(PAGE), out, ctypes.byref(out_len), wrkmem) != 0:
+                raise RuntimeError("lzo1x_1_compress failed")
+            return out_len.value
+        found["kdump-lzo"] = lzo_size
+    except OSError:
+        pass
+    try:
+        snappy = ctypes.CDLL("libsnappy.so.1")
+        snappy.snappy_max_compressed_length.restype = ctypes.c_size_t
+        out = ctypes.create_string_buffer(snappy.snappy_max_compressed_length(ctypes.c_size_t(PAGE)))
+        out_len = ctypes.c_size_t()
+
+        def snappy_size(page):
+            out_len.value = len(out)
+            if snappy.snappy_compress(page, ctypes.c_size_t(PAGE), out, ctypes.byref(out_len)) != 0:
+                raise RuntimeError("snappy_compress failed")
+            return out_len.value
+        found["kdump-snappy"] = snappy_size
+    except OSError:
+        pass
+    return found
+
+
+def estimate_kdumps(elf):
+    """Per format, (estimated kdump bytes, CPU seconds compressing): QEMU's layout
+    (dump.c write_dump_pages) is a 24-byte descriptor per page, one shared zero
+    page, each other page compressed on its own and kept raw when that is no
+    smaller, after two bitmaps of a bit per page and the headers."""
+    compressors = page_compressors()
+    sizes = {name: 0 for name in compressors}
+    seconds = {name: 0.0 for name in compressors}
+    pages = 0
+    zero = bytes(PAGE)
+    for page in elf_pages(elf):
+        pages += 1
+        if page == zero:
+            continue
+        for name, compress in compressors.items():
+            start = time.perf_counter()
+            n = compress(page)
+            seconds[name] += time.perf_counter() - start
+            sizes[name] += min(n, PAGE)
+    fixed = 24 * pages + 2 * (pages // 8) + PAGE + 2 * PAGE
+    return {name: (sizes[name] + fixed, seconds[name]) for name in compressors}, pages
+
+
+def dump_rows(rows):
+    if not wanted("dumps"):
+        return
+    manifest = demo_manifest()
+    written = {fmt: [] for fmt in DUMP_FORMATS}
+    notes = {}
+    keep = tempfile.mkdtemp(prefix="bench-dump-")
+    elf = os.path.join(keep, "crash.elf")
+    try:
+        for r in range(ROUNDS):
+            for fmt in DUMP_FORMATS:
+                got, size, seconds, note = dump_run(manifest, fmt, keep_to=elf if fmt == "elf" and r == 0 else None)
+                if got != fmt:
+                    notes[fmt] = note
+                    continue
+                written[fmt].append((size, seconds))
+        estimates, pages = estimate_kdumps(elf)
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+    mib = 1024 * 1024
+    elf_size = statistics.median(s for s, _ in written["elf"])
+    elf_time = statistics.median(t for _, t in written["elf"])
+    rows.append((f"memory dump of the demo guest's crash (256 MiB, {pages} pages), elf: size / time QEMU took",
+                 f"{elf_size / mib:.1f} MiB / {elf_time:.2f} s", "100%", "(the reference)", True))
+    for fmt in DUMP_FORMATS[1:]:
+        estimate, cpu = estimates.get(fmt, (None, None))
+        est = f"; per-page estimate {estimate / mib:.1f} MiB, {cpu:.2f} s CPU compressing" if estimate else ""
+        if written[fmt]:
+            size = statistics.median(s for s, _ in written[fmt])
+            seconds = statistics.median(t for _, t in written[fmt])
+            rows.append((f"memory dump, {fmt}: size / time QEMU took", f"{size / mib:.1f} MiB / {seconds:.2f} s{est}",
+                         f"{size / elf_size:.1%} of elf", "<= 25% of elf", size <= elf_size / 4))
+        elif estimate:
+            rows.append((f"memory dump, {fmt}: not written by this QEMU ({notes.get(fmt, '')}); estimated from the elf dump's pages",
+                         f"{estimate / mib:.1f} MiB, {cpu:.2f} s CPU compressing", f"{estimate / elf_size:.1%} of elf (estimate)",
+                         "<= 25% of elf", estimate <= elf_size / 4))
+
+
 def main():
     global BASE
     manifest = demo_manifest()
@@ -619,6 +793,7 @@ def main():
 
     whole_process_rows(rows)
     hang_rows(rows)
+    dump_rows(rows)
     fuzz_rows(rows)
 
     # 6. Overlay creation: 20 GiB sparse base vs 64 MiB base.

@@ -171,7 +171,7 @@ fn signature_hint(magic: &[u8]) -> &'static str {
     } else if magic.starts_with(b"\x7fELF") {
         " (an ELF core: the image's dump_format is elf, read it with gdb or crash)"
     } else if magic.starts_with(b"KDUMP") {
-        " (a kdump-compressed dump: dump_format kdump-zlib)"
+        " (a kdump-compressed dump: dump_format auto or kdump-*, read it with crash)"
     } else {
         ""
     }

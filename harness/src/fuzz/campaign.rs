@@ -434,6 +434,7 @@ fn run_campaign(
         work,
         silent: &silent,
         counter: AtomicU64::new(0),
+        dumps: crate::runner::dump_budget::DumpBudget::default(),
         restore_every: opts.restore_every,
     };
     let limits = Limits {

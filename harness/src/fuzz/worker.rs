@@ -21,6 +21,7 @@ use crate::qemu::accel::Accel;
 use crate::qemu::snapshot::SavedState;
 use crate::qemu::QemuTools;
 use crate::runner::driver::BuiltDriver;
+use crate::runner::dump_budget::DumpBudget;
 use crate::runner::interrupted;
 use crate::runner::scenario::persistent::{PersistentRun, PersistentVm};
 use crate::runner::scenario::{self, ScenarioContext, StandbySlot};
@@ -58,6 +59,9 @@ pub(super) struct Rig<'a> {
     /// Takes the scenario events of every execution, which nobody needs to see.
     pub(super) silent: &'a Emitter,
     pub(super) counter: AtomicU64,
+    /// The campaign's dump budget (its executions take no dumps: `memory_dumps` is
+    /// "none" for them, but the machine asks).
+    pub(super) dumps: DumpBudget,
     /// Executions between restores (1: restore before every execution).
     pub(super) restore_every: u32,
 }
@@ -123,6 +127,7 @@ impl Rig<'_> {
             watch_after_crash: false,
             standby,
             refill_standby: false,
+            dump_budget: &self.dumps,
         };
         let vm = PersistentVm::start(&ctx)?;
         Ok(Session {
@@ -203,6 +208,7 @@ impl Rig<'_> {
             watch_after_crash: false,
             standby,
             refill_standby: true,
+            dump_budget: &self.dumps,
         });
         let result = if let Some(crash) = outcome.crashes.first() {
             Outcome::Crash {

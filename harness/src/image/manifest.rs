@@ -606,6 +606,39 @@ mod tests {
     }
 
     #[test]
+    fn dump_format_defaults_to_auto_and_a_bad_one_is_located() {
+        use crate::guest::DumpFormat;
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest::load(&write_image(dir.path(), DEMO)).unwrap();
+        assert_eq!(m.guest.dump_format, DumpFormat::Auto);
+        for (written, format) in [
+            ("elf", DumpFormat::Elf),
+            ("kdump-zlib", DumpFormat::KdumpZlib),
+            ("kdump-lzo", DumpFormat::KdumpLzo),
+            ("kdump-snappy", DumpFormat::KdumpSnappy),
+        ] {
+            let text = DEMO.replace(
+                "[guest]\n",
+                &format!("[guest]\ndump_format = {written:?}\n"),
+            );
+            let m = Manifest::load(&write_image(dir.path(), &text)).unwrap();
+            assert_eq!(m.guest.dump_format, format, "{written}");
+        }
+        let text = DEMO.replace("[guest]\n", "[guest]\ndump_format = \"kdump-xz\"\n");
+        match Manifest::load(&write_image(dir.path(), &text)) {
+            Err(ManifestError::Invalid { message, line, .. }) => {
+                assert!(
+                    message.contains("kdump-xz") && message.contains("kdump-lzo"),
+                    "{message}"
+                );
+                let at = DEMO.lines().position(|l| l == "[guest]").unwrap() + 2;
+                assert_eq!(line, at, "{message}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn uefi_fills_in_a_matched_firmware_pair_or_names_the_package() {
         let dir = tempfile::tempdir().unwrap();
         let text = DEMO.replace("firmware = \"bios\"", "firmware = \"uefi\"");

@@ -483,10 +483,17 @@ pub struct CrashRecord {
     pub screenshot: Option<String>,
     /// Memory dump of the crashed guest (path in the run folder), when taken.
     pub dump: Option<String>,
-    /// Dump format: "elf" (gdb, crash) or "win-dmp" (WinDbg).
+    /// Dump format: "kdump-zlib", "kdump-lzo", "kdump-snappy" (crash), "elf" (gdb,
+    /// crash) or "win-dmp" (WinDbg).
     pub dump_format: Option<String>,
-    /// Why no dump was taken, when none was.
+    /// Why no dump was taken, when none was (or why it is not in the format asked).
     pub dump_note: Option<String>,
+    /// The dump's size on disk (what the run's dump budget was charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_bytes: Option<u64>,
+    /// How long QEMU took to write the dump (the guest stays paused meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_ms: Option<u64>,
     /// A Windows bugcheck: from the panic event (Hyper-V crash registers) or read
     /// back from the WinDbg dump's header.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -55,6 +55,10 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
                 }
                 text.push_str("\n\n");
                 text.push_str(&crash.excerpt.join("\n"));
+                if let Some(dump) = super::dump_text::dump_line(crash) {
+                    text.push_str("\n\n");
+                    text.push_str(&dump);
+                }
             }
             status.set_description(text);
         }
@@ -86,6 +90,9 @@ pub fn render(run: &RunRecord) -> Result<String, ReportError> {
         ));
         if let Some(shot) = scenario.crashes.first().and_then(|c| c.screenshot.clone()) {
             case.add_property(Property::new("screenshot", shot));
+        }
+        if let Some(dump) = scenario.crashes.first().and_then(|c| c.dump.clone()) {
+            case.add_property(Property::new("memory-dump", dump));
         }
         for earlier in scenario.attempts.iter().filter(|_| plain_pass) {
             case.add_property(Property::new(
@@ -144,5 +151,37 @@ mod tests {
         let failing = &failing[..failing.find("</testcase>").unwrap()];
         assert!(failing.contains("<failure"), "{failing}");
         assert!(failing.contains("<rerunFailure"), "{failing}");
+    }
+
+    #[test]
+    fn a_failure_says_where_its_dump_is_and_how_to_open_it() {
+        use crate::testing::records::{crash, run, scenario};
+        let mut dumped = scenario("s", "a", Verdict::Fail);
+        let mut c = crash(1, "BUG: x in f");
+        c.dump = Some("s/a/crash-1.kdump".into());
+        c.dump_format = Some("kdump-zlib".into());
+        c.dump_bytes = Some(3 * 1024 * 1024);
+        dumped.crashes.push(c);
+        let mut skipped = scenario("s", "b", Verdict::Fail);
+        let mut c = crash(1, "BUG: x in f");
+        c.dump_note = Some("not dumped: the run's dump budget (8192 MiB) is used up".into());
+        skipped.crashes.push(c);
+        let xml = render(&run(vec![dumped, skipped])).unwrap();
+        assert!(
+            xml.contains("memory dump: s/a/crash-1.kdump (kdump-zlib, 3.0 MiB): open with crash VMLINUX s/a/crash-1.kdump"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("name=\"memory-dump\" value=\"s/a/crash-1.kdump\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                "memory dump: none: not dumped: the run&apos;s dump budget (8192 MiB) is used up"
+            ) || xml.contains(
+                "memory dump: none: not dumped: the run's dump budget (8192 MiB) is used up"
+            ),
+            "{xml}"
+        );
     }
 }

@@ -321,6 +321,9 @@ pub fn summary_text(run: &crate::model::record::RunRecord) -> String {
                     .unwrap_or_default();
                 let _ = writeln!(out, "      captured: {}{note}", line(capture));
             }
+            if let Some(dump) = super::dump_text::dump_line(crash) {
+                let _ = writeln!(out, "      {}", line(&dump));
+            }
             let tail = &crash.excerpt[crash.excerpt.len().saturating_sub(SHOW_EXCERPT_LINES)..];
             for excerpt_line in tail {
                 let _ = writeln!(out, "      | {}", line(excerpt_line));

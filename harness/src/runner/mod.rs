@@ -4,6 +4,7 @@
 
 pub mod build_sandbox;
 pub(crate) mod driver;
+pub(crate) mod dump_budget;
 pub(crate) mod folder;
 pub mod merge;
 pub mod offline;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use super::dump_budget::DumpBudget;
 use super::folder::absolute;
 use super::prepare::{Drivers, Prepared};
 use super::scenario::{self, ScenarioOutcome, StandbySlot};
@@ -120,6 +121,8 @@ struct Pool<'a> {
     /// The schedule's next position.
     next: AtomicUsize,
     collected: Mutex<Collected>,
+    /// The memory dumps of this run so far, against each suite's `dump_budget_mib`.
+    dumps: DumpBudget,
 }
 
 /// Runs the selected scenarios on the prepared images, `opts.jobs` at a time (or
@@ -153,6 +156,7 @@ pub(super) fn run_scenarios(
             record,
             positions: Vec::new(),
         }),
+        dumps: DumpBudget::default(),
     };
     std::thread::scope(|scope| {
         for n in 0..workers {
@@ -342,6 +346,7 @@ impl Pool<'_> {
                 standby: Some(standby),
                 // Another scenario left in the queue may take it.
                 refill_standby: self.next.load(Ordering::SeqCst) < self.schedule.len(),
+                dump_budget: &self.dumps,
             });
             ran.take_outcome(outcome);
         } else {

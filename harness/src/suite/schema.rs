@@ -82,6 +82,13 @@ pub enum DumpPolicy {
 /// Default cap on the guest memory size bootgate dumps.
 pub const DEFAULT_DUMP_MAX_MIB: u32 = 4096;
 
+/// Default for the run's dump budget: room for one dump of the biggest guest
+/// `dump_max_mib` lets bootgate dump by default (4 GiB of RAM: up to 4.4 GiB as
+/// ELF, see `runner::dump_budget::worst_case_bytes`) with margin, and for hundreds
+/// of the demo guest's compact dumps (a few MiB each), while a run of crashes on
+/// big guests stops dumping at 8 GiB rather than filling a CI machine's disk.
+pub const DEFAULT_DUMP_BUDGET_MIB: u64 = 8192;
+
 /// What evidence to capture from crashed and hung guests.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +98,15 @@ pub struct Evidence {
     /// Guests with more memory than this are not dumped (the dump is as big as the RAM).
     #[serde(default = "default_dump_max_mib")]
     pub dump_max_mib: u32,
+    /// The most disk all the memory dumps of one run may take, in MiB: shared by
+    /// every worker; a dump that might not fit is skipped, with a note saying so.
+    /// A run of several suites keeps one tally: each dump is checked against the
+    /// limit of its own scenario's suite.
+    #[serde(
+        default = "default_dump_budget_mib",
+        deserialize_with = "dump_budget_mib"
+    )]
+    pub dump_budget_mib: u64,
     /// Also dump a hung guest (the host-side equivalent of forcing a crash).
     #[serde(default)]
     pub dump_on_hang: bool,
@@ -101,6 +117,7 @@ impl Default for Evidence {
         Evidence {
             memory_dumps: DumpPolicy::First,
             dump_max_mib: DEFAULT_DUMP_MAX_MIB,
+            dump_budget_mib: DEFAULT_DUMP_BUDGET_MIB,
             dump_on_hang: false,
         }
     }
@@ -108,6 +125,30 @@ impl Default for Evidence {
 
 fn default_dump_max_mib() -> u32 {
     DEFAULT_DUMP_MAX_MIB
+}
+
+fn default_dump_budget_mib() -> u64 {
+    DEFAULT_DUMP_BUDGET_MIB
+}
+
+/// A positive number of MiB (0 would skip every dump: `memory_dumps = "none"` says
+/// that plainly).
+fn dump_budget_mib<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(i64),
+        Text(String),
+    }
+    match Written::deserialize(d)? {
+        Written::Number(n) if n > 0 => Ok(n as u64),
+        Written::Number(n) => Err(serde::de::Error::custom(format!(
+            "`dump_budget_mib` {n} is not a positive number of MiB (to take no dumps, write memory_dumps = \"none\")"
+        ))),
+        Written::Text(text) => Err(serde::de::Error::custom(format!(
+            "`dump_budget_mib` {text:?} is not a number: write MiB as a number, like 4096"
+        ))),
+    }
 }
 
 /// A candidate driver: a kernel module built from source against the image's kernel

@@ -769,3 +769,38 @@ fn a_drivers_debug_file_is_checked_where_it_is_written() {
         Some(Path::new("m.ko.debug"))
     );
 }
+
+#[test]
+fn dump_budget_defaults_and_is_set() {
+    assert_eq!(
+        parse_str(GOOD).unwrap().evidence.dump_budget_mib,
+        super::schema::DEFAULT_DUMP_BUDGET_MIB
+    );
+    let text = GOOD.replace(
+        "boot_timeout = \"90s\"",
+        "boot_timeout = \"90s\"\n[suite.evidence]\nmemory_dumps = \"all\"\ndump_budget_mib = 300",
+    );
+    let suite = parse_str(&text).unwrap();
+    assert_eq!(suite.evidence.dump_budget_mib, 300);
+    assert_eq!(suite.evidence.memory_dumps, DumpPolicy::All);
+}
+
+#[test]
+fn a_bad_dump_budget_is_located() {
+    let with = |value: &str| {
+        GOOD.replace(
+            "boot_timeout = \"90s\"",
+            &format!("boot_timeout = \"90s\"\n[suite.evidence]\ndump_budget_mib = {value}"),
+        )
+    };
+    let cases = [
+        ("0", "`dump_budget_mib` 0 is not a positive number of MiB"),
+        ("-5", "`dump_budget_mib` -5 is not a positive number of MiB"),
+        ("\"4G\"", "`dump_budget_mib` \"4G\" is not a number"),
+    ];
+    for (value, expected) in cases {
+        let (line, column, message) = invalid(&with(value));
+        assert_eq!((line, column), (7, 19), "{value}: {message}");
+        assert!(message.contains(expected), "{value}: {message}");
+    }
+}

@@ -120,6 +120,8 @@ pub fn crash(boot_index: u32, title: &str) -> CrashRecord {
         screenshot: None,
         dump: None,
         dump_format: None,
+        dump_bytes: None,
+        dump_ms: None,
         dump_note: None,
         bugcheck: None,
         guest_dumps: Vec::new(),

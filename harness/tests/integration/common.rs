@@ -252,84 +252,79 @@ pub fn qemu_children(pid: u32) -> Vec<u32> {
     found
 }
 
-/// The demo guest's kernel release (its build record's `kernel_version`).
+/// The demo image's kernel release (`uname -r` in the guest), from its build record.
 pub fn demo_kernel_release() -> String {
     let info = demo_manifest().parent().unwrap().join("build-info.json");
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(info).unwrap()).unwrap();
-    info["kernel_version"].as_str().unwrap().to_string()
+    let text = std::fs::read_to_string(&info).expect("the demo image has build-info.json");
+    let record: Value = serde_json::from_str(&text).expect("build-info.json is JSON");
+    record["kernel_version"]
+        .as_str()
+        .expect("build-info.json names the kernel_version")
+        .to_string()
 }
 
-/// Time the debug package's installation may take (a ~280 MB download and 1.7 GB
-/// unpacked; 25 s on the project's machine).
-const DEBUG_PACKAGE_TIMEOUT_SECS: u64 = 900;
+/// How long installing the distribution's debug kernel (hundreds of MiB) may take.
+const DEBUG_VMLINUX_INSTALL_TIMEOUT: &str = "1200";
 
-/// The demo kernel's debug vmlinux where Debian's `linux-image-<release>-dbg` puts
-/// it, installing that package when this test runs as root with apt (once, under a
-/// lock: nextest runs tests as parallel processes). The error says why it cannot.
+/// The demo kernel's debug vmlinux (what `crash` needs beside a dump), where
+/// Debian's `linux-image-<release>-dbg` puts it; installed with apt-get when it is
+/// missing and this process is root (CI is). Err says why there is none. Tried
+/// once per test process.
 pub fn debug_vmlinux() -> Result<PathBuf, String> {
-    let release = demo_kernel_release();
-    let vmlinux = PathBuf::from(format!("/usr/lib/debug/boot/vmlinux-{release}"));
-    if vmlinux.is_file() {
-        return Ok(vmlinux);
-    }
-    let package = format!("linux-image-{release}-dbg");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(format!(
-            "{} is missing and this test is not root: as root run `apt-get install {package}`",
-            vmlinux.display()
-        ));
-    }
-    let lock = std::fs::File::create(std::env::temp_dir().join("bootgate-test-dbg.lock"))
-        .map_err(|e| e.to_string())?;
-    // SAFETY: flock on a descriptor this function owns.
-    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-    if vmlinux.is_file() {
-        return Ok(vmlinux);
-    }
-    eprintln!("installing {package} for the dump triage test");
-    let install = |update: bool| {
-        let mut argv = vec![
-            "timeout".to_string(),
-            DEBUG_PACKAGE_TIMEOUT_SECS.to_string(),
-            "apt-get".into(),
-        ];
-        if update {
-            argv.extend(["update".into(), "-qq".into()]);
-        } else {
-            argv.extend(
-                [
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "-o",
-                    "DPkg::Lock::Timeout=600",
-                    &package,
-                ]
-                .map(String::from),
-            );
-        }
-        Command::new(&argv[0])
-            .args(&argv[1..])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-    };
-    let first = install(false).map_err(|e| format!("apt-get: {e}"))?;
-    if !first.status.success() {
-        // A fresh machine's package lists may predate the image's kernel.
-        let _ = install(true);
-        let again = install(false).map_err(|e| format!("apt-get: {e}"))?;
-        if !again.status.success() {
-            return Err(format!(
-                "apt-get install {package} failed: {}",
-                String::from_utf8_lossy(&again.stderr).trim()
-            ));
-        }
-    }
-    if vmlinux.is_file() {
-        Ok(vmlinux)
-    } else {
-        Err(format!("{package} installed no {}", vmlinux.display()))
-    }
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let release = demo_kernel_release();
+            let path = PathBuf::from(format!("/usr/lib/debug/boot/vmlinux-{release}"));
+            if path.is_file() {
+                return Ok(path);
+            }
+            let package = format!("linux-image-{release}-dbg");
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Err(format!(
+                    "{} is missing and this test is not root: install {package}",
+                    path.display()
+                ));
+            }
+            let install = || {
+                let out = Command::new("timeout")
+                    .args([
+                        DEBUG_VMLINUX_INSTALL_TIMEOUT,
+                        "apt-get",
+                        "install",
+                        "-y",
+                        "-q",
+                    ])
+                    .args(["-o", "DPkg::Lock::Timeout=600", &package])
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .output();
+                match out {
+                    Ok(out) if out.status.success() => Ok(()),
+                    Ok(out) => Err(format!(
+                        "apt-get install {package} failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )),
+                    Err(e) => Err(format!("cannot run apt-get: {e}")),
+                }
+            };
+            eprintln!("debug_vmlinux: installing {package} (apt-get)");
+            let installed = install().or_else(|_| {
+                // A fresh machine's package lists may predate the package.
+                let _ = Command::new("timeout")
+                    .args([DEBUG_VMLINUX_INSTALL_TIMEOUT, "apt-get", "update", "-q"])
+                    .output();
+                install()
+            });
+            match installed {
+                Ok(()) if path.is_file() => Ok(path),
+                Ok(()) => Err(format!(
+                    "{package} installed but {} is missing",
+                    path.display()
+                )),
+                Err(why) => Err(why),
+            }
+        })
+        .clone()
 }

@@ -107,7 +107,7 @@ fn assert_report_shows_the_story(out_dir: &std::path::Path, run: &Value) {
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 8, "one timeline per scenario");
     let card_start = html
-        .find("cf291-crashes-then-boot-loops/crash-1.elf")
+        .find("cf291-crashes-then-boot-loops/crash-1.kdump")
         .expect("a link to the dump");
     let card = &html[card_start.saturating_sub(4000)..(card_start + 4000).min(html.len())];
     assert!(card.contains(TITLE), "the crash card names the crash");

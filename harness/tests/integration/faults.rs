@@ -316,6 +316,67 @@ fn full_results_disk_leaves_nothing_half_written() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A memory dump cut by a full results disk (a 4 MiB tmpfs in a private user and
+/// mount namespace: room for the console, screenshot and results, not for the
+/// dump): the crash records the failed dump, the partial file is removed, the run
+/// goes on to its verdict, and `bootgate verify` passes (no file half-written and
+/// unlisted).
+#[test]
+fn a_dump_cut_by_a_full_disk_is_recorded_and_removed() {
+    demo_manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = write(
+        dir.path(),
+        "suite.toml",
+        "[suite]\nname = \"full\"\nimage = \"demo\"\n\n[[scenario]]\nname = \"c\"\nexpect = \"crash\"\nrecovery_settle = \"1s\"\nsteps = [{ exec = { run = \"echo c > /proc/sysrq-trigger\" } }]\n",
+    );
+    let mount = dir.path().join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let out_dir = mount.join("results");
+    // Everything is checked inside the namespace: the tmpfs is gone after it.
+    let script = format!(
+        "mount -t tmpfs -o size=4m tmpfs {m} && {bin} run {suite} --accel tcg --out {out}; code=$?; \
+         echo RUN-EXIT $code; cp {out}/latest/run.json {copy}; ls -R {out}/latest; \
+         {bin} verify {out}/latest; echo VERIFY-EXIT $?",
+        m = mount.display(),
+        bin = env!("CARGO_BIN_EXE_bootgate"),
+        suite = suite.display(),
+        out = out_dir.display(),
+        copy = dir.path().join("run.json").display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("RUN-EXIT 0"),
+        "the crash was expected: {stdout}"
+    );
+    assert!(stdout.contains("VERIFY-EXIT 0"), "{stdout}");
+    let json = std::fs::read_to_string(dir.path().join("run.json")).unwrap();
+    let record: Value = serde_json::from_str(&json).unwrap();
+    let crash = &scenario(&record, "full/c")["crashes"][0];
+    assert!(crash["dump"].is_null(), "{crash:#}");
+    let note = crash["dump_note"].as_str().unwrap();
+    assert!(
+        note.starts_with("dump failed: ")
+            && note.contains("the results disk is full")
+            && note.contains("(the partial full/c/crash-1.kdump was removed)"),
+        "{note}"
+    );
+    assert!(
+        !stdout.contains("crash-1.kdump\n"),
+        "no partial dump left: {stdout}"
+    );
+    assert!(
+        crash["screenshot"].is_string(),
+        "the rest of the evidence is kept"
+    );
+}
+
 /// SIGTERM (a CI runner cancelling the job) is handled like Ctrl-C.
 #[test]
 fn sigterm_tears_down_and_writes_interrupted_results() {

@@ -88,6 +88,8 @@ struct CrashView {
     dump: Option<Link>,
     dump_format: Option<String>,
     dump_how: Option<DumpHow>,
+    /// "9.8 MiB, written in 0.4 s".
+    dump_size: Option<String>,
     dump_note: Option<String>,
     /// How the crash reached the host and what was captured of it (the capture
     /// model: host-paused, host-stopped, guest-writing-dump, reset), with its note.
@@ -370,6 +372,13 @@ impl CrashView {
             dump: c.dump.as_deref().map(Link::new),
             dump_format: c.dump_format.as_deref().map(clean),
             dump_how,
+            dump_size: c.dump_bytes.map(|b| {
+                let size = format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+                match c.dump_ms {
+                    Some(ms) => format!("{size}, written in {}", ms_text(ms)),
+                    None => size,
+                }
+            }),
             dump_note: c.dump_note.as_deref().map(clean),
             capture: c.capture.as_deref().map(clean),
             capture_note: c.capture_note.as_deref().map(clean),
@@ -390,7 +399,7 @@ impl CrashView {
 fn dump_how(format: Option<&str>) -> DumpHow {
     match format {
         Some("elf") => DumpHow {
-            what: "ELF core file, read with the guest kernel's vmlinux (debug symbols)",
+            what: "ELF core file, read with the guest kernel's debug vmlinux (Debian: linux-image-RELEASE-dbg, /usr/lib/debug/boot/vmlinux-RELEASE)",
             tools: &["crash vmlinux DUMP", "gdb vmlinux DUMP"],
             join: "or",
         },
@@ -400,7 +409,7 @@ fn dump_how(format: Option<&str>) -> DumpHow {
             join: "then",
         },
         Some(f) if f.starts_with("kdump") => DumpHow {
-            what: "kdump-compressed dump, read with the guest kernel's vmlinux",
+            what: "kdump-compressed dump (makedumpfile's format; gdb does not read it: set guest.dump_format = \"elf\" for gdb), read with crash and the guest kernel's debug vmlinux (Debian: linux-image-RELEASE-dbg, /usr/lib/debug/boot/vmlinux-RELEASE)",
             tools: &["crash vmlinux DUMP"],
             join: "or",
         },

@@ -14,6 +14,7 @@ use crate::detect::boot_watch::{bugcheck_line, Crash};
 use crate::guest::DumpFormat;
 use crate::model::record::{BootOutcome, BugcheckRecord, CrashRecord};
 use crate::qemu::vm::QMP_COMMAND_TIMEOUT;
+use crate::runner::dump_budget;
 use crate::suite::DumpPolicy;
 use crate::util::human_duration;
 
@@ -22,7 +23,9 @@ const LIVE_SYSTEM_DUMP: u32 = 0x161;
 
 /// Time a screenshot may take.
 pub(crate) const SCREENDUMP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a memory dump may take (written by QEMU while the guest is stopped).
+/// Time a memory dump may take (written by QEMU while the guest is stopped); also
+/// how long one may wait for room in the run's dump budget that other workers'
+/// dumps hold while they are written.
 pub(crate) const DUMP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time to list or copy out one of the dumps a Windows guest wrote itself.
 pub(crate) const GUEST_DUMP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -59,6 +62,8 @@ impl Machine<'_> {
             dump: None,
             dump_format: None,
             dump_note: None,
+            dump_bytes: None,
+            dump_ms: None,
             bugcheck: crash.bugcheck.map(|b| BugcheckRecord::of(&b, "hyperv")),
             guest_dumps: Vec::new(),
             guest_dumps_note: match plan.guest_dump {
@@ -155,12 +160,11 @@ impl Machine<'_> {
                 (dump, note, Some(format))
             }
         };
-        let format = format.unwrap_or(self.setup.manifest.guest.dump_format);
         // A WinDbg dump records the bugcheck in its header: where the panic event
         // carried none (no hv-crash, e.g. under TCG), it names the crash.
         let from_dump = match (&dump, format) {
-            (Some(rel), DumpFormat::WinDmp) => {
-                let file = Path::new(rel).file_name().unwrap_or_default();
+            (Some(dumped), Some(DumpFormat::WinDmp)) => {
+                let file = Path::new(&dumped.rel).file_name().unwrap_or_default();
                 detect::win_dump::read_bugcheck(&self.setup.artifacts.join(file))
                     .ok()
                     // 0x161 LIVE_SYSTEM_DUMP: the header of a dump of a running guest.
@@ -172,8 +176,12 @@ impl Machine<'_> {
             return;
         };
         crash.screenshot = screenshot;
-        crash.dump_format = dump.as_ref().map(|_| format.as_str().to_string());
-        crash.dump = dump;
+        crash.dump_format = format
+            .filter(|_| dump.is_some())
+            .map(|f| f.as_str().to_string());
+        crash.dump_bytes = dump.as_ref().map(|d| d.bytes);
+        crash.dump_ms = dump.as_ref().map(|d| d.ms);
+        crash.dump = dump.map(|d| d.rel);
         crash.dump_note = note;
         if let Some(bugcheck) = from_dump {
             crash.signals.push("dump".into());
@@ -199,10 +207,14 @@ impl Machine<'_> {
             if let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) {
                 let _ = qmp.execute("stop", None, QMP_COMMAND_TIMEOUT);
             }
-            if let (Some(dump), _, _) = self.dump_with_fallback(&format!("hang-{n}")) {
-                if let Some(hang) = self.found.hangs.last_mut() {
-                    hang.push_str(&format!(" (memory dump: {dump})"));
-                }
+            let (dump, note, _) = self.dump_with_fallback(&format!("hang-{n}"));
+            let said = match (dump, note) {
+                (Some(dump), _) => Some(format!(" (memory dump: {})", dump.rel)),
+                (None, Some(note)) => Some(format!(" ({note})")),
+                (None, None) => None,
+            };
+            if let (Some(said), Some(hang)) = (said, self.found.hangs.last_mut()) {
+                hang.push_str(&said);
             }
         }
     }
@@ -218,30 +230,74 @@ impl Machine<'_> {
         }
     }
 
-    /// A dump in the manifest's format; a win-dmp that QEMU refuses because the
-    /// guest's fwcfg driver did not fill vmcoreinfo (QEMU 7.2 dump/win_dump.c:
-    /// "win-dump: invalid vmcoreinfo note size", "win-dump: invalid header") is
-    /// taken again as ELF, with a note saying why.
-    fn dump_with_fallback(&mut self, stem: &str) -> (Option<String>, Option<String>, DumpFormat) {
-        let format = self.setup.manifest.guest.dump_format;
+    /// The dump formats this machine's QEMU writes, asked once per machine. A QEMU
+    /// that cannot say is taken to write ELF only (every QEMU does).
+    fn dump_formats(&mut self) -> Vec<String> {
+        if let Some(known) = &self.dump_formats {
+            return known.clone();
+        }
+        let qmp = self.qemu.vm.as_ref().and_then(|vm| vm.qmp());
+        let asked = qmp.and_then(|qmp| {
+            qmp.execute(
+                "query-dump-guest-memory-capability",
+                None,
+                QMP_COMMAND_TIMEOUT,
+            )
+            .ok()
+        });
+        let formats: Vec<String> = asked
+            .as_ref()
+            .and_then(|r| r.get("formats"))
+            .and_then(|f| f.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|f| f.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![DumpFormat::Elf.as_str().to_string()]);
+        self.dump_formats = Some(formats.clone());
+        formats
+    }
+
+    /// A dump in the manifest's format (`auto`: see [`DumpFormat::resolve`]). A
+    /// kdump format this QEMU does not write, or a win-dmp that QEMU refuses because
+    /// the guest's fwcfg driver did not fill vmcoreinfo (QEMU 7.2 dump/win_dump.c:
+    /// "win-dump: invalid vmcoreinfo note size", "win-dump: invalid header"), is
+    /// taken as ELF instead, with a note saying why.
+    fn dump_with_fallback(&mut self, stem: &str) -> (Option<Dumped>, Option<String>, DumpFormat) {
+        let formats = self.dump_formats();
+        let format = self
+            .setup
+            .manifest
+            .guest
+            .dump_format
+            .resolve(self.setup.manifest.os, &formats);
+        if format.is_kdump() && !formats.iter().any(|f| f == format.as_str()) {
+            let (dump, note) = self.dump(stem, DumpFormat::Elf);
+            let why = format!(
+                "{} is not one of this QEMU's dump formats ({}): dumped as ELF instead",
+                format.as_str(),
+                formats.join(", ")
+            );
+            return (dump, Some(join_notes(why, note)), DumpFormat::Elf);
+        }
         let (dump, note) = self.dump(stem, format);
         match (&dump, &note) {
             (None, Some(why)) if format == DumpFormat::WinDmp && why.contains("win-dump") => {
                 let (dump, elf_note) = self.dump(stem, DumpFormat::Elf);
                 let note = format!("win-dmp refused ({why}; is the virtio-win fwcfg driver installed?): dumped as ELF instead");
-                let note = match elf_note {
-                    Some(more) => format!("{note}; {more}"),
-                    None => note,
-                };
-                (dump, Some(note), DumpFormat::Elf)
+                (dump, Some(join_notes(note, elf_note)), DumpFormat::Elf)
             }
             _ => (dump, note, format),
         }
     }
 
     /// dump-guest-memory in the background (`detach`), waiting for DUMP_COMPLETED:
-    /// the dump's run-relative path, or a note on why there is none.
-    fn dump(&mut self, stem: &str, format: DumpFormat) -> (Option<String>, Option<String>) {
+    /// the dump written, or a note on why there is none. The run's dump budget must
+    /// hold the dump's worst case first and is charged its real size after. A dump
+    /// that failed (a full disk: QEMU's DUMP_COMPLETED error) has its partial file
+    /// removed, so the results never list a cut dump as evidence.
+    fn dump(&mut self, stem: &str, format: DumpFormat) -> (Option<Dumped>, Option<String>) {
         let memory = self.setup.manifest.machine.memory_mib;
         if memory > self.setup.evidence.dump_max_mib {
             return (
@@ -252,6 +308,15 @@ impl Machine<'_> {
                 )),
             );
         }
+        let budget = self.setup.dump_budget;
+        let reservation = match budget.reserve(
+            self.setup.evidence.dump_budget_mib,
+            dump_budget::worst_case_bytes(memory),
+            DUMP_TIMEOUT,
+        ) {
+            Ok(r) => r,
+            Err(note) => return (None, Some(note)),
+        };
         let (path, rel) = self.evidence_path(&format!("{stem}.{}", format.extension()));
         let Some(qmp) = self.qemu.vm.as_ref().and_then(|vm| vm.qmp()) else {
             return (None, Some("not dumped: QMP is not connected".into()));
@@ -264,21 +329,83 @@ impl Machine<'_> {
             "detach": true,
             "format": format.as_str(),
         });
-        if let Err(e) = qmp.execute("dump-guest-memory", Some(args), QMP_COMMAND_TIMEOUT) {
-            return (None, Some(format!("dump failed: {e}")));
+        let started = Instant::now();
+        let result = qmp
+            .execute("dump-guest-memory", Some(args), QMP_COMMAND_TIMEOUT)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                self.wait_event(
+                    "DUMP_COMPLETED",
+                    Instant::now() + DUMP_TIMEOUT,
+                    DUMP_TIMEOUT,
+                )
+            })
+            .and_then(|data| match data.get("error").and_then(|e| e.as_str()) {
+                Some(error) => Err(error.to_string()),
+                None => Ok(()),
+            });
+        let ms = started.elapsed().as_millis() as u64;
+        match result.and_then(|()| {
+            std::fs::metadata(&path)
+                .map(|m| m.len())
+                .map_err(|_| "QEMU wrote no file".to_string())
+        }) {
+            Ok(bytes) => {
+                reservation.charge(bytes);
+                (Some(Dumped { rel, bytes, ms }), None)
+            }
+            Err(why) => (None, Some(remove_cut_dump(&path, &rel, &why))),
         }
-        match self.wait_event(
-            "DUMP_COMPLETED",
-            Instant::now() + DUMP_TIMEOUT,
-            DUMP_TIMEOUT,
-        ) {
-            Ok(data) => match data.get("error").and_then(|e| e.as_str()) {
-                Some(error) => (None, Some(format!("dump failed: {error}"))),
-                None if path.is_file() => (Some(rel), None),
-                None => (None, Some("dump failed: QEMU wrote no file".into())),
-            },
-            Err(why) => (None, Some(format!("dump failed: {why}"))),
-        }
+    }
+}
+
+/// A memory dump QEMU wrote.
+pub(super) struct Dumped {
+    /// Its path in the run folder.
+    pub(super) rel: String,
+    pub(super) bytes: u64,
+    /// How long QEMU took to write it.
+    pub(super) ms: u64,
+}
+
+/// Removes what a failed dump left (QEMU does not remove a dump cut by a full
+/// disk, and one still written after a timeout goes on into an unlinked file): the
+/// note for the crash, naming the failure and what became of the file.
+fn remove_cut_dump(path: &Path, rel: &str, why: &str) -> String {
+    // QEMU's message names the write that failed, not why: a full disk is the
+    // usual cause, and what is left free (measured before the file goes) shows it.
+    let free = path
+        .parent()
+        .and_then(free_bytes)
+        .filter(|&free| free < FULL_DISK_BYTES)
+        .map(|free| format!("; the results disk is full ({} KiB free)", free / 1024))
+        .unwrap_or_default();
+    let why = format!("{why}{free}");
+    match std::fs::remove_file(path) {
+        Ok(()) => format!("dump failed: {why} (the partial {rel} was removed)"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("dump failed: {why}"),
+        Err(e) => format!("dump failed: {why} (and its partial {rel} could not be removed: {e})"),
+    }
+}
+
+/// Free space below which a failed dump is put down to a full disk: less than one
+/// page-sized write and a descriptor block QEMU writes at a time.
+const FULL_DISK_BYTES: u64 = 1024 * 1024;
+
+/// Bytes an unprivileged process may still write on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs buffer of the right type.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+fn join_notes(first: String, more: Option<String>) -> String {
+    match more {
+        Some(more) => format!("{first}; {more}"),
+        None => first,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::qemu::qmp::QmpMessage;
 use crate::qemu::snapshot::SavedState;
 use crate::qemu::vm::{Signal, Standby, Vm, VmConfig, VmDir, WaitingQemu, QMP_COMMAND_TIMEOUT};
 use crate::qemu::QemuTools;
+use crate::runner::dump_budget::DumpBudget;
 use crate::runner::interrupted;
 use crate::suite::Evidence;
 use crate::util::human_duration;
@@ -67,6 +68,9 @@ pub(super) struct Machine<'a> {
     /// Console lines kept as they arrive, while a persistent fuzzing session
     /// (persistent.rs) attributes them to its executions; None otherwise.
     pub(super) console_tap: Option<Vec<String>>,
+    /// The dump formats this machine's QEMU writes, asked at its first dump
+    /// (`query-dump-guest-memory-capability`).
+    pub(super) dump_formats: Option<Vec<String>>,
 }
 
 /// What a [`Machine`] is made from, besides its VM folder.
@@ -77,6 +81,8 @@ pub(super) struct MachineSetup<'a> {
     pub(super) artifacts: &'a Path,
     pub(super) rel_dir: &'a str,
     pub(super) evidence: Evidence,
+    /// The run's dump budget (`evidence.dump_budget_mib` is its limit).
+    pub(super) dump_budget: &'a DumpBudget,
     pub(super) name: &'a str,
     pub(super) boot_timeout: Duration,
     /// See `ScenarioContext::watch_after_crash`.
@@ -137,6 +143,7 @@ impl<'a> Machine<'a> {
             crash_seen_utc: Vec::new(),
             clock_skew: None,
             console_tap: None,
+            dump_formats: None,
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::qemu::snapshot::SavedState;
 use crate::qemu::vm::{Standby, VmDir, WaitingQemu};
 use crate::qemu::QemuTools;
 use crate::runner::driver::BuiltDriver;
+use crate::runner::dump_budget::DumpBudget;
 use crate::runner::interrupted;
 use crate::runner::verdict::{after_ready_span, judge, Observed};
 use crate::suite::{Scenario, Step};
@@ -115,6 +116,8 @@ pub(crate) struct ScenarioContext<'a> {
     /// Refill the standby once this scenario's VM is up: false when no scenario is
     /// left to take it.
     pub refill_standby: bool,
+    /// The run's dump budget, shared by every worker.
+    pub dump_budget: &'a DumpBudget,
 }
 
 /// A worker's standby VM, if it has one.
@@ -272,6 +275,7 @@ fn open_machine<'a>(
             artifacts: ctx.dir,
             rel_dir: ctx.rel_dir,
             evidence: ctx.suite.evidence.clone(),
+            dump_budget: ctx.dump_budget,
             name: ctx.full_name,
             boot_timeout,
             follow_crash: ctx.watch_after_crash,

@@ -388,6 +388,9 @@ pub(crate) fn run_helper(
             )
         }
     };
+    // The helper's own dumps (of a crash of the helper) count on their own: the
+    // command it works for may not be a run.
+    let budget = crate::runner::dump_budget::DumpBudget::default();
     let mut helper = Machine::new(
         MachineSetup {
             tools: setup.tools,
@@ -396,6 +399,7 @@ pub(crate) fn run_helper(
             artifacts: setup.logs,
             rel_dir: setup.rel_dir,
             evidence: crate::suite::Evidence::default(),
+            dump_budget: &budget,
             name: setup.name,
             boot_timeout: setup.boot_timeout,
             follow_crash: false,

@@ -107,6 +107,7 @@ impl Machine<'_> {
                 artifacts: &dir,
                 rel_dir: &rel_dir,
                 evidence: self.setup.evidence.clone(),
+                dump_budget: self.setup.dump_budget,
                 name: &name,
                 boot_timeout: self.setup.boot_timeout,
                 follow_crash: false,
