@@ -328,3 +328,70 @@ pub fn debug_vmlinux() -> Result<PathBuf, String> {
         })
         .clone()
 }
+
+/// Exit status of the guard [`in_private_tmpfs`] puts before a script when a tmpfs
+/// mounted in its namespace would have reached the host's mounts.
+const SHARED_MOUNT_EXIT: i32 = 97;
+
+/// `sh -c SCRIPT` with a `size` tmpfs mounted on `dir` in a private mount namespace,
+/// so a test gets a small disk without touching the host's mounts. As root, a mount
+/// namespace alone (`unshare -m`): it needs no user namespace, which chroots,
+/// containers and hardened hosts refuse. In a chroot whose root is not a mount point
+/// `unshare` cannot make the namespace's mounts private; there the tmpfs is mounted
+/// as they are and checked: one that joined a shared peer group (it would show on the
+/// host) is unmounted at once (the unmount propagates too) and the test fails. As
+/// another user, a user namespace with the mount namespace (`unshare -rm`). Where the
+/// host allows none of these, this panics naming what it lacks: such a test must
+/// never pass without having run.
+pub fn in_private_tmpfs(dir: &Path, size: &str, script: &str) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let guarded = |dir: &Path, then: &str| {
+        format!(
+            "mount -t tmpfs -o size={size} tmpfs {d} || exit 1; if grep \" {d} \" /proc/self/mountinfo | grep -q shared:; then umount {d}; exit {SHARED_MOUNT_EXIT}; fi; {then}",
+            d = dir.display()
+        )
+    };
+    let probe_dir = tempfile::tempdir().unwrap();
+    let try_flags = |flags: &[&str]| {
+        Command::new("unshare")
+            .args(flags)
+            .args(["sh", "-c", &guarded(probe_dir.path(), "true")])
+            .output()
+    };
+    let mut tried = Vec::new();
+    let candidates: &[&[&str]] = if root {
+        &[&["-m"], &["-m", "--propagation", "unchanged"]]
+    } else {
+        &[&["-rm"]]
+    };
+    for flags in candidates {
+        match try_flags(flags) {
+            Ok(out) if out.status.success() => {
+                let mut command = Command::new("unshare");
+                command.args(*flags).args(["sh", "-c", &guarded(dir, script)]);
+                return command;
+            }
+            Ok(out) if out.status.code() == Some(SHARED_MOUNT_EXIT) => tried.push(format!(
+                "`unshare {}`: a tmpfs mounted there joins a shared peer group and would show on the host (a chroot whose root is not a mount point, on a host whose / is shared): bind-mount the chroot onto itself and make it private before entering it (`mount --bind DIR DIR && mount --make-private DIR`, as schroot does)",
+                flags.join(" ")
+            )),
+            Ok(out) => tried.push(format!(
+                "`unshare {}`: {}",
+                flags.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => panic!("cannot run unshare (util-linux): {e}"),
+        }
+    }
+    panic!(
+        "this host gives this test no private mount namespace to mount a tmpfs in, as {}: {}. {}",
+        if root { "root" } else { "an ordinary user" },
+        tried.join("; "),
+        if root {
+            "Root needs CAP_SYS_ADMIN and a seccomp profile that allows unshare and mount (a container: --cap-add SYS_ADMIN, or --privileged)"
+        } else {
+            "An ordinary user needs unprivileged user namespaces (user.max_user_namespaces > 0, no AppArmor or sysctl restriction), or run the tests as root"
+        }
+    )
+}

@@ -278,7 +278,7 @@ fn unwritable_results_folder_is_a_clear_error() {
 }
 
 /// A results folder on a full file system (a 32 KiB tmpfs, mounted in a private
-/// user and mount namespace, so no root is needed): the run ends with a clear
+/// mount namespace: as root no user namespace is needed, so it runs in a chroot): the run ends with a clear
 /// error, and no result file is left half-written (each is complete JSON/XML or
 /// absent).
 #[test]
@@ -294,16 +294,13 @@ fn full_results_disk_leaves_nothing_half_written() {
     std::fs::create_dir(&mount).unwrap();
     let out_dir = mount.join("results");
     let script = format!(
-        "mount -t tmpfs -o size=32k tmpfs {m} && {bin} run {suite} --accel tcg --out {out}; code=$?; for f in $(find {m} -name '*.json'); do python3 -c 'import json,sys; json.load(open(sys.argv[1]))' $f || echo HALF-WRITTEN $f; done; for f in $(find {m} -name '*.xml'); do python3 -c 'import sys,xml.dom.minidom as m; m.parse(sys.argv[1])' $f || echo HALF-WRITTEN $f; done; exit $code",
+        "{bin} run {suite} --accel tcg --out {out}; code=$?; for f in $(find {m} -name '*.json'); do python3 -c 'import json,sys; json.load(open(sys.argv[1]))' $f || echo HALF-WRITTEN $f; done; for f in $(find {m} -name '*.xml'); do python3 -c 'import sys,xml.dom.minidom as m; m.parse(sys.argv[1])' $f || echo HALF-WRITTEN $f; done; exit $code",
         m = mount.display(),
         bin = env!("CARGO_BIN_EXE_bootgate"),
         suite = suite.display(),
         out = out_dir.display()
     );
-    let out = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    let out = in_private_tmpfs(&mount, "32k", &script).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}");
@@ -316,8 +313,8 @@ fn full_results_disk_leaves_nothing_half_written() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A memory dump cut by a full results disk (a 4 MiB tmpfs in a private user and
-/// mount namespace: room for the console, screenshot and results, not for the
+/// A memory dump cut by a full results disk (a 4 MiB tmpfs in a private mount
+/// namespace, `in_private_mounts`: room for the console, screenshot and results, not for the
 /// dump): the crash records the failed dump, the partial file is removed, the run
 /// goes on to its verdict, and `bootgate verify` passes (no file half-written and
 /// unlisted).
@@ -335,19 +332,15 @@ fn a_dump_cut_by_a_full_disk_is_recorded_and_removed() {
     let out_dir = mount.join("results");
     // Everything is checked inside the namespace: the tmpfs is gone after it.
     let script = format!(
-        "mount -t tmpfs -o size=4m tmpfs {m} && {bin} run {suite} --accel tcg --out {out}; code=$?; \
+        "{bin} run {suite} --accel tcg --out {out}; code=$?; \
          echo RUN-EXIT $code; cp {out}/latest/run.json {copy}; ls -R {out}/latest; \
          {bin} verify {out}/latest; echo VERIFY-EXIT $?",
-        m = mount.display(),
         bin = env!("CARGO_BIN_EXE_bootgate"),
         suite = suite.display(),
         out = out_dir.display(),
         copy = dir.path().join("run.json").display()
     );
-    let out = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    let out = in_private_tmpfs(&mount, "4m", &script).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}");
