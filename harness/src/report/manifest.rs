@@ -2,7 +2,7 @@
 //! run wrote, so a reviewer can check that nothing was altered (`bootgate verify`).
 //! Written last, after every other result file.
 
-use crate::model::run_file::MANIFEST_JSON;
+use crate::model::run_file::{ATTESTATION, MANIFEST_JSON};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,8 @@ pub struct Manifest {
     pub run_id: String,
     /// Files the run read: suites, image files, drivers, content.
     pub inputs: Vec<FileHash>,
-    /// Every file in the run folder except this one, paths relative to it.
+    /// Every file in the run folder except this one and the attestation, paths
+    /// relative to it.
     pub artifacts: Vec<FileHash>,
 }
 
@@ -33,7 +34,8 @@ pub(crate) struct Walked {
     pub irregular: Vec<String>,
 }
 
-/// Hashes every regular file under `run_dir` except the manifest itself, each read
+/// Hashes every regular file under `run_dir` except the manifest itself and the
+/// attestation (written after it, and vouching for it), each read
 /// through `result_file::open`, so a link planted in the folder is listed as
 /// irregular and never hashed as if it were the file it points at.
 pub(crate) fn walk_run_folder(run_dir: &Path) -> Result<Walked, ReportError> {
@@ -53,7 +55,7 @@ pub(crate) fn walk_run_folder(run_dir: &Path) -> Result<Walked, ReportError> {
             continue;
         }
         let rel = entry.path().strip_prefix(run_dir).unwrap_or(entry.path());
-        if rel == Path::new(MANIFEST_JSON) || is_temp(rel) {
+        if rel == Path::new(MANIFEST_JSON) || rel == Path::new(ATTESTATION) || is_temp(rel) {
             continue;
         }
         if !entry.file_type().is_file() {

@@ -18,6 +18,9 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+/// The environment variable naming the signing key when `--sign-key` is not given.
+pub const SIGN_KEY_ENV: &str = "BOOTGATE_SIGN_KEY";
+
 /// The DSSE payload type of an in-toto statement.
 pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
@@ -400,7 +403,10 @@ mod tests {
         anonymous.verify(&key).unwrap();
 
         let err = keygen(&prefix).unwrap_err().to_string();
-        assert!(err.contains("ci.key") && err.contains("never overwrites"), "{err}");
+        assert!(
+            err.contains("ci.key") && err.contains("never overwrites"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&private).unwrap(), private_text);
     }
 
@@ -410,14 +416,23 @@ mod tests {
         let (private, public, _) = keygen(&dir.path().join("k")).unwrap();
 
         let err = Signer::read(&public).unwrap_err().to_string();
-        assert!(err.contains("k.pub") && err.contains("this is a public key"), "{err}");
+        assert!(
+            err.contains("k.pub") && err.contains("this is a public key"),
+            "{err}"
+        );
         let err = PublicKey::read(&private).unwrap_err().to_string();
-        assert!(err.contains("k.key") && err.contains("this is a private key"), "{err}");
+        assert!(
+            err.contains("k.key") && err.contains("this is a private key"),
+            "{err}"
+        );
 
         let garbage = dir.path().join("garbage.pem");
         std::fs::write(&garbage, "hello\n").unwrap();
         let err = Signer::read(&garbage).unwrap_err().to_string();
-        assert!(err.contains("garbage.pem") && err.contains("no PEM block"), "{err}");
+        assert!(
+            err.contains("garbage.pem") && err.contains("no PEM block"),
+            "{err}"
+        );
 
         // A key of another algorithm in the same armour (here X25519) is not Ed25519.
         let x25519 = dir.path().join("x25519.pem");
@@ -427,7 +442,10 @@ mod tests {
         )
         .unwrap();
         let err = Signer::read(&x25519).unwrap_err().to_string();
-        assert!(err.contains("x25519.pem") && err.contains("not an Ed25519 key"), "{err}");
+        assert!(
+            err.contains("x25519.pem") && err.contains("not an Ed25519 key"),
+            "{err}"
+        );
 
         let ssh = dir.path().join("id_ed25519");
         std::fs::write(

@@ -11,7 +11,68 @@ use sha2::{Digest, Sha256};
 
 use super::{MergeError, ShardRun};
 use crate::model::result_file;
-use crate::model::run_file::MANIFEST_JSON;
+use crate::model::run_file::{ATTESTATION, MANIFEST_JSON};
+use crate::report::attestation::ShardAttestation;
+
+/// The folder of a merged run that keeps the shards' attestations.
+pub(super) const SHARDS_DIR: &str = "shards";
+
+/// Copies each shard's attestation.intoto.jsonl (read without following links, copied
+/// whole) to `shards/<run id>.intoto.jsonl`. A shard without one (from before
+/// attestations, or killed before it finished) has nothing to keep. The copy is the
+/// shard's own signed evidence: checked against the shard's folder, not the merge.
+pub(super) fn keep_attestations(
+    shards: &[ShardRun],
+    run_dir: &Path,
+) -> Result<Vec<ShardAttestation>, MergeError> {
+    let mut kept = Vec::new();
+    for shard in shards {
+        let source = shard.dir.join(ATTESTATION);
+        match fs::symlink_metadata(&source) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source_error) => {
+                return Err(MergeError::Read {
+                    path: source,
+                    dir: shard.dir.clone(),
+                    source: source_error,
+                })
+            }
+            Ok(_) => {}
+        }
+        let id = &shard.record.run_id;
+        // The run id becomes a file name: only what bootgate's own ids hold.
+        let plain = !id.is_empty()
+            && !id.starts_with('.')
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(MergeError::Invalid {
+                path: shard.dir.join(crate::model::run_file::RUN_JSON),
+                message: format!(
+                    "run_id {id:?} is not a plain name; refusing to use it as a file name"
+                ),
+            });
+        }
+        let dir = run_dir.join(SHARDS_DIR);
+        fs::create_dir_all(&dir).map_err(|source| MergeError::Copy {
+            from: source_path(&shard.dir),
+            to: dir.clone(),
+            source,
+        })?;
+        let rel = format!("{SHARDS_DIR}/{id}.intoto.jsonl");
+        copy_hashed(&shard.dir, Path::new(ATTESTATION), &run_dir.join(&rel))?;
+        kept.push(ShardAttestation {
+            run_id: id.clone(),
+            path: rel,
+        });
+    }
+    Ok(kept)
+}
+
+fn source_path(dir: &Path) -> std::path::PathBuf {
+    dir.join(ATTESTATION)
+}
 
 pub(super) fn copy_scenario(
     shard: &ShardRun,

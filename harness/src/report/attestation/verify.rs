@@ -1,0 +1,289 @@
+//! `bootgate verify`'s attestation half: the signature (with `--key`), every subject
+//! against the files of the run folder (both ways: a file not attested, a subject
+//! with no file, a digest that differs), and the attested inputs against the host's
+//! files. manifest.json's own checks are `report::manifest::verify`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::model::result_file::{self, ResultFileError};
+use crate::model::run_file::{ATTESTATION, MANIFEST_JSON};
+use crate::report::manifest::{self, Manifest};
+use crate::util::sha256_file;
+use crate::util::signing::{Envelope, PublicKey, SignatureProblem, IN_TOTO_PAYLOAD_TYPE};
+
+use super::{Statement, PREDICATE_TYPE, STATEMENT_TYPE};
+
+/// How the attestation's origin stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Signed, and the signature verifies with the key given.
+    Verified { keyid: String },
+    /// Signed, but no key was given: the digests were checked, the signature not.
+    NotChecked { keyids: Vec<String> },
+    /// A bare statement.
+    Unsigned,
+    /// No attestation file (a run from before attestations, or one removed).
+    Absent,
+    /// The file is there but could not be read as an attestation, or the signature
+    /// failed: see the findings.
+    Broken,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Verified { keyid } => write!(f, "signed, signature verified (key id {keyid})"),
+            Origin::NotChecked { keyids } => write!(
+                f,
+                "signed by key id {}; signature NOT checked: pass --key PUBKEY to check who signed it",
+                keyids.join(", ")
+            ),
+            Origin::Unsigned => write!(
+                f,
+                "unsigned: it proves the files are unchanged since it was written, not who wrote it"
+            ),
+            Origin::Absent => write!(f, "no {ATTESTATION}: origin not checked"),
+            Origin::Broken => write!(f, "{ATTESTATION} does not verify"),
+        }
+    }
+}
+
+/// One problem the attestation check found; each is a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// `--key` was given but the run has no attestation.
+    Missing,
+    /// `--key` was given but the attestation is a bare statement.
+    Unsigned,
+    Signature(SignatureProblem),
+    /// The file is not an attestation bootgate can read: why, naming the field.
+    Invalid(String),
+    /// A result file in the folder that no subject names.
+    NotAttested(String),
+    /// A subject that names no file in the folder.
+    SubjectMissing(String),
+    /// A subject whose sha256 is not the file's.
+    Altered(String),
+    /// A subject naming a path outside the run folder.
+    Outside(String),
+    /// An input whose file on this host has another sha256 than attested.
+    InputChanged(String),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Missing => write!(
+                f,
+                "NOT ATTESTED   the run has no {ATTESTATION}, so there is no signature to check with --key"
+            ),
+            Problem::Unsigned => write!(
+                f,
+                "UNSIGNED  {ATTESTATION} is an unsigned statement: nothing to check --key against (sign runs with --sign-key)"
+            ),
+            Problem::Signature(why) => write!(f, "SIGNATURE {ATTESTATION}: {why}"),
+            Problem::Invalid(why) => write!(f, "INVALID   {ATTESTATION}: {why}"),
+            Problem::NotAttested(p) => write!(
+                f,
+                "NOT IN ATTESTATION  {p} (a result file the attestation's subjects do not list)"
+            ),
+            Problem::SubjectMissing(p) => write!(
+                f,
+                "ATTESTED BUT MISSING  {p} (a subject of the attestation with no such file)"
+            ),
+            Problem::Altered(p) => write!(
+                f,
+                "ALTERED   {p} (sha256 differs from the attestation's subject)"
+            ),
+            Problem::Outside(p) => write!(
+                f,
+                "OUTSIDE   {ATTESTATION} subject {p:?} is not inside the run folder"
+            ),
+            Problem::InputChanged(p) => write!(
+                f,
+                "INPUT CHANGED  {p} (sha256 differs from the attestation's)"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub origin: Origin,
+    pub problems: Vec<Problem>,
+}
+
+/// What the attestation file holds once parsed.
+enum Parsed {
+    Signed(Envelope, Statement),
+    Unsigned(Statement),
+}
+
+/// Checks `run_dir`'s attestation; `key` is `--key`'s public key.
+pub fn verify(run_dir: &Path, key: Option<&PublicKey>) -> Result<Checked, manifest::VerifyError> {
+    let text = match result_file::read_to_string(run_dir, Path::new(ATTESTATION)) {
+        Ok(text) => text,
+        Err(e) if e.is_not_found() => {
+            return Ok(Checked {
+                origin: Origin::Absent,
+                problems: key.map(|_| Problem::Missing).into_iter().collect(),
+            })
+        }
+        Err(e @ ResultFileError::Io { .. }) => {
+            return Ok(broken(Problem::Invalid(format!("cannot read it: {e}"))))
+        }
+        Err(e) => return Err(manifest::VerifyError::Unsafe(e)),
+    };
+    let parsed = match parse(&text) {
+        Ok(parsed) => parsed,
+        Err(why) => return Ok(broken(Problem::Invalid(why))),
+    };
+    let mut problems = Vec::new();
+    let (origin, statement) = match (parsed, key) {
+        (Parsed::Signed(envelope, statement), Some(key)) => match envelope.verify(key) {
+            Ok(()) => (
+                Origin::Verified {
+                    keyid: key.keyid().to_string(),
+                },
+                statement,
+            ),
+            Err(why) => {
+                problems.push(Problem::Signature(why));
+                (Origin::Broken, statement)
+            }
+        },
+        (Parsed::Signed(envelope, statement), None) => (
+            Origin::NotChecked {
+                keyids: envelope
+                    .signatures
+                    .iter()
+                    .map(|s| s.keyid.clone())
+                    .collect(),
+            },
+            statement,
+        ),
+        (Parsed::Unsigned(statement), Some(_)) => {
+            problems.push(Problem::Unsigned);
+            (Origin::Broken, statement)
+        }
+        (Parsed::Unsigned(statement), None) => (Origin::Unsigned, statement),
+    };
+    problems.extend(check_subjects(run_dir, &statement)?);
+    problems.extend(check_inputs(run_dir, &statement));
+    Ok(Checked { origin, problems })
+}
+
+fn broken(problem: Problem) -> Checked {
+    Checked {
+        origin: Origin::Broken,
+        problems: vec![problem],
+    }
+}
+
+/// The line as an envelope (it has `payloadType`) or a bare statement (`_type`).
+fn parse(text: &str) -> Result<Parsed, String> {
+    let line = text.trim_end_matches('\n');
+    if line.contains('\n') {
+        return Err("holds more than one line; bootgate writes one".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    if value.get("payloadType").is_some() {
+        let envelope: Envelope =
+            serde_json::from_value(value).map_err(|e| format!("not a DSSE envelope: {e}"))?;
+        if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
+            return Err(format!(
+                "payloadType is {:?}, expected {IN_TOTO_PAYLOAD_TYPE:?}",
+                envelope.payload_type
+            ));
+        }
+        let body = envelope.body().map_err(|e| e.to_string())?;
+        let statement = statement_of(&body)?;
+        Ok(Parsed::Signed(envelope, statement))
+    } else {
+        Ok(Parsed::Unsigned(statement_of(line.as_bytes())?))
+    }
+}
+
+fn statement_of(body: &[u8]) -> Result<Statement, String> {
+    let statement: Statement = serde_json::from_slice(body)
+        .map_err(|e| format!("not an in-toto statement of bootgate's predicate: {e}"))?;
+    if statement.statement_type != STATEMENT_TYPE {
+        return Err(format!(
+            "_type is {:?}, expected {STATEMENT_TYPE:?}",
+            statement.statement_type
+        ));
+    }
+    if statement.predicate_type != PREDICATE_TYPE {
+        return Err(format!(
+            "predicateType is {:?}, expected {PREDICATE_TYPE:?}",
+            statement.predicate_type
+        ));
+    }
+    Ok(statement)
+}
+
+/// The subjects must be exactly the folder's result files (all but the attestation)
+/// with their current sha256. Links and special files are `manifest::verify`'s
+/// findings already and are not counted twice.
+fn check_subjects(
+    run_dir: &Path,
+    statement: &Statement,
+) -> Result<Vec<Problem>, manifest::VerifyError> {
+    let walked = manifest::walk_run_folder(run_dir)?;
+    let mut files: BTreeMap<String, String> = walked
+        .files
+        .into_iter()
+        .map(|f| (f.path, f.sha256))
+        .collect();
+    if let Ok(sha256) = result_file::sha256(run_dir, Path::new(MANIFEST_JSON)) {
+        files.insert(MANIFEST_JSON.to_string(), sha256);
+    }
+    let mut problems = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
+    for subject in &statement.subject {
+        if !crate::util::is_relative_below(Path::new(&subject.name)) {
+            problems.push(Problem::Outside(subject.name.clone()));
+            continue;
+        }
+        named.insert(subject.name.as_str());
+        match files.get(&subject.name) {
+            None if walked.irregular.contains(&subject.name) => {}
+            None => problems.push(Problem::SubjectMissing(subject.name.clone())),
+            Some(sha256) if *sha256 != subject.digest.sha256 => {
+                problems.push(Problem::Altered(subject.name.clone()))
+            }
+            Some(_) => {}
+        }
+    }
+    for path in files.keys() {
+        if !named.contains(path.as_str()) {
+            problems.push(Problem::NotAttested(path.clone()));
+        }
+    }
+    Ok(problems)
+}
+
+/// Each attested input that is on this host must have the attested sha256. One that
+/// manifest.json records with that same sha256 is left to `manifest::verify`, which
+/// names it already; inputs not on this host are its to mention too.
+fn check_inputs(run_dir: &Path, statement: &Statement) -> Vec<Problem> {
+    let manifest_inputs: BTreeMap<String, String> =
+        result_file::read_to_string(run_dir, Path::new(MANIFEST_JSON))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Manifest>(&text).ok())
+            .map(|m| m.inputs.into_iter().map(|i| (i.path, i.sha256)).collect())
+            .unwrap_or_default();
+    let mut problems = Vec::new();
+    for input in &statement.predicate.inputs {
+        let file = Path::new(&input.path);
+        if !file.is_file() || manifest_inputs.get(&input.path) == Some(&input.sha256) {
+            continue;
+        }
+        if sha256_file(file).ok().as_deref() != Some(input.sha256.as_str()) {
+            problems.push(Problem::InputChanged(input.path.clone()));
+        }
+    }
+    problems
+}
