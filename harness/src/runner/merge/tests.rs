@@ -75,6 +75,7 @@ impl Fixture {
         )
         .unwrap();
         manifest::write(&record, &dir).unwrap();
+        crate::report::attestation::write(&record, &dir, None, &[]).unwrap();
         dir
     }
 
@@ -192,13 +193,53 @@ fn merges_two_shards_into_one_run() {
         top,
         [
             "alpha",
+            "attestation.intoto.jsonl",
             "beta",
             "junit.xml",
             "manifest.json",
             "report.html",
-            "run.json"
+            "run.json",
+            "shards"
         ]
     );
+    // Each shard's attestation is kept verbatim, listed by the manifest, named by
+    // the merged attestation, and the merged run's attestation verifies.
+    let mut kept: Vec<String> = fs::read_dir(run_dir.join("shards"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    let shard_ids: Vec<String> = [&one, &two]
+        .iter()
+        .map(|d| {
+            format!(
+                "run-{}.intoto.jsonl",
+                d.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect();
+    let mut expected = shard_ids.clone();
+    expected.sort();
+    assert_eq!(kept, expected);
+    for (dir, name) in [&one, &two].iter().zip(&shard_ids) {
+        assert_eq!(
+            fs::read(dir.join("attestation.intoto.jsonl")).unwrap(),
+            fs::read(run_dir.join("shards").join(name)).unwrap()
+        );
+    }
+    let statement: crate::report::attestation::Statement = serde_json::from_str(
+        &fs::read_to_string(run_dir.join("attestation.intoto.jsonl")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(statement.predicate.shards.len(), 2);
+    for kept in &statement.predicate.shards {
+        assert!(
+            statement.subject.iter().any(|s| s.name == kept.path),
+            "{kept:?}"
+        );
+    }
+    let checked = crate::report::attestation::verify::verify(&run_dir, None).unwrap();
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
     assert_eq!(
         fs::read_link(out.join("latest")).unwrap(),
         PathBuf::from(&record.run_id)
