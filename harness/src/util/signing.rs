@@ -284,9 +284,14 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf, String), KeyError> {
         path: path.to_path_buf(),
         what: format!("cannot encode the new key: {e}"),
     };
-    let private_pem = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| invalid(&private, e.to_string()))?;
+    // PKCS#8 v1, the secret alone, as `openssl genpkey` writes it: OpenSSL 3.0 (and
+    // so Python's cryptography on Debian 12) refuses the v2 form with the public key.
+    let private_pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .map_err(|e| invalid(&private, e.to_string()))?;
     let public_pem = key
         .verifying_key()
         .to_public_key_pem(Default::default())
