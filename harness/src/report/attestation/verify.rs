@@ -174,6 +174,14 @@ pub fn verify(run_dir: &Path, key: Option<&PublicKey>) -> Result<Checked, manife
     Ok(Checked { origin, problems })
 }
 
+/// The statement an attestation file holds, signed or not, its signature unchecked:
+/// for `merge`, which checks a shard's attestation against the shard's own files.
+pub(crate) fn statement_in(text: &str) -> Result<Statement, String> {
+    match parse(text)? {
+        Parsed::Signed(_, statement) | Parsed::Unsigned(statement) => Ok(statement),
+    }
+}
+
 fn broken(problem: Problem) -> Checked {
     Checked {
         origin: Origin::Broken,

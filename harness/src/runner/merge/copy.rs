@@ -54,6 +54,7 @@ pub(super) fn keep_attestations(
                 ),
             });
         }
+        check_shard_attestation(shard)?;
         let dir = run_dir.join(SHARDS_DIR);
         fs::create_dir_all(&dir).map_err(|source| MergeError::Copy {
             from: source_path(&shard.dir),
@@ -68,6 +69,34 @@ pub(super) fn keep_attestations(
         });
     }
     Ok(kept)
+}
+
+/// A shard's attestation must vouch for the shard's own run.json and manifest.json:
+/// a shard whose results were edited and its manifest regenerated (which anyone can
+/// do) no longer matches the attestation written when it ran, and is refused.
+fn check_shard_attestation(shard: &ShardRun) -> Result<(), MergeError> {
+    let path = shard.dir.join(ATTESTATION);
+    let text = result_file::read_to_string(&shard.dir, Path::new(ATTESTATION))?;
+    let statement = crate::report::attestation::verify::statement_in(&text).map_err(|message| {
+        MergeError::Invalid {
+            path: path.clone(),
+            message,
+        }
+    })?;
+    for name in [crate::model::run_file::RUN_JSON, MANIFEST_JSON] {
+        let Some(subject) = statement.subject.iter().find(|s| s.name == name) else {
+            // An attestation written without a manifest (its sink failed) has none.
+            continue;
+        };
+        let sha256 = result_file::sha256(&shard.dir, Path::new(name))?;
+        if sha256 != subject.digest.sha256 {
+            return Err(MergeError::Altered {
+                file: shard.dir.join(name),
+                manifest: path,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn source_path(dir: &Path) -> std::path::PathBuf {

@@ -497,8 +497,9 @@ fn an_unfinished_shard_makes_the_merge_interrupted() {
         serde_json::from_str(&fs::read_to_string(two.join(RUN_JSON)).unwrap()).unwrap();
     record.finished_at = None;
     fs::write(two.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
-    // Killed outright: no manifest either.
+    // Killed outright: no manifest, no attestation either.
     fs::remove_file(two.join(MANIFEST_JSON)).unwrap();
+    fs::remove_file(two.join(crate::model::run_file::ATTESTATION)).unwrap();
     let (merged, _) = merge(&[one, two], &fx.root.join("out"), Vec::new()).unwrap();
     assert!(merged.interrupted);
     assert_eq!(merged.finished_at, None);
@@ -527,4 +528,37 @@ fn helpers_pick_times_and_positions() {
     assert_eq!(shard_spec(&["--shard-timings".into(), "x".into()]), None);
     assert!(!is_plain_relative("/abs") && !is_plain_relative("a/../b") && !is_plain_relative(""));
     assert!(is_plain_relative("suite/scenario"));
+}
+
+/// A shard whose run.json was edited (a fail turned into a pass) and whose
+/// manifest.json was regenerated to match, as anyone can: its attestation, written
+/// when it ran, no longer vouches for it, and the merge is refused naming both.
+#[test]
+fn a_shard_whose_results_no_longer_match_its_attestation_is_refused() {
+    let fx = Fixture::new();
+    let a = fx.shard(
+        "a",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "boot", Verdict::Fail)],
+        Vec::new(),
+    );
+    let mut record: RunRecord =
+        serde_json::from_str(&fs::read_to_string(a.join(RUN_JSON)).unwrap()).unwrap();
+    record.scenarios[0].verdict = Verdict::Pass;
+    fs::write(a.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
+    manifest::write(&record, &a).unwrap();
+    let out = fx.root.join("out");
+    let err = merge_err(&[a], &out);
+    assert!(
+        err.contains("a/run.json") && err.contains("attestation.intoto.jsonl"),
+        "{err}"
+    );
+    assert!(
+        fs::read_dir(&out).map_or(true, |d| d
+            .filter_map(Result::ok)
+            .all(|e| e.file_name() == "latest")),
+        "a refused merge left a run folder"
+    );
 }
