@@ -165,7 +165,7 @@ pub fn verify(run_dir: &Path, key: Option<&PublicKey>) -> Result<Checked, manife
         ),
         (Parsed::Unsigned(statement), Some(_)) => {
             problems.push(Problem::Unsigned);
-            (Origin::Broken, statement)
+            (Origin::Unsigned, statement)
         }
         (Parsed::Unsigned(statement), None) => (Origin::Unsigned, statement),
     };
