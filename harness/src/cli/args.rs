@@ -499,6 +499,35 @@ mod tests {
         }
     }
 
+    /// Every command that writes run folders (and so attestations) takes
+    /// `--sign-key`; without it none signs (BOOTGATE_SIGN_KEY is read later, in `cli`).
+    #[test]
+    fn every_command_writing_run_folders_takes_the_sign_key_flag() {
+        let commands: [&[&str]; 4] = [
+            &["run", "s.toml"],
+            &["rerun", "results/latest"],
+            &["rollout", "s.toml"],
+            &["merge", "a", "b"],
+        ];
+        for command in commands {
+            for extra in [None, Some(["--sign-key", "ci.key"])] {
+                let argv: Vec<&str> = ["bootgate"]
+                    .into_iter()
+                    .chain(command.iter().copied())
+                    .chain(extra.into_iter().flatten())
+                    .collect();
+                let key = match Cli::parse_from(&argv).command {
+                    Command::Run(a) => a.signing.sign_key,
+                    Command::Rerun(a) => a.signing.sign_key,
+                    Command::Rollout(a) => a.signing.sign_key,
+                    Command::Merge(a) => a.signing.sign_key,
+                    _ => panic!("{argv:?} parsed as another command"),
+                };
+                assert_eq!(key, extra.map(|_| PathBuf::from("ci.key")), "{argv:?}");
+            }
+        }
+    }
+
     /// clap's own consistency checks (conflicting or missing argument names).
     #[test]
     fn the_command_line_definition_is_consistent() {

@@ -31,12 +31,8 @@ pub fn verify(run_dir: &Path, key: Option<&Path>) -> Exit {
         Ok(key) => key,
         Err(e) => return fail(&format!("--key: {e}"), Exit::Usage),
     };
-    let findings = match manifest::verify(run_dir) {
-        Ok(findings) => findings,
-        Err(e) => return fail(&e, e.exit_code()),
-    };
-    let checked = match attestation::verify::verify(run_dir, key.as_ref()) {
-        Ok(checked) => checked,
+    let (findings, checked) = match attestation::verify::verify_run(run_dir, key.as_ref()) {
+        Ok(both) => both,
         Err(e) => return fail(&e, e.exit_code()),
     };
     // File names come from the folder: one could carry an escape.

@@ -236,6 +236,12 @@ impl VerifyError {
 /// they name inside the folder must stay inside it, and a link or special file
 /// anywhere in the folder is a problem, never a pass.
 pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
+    verify_walked(run_dir).map(|(findings, _)| findings)
+}
+
+/// [`verify`], handing back the walk of the folder too, so the attestation's check
+/// hashes every file once more only if it must (a run's dumps are hundreds of MiB).
+pub(crate) fn verify_walked(run_dir: &Path) -> Result<(Vec<Finding>, Walked), VerifyError> {
     let path = run_dir.join(MANIFEST_JSON);
     let text = match result_file::read_to_string(run_dir, Path::new(MANIFEST_JSON)) {
         Ok(text) => text,
@@ -255,7 +261,7 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
     let mut findings = Vec::new();
     let walked = walk_run_folder(run_dir)?;
     findings.extend(walked.irregular.iter().cloned().map(Finding::NotRegular));
-    let now = walked.files;
+    let now = &walked.files;
     for (i, listed) in manifest.artifacts.iter().enumerate() {
         let field = format!("artifacts[{i}].path");
         if let Err(e) = result_file::check_rel(&path, &field, &listed.path) {
@@ -272,7 +278,7 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
             Some(_) => {}
         }
     }
-    for found in &now {
+    for found in now {
         if !manifest.artifacts.iter().any(|f| f.path == found.path) {
             findings.push(Finding::Unlisted(found.path.clone()));
         }
@@ -288,7 +294,7 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
             findings.push(Finding::InputAltered(input.path.clone()));
         }
     }
-    Ok(findings)
+    Ok((findings, walked))
 }
 
 /// run.json's in-folder paths, each that leaves the folder a finding. A run.json that

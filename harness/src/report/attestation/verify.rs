@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::model::result_file::{self, ResultFileError};
 use crate::model::run_file::{ATTESTATION, MANIFEST_JSON};
-use crate::report::manifest::{self, Manifest};
+use crate::report::manifest::{self, Manifest, Walked};
 use crate::util::sha256_file;
 use crate::util::signing::{Envelope, PublicKey, SignatureProblem, IN_TOTO_PAYLOAD_TYPE};
 
@@ -120,8 +120,27 @@ enum Parsed {
     Unsigned(Statement),
 }
 
+/// `bootgate verify`: manifest.json's findings and the attestation's, from one walk
+/// of the folder.
+pub fn verify_run(
+    run_dir: &Path,
+    key: Option<&PublicKey>,
+) -> Result<(Vec<manifest::Finding>, Checked), manifest::VerifyError> {
+    let (findings, walked) = manifest::verify_walked(run_dir)?;
+    let checked = verify_with(run_dir, key, &walked)?;
+    Ok((findings, checked))
+}
+
 /// Checks `run_dir`'s attestation; `key` is `--key`'s public key.
 pub fn verify(run_dir: &Path, key: Option<&PublicKey>) -> Result<Checked, manifest::VerifyError> {
+    verify_with(run_dir, key, &manifest::walk_run_folder(run_dir)?)
+}
+
+fn verify_with(
+    run_dir: &Path,
+    key: Option<&PublicKey>,
+    walked: &Walked,
+) -> Result<Checked, manifest::VerifyError> {
     let text = match result_file::read_to_string(run_dir, Path::new(ATTESTATION)) {
         Ok(text) => text,
         Err(e) if e.is_not_found() => {
@@ -169,7 +188,7 @@ pub fn verify(run_dir: &Path, key: Option<&PublicKey>) -> Result<Checked, manife
         }
         (Parsed::Unsigned(statement), None) => (Origin::Unsigned, statement),
     };
-    problems.extend(check_subjects(run_dir, &statement)?);
+    problems.extend(check_subjects(run_dir, &statement, walked));
     problems.extend(check_inputs(run_dir, &statement));
     Ok(Checked { origin, problems })
 }
@@ -235,15 +254,11 @@ fn statement_of(body: &[u8]) -> Result<Statement, String> {
 /// The subjects must be exactly the folder's result files (all but the attestation)
 /// with their current sha256. Links and special files are `manifest::verify`'s
 /// findings already and are not counted twice.
-fn check_subjects(
-    run_dir: &Path,
-    statement: &Statement,
-) -> Result<Vec<Problem>, manifest::VerifyError> {
-    let walked = manifest::walk_run_folder(run_dir)?;
+fn check_subjects(run_dir: &Path, statement: &Statement, walked: &Walked) -> Vec<Problem> {
     let mut files: BTreeMap<String, String> = walked
         .files
-        .into_iter()
-        .map(|f| (f.path, f.sha256))
+        .iter()
+        .map(|f| (f.path.clone(), f.sha256.clone()))
         .collect();
     if let Ok(sha256) = result_file::sha256(run_dir, Path::new(MANIFEST_JSON)) {
         files.insert(MANIFEST_JSON.to_string(), sha256);
@@ -270,7 +285,7 @@ fn check_subjects(
             problems.push(Problem::NotAttested(path.clone()));
         }
     }
-    Ok(problems)
+    problems
 }
 
 /// Each attested input that is on this host must have the attested sha256. One that
