@@ -49,9 +49,22 @@ fn signer(args: &args::SignArgs) -> Result<Option<Arc<Signer>>, exit::Exit> {
     });
     match path {
         None => Ok(None),
-        Some(path) => Signer::read(&path)
-            .map(|s| Some(Arc::new(s)))
-            .map_err(|e| exit::fail(&format!("--sign-key: {e}"), exit::Exit::Usage)),
+        Some(path) => {
+            let signer = Signer::read(&path)
+                .map_err(|e| exit::fail(&format!("--sign-key: {e}"), exit::Exit::Usage))?;
+            // As ssh does for its keys, say so when others can read it; signing still
+            // works (the key may sit on a CI runner's private tmpfs).
+            if let Ok(meta) = std::fs::metadata(&path) {
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+                if mode & 0o077 != 0 {
+                    eprintln!(
+                        "bootgate: warning: the signing key {} is readable by other users (mode {mode:o}): chmod 600 it",
+                        path.display()
+                    );
+                }
+            }
+            Ok(Some(Arc::new(signer)))
+        }
     }
 }
 
