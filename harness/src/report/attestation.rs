@@ -111,7 +111,7 @@ pub struct ScenarioVerdict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardAttestation {
     pub run_id: String,
-    /// In this run folder, e.g. shards/<run-id>.intoto.jsonl.
+    /// In this run folder, e.g. `shards/<run-id>.intoto.jsonl`.
     pub path: String,
 }
 
