@@ -56,10 +56,10 @@ pub(super) fn keep_attestations(
         }
         check_shard_attestation(shard)?;
         let dir = run_dir.join(SHARDS_DIR);
-        fs::create_dir_all(&dir).map_err(|source| MergeError::Copy {
-            from: source_path(&shard.dir),
+        fs::create_dir_all(&dir).map_err(|e| MergeError::Copy {
+            from: source.clone(),
             to: dir.clone(),
-            source,
+            source: e,
         })?;
         let rel = format!("{SHARDS_DIR}/{id}.intoto.jsonl");
         copy_hashed(&shard.dir, Path::new(ATTESTATION), &run_dir.join(&rel))?;
@@ -97,10 +97,6 @@ fn check_shard_attestation(shard: &ShardRun) -> Result<(), MergeError> {
         }
     }
     Ok(())
-}
-
-fn source_path(dir: &Path) -> std::path::PathBuf {
-    dir.join(ATTESTATION)
 }
 
 pub(super) fn copy_scenario(
