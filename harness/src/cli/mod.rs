@@ -50,8 +50,13 @@ fn signer(args: &args::SignArgs) -> Result<Option<Arc<Signer>>, exit::Exit> {
     match path {
         None => Ok(None),
         Some(path) => {
+            let given_by = if args.sign_key.is_some() {
+                "--sign-key"
+            } else {
+                SIGN_KEY_ENV
+            };
             let signer = Signer::read(&path)
-                .map_err(|e| exit::fail(&format!("--sign-key: {e}"), exit::Exit::Usage))?;
+                .map_err(|e| exit::fail(&format!("{given_by}: {e}"), exit::Exit::Usage))?;
             // As ssh does for its keys, say so when others can read it; signing still
             // works (the key may sit on a CI runner's private tmpfs).
             if let Ok(meta) = std::fs::metadata(&path) {

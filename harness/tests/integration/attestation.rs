@@ -135,7 +135,11 @@ fn attestation_signed_verifies_and_names_each_tampering_unsigned_says_so() {
         Some(&garbage),
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("garbage.key"), "{}", text(&out));
+    assert!(
+        text(&out).contains("BOOTGATE_SIGN_KEY: ") && text(&out).contains("garbage.key"),
+        "{}",
+        text(&out)
+    );
     assert!(!results.exists(), "a refused key left a run folder");
 
     // A signed run (the key from the environment).
