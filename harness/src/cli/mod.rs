@@ -74,8 +74,9 @@ fn signer(args: &args::SignArgs) -> Result<Option<Arc<Signer>>, exit::Exit> {
 }
 
 /// The report sinks of one run. The manifest comes after the files it hashes, the
-/// attestation after the manifest it vouches for. A terminal gets the live view; CI
-/// logs one plain line per event.
+/// attestation after the manifest it vouches for, and the terminal last, so the
+/// summary it prints at the end names finished files (the attestation and whether
+/// it is signed). A terminal gets the live view; CI logs one plain line per event.
 fn report_sinks(verbosity: Verbosity, signer: Option<Arc<Signer>>) -> Vec<Box<dyn Sink + Send>> {
     let terminal: Box<dyn Sink + Send> =
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) && verbosity != Verbosity::Quiet {
@@ -84,12 +85,12 @@ fn report_sinks(verbosity: Verbosity, signer: Option<Arc<Signer>>) -> Vec<Box<dy
             Box::new(TerminalSink::new(verbosity))
         };
     vec![
-        terminal,
         Box::new(JsonSink::new()),
         Box::new(JunitSink::new()),
         Box::new(HtmlSink::new()),
         Box::new(ManifestSink),
         Box::new(AttestationSink::new(signer)),
+        terminal,
     ]
 }
 

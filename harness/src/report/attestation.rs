@@ -267,9 +267,32 @@ pub fn write(
     })
 }
 
-/// Writes the attestation when the run ends; register it after the manifest sink.
-/// Prints one line on stderr, under the terminal's summary: where it is and whether
-/// it is signed.
+/// The run summary's line for a run folder's attestation: where it is and whether it
+/// is signed (read from the file, so the terminal sinks need no key). None: there is
+/// none (a fuzz campaign's folder, or its write failed).
+pub(crate) fn summary_line(run_dir: &Path) -> Option<String> {
+    let text = result_file::read_to_string(run_dir, Path::new(ATTESTATION)).ok()?;
+    let value: serde_json::Value = serde_json::from_str(text.trim_end()).ok()?;
+    let keyid = value.get("signatures").map(|signatures| {
+        signatures
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.get("keyid")?.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    Some(
+        Written {
+            path: run_dir.join(ATTESTATION),
+            keyid,
+        }
+        .line(),
+    )
+}
+
+/// Writes the attestation when the run ends; register it after the manifest sink and
+/// before the terminal's, whose summary names it.
 #[derive(Default)]
 pub struct AttestationSink {
     signer: Option<Arc<Signer>>,
@@ -284,12 +307,7 @@ impl AttestationSink {
 impl Sink for AttestationSink {
     fn event(&mut self, event: &Event) -> Result<(), ReportError> {
         if let Event::RunFinished { run, dir } = event {
-            let written = write(run, dir, self.signer.as_deref(), &[])?;
-            // A closed stderr must not fail the run: the file is written.
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("{}\n", written.line()).as_bytes(),
-            );
+            write(run, dir, self.signer.as_deref(), &[])?;
         }
         Ok(())
     }
