@@ -43,6 +43,9 @@ pub fn verify(run_dir: &Path, key: Option<&Path>) -> Exit {
     for problem in &checked.problems {
         say(problem.to_string());
     }
+    for note in &checked.notes {
+        say(note.clone());
+    }
     say(format!("attestation: {}", checked.origin));
     let problems = findings.iter().filter(|f| f.is_problem()).count() + checked.problems.len();
     if problems == 0 {

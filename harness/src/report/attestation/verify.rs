@@ -69,6 +69,17 @@ pub enum Problem {
     Outside(String),
     /// An input whose file on this host has another sha256 than attested.
     InputChanged(String),
+    /// A kept shard attestation (merged run) that names this key but does not verify,
+    /// or cannot be read.
+    Shard {
+        path: String,
+        why: String,
+    },
+    /// A scenario file of the merged run that differs from its shard's attestation.
+    ShardAltered {
+        shard: String,
+        file: String,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -104,6 +115,11 @@ impl std::fmt::Display for Problem {
                 f,
                 "INPUT CHANGED  {p} (sha256 differs from the attestation's)"
             ),
+            Problem::Shard { path, why } => write!(f, "SHARD ATTESTATION {path}: {why}"),
+            Problem::ShardAltered { shard, file } => write!(
+                f,
+                "ALTERED   {file} (sha256 differs from the shard's attestation {shard})"
+            ),
         }
     }
 }
@@ -112,6 +128,8 @@ impl std::fmt::Display for Problem {
 pub struct Checked {
     pub origin: Origin,
     pub problems: Vec<Problem>,
+    /// What is worth saying but no failure: a merged run's shard attestations.
+    pub notes: Vec<String>,
 }
 
 /// What the attestation file holds once parsed.
@@ -147,6 +165,7 @@ fn verify_with(
             return Ok(Checked {
                 origin: Origin::Absent,
                 problems: key.map(|_| Problem::Missing).into_iter().collect(),
+                notes: Vec::new(),
             })
         }
         Err(e @ ResultFileError::Io { .. }) => {
@@ -190,7 +209,15 @@ fn verify_with(
     };
     problems.extend(check_subjects(run_dir, &statement, walked));
     problems.extend(check_inputs(run_dir, &statement));
-    Ok(Checked { origin, problems })
+    let mut notes = Vec::new();
+    for shard in &statement.predicate.shards {
+        check_shard(run_dir, shard, key, walked, &mut notes, &mut problems);
+    }
+    Ok(Checked {
+        origin,
+        problems,
+        notes,
+    })
 }
 
 /// The statement an attestation file holds, signed or not, its signature unchecked:
@@ -205,6 +232,7 @@ fn broken(problem: Problem) -> Checked {
     Checked {
         origin: Origin::Broken,
         problems: vec![problem],
+        notes: Vec::new(),
     }
 }
 
@@ -286,6 +314,70 @@ fn check_subjects(run_dir: &Path, statement: &Statement, walked: &Walked) -> Vec
         }
     }
     problems
+}
+
+/// A merged run keeps each shard's attestation: with `--key`, one that names this key
+/// must verify (one signed by another key is said, not failed: shards may sign with
+/// keys of their own); and every scenario file it names that the merged run holds
+/// must still have the shard's digest. The shard's top-level files (run.json, the
+/// manifest, ...) were written anew by the merge and are not compared.
+fn check_shard(
+    run_dir: &Path,
+    shard: &super::ShardAttestation,
+    key: Option<&PublicKey>,
+    walked: &Walked,
+    notes: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let bad = |why: String| Problem::Shard {
+        path: shard.path.clone(),
+        why,
+    };
+    if !crate::util::is_relative_below(Path::new(&shard.path)) {
+        problems.push(bad("not a path inside the run folder".into()));
+        return;
+    }
+    let parsed = match result_file::read_to_string(run_dir, Path::new(&shard.path)) {
+        Ok(text) => parse(&text),
+        Err(e) => Err(e.to_string()),
+    };
+    let statement = match parsed {
+        Err(why) => {
+            problems.push(bad(why));
+            return;
+        }
+        Ok(Parsed::Unsigned(statement)) => {
+            notes.push(format!("shard {}: unsigned", shard.run_id));
+            statement
+        }
+        Ok(Parsed::Signed(envelope, statement)) => {
+            match key.map(|key| envelope.verify(key)) {
+                None => notes.push(format!(
+                    "shard {}: signed; signature not checked (no --key)",
+                    shard.run_id
+                )),
+                Some(Ok(())) => notes.push(format!(
+                    "shard {}: signed, signature verified",
+                    shard.run_id
+                )),
+                Some(Err(SignatureProblem::KeyIdMismatch { found, .. })) => notes.push(format!(
+                    "shard {}: signed by key id {found}, not by --key's: its signature not checked",
+                    shard.run_id
+                )),
+                Some(Err(why)) => problems.push(bad(why.to_string())),
+            }
+            statement
+        }
+    };
+    for subject in statement.subject.iter().filter(|s| s.name.contains('/')) {
+        let now = walked.files.iter().find(|f| f.path == subject.name);
+        if now.is_some_and(|f| f.sha256 != subject.digest.sha256) {
+            problems.push(Problem::ShardAltered {
+                shard: shard.path.clone(),
+                file: subject.name.clone(),
+            });
+        }
+    }
 }
 
 /// Each attested input that is on this host must have the attested sha256. One that

@@ -562,3 +562,70 @@ fn a_shard_whose_results_no_longer_match_its_attestation_is_refused() {
         "a refused merge left a run folder"
     );
 }
+
+/// A merged run of signed shards: `verify --key` checks each kept shard attestation
+/// too; a scenario file changed in the merged folder is named against the shard's
+/// attestation, and a kept shard attestation edited is named as not verifying.
+#[test]
+fn verify_checks_the_kept_shard_attestations_of_a_merged_run() {
+    use crate::report::attestation::verify::{verify, Problem};
+    use crate::util::signing::{keygen, PublicKey, Signer};
+    let fx = Fixture::new();
+    let (one, two) = fx.two_shards();
+    let (private, public, _) = keygen(&fx.root.join("ci")).unwrap();
+    let signer = Signer::read(&private).unwrap();
+    let key = PublicKey::read(&public).unwrap();
+    for shard in [&one, &two] {
+        let record: RunRecord =
+            serde_json::from_str(&fs::read_to_string(shard.join(RUN_JSON)).unwrap()).unwrap();
+        crate::report::attestation::write(&record, shard, Some(&signer), &[]).unwrap();
+    }
+    let (_, run_dir) =
+        merge_signed(&[one, two], &fx.root.join("out"), Vec::new(), Some(&signer)).unwrap();
+    let checked = verify(&run_dir, Some(&key)).unwrap();
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+    assert_eq!(
+        checked
+            .notes
+            .iter()
+            .filter(|n| n.ends_with("signed, signature verified"))
+            .count(),
+        2,
+        "{:?}",
+        checked.notes
+    );
+
+    let log = run_dir.join("alpha/boot/console.log");
+    fs::write(&log, b"changed").unwrap();
+    let checked = verify(&run_dir, Some(&key)).unwrap();
+    assert!(
+        checked.problems.iter().any(|p| matches!(p,
+            Problem::ShardAltered { file, .. } if file == "alpha/boot/console.log")),
+        "{:?}",
+        checked.problems
+    );
+
+    let kept = fs::read_dir(run_dir.join("shards"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut envelope: crate::util::signing::Envelope =
+        serde_json::from_str(&fs::read_to_string(&kept).unwrap()).unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut sig = b64.decode(&envelope.signatures[0].sig).unwrap();
+    sig[0] ^= 0x01;
+    envelope.signatures[0].sig = b64.encode(sig);
+    fs::write(&kept, serde_json::to_vec(&envelope).unwrap()).unwrap();
+    let checked = verify(&run_dir, Some(&key)).unwrap();
+    assert!(
+        checked
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::Shard { why, .. } if why.contains("does not verify"))),
+        "{:?}",
+        checked.problems
+    );
+}
