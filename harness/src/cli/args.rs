@@ -25,7 +25,7 @@ you trust. Recorded in run.json; `rerun` never takes it from there, pass it agai
     name = "bootgate",
     version,
     about = "Boot-gate kernel drivers and content updates: boot VM images under QEMU, run scenario suites, record crashes, hangs and boot times as pass/fail gates.",
-    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG, BOOTGATE_BWRAP (binaries), BOOTGATE_CACHE (image cache folder)."
+    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG, BOOTGATE_BWRAP (binaries), BOOTGATE_CACHE (image cache folder), BOOTGATE_SIGN_KEY (private key that signs run attestations, as --sign-key)."
 )]
 pub struct Cli {
     #[command(subcommand)]
