@@ -17,7 +17,8 @@
 //!   [`suite::Suite`]s; [`runner::run`] runs them with a [`runner::RunOptions`]
 //!   (`RunOptions::default()` is `bootgate run PATH` with no flags), emitting
 //!   [`model::Event`]s through a [`model::Emitter`] to the [`model::Sink`]s of
-//!   [`report`] (terminal, live, run.json, junit.xml, report.html, manifest.json);
+//!   [`report`] (terminal, live, run.json, junit.xml, report.html, manifest.json,
+//!   the attestation, signed by a [`util::signing::Signer`]);
 //!   [`model::exit::Exit`] is the exit code of an outcome or error.
 //! - the other commands: [`runner::rerun`], [`runner::merge`], [`runner::shard`],
 //!   [`runner::rollout`], [`fuzz::campaign`], [`doctor`], [`image::builtin`].

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 pub(crate) mod digest_cache;
 pub(crate) mod host_identity;
 pub(crate) mod kept_answers;
+pub mod signing;
 
 /// Lowercase hex sha256 of a file's bytes, streamed so big disk images stay out of memory.
 /// Inputs that may be large go through [`digest_cache::DigestCache`] instead.

@@ -25,7 +25,7 @@ you trust. Recorded in run.json; `rerun` never takes it from there, pass it agai
     name = "bootgate",
     version,
     about = "Boot-gate kernel drivers and content updates: boot VM images under QEMU, run scenario suites, record crashes, hangs and boot times as pass/fail gates.",
-    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG, BOOTGATE_BWRAP (binaries), BOOTGATE_CACHE (image cache folder)."
+    after_help = "Exit codes:\n  0    every scenario passed (flaky ones included)\n  1    some scenario failed: the product failed a gate\n  2    usage or suite error (bad flag, typo in a suite, unknown image)\n  3    infrastructure error: QEMU missing or died, image build failed, results not writable\n  130  interrupted (Ctrl-C / SIGTERM); results written so far are kept\n\nQuick start:\n  bootgate run scenarios/demo          run the demo suite (builds the demo image on first use)\n  bootgate doctor                      check QEMU, accelerator, image cache\n\nEnvironment: BOOTGATE_QEMU, BOOTGATE_QEMU_IMG, BOOTGATE_BWRAP (binaries), BOOTGATE_CACHE (image cache folder), BOOTGATE_SIGN_KEY (private key that signs run attestations, as --sign-key)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -74,9 +74,31 @@ pub enum Command {
     /// Rerun scenarios of a finished run with the same inputs and settings, into a new
     /// run. Refuses, naming the file, if any input changed since.
     Rerun(RerunArgs),
-    /// Recheck a run folder against its manifest.json: names every file missing,
-    /// altered or added since the run, and inputs that changed. Exit 1 if any.
-    Verify { run_dir: PathBuf },
+    /// Recheck a run folder against its manifest.json and attestation.intoto.jsonl:
+    /// names every file missing, altered or added since the run, and inputs that
+    /// changed. Exit 1 if any.
+    ///
+    /// With --key, also checks that the attestation is signed by that key (and fails
+    /// on an unsigned one); without, the digests are checked and the signature is
+    /// not. docs/attestation.md says how to check it without bootgate.
+    Verify {
+        run_dir: PathBuf,
+        /// The signer's public key (PEM, the .pub file of `bootgate keygen`).
+        #[arg(long, value_name = "PUBKEY")]
+        key: Option<PathBuf>,
+    },
+    /// Make an Ed25519 key pair for signing run attestations: PREFIX.key (private,
+    /// PEM PKCS#8, mode 0600) and PREFIX.pub (public, PEM SubjectPublicKeyInfo).
+    /// Never overwrites a file.
+    ///
+    /// Sign with `bootgate run --sign-key PREFIX.key` (or BOOTGATE_SIGN_KEY=PREFIX.key);
+    /// check with `bootgate verify RUN_DIR --key PREFIX.pub`. Keep the .key secret
+    /// (a CI secret); hand the .pub to whoever verifies.
+    Keygen {
+        /// Where the pair goes: PREFIX.key and PREFIX.pub.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
     /// Print a run's summary and each failing scenario's crash title and excerpt.
     Show { run_dir: PathBuf },
     /// Regenerate a run's report.html from its run.json (and refresh manifest.json,
@@ -182,7 +204,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub list: bool,
     #[command(flatten)]
+    pub signing: SignArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// Signing the run's attestation, the same on every command that writes run folders.
+#[derive(clap::Args)]
+pub struct SignArgs {
+    /// Sign the run's attestation.intoto.jsonl (a DSSE envelope, Ed25519) with this
+    /// private key: PEM PKCS#8, as `bootgate keygen` writes it. Default: the file
+    /// named by BOOTGATE_SIGN_KEY; neither: the attestation is written unsigned.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// How much the terminal shows.
@@ -224,6 +258,8 @@ pub struct RerunArgs {
     #[arg(long, help = UNSANDBOXED_BUILDS)]
     pub unsandboxed_builds: bool,
     #[command(flatten)]
+    pub signing: SignArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -236,6 +272,8 @@ pub struct MergeArgs {
     /// Results folder for the merged run.
     #[arg(long, short, default_value = DEFAULT_OUT_DIR, value_name = "DIR")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub signing: SignArgs,
 }
 
 /// `bootgate offline`'s arguments.
@@ -380,6 +418,8 @@ pub struct RolloutArgs {
     #[arg(long, help = UNSANDBOXED_BUILDS)]
     pub unsandboxed_builds: bool,
     #[command(flatten)]
+    pub signing: SignArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -455,6 +495,35 @@ mod tests {
                     _ => panic!("{argv:?} parsed as another command"),
                 };
                 assert_eq!(flag, expected, "{argv:?}");
+            }
+        }
+    }
+
+    /// Every command that writes run folders (and so attestations) takes
+    /// `--sign-key`; without it none signs (BOOTGATE_SIGN_KEY is read later, in `cli`).
+    #[test]
+    fn every_command_writing_run_folders_takes_the_sign_key_flag() {
+        let commands: [&[&str]; 4] = [
+            &["run", "s.toml"],
+            &["rerun", "results/latest"],
+            &["rollout", "s.toml"],
+            &["merge", "a", "b"],
+        ];
+        for command in commands {
+            for extra in [None, Some(["--sign-key", "ci.key"])] {
+                let argv: Vec<&str> = ["bootgate"]
+                    .into_iter()
+                    .chain(command.iter().copied())
+                    .chain(extra.into_iter().flatten())
+                    .collect();
+                let key = match Cli::parse_from(&argv).command {
+                    Command::Run(a) => a.signing.sign_key,
+                    Command::Rerun(a) => a.signing.sign_key,
+                    Command::Rollout(a) => a.signing.sign_key,
+                    Command::Merge(a) => a.signing.sign_key,
+                    _ => panic!("{argv:?} parsed as another command"),
+                };
+                assert_eq!(key, extra.map(|_| PathBuf::from("ci.key")), "{argv:?}");
             }
         }
     }

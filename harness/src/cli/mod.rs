@@ -11,7 +11,10 @@ pub mod results;
 pub mod rollout;
 pub mod run;
 
+use std::sync::Arc;
+
 use bootgate::model::Sink;
+use bootgate::report::attestation::AttestationSink;
 use bootgate::report::html::HtmlSink;
 use bootgate::report::json::JsonSink;
 use bootgate::report::junit::JunitSink;
@@ -19,6 +22,7 @@ use bootgate::report::live::LiveSink;
 use bootgate::report::manifest::ManifestSink;
 use bootgate::report::terminal::{TerminalSink, Verbosity};
 use bootgate::runner::{self, RunOptions};
+use bootgate::util::signing::{Signer, SIGN_KEY_ENV};
 
 /// The library's defaults plus what only the binary knows: its own command line,
 /// which run.json records so a reviewer sees how the run was started.
@@ -34,9 +38,46 @@ fn jobs(arg: Option<u32>) -> usize {
     arg.map_or(0, |n| n as usize)
 }
 
-/// The report sinks of one run. The manifest comes last: it hashes the files the
-/// other sinks wrote. A terminal gets the live view; CI logs one plain line per event.
-fn report_sinks(verbosity: Verbosity) -> Vec<Box<dyn Sink + Send>> {
+/// The key that signs attestations: `--sign-key`, else BOOTGATE_SIGN_KEY, else none
+/// (unsigned). Read before anything runs: a key that does not load is a usage error
+/// (exit 2) that names the file, never a run that ends unsigned by surprise.
+fn signer(args: &args::SignArgs) -> Result<Option<Arc<Signer>>, exit::Exit> {
+    let path = args.sign_key.clone().or_else(|| {
+        std::env::var_os(SIGN_KEY_ENV)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    });
+    match path {
+        None => Ok(None),
+        Some(path) => {
+            let given_by = if args.sign_key.is_some() {
+                "--sign-key"
+            } else {
+                SIGN_KEY_ENV
+            };
+            let signer = Signer::read(&path)
+                .map_err(|e| exit::fail(&format!("{given_by}: {e}"), exit::Exit::Usage))?;
+            // As ssh does for its keys, say so when others can read it; signing still
+            // works (the key may sit on a CI runner's private tmpfs).
+            if let Ok(meta) = std::fs::metadata(&path) {
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+                if mode & 0o077 != 0 {
+                    eprintln!(
+                        "bootgate: warning: the signing key {} is readable by other users (mode {mode:o}): chmod 600 it",
+                        path.display()
+                    );
+                }
+            }
+            Ok(Some(Arc::new(signer)))
+        }
+    }
+}
+
+/// The report sinks of one run. The manifest comes after the files it hashes, the
+/// attestation after the manifest it vouches for, and the terminal last, so the
+/// summary it prints at the end names finished files (the attestation and whether
+/// it is signed). A terminal gets the live view; CI logs one plain line per event.
+fn report_sinks(verbosity: Verbosity, signer: Option<Arc<Signer>>) -> Vec<Box<dyn Sink + Send>> {
     let terminal: Box<dyn Sink + Send> =
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) && verbosity != Verbosity::Quiet {
             Box::new(LiveSink::new(verbosity))
@@ -44,11 +85,12 @@ fn report_sinks(verbosity: Verbosity) -> Vec<Box<dyn Sink + Send>> {
             Box::new(TerminalSink::new(verbosity))
         };
     vec![
-        terminal,
         Box::new(JsonSink::new()),
         Box::new(JunitSink::new()),
         Box::new(HtmlSink::new()),
         Box::new(ManifestSink),
+        Box::new(AttestationSink::new(signer)),
+        terminal,
     ]
 }
 

@@ -14,6 +14,10 @@ use super::exit::{fail, Exit};
 use super::report_sinks;
 
 pub fn rollout(args: RolloutArgs) -> Exit {
+    let signer = match super::signer(&args.signing) {
+        Ok(signer) => signer,
+        Err(exit) => return exit,
+    };
     super::install_interrupt_handler();
     let policy = suite::PathPolicy::allowing_outside(args.allow_outside_paths);
     let suite = match suite::load_file_with(&args.suite, policy) {
@@ -29,7 +33,7 @@ pub fn rollout(args: RolloutArgs) -> Exit {
         driver_builds: DriverBuilds::unsandboxed_if(args.unsandboxed_builds),
         ..super::run_options()
     };
-    let make_emitter = || Emitter::new(report_sinks(verbosity));
+    let make_emitter = || Emitter::new(report_sinks(verbosity, signer.clone()));
     let progress = Emitter::new(vec![Box::new(TerminalSink::new(verbosity))]);
     let result = runner::rollout::rollout(&suite, &options, &make_emitter, &progress);
     match result {

@@ -2,6 +2,7 @@
 //! and (but for `list`) run them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bootgate::model::run_file::RUN_JSON;
 use bootgate::model::timings::{self, Timings};
@@ -10,6 +11,7 @@ use bootgate::model::Emitter;
 use bootgate::runner::options::DEFAULT_OUT_DIR;
 use bootgate::runner::{self, shard, IgnoredPolicy, RunOptions};
 use bootgate::suite;
+use bootgate::util::signing::Signer;
 
 use super::args::{RerunArgs, RunArgs};
 use super::exit::{fail, Exit};
@@ -17,6 +19,10 @@ use super::report_sinks;
 use bootgate::report::terminal::Verbosity;
 
 pub fn run(args: RunArgs) -> Exit {
+    let signer = match super::signer(&args.signing) {
+        Ok(signer) => signer,
+        Err(exit) => return exit,
+    };
     let policy = suite::PathPolicy::allowing_outside(args.allow_outside_paths);
     let suites = match suite::load_path_with(&args.path, policy) {
         Ok(suites) => suites,
@@ -72,10 +78,14 @@ pub fn run(args: RunArgs) -> Exit {
         }
         return Exit::Pass;
     }
-    execute(&suites, &options, args.output.verbosity())
+    execute(&suites, &options, args.output.verbosity(), signer)
 }
 
 pub fn rerun(args: RerunArgs) -> Exit {
+    let signer = match super::signer(&args.signing) {
+        Ok(signer) => signer,
+        Err(exit) => return exit,
+    };
     let plan = match runner::rerun::plan(&args.run_dir, &args.scenarios, args.allow_outside_paths) {
         Ok(plan) => plan,
         Err(e) => return fail(&e, e.exit_code()),
@@ -102,7 +112,7 @@ pub fn rerun(args: RerunArgs) -> Exit {
         required_inputs: Some(plan.record.inputs),
         ..super::run_options()
     };
-    execute(&plan.suites, &options, args.output.verbosity())
+    execute(&plan.suites, &options, args.output.verbosity(), signer)
 }
 
 pub fn list(path: &Path) -> Exit {
@@ -121,9 +131,14 @@ pub fn list(path: &Path) -> Exit {
 }
 
 /// Runs suites with every report sink; the terminal sink prints the summary.
-fn execute(suites: &[suite::Suite], options: &RunOptions, verbosity: Verbosity) -> Exit {
+fn execute(
+    suites: &[suite::Suite],
+    options: &RunOptions,
+    verbosity: Verbosity,
+    signer: Option<Arc<Signer>>,
+) -> Exit {
     super::install_interrupt_handler();
-    let emitter = Emitter::new(report_sinks(verbosity));
+    let emitter = Emitter::new(report_sinks(verbosity, signer));
     match runner::run(suites, options, &emitter) {
         Ok((record, _dir)) => {
             if verbosity == Verbosity::Verbose {

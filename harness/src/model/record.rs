@@ -120,6 +120,10 @@ pub struct RunRecord {
     pub host: HostInfo,
     pub qemu: QemuInfo,
     pub inputs: Vec<FileHash>,
+    /// What each input is, by path: suite, image, kernel, firmware, driver, content or
+    /// timings (the attestation names inputs by kind). Absent in older files.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub input_kinds: std::collections::BTreeMap<String, String>,
     pub scenarios: Vec<ScenarioRecord>,
     pub summary: Summary,
     /// Where the command's time went, phase by phase (start-up, preparation, each

@@ -14,6 +14,9 @@ pub const JUNIT_XML: &str = "junit.xml";
 pub const REPORT_HTML: &str = "report.html";
 /// sha256 of every input and every file of the run.
 pub const MANIFEST_JSON: &str = "manifest.json";
+/// The in-toto attestation (a DSSE envelope when signed); written after manifest.json,
+/// which never lists it.
+pub const ATTESTATION: &str = "attestation.intoto.jsonl";
 
 /// Writes `dir/run.json` atomically: a reader sees the old file or the new one, never
 /// half of one.

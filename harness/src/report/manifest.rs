@@ -2,7 +2,7 @@
 //! run wrote, so a reviewer can check that nothing was altered (`bootgate verify`).
 //! Written last, after every other result file.
 
-use crate::model::run_file::MANIFEST_JSON;
+use crate::model::run_file::{ATTESTATION, MANIFEST_JSON};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,8 @@ pub struct Manifest {
     pub run_id: String,
     /// Files the run read: suites, image files, drivers, content.
     pub inputs: Vec<FileHash>,
-    /// Every file in the run folder except this one, paths relative to it.
+    /// Every file in the run folder except this one and the attestation, paths
+    /// relative to it.
     pub artifacts: Vec<FileHash>,
 }
 
@@ -33,7 +34,8 @@ pub(crate) struct Walked {
     pub irregular: Vec<String>,
 }
 
-/// Hashes every regular file under `run_dir` except the manifest itself, each read
+/// Hashes every regular file under `run_dir` except the manifest itself and the
+/// attestation (written after it, and vouching for it), each read
 /// through `result_file::open`, so a link planted in the folder is listed as
 /// irregular and never hashed as if it were the file it points at.
 pub(crate) fn walk_run_folder(run_dir: &Path) -> Result<Walked, ReportError> {
@@ -53,7 +55,7 @@ pub(crate) fn walk_run_folder(run_dir: &Path) -> Result<Walked, ReportError> {
             continue;
         }
         let rel = entry.path().strip_prefix(run_dir).unwrap_or(entry.path());
-        if rel == Path::new(MANIFEST_JSON) || is_temp(rel) {
+        if rel == Path::new(MANIFEST_JSON) || rel == Path::new(ATTESTATION) || is_temp(rel) {
             continue;
         }
         if !entry.file_type().is_file() {
@@ -234,6 +236,12 @@ impl VerifyError {
 /// they name inside the folder must stay inside it, and a link or special file
 /// anywhere in the folder is a problem, never a pass.
 pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
+    verify_walked(run_dir).map(|(findings, _)| findings)
+}
+
+/// [`verify`], handing back the walk of the folder too, so the attestation's check
+/// hashes every file once more only if it must (a run's dumps are hundreds of MiB).
+pub(crate) fn verify_walked(run_dir: &Path) -> Result<(Vec<Finding>, Walked), VerifyError> {
     let path = run_dir.join(MANIFEST_JSON);
     let text = match result_file::read_to_string(run_dir, Path::new(MANIFEST_JSON)) {
         Ok(text) => text,
@@ -253,7 +261,7 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
     let mut findings = Vec::new();
     let walked = walk_run_folder(run_dir)?;
     findings.extend(walked.irregular.iter().cloned().map(Finding::NotRegular));
-    let now = walked.files;
+    let now = &walked.files;
     for (i, listed) in manifest.artifacts.iter().enumerate() {
         let field = format!("artifacts[{i}].path");
         if let Err(e) = result_file::check_rel(&path, &field, &listed.path) {
@@ -270,7 +278,7 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
             Some(_) => {}
         }
     }
-    for found in &now {
+    for found in now {
         if !manifest.artifacts.iter().any(|f| f.path == found.path) {
             findings.push(Finding::Unlisted(found.path.clone()));
         }
@@ -286,7 +294,7 @@ pub fn verify(run_dir: &Path) -> Result<Vec<Finding>, VerifyError> {
             findings.push(Finding::InputAltered(input.path.clone()));
         }
     }
-    Ok(findings)
+    Ok((findings, walked))
 }
 
 /// run.json's in-folder paths, each that leaves the folder a finding. A run.json that

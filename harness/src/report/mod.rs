@@ -1,6 +1,7 @@
 //! Report sinks: each output format consumes runner events (`crate::model::Event`)
 //! through `crate::model::Sink`; adding a format never touches the runner.
 
+pub mod attestation;
 pub(crate) mod dump_text;
 pub mod html;
 pub mod json;

@@ -82,8 +82,10 @@ pub(crate) fn text_for(event: &Event, verbosity: Verbosity) -> Option<String> {
             let s = &run.summary;
             let recovery = super::recovery::text(&super::recovery::rows(run))
                 .map_or_else(String::new, |table| format!("\n{table}\n"));
+            let attestation = super::attestation::summary_line(dir)
+                .map_or_else(String::new, |line| format!("\n{line}"));
             Some(format!(
-                "{recovery}\n{}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  report:    {}\n  run.json:  {}\n  junit.xml: {}",
+                "{recovery}\n{}: {} pass, {} fail, {} error, {} flaky\nresults: {}\n  report:    {}\n  run.json:  {}\n  junit.xml: {}{attestation}",
                 run.banner(),
                 s.pass,
                 s.fail,

@@ -266,6 +266,7 @@ fn start_record(
         host: host_info(),
         qemu: std::mem::take(&mut prepared.qemu),
         inputs: std::mem::take(&mut prepared.inputs),
+        input_kinds: std::mem::take(&mut prepared.input_kinds),
         scenarios: Vec::new(),
         summary: Summary::default(),
         timings: std::mem::take(&mut prepared.timings),

@@ -173,6 +173,8 @@ struct Inputs {
     digests: DigestCache,
     seen: BTreeSet<PathBuf>,
     hashes: Vec<FileHash>,
+    /// What each file is, by path: the attestation names inputs by kind.
+    kinds: BTreeMap<String, String>,
 }
 
 impl Inputs {
@@ -181,13 +183,16 @@ impl Inputs {
             digests,
             seen: BTreeSet::new(),
             hashes: Vec::new(),
+            kinds: BTreeMap::new(),
         }
     }
 
-    fn add(&mut self, file: &Path) -> Result<(), RunError> {
+    fn add_kind(&mut self, file: &Path, kind: InputKind) -> Result<(), RunError> {
         if !self.seen.insert(file.to_path_buf()) {
             return Ok(());
         }
+        self.kinds
+            .insert(file.display().to_string(), kind.as_str().to_string());
         let sha256 = self
             .digests
             .sha256(file)
@@ -203,25 +208,68 @@ impl Inputs {
     }
 }
 
+/// What an input file is to the run (run.json's `input_kinds`, the attestation's
+/// `inputs[].kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    Suite,
+    /// The image manifest and its disk.
+    Image,
+    /// A direct-boot kernel or initrd.
+    Kernel,
+    Firmware,
+    /// A driver's module or its sources.
+    Driver,
+    Content,
+    /// `--shard-timings`' run.json.
+    Timings,
+}
+
+impl InputKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            InputKind::Suite => "suite",
+            InputKind::Image => "image",
+            InputKind::Kernel => "kernel",
+            InputKind::Firmware => "firmware",
+            InputKind::Driver => "driver",
+            InputKind::Content => "content",
+            InputKind::Timings => "timings",
+        }
+    }
+}
+
 /// The files a suite's scenarios depend on: the suite, its image's files, its
 /// drivers (module and sources) and the content files it applies.
 fn suite_inputs(
     suite: &Suite,
     manifest: Option<&Manifest>,
     drivers: Option<&Drivers>,
-) -> Vec<PathBuf> {
-    let mut files = vec![suite.path.clone()];
+) -> Vec<(PathBuf, InputKind)> {
+    let mut files = vec![(suite.path.clone(), InputKind::Suite)];
     if let Some(m) = manifest {
-        files.extend(m.input_files());
+        let boot = [&m.boot.kernel, &m.boot.initrd];
+        let firmware = [&m.boot.uefi_code, &m.boot.uefi_vars];
+        for file in m.input_files() {
+            let is = |slots: &[&Option<PathBuf>]| slots.iter().any(|s| s.as_ref() == Some(&file));
+            let kind = if is(&boot) {
+                InputKind::Kernel
+            } else if is(&firmware) {
+                InputKind::Firmware
+            } else {
+                InputKind::Image
+            };
+            files.push((file, kind));
+        }
     }
     for built in drivers.into_iter().flat_map(|d| d.values()).flatten() {
-        files.push(built.module.clone());
-        files.extend(built.sources.iter().cloned());
+        files.push((built.module.clone(), InputKind::Driver));
+        files.extend(built.sources.iter().map(|s| (s.clone(), InputKind::Driver)));
     }
     for scenario in &suite.scenarios {
         for step in &scenario.steps {
             if let Step::ApplyContent(apply) = step {
-                files.push(suite.dir().join(&apply.file));
+                files.push((suite.dir().join(&apply.file), InputKind::Content));
             }
         }
     }
@@ -252,6 +300,8 @@ pub(crate) struct Prepared {
     pub saved: BTreeMap<PathBuf, SavedState>,
     pub drivers: BTreeMap<PathBuf, Drivers>,
     pub inputs: Vec<FileHash>,
+    /// What each input is, by path.
+    pub input_kinds: BTreeMap<String, String>,
     /// How long each preparation phase took.
     pub timings: Timings,
 }
@@ -378,15 +428,16 @@ impl Prepared {
     ) -> Result<(), RunError> {
         let mut inputs = Inputs::new(DigestCache::under(&crate::cache::cache_root()));
         if let Some(file) = timings_file {
-            inputs.add(file)?;
+            inputs.add_kind(file, InputKind::Timings)?;
         }
         for (suite, _) in selected {
             let manifest = self.manifests.get(&suite.path);
-            for file in suite_inputs(suite, manifest, self.drivers.get(&suite.path)) {
-                inputs.add(&file)?;
+            for (file, kind) in suite_inputs(suite, manifest, self.drivers.get(&suite.path)) {
+                inputs.add_kind(&file, kind)?;
             }
         }
         self.inputs = inputs.hashes;
+        self.input_kinds = inputs.kinds;
         Ok(())
     }
 }
@@ -424,12 +475,12 @@ mod tests {
         std::fs::write(&b, "b").unwrap();
         let mut inputs = Inputs::new(DigestCache::under(dir.path()));
         for file in [&b, &a, &b] {
-            inputs.add(file).unwrap();
+            inputs.add_kind(file, InputKind::Suite).unwrap();
         }
         let paths: Vec<&str> = inputs.hashes.iter().map(|h| h.path.as_str()).collect();
         assert_eq!(paths, [b.to_str().unwrap(), a.to_str().unwrap()]);
         assert!(matches!(
-            inputs.add(&dir.path().join("missing")),
+            inputs.add_kind(&dir.path().join("missing"), InputKind::Suite),
             Err(RunError::Results { .. })
         ));
     }

@@ -33,6 +33,7 @@ pub fn run(scenarios: Vec<ScenarioRecord>) -> RunRecord {
             ..QemuInfo::default()
         },
         inputs: Vec::new(),
+        input_kinds: Default::default(),
         summary: Summary::of(&scenarios),
         scenarios,
         timings: Default::default(),

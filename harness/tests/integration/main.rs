@@ -2,6 +2,7 @@
 //! real QEMU (TCG). One test binary, a module per area (cargo's testsuite style).
 
 mod architecture;
+mod attestation;
 mod boot;
 mod build_sandbox;
 mod cli;

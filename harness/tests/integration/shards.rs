@@ -65,9 +65,19 @@ fn merged_shards_equal_an_unsharded_run() {
         shard_dirs.push(out_dir.join("latest").to_str().unwrap().to_string());
     }
     let merged = dir.path().join("merged");
+    let key = dir.path().join("merge");
+    assert_eq!(
+        run(&["keygen", "--out", key.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let private = dir.path().join("merge.key");
+    let public = dir.path().join("merge.pub");
     let mut args = vec!["merge"];
     args.extend(shard_dirs.iter().map(String::as_str));
     args.extend(["--out", merged.to_str().unwrap()]);
+    args.extend(["--sign-key", private.to_str().unwrap()]);
     let out = run(&args);
     assert_eq!(
         out.status.code(),
@@ -81,11 +91,18 @@ fn merged_shards_equal_an_unsharded_run() {
     for file in ["junit.xml", "report.html", "manifest.json"] {
         assert!(merged.join("latest").join(file).is_file(), "{file}");
     }
-    let verify = run(&["verify", merged.join("latest").to_str().unwrap()]);
-    assert_eq!(
-        verify.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    // The merged run is attested and signed; each shard's attestation is kept.
+    let kept = std::fs::read_dir(merged.join("latest").join("shards"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 4, "one attestation per shard");
+    let verify = run(&[
+        "verify",
+        merged.join("latest").to_str().unwrap(),
+        "--key",
+        public.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(0), "{said}");
+    assert!(said.contains("signature verified"), "{said}");
 }

@@ -11,7 +11,93 @@ use sha2::{Digest, Sha256};
 
 use super::{MergeError, ShardRun};
 use crate::model::result_file;
-use crate::model::run_file::MANIFEST_JSON;
+use crate::model::run_file::{ATTESTATION, MANIFEST_JSON};
+use crate::report::attestation::ShardAttestation;
+
+/// The folder of a merged run that keeps the shards' attestations.
+pub(super) const SHARDS_DIR: &str = "shards";
+
+/// Copies each shard's attestation.intoto.jsonl (read without following links, copied
+/// whole) to `shards/<run id>.intoto.jsonl`. A shard without one (from before
+/// attestations, or killed before it finished) has nothing to keep. The copy is the
+/// shard's own signed evidence: checked against the shard's folder, not the merge.
+pub(super) fn keep_attestations(
+    shards: &[ShardRun],
+    run_dir: &Path,
+) -> Result<Vec<ShardAttestation>, MergeError> {
+    let mut kept = Vec::new();
+    for shard in shards {
+        let source = shard.dir.join(ATTESTATION);
+        match fs::symlink_metadata(&source) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source_error) => {
+                return Err(MergeError::Read {
+                    path: source,
+                    dir: shard.dir.clone(),
+                    source: source_error,
+                })
+            }
+            Ok(_) => {}
+        }
+        let id = &shard.record.run_id;
+        // The run id becomes a file name: only what bootgate's own ids hold.
+        let plain = !id.is_empty()
+            && !id.starts_with('.')
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain {
+            return Err(MergeError::Invalid {
+                path: shard.dir.join(crate::model::run_file::RUN_JSON),
+                message: format!(
+                    "run_id {id:?} is not a plain name; refusing to use it as a file name"
+                ),
+            });
+        }
+        check_shard_attestation(shard)?;
+        let dir = run_dir.join(SHARDS_DIR);
+        fs::create_dir_all(&dir).map_err(|e| MergeError::Copy {
+            from: source.clone(),
+            to: dir.clone(),
+            source: e,
+        })?;
+        let rel = format!("{SHARDS_DIR}/{id}.intoto.jsonl");
+        copy_hashed(&shard.dir, Path::new(ATTESTATION), &run_dir.join(&rel))?;
+        kept.push(ShardAttestation {
+            run_id: id.clone(),
+            path: rel,
+        });
+    }
+    Ok(kept)
+}
+
+/// A shard's attestation must vouch for the shard's own run.json and manifest.json:
+/// a shard whose results were edited and its manifest regenerated (which anyone can
+/// do) no longer matches the attestation written when it ran, and is refused.
+fn check_shard_attestation(shard: &ShardRun) -> Result<(), MergeError> {
+    let path = shard.dir.join(ATTESTATION);
+    let text = result_file::read_to_string(&shard.dir, Path::new(ATTESTATION))?;
+    let statement = crate::report::attestation::verify::statement_in(&text).map_err(|message| {
+        MergeError::Invalid {
+            path: path.clone(),
+            message,
+        }
+    })?;
+    for name in [crate::model::run_file::RUN_JSON, MANIFEST_JSON] {
+        let Some(subject) = statement.subject.iter().find(|s| s.name == name) else {
+            // An attestation written without a manifest (its sink failed) has none.
+            continue;
+        };
+        let sha256 = result_file::sha256(&shard.dir, Path::new(name))?;
+        if sha256 != subject.digest.sha256 {
+            return Err(MergeError::Altered {
+                file: shard.dir.join(name),
+                manifest: path,
+            });
+        }
+    }
+    Ok(())
+}
 
 pub(super) fn copy_scenario(
     shard: &ShardRun,

@@ -1,6 +1,7 @@
 //! `bootgate merge`: joins the run folders of the shards of one suite (`--shard K/N`
 //! on N CI machines) into one new run folder with one run.json, junit.xml, report.html
-//! and manifest.json, as if one machine had run everything.
+//! and manifest.json, as if one machine had run everything, and an attestation of
+//! the merged run that keeps each shard's own.
 //!
 //! Shard folders usually arrive as CI artifact downloads, so nothing in them is
 //! trusted blindly: scenario folders must stay inside the run folder, only regular
@@ -20,9 +21,10 @@ use crate::model::run_file::RUN_JSON;
 use crate::model::run_file::{JUNIT_XML, MANIFEST_JSON, REPORT_HTML};
 use crate::model::ReportError;
 use crate::report::manifest::Manifest;
-use crate::report::{html, junit, manifest};
+use crate::report::{attestation, html, junit, manifest};
 use crate::runner::folder::{self, absolute, FolderError};
 use crate::runner::shard::Shard;
+use crate::util::signing::Signer;
 use crate::util::write_atomic;
 
 mod copy;
@@ -249,6 +251,19 @@ pub fn merge(
     out: &Path,
     command: Vec<String>,
 ) -> Result<(RunRecord, PathBuf), MergeError> {
+    merge_signed(shard_dirs, out, command, None)
+}
+
+/// [`merge`], with the merged run's attestation signed by `signer` (None: unsigned).
+/// Each shard's own attestation is kept, verbatim, as
+/// `shards/<shard run id>.intoto.jsonl`: manifest.json lists it and the merged
+/// attestation names it among its subjects and in its predicate's `shards`.
+pub fn merge_signed(
+    shard_dirs: &[PathBuf],
+    out: &Path,
+    command: Vec<String>,
+    signer: Option<&Signer>,
+) -> Result<(RunRecord, PathBuf), MergeError> {
     if shard_dirs.is_empty() {
         return Err(MergeError::NoShards);
     }
@@ -267,7 +282,7 @@ pub fn merge(
     };
     let (run_id, run_dir) = folder::create_run_dir(out).map_err(folder_error)?;
     record.run_id = run_id.clone();
-    if let Err(e) = fill(&shards, &mut record, &run_dir, out) {
+    if let Err(e) = fill(&shards, &mut record, &run_dir, out, signer) {
         // The folder is ours and incomplete: a half-merged run must not look like one.
         let _ = fs::remove_dir_all(&run_dir);
         return Err(e);
@@ -457,6 +472,7 @@ fn combine(shards: &[ShardRun], command: Vec<String>) -> Result<RunRecord, Merge
                 .collect(),
         },
         inputs,
+        input_kinds: records().flat_map(|r| r.input_kinds.clone()).collect(),
         scenarios,
         summary,
         // The shards' phases are each shard's own; the merge has none of its own.
@@ -471,6 +487,7 @@ fn fill(
     record: &mut RunRecord,
     run_dir: &Path,
     out: &Path,
+    signer: Option<&Signer>,
 ) -> Result<(), MergeError> {
     for shard in shards {
         for scenario in &shard.record.scenarios {
@@ -495,8 +512,11 @@ fn fill(
     write(RUN_JSON, &json)?;
     write(JUNIT_XML, junit::render(record)?.as_bytes())?;
     write(REPORT_HTML, html::render(record, run_dir)?.as_bytes())?;
-    // Last: it hashes every other file of the merged run.
+    let kept = copy::keep_attestations(shards, run_dir)?;
+    // It hashes every other file of the merged run, the shards' attestations too.
     manifest::write(record, run_dir)?;
+    // Last: it vouches for the manifest.
+    attestation::write(record, run_dir, signer, &kept)?;
     Ok(())
 }
 

@@ -75,6 +75,7 @@ impl Fixture {
         )
         .unwrap();
         manifest::write(&record, &dir).unwrap();
+        crate::report::attestation::write(&record, &dir, None, &[]).unwrap();
         dir
     }
 
@@ -192,13 +193,53 @@ fn merges_two_shards_into_one_run() {
         top,
         [
             "alpha",
+            "attestation.intoto.jsonl",
             "beta",
             "junit.xml",
             "manifest.json",
             "report.html",
-            "run.json"
+            "run.json",
+            "shards"
         ]
     );
+    // Each shard's attestation is kept verbatim, listed by the manifest, named by
+    // the merged attestation, and the merged run's attestation verifies.
+    let mut kept: Vec<String> = fs::read_dir(run_dir.join("shards"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    let shard_ids: Vec<String> = [&one, &two]
+        .iter()
+        .map(|d| {
+            format!(
+                "run-{}.intoto.jsonl",
+                d.file_name().unwrap().to_string_lossy()
+            )
+        })
+        .collect();
+    let mut expected = shard_ids.clone();
+    expected.sort();
+    assert_eq!(kept, expected);
+    for (dir, name) in [&one, &two].iter().zip(&shard_ids) {
+        assert_eq!(
+            fs::read(dir.join("attestation.intoto.jsonl")).unwrap(),
+            fs::read(run_dir.join("shards").join(name)).unwrap()
+        );
+    }
+    let statement: crate::report::attestation::Statement = serde_json::from_str(
+        &fs::read_to_string(run_dir.join("attestation.intoto.jsonl")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(statement.predicate.shards.len(), 2);
+    for kept in &statement.predicate.shards {
+        assert!(
+            statement.subject.iter().any(|s| s.name == kept.path),
+            "{kept:?}"
+        );
+    }
+    let checked = crate::report::attestation::verify::verify(&run_dir, None).unwrap();
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
     assert_eq!(
         fs::read_link(out.join("latest")).unwrap(),
         PathBuf::from(&record.run_id)
@@ -456,8 +497,9 @@ fn an_unfinished_shard_makes_the_merge_interrupted() {
         serde_json::from_str(&fs::read_to_string(two.join(RUN_JSON)).unwrap()).unwrap();
     record.finished_at = None;
     fs::write(two.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
-    // Killed outright: no manifest either.
+    // Killed outright: no manifest, no attestation either.
     fs::remove_file(two.join(MANIFEST_JSON)).unwrap();
+    fs::remove_file(two.join(crate::model::run_file::ATTESTATION)).unwrap();
     let (merged, _) = merge(&[one, two], &fx.root.join("out"), Vec::new()).unwrap();
     assert!(merged.interrupted);
     assert_eq!(merged.finished_at, None);
@@ -486,4 +528,104 @@ fn helpers_pick_times_and_positions() {
     assert_eq!(shard_spec(&["--shard-timings".into(), "x".into()]), None);
     assert!(!is_plain_relative("/abs") && !is_plain_relative("a/../b") && !is_plain_relative(""));
     assert!(is_plain_relative("suite/scenario"));
+}
+
+/// A shard whose run.json was edited (a fail turned into a pass) and whose
+/// manifest.json was regenerated to match, as anyone can: its attestation, written
+/// when it ran, no longer vouches for it, and the merge is refused naming both.
+#[test]
+fn a_shard_whose_results_no_longer_match_its_attestation_is_refused() {
+    let fx = Fixture::new();
+    let a = fx.shard(
+        "a",
+        None,
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        vec![scenario("alpha", "boot", Verdict::Fail)],
+        Vec::new(),
+    );
+    let mut record: RunRecord =
+        serde_json::from_str(&fs::read_to_string(a.join(RUN_JSON)).unwrap()).unwrap();
+    record.scenarios[0].verdict = Verdict::Pass;
+    fs::write(a.join(RUN_JSON), serde_json::to_vec(&record).unwrap()).unwrap();
+    manifest::write(&record, &a).unwrap();
+    let out = fx.root.join("out");
+    let err = merge_err(&[a], &out);
+    assert!(
+        err.contains("a/run.json") && err.contains("attestation.intoto.jsonl"),
+        "{err}"
+    );
+    assert!(
+        fs::read_dir(&out).map_or(true, |d| d
+            .filter_map(Result::ok)
+            .all(|e| e.file_name() == "latest")),
+        "a refused merge left a run folder"
+    );
+}
+
+/// A merged run of signed shards: `verify --key` checks each kept shard attestation
+/// too; a scenario file changed in the merged folder is named against the shard's
+/// attestation, and a kept shard attestation edited is named as not verifying.
+#[test]
+fn verify_checks_the_kept_shard_attestations_of_a_merged_run() {
+    use crate::report::attestation::verify::{verify, Problem};
+    use crate::util::signing::{keygen, PublicKey, Signer};
+    let fx = Fixture::new();
+    let (one, two) = fx.two_shards();
+    let (private, public, _) = keygen(&fx.root.join("ci")).unwrap();
+    let signer = Signer::read(&private).unwrap();
+    let key = PublicKey::read(&public).unwrap();
+    for shard in [&one, &two] {
+        let record: RunRecord =
+            serde_json::from_str(&fs::read_to_string(shard.join(RUN_JSON)).unwrap()).unwrap();
+        crate::report::attestation::write(&record, shard, Some(&signer), &[]).unwrap();
+    }
+    let (_, run_dir) =
+        merge_signed(&[one, two], &fx.root.join("out"), Vec::new(), Some(&signer)).unwrap();
+    let checked = verify(&run_dir, Some(&key)).unwrap();
+    assert!(checked.problems.is_empty(), "{:?}", checked.problems);
+    assert_eq!(
+        checked
+            .notes
+            .iter()
+            .filter(|n| n.ends_with("signed, signature verified"))
+            .count(),
+        2,
+        "{:?}",
+        checked.notes
+    );
+
+    let log = run_dir.join("alpha/boot/console.log");
+    fs::write(&log, b"changed").unwrap();
+    let checked = verify(&run_dir, Some(&key)).unwrap();
+    assert!(
+        checked.problems.iter().any(|p| matches!(p,
+            Problem::ShardAltered { file, .. } if file == "alpha/boot/console.log")),
+        "{:?}",
+        checked.problems
+    );
+
+    let kept = fs::read_dir(run_dir.join("shards"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut envelope: crate::util::signing::Envelope =
+        serde_json::from_str(&fs::read_to_string(&kept).unwrap()).unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut sig = b64.decode(&envelope.signatures[0].sig).unwrap();
+    sig[0] ^= 0x01;
+    envelope.signatures[0].sig = b64.encode(sig);
+    fs::write(&kept, serde_json::to_vec(&envelope).unwrap()).unwrap();
+    let checked = verify(&run_dir, Some(&key)).unwrap();
+    assert!(
+        checked
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::Shard { why, .. } if why.contains("does not verify"))),
+        "{:?}",
+        checked.problems
+    );
 }
