@@ -119,19 +119,26 @@ fn kvm_open_error(e: &std::io::Error, device: &Path) -> String {
         return format!("{}: {e}", device.display());
     }
     use std::os::unix::fs::MetadataExt;
-    let group = std::fs::metadata(device)
-        .ok()
-        .and_then(|m| {
-            group_name(
-                m.gid(),
-                &std::fs::read_to_string(GROUP_FILE).unwrap_or_default(),
-            )
-        })
-        .unwrap_or_else(|| "kvm".to_string());
-    format!(
-        "{}: {e}: this user is not in group `{group}`, which owns it (`sudo usermod -aG {group} $USER`, then log in again)",
-        device.display()
-    )
+    let owner = std::fs::metadata(device).ok().map(|m| {
+        let name = group_name(
+            m.gid(),
+            &std::fs::read_to_string(GROUP_FILE).unwrap_or_default(),
+        );
+        (m.gid(), name, m.mode())
+    });
+    format!("{}: {e}: {}", device.display(), kvm_access_advice(owner))
+}
+
+/// What to do about a `/dev/kvm` this user may not open, from its group (id and
+/// name) and mode: join the group that may use it, or, where only root may (group
+/// root, or no group access), have it given to group `kvm`.
+fn kvm_access_advice(owner: Option<(u32, Option<String>, u32)>) -> String {
+    match owner {
+        Some((gid, Some(group), mode)) if gid != 0 && mode & 0o060 == 0o060 => format!(
+            "this user is not in group `{group}`, which may use it (`sudo usermod -aG {group} $USER`, then log in again)"
+        ),
+        _ => "only root may use it here: have it given to group `kvm` (udev: KERNEL==\"kvm\", GROUP=\"kvm\", MODE=\"0660\") and join that group".to_string(),
+    }
 }
 
 /// The name of group `gid` in an `/etc/group` text.
@@ -237,12 +244,26 @@ mod tests {
             group_name(0, "garbage\n::\nroot:x:0:").as_deref(),
             Some("root")
         );
+        let joinable = kvm_access_advice(Some((993, Some("kvm".into()), 0o20660)));
+        assert!(
+            joinable.contains("not in group `kvm`") && joinable.contains("usermod -aG kvm"),
+            "{joinable}"
+        );
+        // Never "join root": a device only root may use needs the administrator.
+        for root_only in [
+            Some((0, Some("root".to_string()), 0o20660)),
+            Some((993, Some("kvm".to_string()), 0o20600)),
+            None,
+        ] {
+            let advice = kvm_access_advice(root_only.clone());
+            assert!(
+                advice.contains("only root may use it") && !advice.contains("usermod"),
+                "{root_only:?}: {advice}"
+            );
+        }
         let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         let why = kvm_open_error(&denied, Path::new("/nonexistent/kvm"));
-        assert!(
-            why.contains("not in group `kvm`") && why.contains("usermod -aG kvm"),
-            "{why}"
-        );
+        assert!(why.contains("group `kvm`"), "{why}");
         let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
         let why = kvm_open_error(&missing, Path::new("/dev/kvm"));
         assert!(
