@@ -272,28 +272,31 @@ pub(super) fn driver(
         }
         (None, Some(module)) => {
             if let Some(debug) = &driver.debug {
-                let field = format!("driver {name:?}: `debug`");
-                let path = inside(dir, debug, "debug", &field, policy)?;
-                if !path.is_file() {
-                    return Err(Problem::at_field(
-                        "debug",
-                        debug,
-                        format!("{field} file {} does not exist", path.display()),
-                    ));
-                }
+                existing_file(name, "debug", debug, dir, policy)?;
             }
-            let field = format!("driver {name:?}: `module`");
-            let path = inside(dir, module, "module", &field, policy)?;
-            if !path.is_file() {
-                return Err(Problem::at_field(
-                    "module",
-                    module,
-                    format!("{field} file {} does not exist", path.display()),
-                ));
-            }
-            Ok(())
+            existing_file(name, "module", module, dir, policy)
         }
     }
+}
+
+/// A driver's file field: inside the suite's folder (by `policy`) and there.
+fn existing_file(
+    name: &str,
+    key: &'static str,
+    written: &Path,
+    dir: &Path,
+    policy: PathPolicy,
+) -> Result<(), Problem> {
+    let field = format!("driver {name:?}: `{key}`");
+    let path = inside(dir, written, key, &field, policy)?;
+    if !path.is_file() {
+        return Err(Problem::at_field(
+            key,
+            written,
+            format!("{field} file {} does not exist", path.display()),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn rollout(rollout: &Rollout) -> Result<(), String> {
