@@ -359,6 +359,27 @@ fn header_binds(given: &Path, canonical: &Path) -> Vec<PathBuf> {
     binds
 }
 
+/// The namespaces of the sandbox: no network but its own loopback, its own processes,
+/// IPC and host name. An ordinary user needs a user namespace for them
+/// (`--unshare-all`). Root does not, and gets none: with every capability dropped it
+/// would add nothing, and chroots and some containers refuse a user namespace even to
+/// root, where bwrap's `--unshare-user-try` fails ("No permissions to create new
+/// namespace") instead of going without.
+fn namespace_args(root: bool) -> Vec<String> {
+    let args: &[&str] = if root {
+        &[
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]
+    } else {
+        &["--unshare-all"]
+    };
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 /// bwrap's arguments to run `command` in the sandbox: `layout` of the toolchain,
 /// `binds` read-only at their own paths, `source` read-only at SOURCE_DIR.
 fn bwrap_args(
@@ -367,27 +388,28 @@ fn bwrap_args(
     source: Option<&Path>,
     command: &[String],
 ) -> Vec<String> {
-    let mut args: Vec<String> = [
-        // Every namespace: no network but the sandbox's own loopback, its own
-        // processes only; no capabilities even when bootgate runs as root (bwrap
-        // keeps them for root otherwise, and with them a remount makes /usr writable).
-        "--unshare-all",
-        "--cap-drop",
-        "ALL",
-        "--die-with-parent",
-        // No controlling terminal: a build cannot push input into bootgate's terminal.
-        "--new-session",
-        "--clearenv",
-        "--setenv",
-        "PATH",
-        SANDBOX_PATH,
-        "--setenv",
-        "HOME",
-        BUILD_DIR,
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let mut args = namespace_args(unsafe { libc::geteuid() } == 0);
+    args.extend(
+        [
+            // No capabilities even when bootgate runs as root (bwrap keeps them for root
+            // otherwise, and with them a remount makes /usr writable).
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+            // No controlling terminal: a build cannot push input into bootgate's terminal.
+            "--new-session",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            SANDBOX_PATH,
+            "--setenv",
+            "HOME",
+            BUILD_DIR,
+        ]
+        .into_iter()
+        .map(String::from),
+    );
     let mut push = |parts: &[&Path]| args.extend(parts.iter().map(|p| p.display().to_string()));
     for mount in &layout.mounts {
         match mount {
@@ -631,6 +653,23 @@ mod tests {
     }
 
     #[test]
+    fn root_gets_every_namespace_but_a_users() {
+        assert_eq!(namespace_args(false), strings(&["--unshare-all"]));
+        let root = namespace_args(true);
+        for ns in [
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+        ] {
+            assert!(root.iter().any(|a| a == ns), "{ns}: {root:?}");
+        }
+        assert!(!root
+            .iter()
+            .any(|a| a.contains("user") || a == "--unshare-all"));
+    }
+
+    #[test]
     fn every_build_gets_the_same_confinement() {
         let layout = HostLayout { mounts: Vec::new() };
         let args = bwrap_args(
@@ -639,12 +678,9 @@ mod tests {
             Some(Path::new("/work/src/drv")),
             &strings(&["make"]),
         );
-        for option in [
-            "--unshare-all",
-            "--die-with-parent",
-            "--new-session",
-            "--clearenv",
-        ] {
+        let namespaces = namespace_args(unsafe { libc::geteuid() } == 0);
+        assert!(args.starts_with(&namespaces), "{args:?}");
+        for option in ["--die-with-parent", "--new-session", "--clearenv"] {
             assert!(args.iter().any(|a| a == option), "{option}: {args:?}");
         }
         assert_eq!(after(&args, "--cap-drop", 1), [strings(&["ALL"])]);
