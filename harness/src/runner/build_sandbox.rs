@@ -246,13 +246,29 @@ fn probe_now(bwrap: &str) -> Result<(), String> {
     match output.ended {
         Ended::Exited(status) if status.success() => Ok(()),
         Ended::Exited(status) => Err(format!(
-            "{bwrap} cannot make the sandbox's namespaces here ({}): user namespaces are disabled or refused (in a container, by its seccomp policy; on the host, sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0 allows them)",
-            if said.is_empty() { status.to_string() } else { said.to_string() }
+            "{bwrap} cannot make the sandbox's namespaces here ({}): {}",
+            if said.is_empty() {
+                status.to_string()
+            } else {
+                said.to_string()
+            },
+            why_no_sandbox(said)
         )),
         Ended::TimedOut | Ended::ModuleTooLarge => Err(format!(
             "{bwrap} did not start the sandbox within {}",
             human_duration(PROBE_TIMEOUT)
         )),
+    }
+}
+
+/// What a failed sandbox probe means, from bwrap's first line.
+fn why_no_sandbox(said: &str) -> &'static str {
+    if said.contains("Failed to make / slave") {
+        // bwrap makes the root's mount propagation slave before it pivots, which the
+        // kernel refuses (EINVAL) where `/` is not a mount point: a plain chroot.
+        "this root is not a mount point (a chroot entered without one): bind-mount the chroot onto itself before entering it (`mount --bind DIR DIR`, as schroot and systemd-nspawn do)"
+    } else {
+        "user namespaces are disabled or refused (in a container, by its seccomp policy; on the host, sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0 allows them)"
     }
 }
 
@@ -650,6 +666,18 @@ mod tests {
             "absent ones left out"
         );
         assert!(after(&args, "--symlink", 2).is_empty());
+    }
+
+    #[test]
+    fn a_chroot_without_a_mount_point_root_is_told_apart() {
+        assert!(
+            why_no_sandbox("bwrap: Failed to make / slave: Invalid argument")
+                .contains("mount --bind DIR DIR")
+        );
+        assert!(
+            why_no_sandbox("bwrap: No permissions to create new namespace")
+                .contains("user namespaces")
+        );
     }
 
     #[test]
