@@ -31,6 +31,18 @@ impl Fixture {
     }
 
     /// Writes a finished shard run folder `root/<name>` the way the runner does.
+    /// A shard of no `--shard` spec, run in the first minute of 2026, with no inputs.
+    fn plain_shard(&self, name: &str, scenarios: Vec<ScenarioRecord>) -> PathBuf {
+        self.shard(
+            name,
+            None,
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:01:00Z",
+            scenarios,
+            Vec::new(),
+        )
+    }
+
     fn shard(
         &self,
         name: &str,
@@ -276,22 +288,8 @@ fn merge_err(dirs: &[PathBuf], out: &Path) -> String {
 #[test]
 fn a_scenario_in_two_shards_is_refused_naming_both() {
     let fx = Fixture::new();
-    let a = fx.shard(
-        "a",
-        None,
-        "2026-01-01T00:00:00Z",
-        "2026-01-01T00:01:00Z",
-        vec![scenario("alpha", "boot", Verdict::Pass)],
-        Vec::new(),
-    );
-    let b = fx.shard(
-        "b",
-        None,
-        "2026-01-01T00:00:00Z",
-        "2026-01-01T00:01:00Z",
-        vec![scenario("alpha", "boot", Verdict::Fail)],
-        Vec::new(),
-    );
+    let a = fx.plain_shard("a", vec![scenario("alpha", "boot", Verdict::Pass)]);
+    let b = fx.plain_shard("b", vec![scenario("alpha", "boot", Verdict::Fail)]);
     let err = merge_err(&[a.clone(), b.clone()], &fx.root.join("out"));
     assert!(err.contains("alpha/boot"), "{err}");
     assert!(err.contains(&a.display().to_string()), "{err}");
@@ -380,14 +378,7 @@ fn a_scenario_folder_outside_the_run_or_a_symlink_is_refused() {
     let fx = Fixture::new();
     let mut evil = scenario("alpha", "boot", Verdict::Pass);
     evil.dir = "../../etc".into();
-    let a = fx.shard(
-        "a",
-        None,
-        "2026-01-01T00:00:00Z",
-        "2026-01-01T00:01:00Z",
-        vec![scenario("alpha", "ok", Verdict::Pass)],
-        Vec::new(),
-    );
+    let a = fx.plain_shard("a", vec![scenario("alpha", "ok", Verdict::Pass)]);
     let mut record: RunRecord =
         serde_json::from_str(&fs::read_to_string(a.join(RUN_JSON)).unwrap()).unwrap();
     record.scenarios.push(evil);
@@ -395,14 +386,7 @@ fn a_scenario_folder_outside_the_run_or_a_symlink_is_refused() {
     let err = merge_err(&[a], &fx.root.join("out"));
     assert!(err.contains("../../etc"), "{err}");
 
-    let b = fx.shard(
-        "b",
-        None,
-        "2026-01-01T00:00:00Z",
-        "2026-01-01T00:01:00Z",
-        vec![scenario("alpha", "boot", Verdict::Pass)],
-        Vec::new(),
-    );
+    let b = fx.plain_shard("b", vec![scenario("alpha", "boot", Verdict::Pass)]);
     fs::remove_file(b.join(MANIFEST_JSON)).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", b.join("alpha/boot/leak")).unwrap();
     let err = merge_err(&[b], &fx.root.join("out"));
@@ -536,14 +520,7 @@ fn helpers_pick_times_and_positions() {
 #[test]
 fn a_shard_whose_results_no_longer_match_its_attestation_is_refused() {
     let fx = Fixture::new();
-    let a = fx.shard(
-        "a",
-        None,
-        "2026-01-01T00:00:00Z",
-        "2026-01-01T00:01:00Z",
-        vec![scenario("alpha", "boot", Verdict::Fail)],
-        Vec::new(),
-    );
+    let a = fx.plain_shard("a", vec![scenario("alpha", "boot", Verdict::Fail)]);
     let mut record: RunRecord =
         serde_json::from_str(&fs::read_to_string(a.join(RUN_JSON)).unwrap()).unwrap();
     record.scenarios[0].verdict = Verdict::Pass;
