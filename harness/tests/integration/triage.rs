@@ -237,12 +237,23 @@ fn the_dump_is_read_by_crash_with_the_distributions_debug_vmlinux() {
     let vmlinux = debug_vmlinux();
     let dir = tempfile::tempdir().unwrap();
     copy_demo_files(dir.path());
+    // An ELF dump here (gdb's format; the default kdump one is opened by crash in
+    // evidence.rs): crash reads both.
+    let image_dir = dir.path().join("image");
+    std::fs::create_dir_all(&image_dir).unwrap();
+    image_variant(demo_manifest(), &image_dir, |text| {
+        text.replacen("[guest]\n", "[guest]\ndump_format = \"elf\"\n", 1)
+    });
     let suite = crash_suite(
         dir.path(),
         "dump",
         "source = \"drivers/demo_sensor\"",
         "memory_dumps = \"first\"",
     );
+    let text = std::fs::read_to_string(&suite)
+        .unwrap()
+        .replace("image = \"demo\"", "image = \"image/image.toml\"");
+    std::fs::write(&suite, text).unwrap();
     let out_dir = dir.path().join("results");
     let out = run_tcg(&suite, &out_dir, &[]);
     assert_eq!(out.status.code(), Some(1));
