@@ -16,8 +16,8 @@ mod dump_tool;
 mod elf;
 mod lines;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::detect::console::{trace_frames, TraceFrame};
@@ -57,12 +57,10 @@ pub(crate) fn triage_crashes(inputs: &TriageInputs, crashes: &mut [CrashRecord])
             Ok(()) => crash.triage = Some(record),
             Err(e) => {
                 crash.triage = Some(TriageRecord {
+                    file: String::new(),
                     notes: vec![format!("triage not written: {}: {e}", path.display())],
                     ..record
-                });
-                if let Some(t) = crash.triage.as_mut() {
-                    t.file.clear();
-                }
+                })
             }
         }
     }
@@ -78,8 +76,16 @@ fn triage(inputs: &TriageInputs, crash: &CrashRecord, name: &str) -> (TriageReco
     if inputs.manifest.os == OsFamily::Windows {
         windows_section(crash, &mut record, &mut text);
     } else {
-        frames_section(inputs, crash, &mut record, &mut text);
-        dump_section(inputs, crash, &mut record, &mut text);
+        let frames = trace_frames(&crash.excerpt);
+        // Each candidate's debug information, looked at once for both readings.
+        let with_debug: BTreeSet<&str> = inputs
+            .drivers
+            .iter()
+            .filter(|(_, d)| d.as_ref().is_ok_and(|d| elf::has_debug_info(&d.debug_file)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        frames_section(inputs, &frames, &with_debug, &mut record, &mut text);
+        dump_section(inputs, crash, &frames, &with_debug, &mut record, &mut text);
     }
     if !record.notes.is_empty() {
         text.push_str("\n== what could not be done ==\n");
@@ -93,12 +99,12 @@ fn triage(inputs: &TriageInputs, crash: &CrashRecord, name: &str) -> (TriageReco
 /// The candidate drivers' frames, at their source lines.
 fn frames_section(
     inputs: &TriageInputs,
-    crash: &CrashRecord,
+    frames: &[TraceFrame],
+    with_debug: &BTreeSet<&str>,
     record: &mut TriageRecord,
     text: &mut String,
 ) {
     text.push_str("\n== driver frames (source lines from each module's debug information, by eu-addr2line) ==\n");
-    let frames = trace_frames(&crash.excerpt);
     if frames.is_empty() {
         record
             .notes
@@ -137,7 +143,7 @@ fn frames_section(
                 lines::ADDR2LINE_PACKAGE
             )),
             (Some(Err(why)), _) => Some(format!("driver {module} was not prepared: {why}")),
-            (Some(Ok(driver)), _) if !elf::has_debug_info(&driver.debug_file) => Some(format!(
+            (Some(Ok(driver)), _) if !with_debug.contains(module) => Some(format!(
                 "driver {module}: {} has no debug info (stripped): its frames are not resolved; give the unstripped module, or its separate debug file as `debug = \"...\"` in the suite's [driver.{module}]",
                 driver.debug_file.display()
             )),
@@ -151,7 +157,7 @@ fn frames_section(
                     Ok(resolved) => {
                         write_frame(text, &resolved);
                         if record.at.is_none() {
-                            record.at = at_line(&resolved, module, &frames);
+                            record.at = at_line(&resolved, module, frames);
                         }
                         record.frames.push(resolved);
                         None
@@ -207,6 +213,8 @@ fn at_line(frame: &TriageFrame, module: &str, all: &[TraceFrame]) -> Option<Stri
 fn dump_section(
     inputs: &TriageInputs,
     crash: &CrashRecord,
+    frames: &[TraceFrame],
+    with_debug: &BTreeSet<&str>,
     record: &mut TriageRecord,
     text: &mut String,
 ) {
@@ -247,7 +255,6 @@ fn dump_section(
         )));
         return;
     };
-    let frames = trace_frames(&crash.excerpt);
     // The drivers the trace shows (all candidates when there is no trace): `mod -s`
     // of a module that is not loaded only prints its usage.
     let in_trace =
@@ -257,7 +264,7 @@ fn dump_section(
         .iter()
         .filter(|(name, _)| in_trace(name))
         .filter_map(|(name, d)| d.as_ref().ok().map(|d| (name, d)))
-        .filter(|(_, d)| elf::has_debug_info(&d.debug_file))
+        .filter(|(name, _)| with_debug.contains(name.as_str()))
         .map(|(name, d)| dump_tool::ModuleDebug {
             name,
             file: &d.debug_file,
@@ -344,7 +351,7 @@ fn run_tool(argv: &[String], timeout: Duration) -> Result<String, String> {
     Ok(output)
 }
 
-fn read_bounded(path: &PathBuf) -> std::io::Result<String> {
+fn read_bounded(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
