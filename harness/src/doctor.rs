@@ -4,7 +4,6 @@
 pub mod image;
 mod windows;
 
-use std::ffi::CString;
 use std::io::Write;
 use std::path::Path;
 
@@ -144,7 +143,7 @@ pub fn run(out: &mut dyn Write, build_sandbox: Result<(), String>) -> bool {
         ("cache disk", cache.as_path()),
         ("results disk", Path::new(".")),
     ] {
-        match free_bytes(dir) {
+        match crate::util::free_bytes(dir) {
             Some(free) if free >= MIN_FREE_BYTES => line(
                 true,
                 what,
@@ -247,16 +246,4 @@ fn built_demo_manifest() -> Option<std::path::PathBuf> {
 fn built_demo_kernel() -> Option<std::path::PathBuf> {
     let kernel = built_demo_manifest()?.parent()?.join("vmlinuz");
     kernel.is_file().then_some(kernel)
-}
-
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let mut probe = dir;
-    while !probe.exists() {
-        probe = probe.parent()?;
-    }
-    let c = CString::new(probe.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
-    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }

@@ -233,6 +233,20 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Bytes an unprivileged process may still write on the file system that holds
+/// `dir` (its nearest existing ancestor, for a folder not made yet).
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent()?;
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// Finds `binary` (a name looked up in PATH, or a path).
 pub(crate) fn find_in_path(binary: &str) -> Option<std::path::PathBuf> {
     if binary.contains('/') {

@@ -376,7 +376,7 @@ fn remove_cut_dump(path: &Path, rel: &str, why: &str) -> String {
     // usual cause, and what is left free (measured before the file goes) shows it.
     let free = path
         .parent()
-        .and_then(free_bytes)
+        .and_then(crate::util::free_bytes)
         .filter(|&free| free < FULL_DISK_BYTES)
         .map(|free| format!("; the results disk is full ({} KiB free)", free / 1024))
         .unwrap_or_default();
@@ -391,16 +391,6 @@ fn remove_cut_dump(path: &Path, rel: &str, why: &str) -> String {
 /// Free space below which a failed dump is put down to a full disk: less than one
 /// page-sized write and a descriptor block QEMU writes at a time.
 const FULL_DISK_BYTES: u64 = 1024 * 1024;
-
-/// Bytes an unprivileged process may still write on the file system of `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a statvfs buffer of the right type.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
-    (rc == 0).then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
-}
 
 fn join_notes(first: String, more: Option<String>) -> String {
     match more {
