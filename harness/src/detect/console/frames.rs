@@ -42,23 +42,22 @@ pub fn trace_frames(excerpt: &[String]) -> Vec<TraceFrame> {
             }
             continue;
         }
-        let faulting = body.starts_with("RIP: ") || body.starts_with("IP: ");
-        if faulting && frames.iter().any(|f| f.faulting) {
+        let Some(line) = frame_text(body) else {
+            continue;
+        };
+        if line.at_cpu && frames.iter().any(|f| f.faulting) {
             // The register block printed again: the same place.
             continue;
         }
-        let Some((text, reliable)) = frame_text(body) else {
-            continue;
-        };
-        let Some((symbol, offset, _size)) = symbol_token(text) else {
+        let Some((symbol, offset, _size)) = symbol_token(line.text) else {
             continue;
         };
         frames.push(TraceFrame {
             symbol: symbol.to_string(),
             offset,
-            module: module_after(text).map(str::to_string),
-            reliable,
-            faulting,
+            module: module_after(line.text).map(str::to_string),
+            reliable: line.reliable,
+            faulting: line.at_cpu,
         });
         if frames.len() >= MAX_TRACE_FRAMES {
             break;

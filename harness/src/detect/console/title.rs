@@ -254,31 +254,49 @@ pub(super) struct FrameRef<'a> {
 /// reliable. Call-trace entries marked `?` are stale values the unwinder found on the
 /// stack: unreliable. User-space RIPs are not frames.
 pub(super) fn frame_of(body: &str) -> Option<FrameRef<'_>> {
-    let (text, reliable) = frame_text(body)?;
-    let (token, _, _) = symbol_token(text)?;
+    let line = frame_text(body)?;
+    let (token, _, _) = symbol_token(line.text)?;
     Some(FrameRef {
         function: base_name(token)?,
-        module: module_after(text),
-        reliable,
+        module: module_after(line.text),
+        reliable: line.reliable,
     })
 }
 
-/// The text of a frame line from its symbol on, and whether the frame is reliable.
-pub(super) fn frame_text(body: &str) -> Option<(&str, bool)> {
+/// A frame line's text from its symbol on, and what kind of frame it is.
+pub(super) struct FrameText<'a> {
+    pub(super) text: &'a str,
+    /// Not marked `?` by the unwinder.
+    pub(super) reliable: bool,
+    /// A register line (`RIP:`, `EIP:`, `IP:`, `pc :`): where the CPU was, the
+    /// faulting instruction, not a return address.
+    pub(super) at_cpu: bool,
+}
+
+/// The text of a frame line from its symbol on, with its kind.
+pub(super) fn frame_text(body: &str) -> Option<FrameText<'_>> {
+    let at_cpu = |text| FrameText {
+        text: skip_addresses(text),
+        reliable: true,
+        at_cpu: true,
+    };
     if let Some(rest) = body.strip_prefix("RIP: ") {
-        let rest = rest.strip_prefix("0010:")?;
-        return Some((skip_addresses(rest), true));
+        return Some(at_cpu(rest.strip_prefix("0010:")?));
     }
     for prefix in ["EIP: ", "IP: ", "pc : "] {
         if let Some(rest) = body.strip_prefix(prefix) {
-            let rest = rest.strip_prefix("0060:").unwrap_or(rest);
-            return Some((skip_addresses(rest), true));
+            return Some(at_cpu(rest.strip_prefix("0060:").unwrap_or(rest)));
         }
     }
     let rest = skip_addresses(body);
-    Some(match rest.strip_prefix("? ") {
+    let (text, reliable) = match rest.strip_prefix("? ") {
         Some(rest) => (rest.trim_start(), false),
         None => (rest, true),
+    };
+    Some(FrameText {
+        text,
+        reliable,
+        at_cpu: false,
     })
 }
 
