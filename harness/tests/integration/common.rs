@@ -254,9 +254,8 @@ pub fn qemu_children(pid: u32) -> Vec<u32> {
 
 /// The demo image's kernel release (`uname -r` in the guest), from its build record.
 pub fn demo_kernel_release() -> String {
-    let info = demo_manifest().parent().unwrap().join("build-info.json");
-    let text = std::fs::read_to_string(&info).expect("the demo image has build-info.json");
-    let record: Value = serde_json::from_str(&text).expect("build-info.json is JSON");
+    let record =
+        bootgate::image::kernel::build_info(demo_manifest()).expect("the demo's build-info.json");
     record["kernel_version"]
         .as_str()
         .expect("build-info.json names the kernel_version")

@@ -71,8 +71,8 @@ fn copy_demo_files(dir: &Path) {
 /// The demo sensor built by this test (not by bootgate) against the demo kernel's
 /// headers, as a vendor's prebuilt module would be: the module with its debug info.
 fn prebuilt_sensor(dir: &Path) -> PathBuf {
-    let info = demo_manifest().parent().unwrap().join("build-info.json");
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(info).unwrap()).unwrap();
+    let info =
+        bootgate::image::kernel::build_info(demo_manifest()).expect("the demo's build-info.json");
     let headers = info["headers_dir"].as_str().unwrap();
     let build = dir.join("build");
     std::fs::create_dir_all(&build).unwrap();
