@@ -264,6 +264,10 @@ fn suite_inputs(
     }
     for built in drivers.into_iter().flat_map(|d| d.values()).flatten() {
         files.push((built.module.clone(), InputKind::Driver));
+        // A prebuilt module's separate debug file: triage's source lines come from it.
+        if built.debug_file != built.module {
+            files.push((built.debug_file.clone(), InputKind::Driver));
+        }
         files.extend(built.sources.iter().map(|s| (s.clone(), InputKind::Driver)));
     }
     for scenario in &suite.scenarios {

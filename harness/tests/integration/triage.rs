@@ -224,6 +224,15 @@ fn driver_frames_resolve_to_source_lines_and_a_stripped_module_says_why_not() {
 
     // The stripped module with its separate debug file: resolved again. Built outside
     // bootgate, its DWARF names the test's build folder, shown as it is.
+    // It is an input of the run, hashed like the module.
+    assert!(
+        run["inputs"].as_array().unwrap().iter().any(|i| i["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("stripped/demo_sensor.ko.debug")),
+        "{}",
+        run["inputs"]
+    );
     let with_debug = triage_of(&run, "debugfile/cf291");
     let at = with_debug["at"].as_str().unwrap();
     assert!(at.contains("/build/demo_sensor.c:"), "{at}");
