@@ -277,10 +277,10 @@ fn unwritable_results_folder_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A results folder on a full file system (a 32 KiB tmpfs, mounted in a private
-/// mount namespace: as root no user namespace is needed, so it runs in a chroot): the run ends with a clear
-/// error, and no result file is left half-written (each is complete JSON/XML or
-/// absent).
+/// A results folder on a full file system (a 32 KiB tmpfs in a private mount
+/// namespace, `in_private_tmpfs`: as root no user namespace is needed, so it runs
+/// in a chroot): the run ends with a clear error, and no result file is left
+/// half-written (each is complete JSON/XML or absent).
 #[test]
 fn full_results_disk_leaves_nothing_half_written() {
     demo_manifest();
